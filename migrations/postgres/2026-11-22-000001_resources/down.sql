@@ -1,0 +1,3 @@
+DROP TABLE search_tokens;
+DROP TABLE resource_versions;
+DROP TABLE resources;

@@ -1,0 +1,81 @@
+//! Extractors: the authenticated caller (token, rate limit, break-glass, purpose of use).
+
+use std::future::{Ready, ready};
+
+use actix_web::dev::Payload;
+use actix_web::{FromRequest, HttpMessage, HttpRequest, web};
+
+use crate::api::{ApiError, AppState};
+use crate::auth::TokenError;
+use crate::domain::PurposeOfUse;
+use crate::fhir::IssueCode;
+use crate::service::Caller;
+
+/// The request id set by the request-context middleware.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+/// Shortest accepted break-glass reason, in characters.
+const BREAK_GLASS_MIN: usize = 10;
+const BREAK_GLASS_MAX: usize = 500;
+
+fn bearer(req: &HttpRequest) -> Option<&str> {
+    let value = req.headers().get(actix_web::http::header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
+}
+
+fn header<'a>(req: &'a HttpRequest, name: &str) -> Result<Option<&'a str>, ApiError> {
+    match req.headers().get(name) {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .map(Some)
+            .map_err(|_| ApiError::bad_request(IssueCode::Value, format!("header {name} must be visible ASCII"))),
+    }
+}
+
+fn caller(req: &HttpRequest) -> Result<Caller, ApiError> {
+    let state = req.app_data::<web::Data<AppState>>().ok_or(ApiError::Internal)?;
+    let token = bearer(req).ok_or(ApiError::Unauthorized(TokenError::Missing))?;
+    let principal = state.verifier.verify(token).map_err(|e| {
+        tracing::info!(reason = %e, "token rejected");
+        ApiError::Unauthorized(e)
+    })?;
+    state
+        .limits
+        .check_principal(principal.tenant.as_str(), &principal.sub)
+        .map_err(|retry_after_secs| ApiError::RateLimited { retry_after_secs })?;
+    let break_glass = match header(req, "x-break-glass")? {
+        None => None,
+        Some(reason) => {
+            let reason = reason.trim();
+            let n = reason.chars().count();
+            if !(BREAK_GLASS_MIN..=BREAK_GLASS_MAX).contains(&n) {
+                return Err(ApiError::bad_request(
+                    IssueCode::Required,
+                    format!("X-Break-Glass needs a reason of {BREAK_GLASS_MIN} to {BREAK_GLASS_MAX} characters"),
+                ));
+            }
+            Some(reason.to_owned())
+        }
+    };
+    let purpose = match header(req, "x-purpose-of-use")? {
+        None => PurposeOfUse::default(),
+        Some(code) => PurposeOfUse::parse(code).ok_or_else(|| {
+            ApiError::bad_request(IssueCode::Value, "X-Purpose-Of-Use must be an HL7 PurposeOfUse code such as TREAT")
+        })?,
+    };
+    let request_id = req.extensions().get::<RequestId>().map(|r| r.0.clone()).unwrap_or_default();
+    let client = req.peer_addr().map(|a| a.ip().to_string()).unwrap_or_default();
+    Ok(Caller { principal, break_glass, purpose, request_id, client })
+}
+
+impl FromRequest for Caller {
+    type Error = ApiError;
+    type Future = Ready<Result<Self, Self::Error>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        ready(caller(req))
+    }
+}

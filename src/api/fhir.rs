@@ -1,0 +1,346 @@
+//! FHIR REST handlers.
+
+use actix_web::http::StatusCode;
+use actix_web::http::header::{self, HeaderMap};
+use actix_web::{HttpRequest, HttpResponse, web};
+use futures_util::StreamExt;
+use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
+use serde_json::Value;
+
+use crate::api::error::FHIR_JSON;
+use crate::api::{ApiError, AppState, blocking};
+use crate::domain::{ResourceId, ResourceType};
+use crate::fhir::bundle::{self, HistoryEntry, Link};
+use crate::fhir::{IssueCode, capability};
+use crate::service::Caller;
+use crate::service::resources::{Page, Versioned};
+
+fn resource_type(name: &str) -> Result<ResourceType, ApiError> {
+    ResourceType::from_name(name).ok_or(ApiError::NotFound("resource type not supported"))
+}
+
+fn resource_id(raw: &str) -> Result<ResourceId, ApiError> {
+    ResourceId::parse(raw).map_err(|_| ApiError::Service(crate::service::ServiceError::NotFound))
+}
+
+fn base_url(req: &HttpRequest) -> String {
+    let info = req.connection_info();
+    format!("{}://{}/fhir", info.scheme(), info.host())
+}
+
+fn is_json_type(media: &str) -> bool {
+    let media = media.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    matches!(media.as_str(), "application/fhir+json" | "application/json" | "json" | "application/json+fhir")
+}
+
+/// Refuses requests that want something other than JSON.
+fn negotiate(req: &HttpRequest) -> Result<(), ApiError> {
+    if let Some(format) = query_pairs(req)?.iter().find(|(k, _)| k == "_format").map(|(_, v)| v.clone())
+        && !is_json_type(&format)
+    {
+        return Err(ApiError::NotAcceptable);
+    }
+    if let Some(accept) = req.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok()) {
+        let ok = accept.split(',').any(|m| {
+            let m = m.split(';').next().unwrap_or("").trim();
+            is_json_type(m) || m == "*/*" || m == "application/*"
+        });
+        if !ok {
+            return Err(ApiError::NotAcceptable);
+        }
+    }
+    Ok(())
+}
+
+fn query_pairs(req: &HttpRequest) -> Result<Vec<(String, String)>, ApiError> {
+    web::Query::<Vec<(String, String)>>::from_query(req.query_string())
+        .map(web::Query::into_inner)
+        .map_err(|_| ApiError::bad_request(IssueCode::Structure, "query string is not well-formed"))
+}
+
+/// Reads a JSON body of at most `limit` bytes.
+async fn read_json(req: &HttpRequest, mut payload: web::Payload, limit: usize) -> Result<Value, ApiError> {
+    let media = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if !is_json_type(media) || media.trim().eq_ignore_ascii_case("json") {
+        return Err(ApiError::UnsupportedMediaType);
+    }
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(ApiError::PayloadTooLarge { limit });
+    }
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|_| ApiError::bad_request(IssueCode::Structure, "request body could not be read"))?;
+        if body.len() + chunk.len() > limit {
+            return Err(ApiError::PayloadTooLarge { limit });
+        }
+        body.extend_from_slice(&chunk);
+    }
+    serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request(
+            IssueCode::Structure,
+            format!("request body is not valid JSON (line {}, column {})", e.line(), e.column()),
+        )
+    })
+}
+
+fn etag(version: i64) -> String {
+    format!("W/\"{version}\"")
+}
+
+/// `W/"3"` or `"3"` → 3.
+fn if_match(headers: &HeaderMap) -> Result<Option<i64>, ApiError> {
+    let Some(value) = headers.get(header::IF_MATCH) else { return Ok(None) };
+    value
+        .to_str()
+        .ok()
+        .map(|v| v.trim().trim_start_matches("W/").trim_matches('"'))
+        .and_then(|v| v.parse::<i64>().ok())
+        .filter(|v| *v > 0)
+        .map(Some)
+        .ok_or_else(|| ApiError::bad_request(IssueCode::Value, "If-Match must be a version ETag such as W/\"1\""))
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Prefer {
+    Representation,
+    Minimal,
+    OperationOutcome,
+}
+
+fn prefer(headers: &HeaderMap) -> Prefer {
+    let value = headers.get("prefer").and_then(|v| v.to_str().ok()).unwrap_or("");
+    if value.contains("return=minimal") {
+        Prefer::Minimal
+    } else if value.contains("return=OperationOutcome") {
+        Prefer::OperationOutcome
+    } else {
+        Prefer::Representation
+    }
+}
+
+fn http_date(v: &Versioned) -> String {
+    v.last_updated.format("%a, %d %b %Y %H:%M:%S GMT").to_string()
+}
+
+fn resource_response(req: &HttpRequest, status: StatusCode, v: &Versioned, with_location: bool) -> HttpResponse {
+    let mut response = HttpResponse::build(status);
+    response.insert_header((header::ETAG, etag(v.version_id)));
+    response.insert_header((header::LAST_MODIFIED, http_date(v)));
+    if with_location {
+        let location = format!("/fhir/{}/{}/_history/{}", v.resource_type.name(), v.id, v.version_id);
+        response.insert_header((header::LOCATION, location));
+    }
+    let body = match prefer(req.headers()) {
+        Prefer::Minimal if with_location => return response.finish(),
+        Prefer::OperationOutcome if with_location => serde_json::json!({
+            "resourceType": "OperationOutcome",
+            "issue": [{"severity": "information", "code": "informational", "diagnostics": "success"}]
+        }),
+        _ => v.resource.clone().unwrap_or(Value::Null),
+    };
+    response.insert_header((header::CONTENT_TYPE, FHIR_JSON)).body(body.to_string())
+}
+
+fn bundle_response(body: Value) -> HttpResponse {
+    HttpResponse::Ok().insert_header((header::CONTENT_TYPE, FHIR_JSON)).body(body.to_string())
+}
+
+fn encode(v: &str) -> String {
+    utf8_percent_encode(v, NON_ALPHANUMERIC).to_string()
+}
+
+/// `self`, `previous` and `next` links for an offset-paged result.
+fn page_links<T>(url: &str, page: &Page<T>) -> Vec<Link> {
+    let with = |offset: i64| {
+        let mut query: Vec<String> = page.echo.iter().map(|(k, v)| format!("{}={}", encode(k), encode(v))).collect();
+        query.push(format!("_count={}", page.count));
+        query.push(format!("_offset={offset}"));
+        format!("{url}?{}", query.join("&"))
+    };
+    let mut links = vec![Link { relation: "self", url: with(page.offset) }];
+    if page.offset > 0 {
+        links.push(Link { relation: "previous", url: with((page.offset - page.count).max(0)) });
+    }
+    if page.count > 0 && page.offset + page.count < page.total {
+        links.push(Link { relation: "next", url: with(page.offset + page.count) });
+    }
+    links
+}
+
+pub async fn metadata(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    negotiate(&req)?;
+    let body = capability::capability_statement(&base_url(&req), env!("CARGO_PKG_VERSION"), "2026-11-22");
+    Ok(bundle_response(body))
+}
+
+pub async fn create(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    caller: Caller,
+    path: web::Path<String>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let rtype = resource_type(&path)?;
+    negotiate(&req)?;
+    if req.headers().contains_key("if-none-exist") {
+        return Err(ApiError::bad_request(IssueCode::NotSupported, "conditional create (If-None-Exist) is not supported"));
+    }
+    let body = read_json(&req, payload, state.body_limit).await?;
+    let services = state.services.clone();
+    let created = blocking(move || Ok(services.resources().create(&caller, rtype, body)?)).await?;
+    Ok(resource_response(&req, StatusCode::CREATED, &created, true))
+}
+
+pub async fn read(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    caller: Caller,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let (rtype, id) = (resource_type(&path.0)?, resource_id(&path.1)?);
+    negotiate(&req)?;
+    let services = state.services.clone();
+    let found = blocking(move || Ok(services.resources().read(&caller, rtype, &id)?)).await?;
+    Ok(resource_response(&req, StatusCode::OK, &found, false))
+}
+
+pub async fn vread(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    caller: Caller,
+    path: web::Path<(String, String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let (rtype, id) = (resource_type(&path.0)?, resource_id(&path.1)?);
+    let version = path.2.parse::<i64>().map_err(|_| ApiError::NotFound("version not found"))?;
+    negotiate(&req)?;
+    let services = state.services.clone();
+    let found = blocking(move || Ok(services.resources().vread(&caller, rtype, &id, version)?)).await?;
+    Ok(resource_response(&req, StatusCode::OK, &found, false))
+}
+
+pub async fn update(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    caller: Caller,
+    path: web::Path<(String, String)>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let (rtype, id) = (resource_type(&path.0)?, resource_id(&path.1)?);
+    negotiate(&req)?;
+    let expected = if_match(req.headers())?;
+    let body = read_json(&req, payload, state.body_limit).await?;
+    let services = state.services.clone();
+    let updated = blocking(move || Ok(services.resources().update(&caller, rtype, &id, expected, body)?)).await?;
+    Ok(resource_response(&req, StatusCode::OK, &updated, true))
+}
+
+pub async fn delete(
+    state: web::Data<AppState>,
+    caller: Caller,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let (rtype, id) = (resource_type(&path.0)?, resource_id(&path.1)?);
+    let services = state.services.clone();
+    blocking(move || Ok(services.resources().delete(&caller, rtype, &id)?)).await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+pub async fn history(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    caller: Caller,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let (rtype, id) = (resource_type(&path.0)?, resource_id(&path.1)?);
+    negotiate(&req)?;
+    let params = query_pairs(&req)?;
+    let services = state.services.clone();
+    let rid = id.clone();
+    let page = blocking(move || Ok(services.resources().history(&caller, rtype, &rid, &params)?)).await?;
+    let base = base_url(&req);
+    let full_url = format!("{base}/{}/{id}", rtype.name());
+    let links = page_links(&format!("{full_url}/_history"), &page);
+    let entries = page
+        .items
+        .iter()
+        .map(|v| HistoryEntry {
+            full_url: full_url.clone(),
+            resource: v.resource.clone(),
+            method: match (v.resource.is_some(), v.version_id) {
+                (false, _) => "DELETE",
+                (true, 1) => "POST",
+                (true, _) => "PUT",
+            },
+            request_url: if v.version_id == 1 { rtype.name().to_owned() } else { format!("{}/{id}", rtype.name()) },
+            status: match (v.resource.is_some(), v.version_id) {
+                (false, _) => "204 No Content",
+                (true, 1) => "201 Created",
+                (true, _) => "200 OK",
+            },
+            etag: etag(v.version_id),
+            last_modified: v.last_updated.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),
+        })
+        .collect();
+    Ok(bundle_response(bundle::history(page.total, &links, entries)))
+}
+
+async fn run_search(
+    state: web::Data<AppState>,
+    req: &HttpRequest,
+    caller: Caller,
+    rtype: ResourceType,
+    params: Vec<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let services = state.services.clone();
+    let page = blocking(move || Ok(services.resources().search(&caller, rtype, &params)?)).await?;
+    let base = base_url(req);
+    let links = page_links(&format!("{base}/{}", rtype.name()), &page);
+    let entries = page
+        .items
+        .iter()
+        .filter_map(|v| v.resource.clone().map(|r| (format!("{base}/{}/{}", rtype.name(), v.id), r)))
+        .collect();
+    Ok(bundle_response(bundle::searchset(page.total, &links, entries)))
+}
+
+pub async fn search(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    caller: Caller,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let rtype = resource_type(&path)?;
+    negotiate(&req)?;
+    let params = query_pairs(&req)?;
+    run_search(state, &req, caller, rtype, params).await
+}
+
+/// `POST /fhir/{type}/_search` with a form body keeps search values out of URLs and
+/// access logs of intermediaries.
+pub async fn search_post(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    caller: Caller,
+    path: web::Path<String>,
+    form: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let rtype = resource_type(&path)?;
+    negotiate(&req)?;
+    let media = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if !media.starts_with("application/x-www-form-urlencoded") {
+        return Err(ApiError::UnsupportedMediaType);
+    }
+    let text = std::str::from_utf8(&form).map_err(|_| ApiError::bad_request(IssueCode::Structure, "form body is not UTF-8"))?;
+    let mut params = query_pairs(&req)?;
+    params.extend(
+        web::Query::<Vec<(String, String)>>::from_query(text)
+            .map_err(|_| ApiError::bad_request(IssueCode::Structure, "form body is not well-formed"))?
+            .into_inner(),
+    );
+    run_search(state, &req, caller, rtype, params).await
+}

@@ -1,0 +1,78 @@
+//! HTTP edge: routes, the authentication extractor, request context middleware, FHIR
+//! handlers and the mapping of errors to OperationOutcomes. Handlers parse, call one
+//! service function off the async workers, and shape the response. Uses `service`,
+//! `domain`, `fhir`, `auth` and `authz` types only.
+
+mod error;
+mod extract;
+mod fhir;
+mod metrics;
+mod middleware;
+mod ops;
+mod rate_limit;
+
+use std::sync::Arc;
+
+use actix_web::web;
+
+pub use error::{ApiError, outcome};
+pub use extract::RequestId;
+pub use metrics::Metrics;
+pub use middleware::request_context;
+pub use rate_limit::RateLimits;
+
+use crate::auth::TokenVerifier;
+use crate::service::Services;
+
+/// Shared, read-only state of the HTTP layer.
+pub struct AppState {
+    pub services: Services,
+    pub verifier: Arc<TokenVerifier>,
+    pub limits: RateLimits,
+    pub metrics: Metrics,
+    pub body_limit: usize,
+}
+
+/// Runs blocking work (database, crypto) on the blocking pool, inside the caller's span.
+pub async fn blocking<T, F>(work: F) -> Result<T, ApiError>
+where
+    F: FnOnce() -> Result<T, ApiError> + Send + 'static,
+    T: Send + 'static,
+{
+    let span = tracing::Span::current();
+    actix_web::rt::task::spawn_blocking(move || span.in_scope(work))
+        .await
+        .map_err(|_| ApiError::Internal)?
+}
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    let not_allowed = || web::to(ops::method_not_allowed);
+    cfg.service(web::resource("/healthz").route(web::get().to(ops::healthz)).default_service(not_allowed()))
+        .service(web::resource("/readyz").route(web::get().to(ops::readyz)).default_service(not_allowed()))
+        .service(web::resource("/metrics").route(web::get().to(ops::metrics)).default_service(not_allowed()))
+        .service(
+            web::scope("/fhir")
+                .service(web::resource("/metadata").route(web::get().to(fhir::metadata)).default_service(not_allowed()))
+                .service(
+                    web::resource("/{type}")
+                        .route(web::get().to(fhir::search))
+                        .route(web::post().to(fhir::create))
+                        .default_service(not_allowed()),
+                )
+                .service(
+                    web::resource("/{type}/_search").route(web::post().to(fhir::search_post)).default_service(not_allowed()),
+                )
+                .service(
+                    web::resource("/{type}/{id}")
+                        .route(web::get().to(fhir::read))
+                        .route(web::put().to(fhir::update))
+                        .route(web::delete().to(fhir::delete))
+                        .default_service(not_allowed()),
+                )
+                .service(web::resource("/{type}/{id}/_history").route(web::get().to(fhir::history)).default_service(not_allowed()))
+                .service(
+                    web::resource("/{type}/{id}/_history/{vid}").route(web::get().to(fhir::vread)).default_service(not_allowed()),
+                ),
+        )
+        .default_service(web::to(ops::not_found));
+}

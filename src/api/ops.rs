@@ -1,0 +1,44 @@
+//! Operational endpoints: liveness, readiness, metrics, and the fallbacks for unknown
+//! paths and methods.
+
+use actix_web::{HttpResponse, web};
+use serde_json::json;
+
+use crate::api::{ApiError, AppState, blocking};
+use crate::authz::Capability;
+use crate::service::Caller;
+
+pub async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(json!({"status": "alive"}))
+}
+
+/// Ready when the database answers and the verification keys are loaded (they are
+/// loaded before the server listens, so the database is what can change).
+pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let store = state.services.store.clone();
+    let db = blocking(move || Ok(store.ping())).await?;
+    match db {
+        Ok(()) => Ok(HttpResponse::Ok().json(json!({"status": "ready", "database": "ok", "keys": "ok"}))),
+        Err(e) => {
+            tracing::warn!(error = %e, "readiness check failed");
+            Err(ApiError::Unavailable("database unavailable"))
+        }
+    }
+}
+
+/// Prometheus text; needs the `metrics` capability.
+pub async fn metrics(state: web::Data<AppState>, caller: Caller) -> Result<HttpResponse, ApiError> {
+    if !state.services.policy.has_capability(&caller.principal, Capability::Metrics) {
+        return Err(ApiError::Forbidden);
+    }
+    let text = state.metrics.render(state.services.store.state()).map_err(|_| ApiError::Internal)?;
+    Ok(HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(text))
+}
+
+pub async fn not_found() -> Result<HttpResponse, ApiError> {
+    Err(ApiError::NotFound("no such endpoint"))
+}
+
+pub async fn method_not_allowed() -> Result<HttpResponse, ApiError> {
+    Err(ApiError::MethodNotAllowed)
+}

@@ -1,0 +1,262 @@
+//! Identity: verifying bearer JWTs into a [`Principal`] and minting development tokens.
+//! HS256 with a shared secret in development; RS256/EdDSA keys from a JWKS file in
+//! production. The algorithm is pinned by the key a token names, so an HS256 token can
+//! never be checked against a public key. Uses only `domain`.
+
+use std::fmt;
+use std::path::Path;
+
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use crate::domain::{Principal, Reference, Role, TenantId};
+
+/// Claims CareVault reads from a token.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Claims {
+    pub sub: String,
+    pub tenant: String,
+    #[serde(default)]
+    pub roles: Vec<String>,
+    #[serde(rename = "fhirUser", default, skip_serializing_if = "Option::is_none")]
+    pub fhir_user: Option<String>,
+    pub exp: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iat: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iss: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aud: Option<String>,
+}
+
+/// Why a token was refused. Shown to clients as a plain 401; never carries the token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("no bearer token")]
+    Missing,
+    #[error("token has expired")]
+    Expired,
+    #[error("token is not valid")]
+    Invalid,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("cannot read JWKS file {0}: {1}")]
+    JwksRead(String, std::io::Error),
+    #[error("JWKS file {0} is not a valid JWK set")]
+    JwksParse(String),
+    #[error("JWKS key #{0}: {1}")]
+    JwksKey(usize, String),
+    #[error("no token verification key is configured")]
+    NoKeys,
+    #[error("HS256 secret must be at least 32 bytes")]
+    ShortSecret,
+}
+
+struct PublicKey {
+    kid: Option<String>,
+    algorithm: Algorithm,
+    key: DecodingKey,
+}
+
+/// Verifies tokens. Built once at start.
+pub struct TokenVerifier {
+    hs256: Option<DecodingKey>,
+    public: Vec<PublicKey>,
+    issuer: Option<String>,
+    audience: Option<String>,
+}
+
+impl fmt::Debug for TokenVerifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenVerifier")
+            .field("hs256", &self.hs256.is_some())
+            .field("public_keys", &self.public.len())
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .finish()
+    }
+}
+
+/// Reads an RS256/EdDSA JWK set; each key needs `alg` (RS256 or EdDSA) and, when there
+/// is more than one, a `kid`.
+pub fn load_jwks(path: &Path) -> Result<Vec<(Option<String>, Algorithm, DecodingKey)>, KeyError> {
+    let shown = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| KeyError::JwksRead(shown.clone(), e))?;
+    let set: JwkSet = serde_json::from_str(&text).map_err(|_| KeyError::JwksParse(shown))?;
+    let many = set.keys.len() > 1;
+    set.keys
+        .iter()
+        .enumerate()
+        .map(|(i, jwk)| {
+            let alg = jwk
+                .common
+                .key_algorithm
+                .and_then(|a| Algorithm::try_from(a).ok())
+                .filter(|a| matches!(a, Algorithm::RS256 | Algorithm::EdDSA))
+                .ok_or_else(|| KeyError::JwksKey(i, "needs \"alg\": \"RS256\" or \"EdDSA\"".into()))?;
+            if many && jwk.common.key_id.is_none() {
+                return Err(KeyError::JwksKey(i, "needs a \"kid\" when the set has several keys".into()));
+            }
+            let key = DecodingKey::from_jwk(jwk).map_err(|e| KeyError::JwksKey(i, e.to_string()))?;
+            Ok((jwk.common.key_id.clone(), alg, key))
+        })
+        .collect()
+}
+
+impl TokenVerifier {
+    pub fn new(
+        hs256_secret: Option<&[u8]>,
+        public_keys: Vec<(Option<String>, Algorithm, DecodingKey)>,
+        issuer: Option<String>,
+        audience: Option<String>,
+    ) -> Result<Self, KeyError> {
+        if let Some(secret) = hs256_secret
+            && secret.len() < 32
+        {
+            return Err(KeyError::ShortSecret);
+        }
+        if hs256_secret.is_none() && public_keys.is_empty() {
+            return Err(KeyError::NoKeys);
+        }
+        Ok(Self {
+            hs256: hs256_secret.map(DecodingKey::from_secret),
+            public: public_keys
+                .into_iter()
+                .map(|(kid, algorithm, key)| PublicKey { kid, algorithm, key })
+                .collect(),
+            issuer,
+            audience,
+        })
+    }
+
+    fn validation(&self, alg: Algorithm) -> Validation {
+        let mut v = Validation::new(alg);
+        v.leeway = 30;
+        v.set_required_spec_claims(&["exp", "sub"]);
+        match &self.issuer {
+            Some(iss) => v.set_issuer(&[iss]),
+            None => v.iss = None,
+        }
+        match &self.audience {
+            Some(aud) => v.set_audience(&[aud]),
+            None => v.validate_aud = false,
+        }
+        v
+    }
+
+    /// Verifies signature, expiry, issuer and audience, then parses the claims into a
+    /// principal. Unknown roles are dropped (they grant nothing).
+    pub fn verify(&self, token: &str) -> Result<Principal, TokenError> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Invalid)?;
+        let key = match header.alg {
+            Algorithm::HS256 => self.hs256.as_ref().ok_or(TokenError::Invalid)?,
+            alg => {
+                let candidates = self.public.iter().filter(|k| k.algorithm == alg);
+                let found = match &header.kid {
+                    Some(kid) => candidates.into_iter().find(|k| k.kid.as_deref() == Some(kid)),
+                    None => {
+                        let all: Vec<_> = candidates.collect();
+                        if all.len() == 1 { Some(all[0]) } else { None }
+                    }
+                };
+                &found.ok_or(TokenError::Invalid)?.key
+            }
+        };
+        let data = jsonwebtoken::decode::<Claims>(token, key, &self.validation(header.alg)).map_err(|e| {
+            match e.kind() {
+                jsonwebtoken::errors::ErrorKind::ExpiredSignature => TokenError::Expired,
+                _ => TokenError::Invalid,
+            }
+        })?;
+        principal_from(data.claims)
+    }
+}
+
+fn principal_from(claims: Claims) -> Result<Principal, TokenError> {
+    if claims.sub.is_empty() || claims.sub.len() > 256 {
+        return Err(TokenError::Invalid);
+    }
+    let tenant = TenantId::parse(&claims.tenant).map_err(|_| TokenError::Invalid)?;
+    let fhir_user = match claims.fhir_user.as_deref() {
+        None => None,
+        Some(r) => Some(Reference::parse(r).map_err(|_| TokenError::Invalid)?),
+    };
+    let mut roles: Vec<Role> = claims.roles.iter().filter_map(|r| Role::parse(r)).collect();
+    roles.sort();
+    roles.dedup();
+    Ok(Principal { sub: claims.sub, tenant, roles, fhir_user })
+}
+
+/// A development HS256 secret, kept in zeroizing memory.
+#[derive(Clone)]
+pub struct Hs256Secret(Zeroizing<Vec<u8>>);
+
+impl Hs256Secret {
+    pub fn new(bytes: Vec<u8>) -> Self {
+        Self(Zeroizing::new(bytes))
+    }
+
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Hs256Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Hs256Secret([redacted])")
+    }
+}
+
+/// Signs `claims` with HS256, for `carevault token` and tests.
+pub fn mint_hs256(secret: &Hs256Secret, claims: &Claims) -> Result<String, jsonwebtoken::errors::Error> {
+    jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &EncodingKey::from_secret(secret.expose()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claims(exp_offset: i64) -> Claims {
+        Claims {
+            sub: "dr-a".into(),
+            tenant: "clinic-a".into(),
+            roles: vec!["clinician".into(), "astronaut".into()],
+            fhir_user: Some("Practitioner/p1".into()),
+            exp: (jsonwebtoken::get_current_timestamp() as i64 + exp_offset) as u64,
+            iat: None,
+            iss: None,
+            aud: None,
+        }
+    }
+
+    #[test]
+    fn hs256_round_trip_drops_unknown_roles() {
+        let secret = Hs256Secret::new(vec![7; 32]);
+        let v = TokenVerifier::new(Some(secret.expose()), vec![], None, None).unwrap();
+        let p = v.verify(&mint_hs256(&secret, &claims(60)).unwrap()).unwrap();
+        assert_eq!(p.roles, vec![Role::Clinician]);
+        assert_eq!(p.fhir_user.unwrap().to_string(), "Practitioner/p1");
+    }
+
+    #[test]
+    fn expired_forged_and_unsigned_tokens_fail() {
+        let secret = Hs256Secret::new(vec![7; 32]);
+        let v = TokenVerifier::new(Some(secret.expose()), vec![], None, None).unwrap();
+        assert_eq!(v.verify(&mint_hs256(&secret, &claims(-120)).unwrap()), Err(TokenError::Expired));
+        let other = Hs256Secret::new(vec![8; 32]);
+        assert_eq!(v.verify(&mint_hs256(&other, &claims(60)).unwrap()), Err(TokenError::Invalid));
+        assert_eq!(v.verify("not.a.token"), Err(TokenError::Invalid));
+        let good = mint_hs256(&secret, &claims(60)).unwrap();
+        let unsigned = format!("{}.", good.rsplit_once('.').unwrap().0.replacen("HS256", "none", 1));
+        assert_eq!(v.verify(&unsigned), Err(TokenError::Invalid));
+    }
+
+    #[test]
+    fn short_secrets_are_refused() {
+        assert!(matches!(TokenVerifier::new(Some(&[1; 8]), vec![], None, None), Err(KeyError::ShortSecret)));
+    }
+}

@@ -1,0 +1,158 @@
+//! The `carevault` command line.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::auth::{Claims, mint_hs256};
+use crate::config::{Environment, Settings};
+use crate::startup::{Application, hs256_secret};
+use crate::store::{DbConnection, run_migrations};
+
+#[derive(Debug, Parser)]
+#[command(name = "carevault", version, about = "CareVault: FHIR R4 records backend with field-level encryption and a verifiable audit ledger")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Start the HTTP server (applies pending migrations first; in development creates the
+    /// development JWT secret on first start).
+    Serve,
+    /// Apply pending database migrations and exit.
+    Migrate,
+    /// Print a signed development token (HS256). Refused in production.
+    Token {
+        /// Subject (user id).
+        #[arg(long)]
+        sub: String,
+        /// Tenant the token is scoped to.
+        #[arg(long)]
+        tenant: String,
+        /// Role; repeat for several (clinician, nurse, front_desk, patient, auditor, admin).
+        #[arg(long = "role", required = true)]
+        roles: Vec<String>,
+        /// SMART fhirUser, e.g. Practitioner/123 or Patient/456.
+        #[arg(long)]
+        fhir_user: Option<String>,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 3600)]
+        ttl: u64,
+    },
+}
+
+fn fail(message: impl std::fmt::Display) -> ExitCode {
+    eprintln!("error: {message}");
+    ExitCode::FAILURE
+}
+
+pub async fn run(cli: Cli) -> ExitCode {
+    let settings = match Settings::from_env() {
+        Ok(s) => s,
+        Err(e) => return fail(e),
+    };
+    match cli.command {
+        Command::Serve => serve(settings).await,
+        Command::Migrate => migrate(&settings),
+        Command::Token { sub, tenant, roles, fhir_user, ttl } => token(&settings, sub, tenant, roles, fhir_user, ttl),
+    }
+}
+
+async fn serve(settings: Settings) -> ExitCode {
+    let _guard = match crate::telemetry::init(&settings.log_dir) {
+        Ok(g) => g,
+        Err(e) => return fail(format!("cannot start logging in {}: {e}", settings.log_dir.display())),
+    };
+    tracing::info!(settings = ?settings, "starting");
+    let app = match Application::build(&settings) {
+        Ok(app) => app,
+        Err(e) => {
+            tracing::error!(error = %e, "start-up failed");
+            return fail(e);
+        }
+    };
+    tracing::info!(addr = %app.addr(), "listening");
+    if settings.env == Environment::Development {
+        tracing::warn!(
+            "development mode: mint a token with `cargo run --release -- token --sub dev --tenant demo --role clinician --fhir-user Practitioner/dev`"
+        );
+    }
+    match app.run_until_stopped().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(e),
+    }
+}
+
+fn migrate(settings: &Settings) -> ExitCode {
+    use diesel::Connection;
+    let url = &settings.database_url;
+    if let crate::store::DatabaseUrl::Sqlite(path) = url
+        && let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+        && let Err(e) = std::fs::create_dir_all(dir)
+    {
+        return fail(e);
+    }
+    let conn = match url {
+        crate::store::DatabaseUrl::Sqlite(path) => diesel::SqliteConnection::establish(&path.to_string_lossy()).map(DbConnection::Sqlite),
+        crate::store::DatabaseUrl::Postgres(u) => diesel::PgConnection::establish(u).map(DbConnection::Postgres),
+    };
+    let mut conn = match conn {
+        Ok(c) => c,
+        Err(e) => return fail(format!("cannot connect to {url}: {e}")),
+    };
+    match run_migrations(&mut conn) {
+        Ok(applied) if applied.is_empty() => {
+            println!("database is up to date");
+            ExitCode::SUCCESS
+        }
+        Ok(applied) => {
+            for m in applied {
+                println!("applied {m}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e),
+    }
+}
+
+fn token(settings: &Settings, sub: String, tenant: String, roles: Vec<String>, fhir_user: Option<String>, ttl: u64) -> ExitCode {
+    if settings.env == Environment::Production {
+        return fail("`token` mints development tokens and is refused in production");
+    }
+    if let Err(e) = crate::domain::TenantId::parse(&tenant) {
+        return fail(e);
+    }
+    if let Some(unknown) = roles.iter().find(|r| crate::domain::Role::parse(r).is_none()) {
+        return fail(format!("unknown role '{unknown}'"));
+    }
+    if let Some(r) = &fhir_user
+        && crate::domain::Reference::parse(r).is_err()
+    {
+        return fail("--fhir-user must look like Practitioner/ID or Patient/ID");
+    }
+    let secret = match hs256_secret(settings) {
+        Ok(Some(s)) => s,
+        Ok(None) => return fail("no HS256 secret configured"),
+        Err(e) => return fail(e),
+    };
+    let now = jsonwebtoken::get_current_timestamp();
+    let claims = Claims {
+        sub,
+        tenant,
+        roles,
+        fhir_user,
+        exp: now + ttl,
+        iat: Some(now),
+        iss: settings.jwt_issuer.clone(),
+        aud: settings.jwt_audience.clone(),
+    };
+    match mint_hs256(&secret, &claims) {
+        Ok(t) => {
+            println!("{t}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e),
+    }
+}

@@ -1,0 +1,226 @@
+//! Settings from `CAREVAULT_*` environment variables or, for the same keys in lower case
+//! without the prefix, a TOML file named by `CAREVAULT_CONFIG` (the environment wins).
+//! Everything is checked here, so bad configuration is a clear error at start. `Debug`
+//! never shows a secret.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use crate::auth::Hs256Secret;
+use crate::store::DatabaseUrl;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Environment {
+    Development,
+    Production,
+}
+
+/// Every key the configuration accepts.
+const KEYS: &[&str] = &[
+    "addr",
+    "data_dir",
+    "database_url",
+    "env",
+    "jwt_hs256_secret",
+    "jwks_file",
+    "jwt_issuer",
+    "jwt_audience",
+    "policies_dir",
+    "log_dir",
+    "rate_limit",
+    "body_limit",
+    "db_pool_size",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {0}: {1}")]
+    Read(String, std::io::Error),
+    #[error("config file {0} is not valid TOML: {1}")]
+    Toml(String, String),
+    #[error("config file {0}: unknown key '{1}' (known: {known})", known = KEYS.join(", "))]
+    UnknownKey(String, String),
+    #[error("config key '{0}' must be a string, integer or boolean")]
+    KeyType(String),
+    #[error("{0}: {1}")]
+    Invalid(&'static str, String),
+}
+
+/// The server's settings.
+#[derive(Clone)]
+pub struct Settings {
+    pub addr: SocketAddr,
+    pub data_dir: PathBuf,
+    pub database_url: DatabaseUrl,
+    pub env: Environment,
+    /// Operator-supplied HS256 secret (`CAREVAULT_JWT_HS256_SECRET`).
+    pub jwt_hs256_secret: Option<Hs256Secret>,
+    pub jwks_file: Option<PathBuf>,
+    pub jwt_issuer: Option<String>,
+    pub jwt_audience: Option<String>,
+    pub policies_dir: PathBuf,
+    pub log_dir: PathBuf,
+    /// Sustained requests per second per principal and per address; 0 = off.
+    pub rate_limit: u32,
+    /// Largest accepted request body in bytes.
+    pub body_limit: usize,
+    pub db_pool_size: u32,
+}
+
+impl fmt::Debug for Settings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Settings")
+            .field("addr", &self.addr)
+            .field("data_dir", &self.data_dir)
+            .field("database_url", &self.database_url)
+            .field("env", &self.env)
+            .field("jwt_hs256_secret", &self.jwt_hs256_secret.as_ref().map(|_| "[redacted]"))
+            .field("jwks_file", &self.jwks_file)
+            .field("jwt_issuer", &self.jwt_issuer)
+            .field("jwt_audience", &self.jwt_audience)
+            .field("policies_dir", &self.policies_dir)
+            .field("log_dir", &self.log_dir)
+            .field("rate_limit", &self.rate_limit)
+            .field("body_limit", &self.body_limit)
+            .field("db_pool_size", &self.db_pool_size)
+            .finish()
+    }
+}
+
+impl Settings {
+    /// Reads `CAREVAULT_CONFIG` (if set) and the `CAREVAULT_*` environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let mut raw = match std::env::var_os("CAREVAULT_CONFIG") {
+            Some(path) => read_file(Path::new(&path))?,
+            None => BTreeMap::new(),
+        };
+        for key in KEYS {
+            if let Ok(value) = std::env::var(format!("CAREVAULT_{}", key.to_uppercase())) {
+                raw.insert((*key).to_owned(), value);
+            }
+        }
+        Self::from_map(&raw)
+    }
+
+    /// Builds settings from `key → value`; absent keys take their defaults.
+    pub fn from_map(raw: &BTreeMap<String, String>) -> Result<Self, ConfigError> {
+        let get = |k: &str| raw.get(k).map(|v| v.trim()).filter(|v| !v.is_empty());
+        let addr = get("addr")
+            .unwrap_or("127.0.0.1:8080")
+            .parse()
+            .map_err(|_| ConfigError::Invalid("addr", "must be HOST:PORT with an IP address".into()))?;
+        let data_dir = PathBuf::from(get("data_dir").unwrap_or("./data"));
+        let default_db = format!("sqlite://{}", data_dir.join("carevault.db").display());
+        let database_url = DatabaseUrl::parse(get("database_url").unwrap_or(&default_db))
+            .map_err(|e| ConfigError::Invalid("database_url", e.to_string()))?;
+        let env = match get("env").unwrap_or("development") {
+            "development" => Environment::Development,
+            "production" => Environment::Production,
+            _ => return Err(ConfigError::Invalid("env", "must be 'development' or 'production'".into())),
+        };
+        let jwt_hs256_secret = match get("jwt_hs256_secret") {
+            Some(s) if s.len() < 32 => {
+                return Err(ConfigError::Invalid("jwt_hs256_secret", "must be at least 32 characters".into()));
+            }
+            Some(s) => Some(Hs256Secret::new(s.as_bytes().to_vec())),
+            None => None,
+        };
+        let number = |key: &'static str, default: u64, max: u64| -> Result<u64, ConfigError> {
+            match get(key) {
+                None => Ok(default),
+                Some(v) => v
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|n| *n <= max)
+                    .ok_or_else(|| ConfigError::Invalid(key, format!("must be a whole number up to {max}"))),
+            }
+        };
+        let settings = Self {
+            addr,
+            log_dir: get("log_dir").map(PathBuf::from).unwrap_or_else(|| data_dir.join("logs")),
+            data_dir,
+            database_url,
+            env,
+            jwt_hs256_secret,
+            jwks_file: get("jwks_file").map(PathBuf::from),
+            jwt_issuer: get("jwt_issuer").map(str::to_owned),
+            jwt_audience: get("jwt_audience").map(str::to_owned),
+            policies_dir: PathBuf::from(get("policies_dir").unwrap_or("./policies")),
+            rate_limit: number("rate_limit", 100, 1_000_000)? as u32,
+            body_limit: number("body_limit", 1024 * 1024, 64 * 1024 * 1024)? as usize,
+            db_pool_size: number("db_pool_size", 16, 512)?.max(1) as u32,
+        };
+        if settings.env == Environment::Production && settings.jwt_hs256_secret.is_none() && settings.jwks_file.is_none() {
+            return Err(ConfigError::Invalid(
+                "env",
+                "production needs CAREVAULT_JWKS_FILE or CAREVAULT_JWT_HS256_SECRET; development secrets are refused".into(),
+            ));
+        }
+        Ok(settings)
+    }
+}
+
+fn read_file(path: &Path) -> Result<BTreeMap<String, String>, ConfigError> {
+    let shown = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read(shown.clone(), e))?;
+    let table: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::Toml(shown.clone(), e.message().to_owned()))?;
+    let mut out = BTreeMap::new();
+    for (key, value) in table {
+        if !KEYS.contains(&key.as_str()) {
+            return Err(ConfigError::UnknownKey(shown, key));
+        }
+        let value = match value {
+            toml::Value::String(s) => s,
+            toml::Value::Integer(i) => i.to_string(),
+            toml::Value::Boolean(b) => b.to_string(),
+            _ => return Err(ConfigError::KeyType(key)),
+        };
+        out.insert(key, value);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    }
+
+    #[test]
+    fn defaults_follow_the_spec() {
+        let s = Settings::from_map(&BTreeMap::new()).unwrap();
+        assert_eq!(s.addr.to_string(), "127.0.0.1:8080");
+        assert_eq!(s.database_url.to_string(), "sqlite://./data/carevault.db");
+        assert_eq!(s.log_dir, PathBuf::from("./data/logs"));
+        assert_eq!(s.rate_limit, 100);
+        assert_eq!(s.env, Environment::Development);
+    }
+
+    #[test]
+    fn bad_values_are_clear_errors_and_secrets_stay_hidden() {
+        assert!(Settings::from_map(&map(&[("addr", "nowhere")])).is_err());
+        assert!(Settings::from_map(&map(&[("database_url", "mysql://x")])).is_err());
+        assert!(Settings::from_map(&map(&[("env", "staging")])).is_err());
+        assert!(Settings::from_map(&map(&[("rate_limit", "-1")])).is_err());
+        assert!(Settings::from_map(&map(&[("jwt_hs256_secret", "short")])).is_err());
+        assert!(Settings::from_map(&map(&[("env", "production")])).is_err());
+        let s = Settings::from_map(&map(&[("jwt_hs256_secret", "zz-test-secret-0123456789abcdefghijkl")])).unwrap();
+        assert!(!format!("{s:?}").contains("zz-test-secret"));
+    }
+
+    #[test]
+    fn toml_files_use_the_same_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "addr = \"127.0.0.1:9999\"\nrate_limit = 5\n").unwrap();
+        let s = Settings::from_map(&read_file(&path).unwrap()).unwrap();
+        assert_eq!(s.addr.port(), 9999);
+        assert_eq!(s.rate_limit, 5);
+        std::fs::write(&path, "adr = \"x\"\n").unwrap();
+        assert!(matches!(read_file(&path), Err(ConfigError::UnknownKey(_, _))));
+    }
+}

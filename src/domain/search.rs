@@ -1,0 +1,224 @@
+//! Search parameters and the normalisation that makes matching exact and
+//! case-insensitive. The same functions run when a resource is indexed and when a query
+//! arrives, so both sides always agree on a token.
+
+use serde_json::Value;
+
+use crate::domain::{Reference, ResourceType};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParamKind {
+    /// `identifier=[system]|[value]`, `identifier=|[value]` or `identifier=[value]`.
+    Identifier,
+    /// `HumanName.family`.
+    Family,
+    /// `HumanName.given`, each given name on its own.
+    Given,
+    /// A FHIR `date` compared for equality (`eq` prefix allowed).
+    Date,
+    /// `ContactPoint` with system `phone`, compared on its digits.
+    Phone,
+    /// `ContactPoint` with system `email`, compared case-insensitively.
+    Email,
+    /// A literal reference to a resource of the given type.
+    Reference(ResourceType),
+}
+
+#[derive(Debug)]
+pub struct SearchParamDef {
+    pub name: &'static str,
+    pub kind: ParamKind,
+    /// The top-level element the values come from.
+    pub element: &'static str,
+}
+
+/// Why a search value was refused. The value itself is never included.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum QueryValueError {
+    #[error("is empty")]
+    Empty,
+    #[error("uses a comparison prefix other than 'eq'; only exact matches are supported")]
+    Prefix,
+    #[error("is not a FHIR date (YYYY, YYYY-MM or YYYY-MM-DD)")]
+    Date,
+    #[error("is not a reference to the expected resource type")]
+    Reference,
+}
+
+/// Case-folds and collapses white space: `"  van  Der Berg "` → `"van der berg"`.
+fn fold(raw: &str) -> String {
+    raw.split_whitespace().collect::<Vec<_>>().join(" ").to_lowercase()
+}
+
+fn phone_digits(raw: &str) -> String {
+    raw.chars().filter(char::is_ascii_digit).collect()
+}
+
+fn is_fhir_date(raw: &str) -> bool {
+    let b = raw.as_bytes();
+    let digits = |r: std::ops::Range<usize>| b[r].iter().all(u8::is_ascii_digit);
+    match b.len() {
+        4 => digits(0..4),
+        7 => digits(0..4) && b[4] == b'-' && digits(5..7),
+        10 => digits(0..4) && b[4] == b'-' && digits(5..7) && b[7] == b'-' && digits(8..10),
+        _ => false,
+    }
+}
+
+fn non_empty(token: String) -> Option<String> {
+    (!token.is_empty()).then_some(token)
+}
+
+/// Index tokens for one parameter of a resource. Several values give several tokens; a
+/// resource matches a query token when any of its tokens is equal to it.
+pub fn index_tokens(def: &SearchParamDef, resource: &Value) -> Vec<String> {
+    let element = resource.get(def.element);
+    let items: Vec<&Value> = match element {
+        Some(Value::Array(items)) => items.iter().collect(),
+        Some(v) => vec![v],
+        None => Vec::new(),
+    };
+    let mut tokens = Vec::new();
+    for item in items {
+        match def.kind {
+            ParamKind::Identifier => {
+                let Some(value) = item.get("value").and_then(Value::as_str).map(fold) else {
+                    continue;
+                };
+                if value.is_empty() {
+                    continue;
+                }
+                match item.get("system").and_then(Value::as_str).map(fold) {
+                    Some(system) if !system.is_empty() => tokens.push(format!("sv:{system}|{value}")),
+                    _ => tokens.push(format!("nosys:{value}")),
+                }
+                tokens.push(format!("v:{value}"));
+            }
+            ParamKind::Family => {
+                tokens.extend(item.get("family").and_then(Value::as_str).map(fold).and_then(non_empty));
+            }
+            ParamKind::Given => {
+                if let Some(Value::Array(given)) = item.get("given") {
+                    tokens.extend(given.iter().filter_map(Value::as_str).map(fold).filter_map(non_empty));
+                }
+            }
+            ParamKind::Date => {
+                tokens.extend(item.as_str().filter(|d| is_fhir_date(d)).map(str::to_owned));
+            }
+            ParamKind::Phone | ParamKind::Email => {
+                let wanted = if def.kind == ParamKind::Phone { "phone" } else { "email" };
+                if item.get("system").and_then(Value::as_str) != Some(wanted) {
+                    continue;
+                }
+                let Some(value) = item.get("value").and_then(Value::as_str) else { continue };
+                let token = if def.kind == ParamKind::Phone { phone_digits(value) } else { fold(value) };
+                tokens.extend(non_empty(token));
+            }
+            ParamKind::Reference(expected) => {
+                let parsed = item
+                    .get("reference")
+                    .and_then(Value::as_str)
+                    .and_then(|r| Reference::parse(r).ok())
+                    .filter(|r| r.resource_type == expected);
+                tokens.extend(parsed.map(|r| r.to_string()));
+            }
+        }
+    }
+    tokens.sort();
+    tokens.dedup();
+    tokens
+}
+
+/// The token a query value must equal, normalised exactly as [`index_tokens`] does.
+pub fn query_token(kind: ParamKind, raw: &str) -> Result<String, QueryValueError> {
+    let raw = raw.trim();
+    if raw.is_empty() {
+        return Err(QueryValueError::Empty);
+    }
+    let token = match kind {
+        ParamKind::Identifier => match raw.split_once('|') {
+            Some(("", value)) => format!("nosys:{}", fold(value)),
+            Some((system, value)) => format!("sv:{}|{}", fold(system), fold(value)),
+            None => format!("v:{}", fold(raw)),
+        },
+        ParamKind::Family | ParamKind::Given | ParamKind::Email => fold(raw),
+        ParamKind::Phone => phone_digits(raw),
+        ParamKind::Date => {
+            let date = match raw.get(..2) {
+                Some("eq") => &raw[2..],
+                Some(p) if p.bytes().all(|b| b.is_ascii_alphabetic()) => {
+                    return Err(QueryValueError::Prefix);
+                }
+                _ => raw,
+            };
+            if !is_fhir_date(date) {
+                return Err(QueryValueError::Date);
+            }
+            date.to_owned()
+        }
+        ParamKind::Reference(expected) => {
+            let full = if raw.contains('/') { raw.to_owned() } else { format!("{}/{raw}", expected.name()) };
+            let r = Reference::parse(&full).map_err(|_| QueryValueError::Reference)?;
+            if r.resource_type != expected {
+                return Err(QueryValueError::Reference);
+            }
+            r.to_string()
+        }
+    };
+    if token.is_empty() || token.ends_with(':') || token.ends_with('|') {
+        return Err(QueryValueError::Empty);
+    }
+    Ok(token)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn def(name: &str) -> &'static SearchParamDef {
+        ResourceType::Patient.search_param(name).unwrap()
+    }
+
+    #[test]
+    fn index_and_query_agree_case_and_space_insensitively() {
+        let p = json!({
+            "name": [{"family": "  Van  der Berg ", "given": ["ZZ-Anna", "Maria"]}],
+            "identifier": [{"system": "urn:test:mrn", "value": "MRN-001"}, {"value": "X9"}],
+            "telecom": [{"system": "phone", "value": "+1 (555) 010-0199"}, {"system": "email", "value": "A.B@Example.TEST"}],
+            "birthDate": "1970-01-02",
+        });
+        let has = |name: &str, q: &str| {
+            let d = def(name);
+            index_tokens(d, &p).contains(&query_token(d.kind, q).unwrap())
+        };
+        assert!(has("family", "van der berg"));
+        assert!(has("family", "VAN DER BERG"));
+        assert!(has("given", "maria"));
+        assert!(has("identifier", "URN:TEST:MRN|mrn-001"));
+        assert!(has("identifier", "mrn-001"));
+        assert!(has("identifier", "|x9"));
+        assert!(!has("identifier", "|mrn-001"));
+        assert!(has("phone", "15550100199"));
+        assert!(has("email", "a.b@example.test"));
+        assert!(has("birthdate", "1970-01-02"));
+        assert!(has("birthdate", "eq1970-01-02"));
+        assert!(!has("family", "van"));
+    }
+
+    #[test]
+    fn bad_query_values_are_refused() {
+        assert_eq!(query_token(ParamKind::Date, "ge1970-01-01"), Err(QueryValueError::Prefix));
+        assert_eq!(query_token(ParamKind::Date, "1970-1-1"), Err(QueryValueError::Date));
+        assert_eq!(query_token(ParamKind::Family, "  "), Err(QueryValueError::Empty));
+        assert_eq!(query_token(ParamKind::Identifier, "sys|"), Err(QueryValueError::Empty));
+        assert_eq!(
+            query_token(ParamKind::Reference(ResourceType::Practitioner), "Patient/1"),
+            Err(QueryValueError::Reference)
+        );
+        assert_eq!(
+            query_token(ParamKind::Reference(ResourceType::Practitioner), "abc").unwrap(),
+            "Practitioner/abc"
+        );
+    }
+}

@@ -1,0 +1,305 @@
+use serde_json::Value;
+
+use crate::domain::ResourceType;
+
+/// The FHIR R4 JSON schema (CC0), `http://hl7.org/fhir/json-schema/4.0`.
+const FHIR_SCHEMA: &str = include_str!("../../schemas/fhir.schema.json");
+const FHIR_SCHEMA_ID: &str = "http://hl7.org/fhir/json-schema/4.0";
+/// At most this many issues are reported for one resource.
+const MAX_ISSUES: usize = 20;
+
+/// OperationOutcome issue types used by the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IssueCode {
+    Structure,
+    Required,
+    Value,
+    Invalid,
+    Processing,
+    NotSupported,
+    NotFound,
+    Deleted,
+    Conflict,
+    Security,
+    Forbidden,
+    Login,
+    TooCostly,
+    Throttled,
+    Exception,
+    Transient,
+}
+
+impl IssueCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IssueCode::Structure => "structure",
+            IssueCode::Required => "required",
+            IssueCode::Value => "value",
+            IssueCode::Invalid => "invalid",
+            IssueCode::Processing => "processing",
+            IssueCode::NotSupported => "not-supported",
+            IssueCode::NotFound => "not-found",
+            IssueCode::Deleted => "deleted",
+            IssueCode::Conflict => "conflict",
+            IssueCode::Security => "security",
+            IssueCode::Forbidden => "forbidden",
+            IssueCode::Login => "login",
+            IssueCode::TooCostly => "too-costly",
+            IssueCode::Throttled => "throttled",
+            IssueCode::Exception => "exception",
+            IssueCode::Transient => "transient",
+        }
+    }
+}
+
+/// One problem found in a request. `diagnostics` is written by the server and never
+/// contains a submitted value; `expression` is a FHIRPath-style element path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Issue {
+    pub code: IssueCode,
+    pub expression: Option<String>,
+    pub diagnostics: String,
+}
+
+impl Issue {
+    pub fn new(code: IssueCode, expression: Option<String>, diagnostics: impl Into<String>) -> Self {
+        Self { code, expression, diagnostics: diagnostics.into() }
+    }
+}
+
+/// `Patient` + `/name/0/family` → `Patient.name[0].family`.
+pub fn element_path(root: &str, pointer_segments: impl IntoIterator<Item = String>) -> String {
+    let mut path = root.to_owned();
+    for segment in pointer_segments {
+        if !segment.is_empty() && segment.bytes().all(|b| b.is_ascii_digit()) {
+            path.push_str(&format!("[{segment}]"));
+        } else {
+            path.push('.');
+            path.push_str(&segment);
+        }
+    }
+    path
+}
+
+/// An element name safe to repeat in a message: what FHIR element names look like.
+fn is_plain_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+/// Validates resources of the served types against the R4 schema, built once at start
+/// and shared by all workers.
+pub struct FhirValidator {
+    validator: jsonschema::Validator,
+}
+
+impl std::fmt::Debug for FhirValidator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FhirValidator")
+    }
+}
+
+impl FhirValidator {
+    /// Compiles one validator over every served type: an `if resourceType = T then
+    /// #/definitions/T` branch per type, against the official schema in one registry.
+    pub fn new() -> Result<Self, String> {
+        let fhir: Value = serde_json::from_str(FHIR_SCHEMA).map_err(|e| format!("FHIR schema is not JSON: {e}"))?;
+        let registry = jsonschema::Registry::new()
+            .add(FHIR_SCHEMA_ID, fhir)
+            .and_then(|r| r.prepare())
+            .map_err(|e| format!("FHIR schema registry: {e}"))?;
+        let branches: Vec<Value> = ResourceType::ALL
+            .iter()
+            .map(|t| {
+                serde_json::json!({
+                    "if": {"properties": {"resourceType": {"const": t.name()}}, "required": ["resourceType"]},
+                    "then": {"$ref": format!("{FHIR_SCHEMA_ID}#/definitions/{}", t.name())}
+                })
+            })
+            .collect();
+        let root = serde_json::json!({
+            "$schema": "http://json-schema.org/draft-07/schema#",
+            "allOf": branches,
+        });
+        let validator = jsonschema::options()
+            .with_registry(&registry)
+            .build(&root)
+            .map_err(|e| format!("FHIR validator: {e}"))?;
+        Ok(Self { validator })
+    }
+
+    /// Checks that `resource` is a valid R4 `rtype`. The caller has already checked that
+    /// it is an object whose `resourceType` is `rtype`.
+    pub fn validate(&self, rtype: ResourceType, resource: &Value) -> Result<(), Vec<Issue>> {
+        let root = rtype.name();
+        let mut issues: Vec<Issue> = self
+            .validator
+            .iter_errors(resource)
+            .take(MAX_ISSUES)
+            .map(|error| {
+                let path = element_path(root, error.instance_path().iter().map(|s| s.to_string()));
+                schema_issue(path, error.kind())
+            })
+            .collect();
+        issues.dedup();
+        check_calendar_dates(root, resource, &mut issues);
+        check_required(rtype, resource, &mut issues);
+        issues.truncate(MAX_ISSUES);
+        if issues.is_empty() { Ok(()) } else { Err(issues) }
+    }
+}
+
+fn schema_issue(path: String, kind: &jsonschema::error::ValidationErrorKind) -> Issue {
+    use jsonschema::error::ValidationErrorKind as K;
+    let (code, text) = match kind {
+        K::AdditionalProperties { unexpected } => {
+            let names: Vec<&str> = unexpected.iter().map(String::as_str).filter(|n| is_plain_name(n)).collect();
+            let text = if names.is_empty() {
+                "unknown element".to_owned()
+            } else {
+                format!("unknown element(s): {}", names.join(", "))
+            };
+            (IssueCode::Structure, text)
+        }
+        K::Required { property } => {
+            let name = property.as_str().filter(|n| is_plain_name(n)).unwrap_or("element");
+            (IssueCode::Required, format!("required element '{name}' is missing"))
+        }
+        K::Type { .. } => (IssueCode::Structure, "element has the wrong JSON type".to_owned()),
+        K::Pattern { .. } => (IssueCode::Value, "value does not have the format FHIR R4 requires".to_owned()),
+        K::Enum { .. } | K::Constant { .. } => {
+            (IssueCode::Value, "value is not one of the codes FHIR R4 allows here".to_owned())
+        }
+        K::MinItems { .. } => (IssueCode::Structure, "array must not be empty".to_owned()),
+        other => (IssueCode::Invalid, format!("fails the '{}' rule of the FHIR R4 schema", other.keyword())),
+    };
+    Issue::new(code, Some(path), text)
+}
+
+fn is_date_key(key: &str) -> bool {
+    matches!(key, "start" | "end" | "date" | "issued" | "authoredOn" | "recorded" | "lastUpdated" | "lastOccurrence")
+        || key.ends_with("Date")
+        || key.ends_with("DateTime")
+        || key.ends_with("Instant")
+}
+
+/// The schema checks the shape of dates, not the calendar: `1970-02-31` passes it.
+fn check_calendar_dates(root: &str, value: &Value, issues: &mut Vec<Issue>) {
+    fn walk(path: &mut Vec<String>, key: Option<&str>, value: &Value, root: &str, issues: &mut Vec<Issue>) {
+        match value {
+            Value::Object(map) => {
+                for (k, v) in map {
+                    path.push(k.clone());
+                    walk(path, Some(k), v, root, issues);
+                    path.pop();
+                }
+            }
+            Value::Array(items) => {
+                for (i, v) in items.iter().enumerate() {
+                    path.push(i.to_string());
+                    walk(path, key, v, root, issues);
+                    path.pop();
+                }
+            }
+            Value::String(s) if key.is_some_and(is_date_key) => {
+                if !calendar_ok(s) {
+                    issues.push(Issue::new(
+                        IssueCode::Value,
+                        Some(element_path(root, path.iter().cloned())),
+                        "date is not a real calendar date",
+                    ));
+                }
+            }
+            _ => {}
+        }
+    }
+    walk(&mut Vec::new(), None, value, root, issues);
+}
+
+fn calendar_ok(s: &str) -> bool {
+    let b = s.as_bytes();
+    if b.len() < 10 || b[4] != b'-' || b[7] != b'-' {
+        return true; // YYYY or YYYY-MM (or not a date at all: the schema judges the shape)
+    }
+    let num = |r: std::ops::Range<usize>| s.get(r).and_then(|x| x.parse::<u32>().ok());
+    match (num(0..4), num(5..7), num(8..10)) {
+        (Some(y), Some(m), Some(d)) => chrono::NaiveDate::from_ymd_opt(y as i32, m, d).is_some(),
+        _ => true,
+    }
+}
+
+/// Required primitive elements the schema leaves optional (it cannot require a primitive
+/// that may instead carry only an extension).
+fn check_required(rtype: ResourceType, resource: &Value, issues: &mut Vec<Issue>) {
+    let required: &[&str] = match rtype {
+        ResourceType::Patient | ResourceType::Practitioner => &[],
+    };
+    for element in required {
+        if resource.get(*element).is_none() {
+            issues.push(Issue::new(
+                IssueCode::Required,
+                Some(format!("{}.{element}", rtype.name())),
+                format!("required element '{element}' is missing"),
+            ));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn check(resource: Value) -> Result<(), Vec<Issue>> {
+        use std::sync::OnceLock;
+        static V: OnceLock<FhirValidator> = OnceLock::new();
+        let v = V.get_or_init(|| FhirValidator::new().unwrap());
+        let rtype = ResourceType::from_name(resource["resourceType"].as_str().unwrap()).unwrap();
+        v.validate(rtype, &resource)
+    }
+
+    #[test]
+    fn a_valid_patient_passes() {
+        check(json!({
+            "resourceType": "Patient",
+            "name": [{"family": "Zz-Testperson", "given": ["Alpha"]}],
+            "gender": "female",
+            "birthDate": "1980-02-29",
+            "extension": [{"url": "http://example.test/x", "valueDecimal": 72.50}]
+        }))
+        .unwrap();
+    }
+
+    #[test]
+    fn errors_name_the_path_and_never_the_value() {
+        let issues = check(json!({
+            "resourceType": "Patient",
+            "gender": "SECRET-GENDER-VALUE",
+            "birthDate": "SECRET-DATE",
+            "name": [{"family": 12345}],
+            "nickname": "SECRET-NICK"
+        }))
+        .unwrap_err();
+        let paths: Vec<_> = issues.iter().filter_map(|i| i.expression.clone()).collect();
+        assert!(paths.contains(&"Patient.gender".to_owned()), "{paths:?}");
+        assert!(paths.contains(&"Patient.birthDate".to_owned()), "{paths:?}");
+        assert!(paths.contains(&"Patient.name[0].family".to_owned()), "{paths:?}");
+        let text = format!("{issues:?}");
+        assert!(!text.contains("SECRET"), "{text}");
+        assert!(text.contains("nickname"), "unknown element name should be reported: {text}");
+    }
+
+    #[test]
+    fn impossible_calendar_dates_are_rejected() {
+        let issues = check(json!({"resourceType": "Patient", "birthDate": "1970-02-31"})).unwrap_err();
+        assert_eq!(issues[0].expression.as_deref(), Some("Patient.birthDate"));
+        assert!(check(json!({"resourceType": "Practitioner", "birthDate": "1970-02"})).is_ok());
+    }
+
+    #[test]
+    fn a_practitioner_is_not_a_patient() {
+        let issues = check(json!({"resourceType": "Practitioner", "gender": "male", "deceasedBoolean": true})).unwrap_err();
+        assert!(issues.iter().any(|i| i.code == IssueCode::Structure));
+    }
+}

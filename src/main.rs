@@ -1,0 +1,8 @@
+use std::process::ExitCode;
+
+use clap::Parser;
+
+#[actix_web::main]
+async fn main() -> ExitCode {
+    carevault::cli::run(carevault::cli::Cli::parse()).await
+}

@@ -1,0 +1,32 @@
+use crate::fhir::Issue;
+use crate::store::StoreError;
+
+/// What can go wrong in a use case. Messages are safe to show: they never carry a
+/// submitted value, and internal causes stay in `Store`/`Corrupt` for the log.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("resource not found")]
+    NotFound,
+    #[error("resource has been deleted")]
+    Gone,
+    #[error("access denied")]
+    Forbidden,
+    #[error("version {current} is current; the request named another")]
+    VersionConflict { current: i64 },
+    /// The request itself is malformed (400).
+    #[error("bad request")]
+    BadRequest(Vec<Issue>),
+    /// The resource is not valid FHIR R4 for its type (422).
+    #[error("invalid resource")]
+    Invalid(Vec<Issue>),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("stored resource could not be decoded")]
+    Corrupt,
+}
+
+impl From<diesel::result::Error> for ServiceError {
+    fn from(e: diesel::result::Error) -> Self {
+        ServiceError::Store(StoreError::Query(e))
+    }
+}

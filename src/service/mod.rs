@@ -1,0 +1,50 @@
+//! Use cases. Each one authorizes the caller, then does its work in one transaction;
+//! every write goes through [`resources::ResourceService::commit`], the single place where
+//! a resource version, its search tokens and (as they arrive) the ledger entry and the
+//! change-log row are written together. How a resource is stored and indexed is
+//! [`codec`]'s business, so field encryption changes that module and no caller.
+//! May use every module but `api`.
+
+pub mod codec;
+mod error;
+pub mod resources;
+mod search_params;
+
+use std::sync::Arc;
+
+pub use error::ServiceError;
+pub use search_params::{MAX_COUNT, DEFAULT_COUNT};
+
+use crate::authz::AccessPolicy;
+use crate::domain::{Principal, PurposeOfUse};
+use crate::fhir::FhirValidator;
+use crate::store::Store;
+
+/// Who is asking and why: built by the API from a verified token and the request.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub principal: Principal,
+    /// `X-Break-Glass` reason (already checked to be present and long enough).
+    pub break_glass: Option<String>,
+    pub purpose: PurposeOfUse,
+    pub request_id: String,
+    pub client: String,
+}
+
+/// Everything the use cases need, cheap to clone into blocking tasks.
+#[derive(Debug, Clone)]
+pub struct Services {
+    pub store: Store,
+    pub validator: Arc<FhirValidator>,
+    pub policy: Arc<AccessPolicy>,
+}
+
+impl Services {
+    pub fn new(store: Store, validator: Arc<FhirValidator>, policy: Arc<AccessPolicy>) -> Self {
+        Self { store, validator, policy }
+    }
+
+    pub fn resources(&self) -> resources::ResourceService<'_> {
+        resources::ResourceService::new(self)
+    }
+}

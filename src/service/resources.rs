@@ -1,0 +1,425 @@
+//! FHIR resource use cases, generic over the served resource types.
+
+use chrono::{DateTime, NaiveDateTime, SubsecRound, Utc};
+use serde_json::{Map, Value};
+
+use crate::authz::{Decision, Op, SearchScope, Target};
+use crate::domain::{Category, Reference, ResourceId, ResourceType};
+use crate::fhir::{Issue, IssueCode};
+use crate::service::search_params::{self, ParsedSearch};
+use crate::service::{Caller, ServiceError, Services, codec};
+use crate::store::resources::{self as rows, CurrentRow, Restriction, SearchQuery, VersionRow};
+use crate::store::{DbConnection, write_transaction};
+
+/// How often a write without `If-Match` retries when another writer got there first.
+const UNCONDITIONAL_RETRIES: usize = 5;
+
+/// One version of a resource as returned to a client.
+#[derive(Debug, Clone)]
+pub struct Versioned {
+    pub resource_type: ResourceType,
+    pub id: ResourceId,
+    pub version_id: i64,
+    pub last_updated: DateTime<Utc>,
+    /// `None` for a deleted version (history only).
+    pub resource: Option<Value>,
+}
+
+/// A page of results.
+#[derive(Debug, Clone)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub total: i64,
+    pub count: i64,
+    pub offset: i64,
+    /// The parameters that define the result set, for paging links.
+    pub echo: Vec<(String, String)>,
+}
+
+/// A version about to be written.
+struct Write {
+    row: CurrentRow,
+    /// The version this write replaces; `None` for a create.
+    expected: Option<i64>,
+    tokens: Vec<(&'static str, String)>,
+}
+
+pub struct ResourceService<'s> {
+    services: &'s Services,
+}
+
+fn now() -> NaiveDateTime {
+    Utc::now().trunc_subsecs(3).naive_utc()
+}
+
+fn instant(t: NaiveDateTime) -> String {
+    t.and_utc().format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
+}
+
+fn structure(expression: Option<String>, diagnostics: &str) -> ServiceError {
+    ServiceError::BadRequest(vec![Issue::new(IssueCode::Structure, expression, diagnostics)])
+}
+
+/// `generalPractitioner` references of a Patient: its care team.
+fn care_team(resource: Option<&Value>) -> Vec<Reference> {
+    resource
+        .and_then(|r| r.get("generalPractitioner"))
+        .and_then(Value::as_array)
+        .map(|refs| {
+            refs.iter()
+                .filter_map(|r| r.get("reference").and_then(Value::as_str))
+                .filter_map(|r| Reference::parse(r).ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The compartment patient of a record: a Patient owns itself.
+fn compartment_patient(rtype: ResourceType, id: &ResourceId, resource: &Value) -> Option<String> {
+    match rtype.category() {
+        Category::Patient => Some(id.to_string()),
+        Category::Practitioner => None,
+        Category::Clinical => rtype.def().compartment.iter().find_map(|element| {
+            resource
+                .get(*element)
+                .and_then(|r| r.get("reference"))
+                .and_then(Value::as_str)
+                .and_then(|r| Reference::parse(r).ok())
+                .filter(|r| r.resource_type == ResourceType::Patient)
+                .map(|r| r.id.to_string())
+        }),
+    }
+}
+
+impl<'s> ResourceService<'s> {
+    pub fn new(services: &'s Services) -> Self {
+        Self { services }
+    }
+
+    fn conn(&self) -> Result<crate::store::PooledConn, ServiceError> {
+        Ok(self.services.store.conn()?)
+    }
+
+    /// Checks that `body` is a valid resource of `rtype` (and, for an update, carries `id`).
+    fn parse_body(&self, rtype: ResourceType, body: Value, id: Option<&ResourceId>) -> Result<Map<String, Value>, ServiceError> {
+        let Value::Object(mut resource) = body else {
+            return Err(structure(None, "request body must be a JSON object holding one FHIR resource"));
+        };
+        match resource.get("resourceType").and_then(Value::as_str) {
+            Some(t) if t == rtype.name() => {}
+            Some(_) => {
+                return Err(structure(
+                    Some("resourceType".into()),
+                    &format!("resourceType does not match the endpoint (expected {})", rtype.name()),
+                ));
+            }
+            None => return Err(structure(Some("resourceType".into()), "resourceType is missing")),
+        }
+        match (id, resource.get("id")) {
+            (Some(expected), Some(Value::String(given))) if given == expected.as_str() => {}
+            (Some(_), Some(_)) => {
+                return Err(structure(Some(format!("{}.id", rtype.name())), "id does not match the id in the URL"));
+            }
+            (Some(_), None) => {
+                return Err(structure(Some(format!("{}.id", rtype.name())), "id is required for an update"));
+            }
+            (None, _) => {
+                // On create the server assigns the id; a client id is ignored.
+                resource.shift_remove("id");
+            }
+        }
+        let value = Value::Object(resource);
+        self.services.validator.validate(rtype, &value).map_err(ServiceError::Invalid)?;
+        match value {
+            Value::Object(resource) => Ok(resource),
+            _ => Err(ServiceError::Corrupt),
+        }
+    }
+
+    /// Authorizes `op` on a record whose current content is `content` (if any is known).
+    fn authorize(&self, caller: &Caller, op: Op, rtype: ResourceType, id: &ResourceId, content: Option<&Value>) -> Result<Decision, ServiceError> {
+        let owner = match rtype.category() {
+            Category::Patient | Category::Practitioner => Some(Reference::new(rtype, id.clone())),
+            Category::Clinical => content
+                .and_then(|c| compartment_patient(rtype, id, c))
+                .and_then(|p| ResourceId::parse(&p).ok())
+                .map(|p| Reference::new(ResourceType::Patient, p)),
+        };
+        let team = match rtype.category() {
+            Category::Patient => care_team(content),
+            _ => Vec::new(),
+        };
+        let target = Target { category: rtype.category(), owner: owner.as_ref(), care_team: &team };
+        let decision = self.services.policy.decide(&caller.principal, op, &target, caller.break_glass.is_some());
+        match decision {
+            Decision::Deny => {
+                tracing::info!(resource_type = rtype.name(), resource_id = %id, op = ?op, "access denied");
+                Err(ServiceError::Forbidden)
+            }
+            Decision::AllowBreakGlass => {
+                tracing::warn!(resource_type = rtype.name(), resource_id = %id, "break-glass access");
+                Ok(decision)
+            }
+            Decision::Allow => Ok(decision),
+        }
+    }
+
+    fn load_current(&self, conn: &mut DbConnection, caller: &Caller, rtype: ResourceType, id: &ResourceId) -> Result<(CurrentRow, Option<Value>), ServiceError> {
+        let tenant = &caller.principal.tenant;
+        let row = rows::find_current(conn, tenant.as_str(), rtype.name(), id.as_str())?.ok_or(ServiceError::NotFound)?;
+        let content = if row.deleted == 0 { Some(codec::from_stored(tenant, rtype, &row.content)?) } else { None };
+        Ok((row, content))
+    }
+
+    fn versioned(&self, caller: &Caller, rtype: ResourceType, row: &VersionRow) -> Result<Versioned, ServiceError> {
+        Ok(Versioned {
+            resource_type: rtype,
+            id: ResourceId::parse(&row.id).map_err(|_| ServiceError::Corrupt)?,
+            version_id: row.version_id,
+            last_updated: row.last_updated.and_utc(),
+            resource: match &row.content {
+                Some(c) if row.deleted == 0 => Some(codec::from_stored(&caller.principal.tenant, rtype, c)?),
+                _ => None,
+            },
+        })
+    }
+
+    /// Sets `id`, `meta.versionId` and `meta.lastUpdated`, keeping the rest of `meta`.
+    fn stamp(mut resource: Map<String, Value>, id: &ResourceId, version: i64, at: NaiveDateTime) -> Value {
+        resource.insert("id".into(), Value::String(id.to_string()));
+        let mut meta = match resource.shift_remove("meta") {
+            Some(Value::Object(m)) => m,
+            _ => Map::new(),
+        };
+        meta.insert("versionId".into(), Value::String(version.to_string()));
+        meta.insert("lastUpdated".into(), Value::String(instant(at)));
+        // Put resourceType, id and meta first, as FHIR JSON conventionally reads.
+        let mut out = Map::new();
+        if let Some(rt) = resource.shift_remove("resourceType") {
+            out.insert("resourceType".into(), rt);
+        }
+        out.insert("id".into(), resource.shift_remove("id").unwrap_or(Value::Null));
+        out.insert("meta".into(), Value::Object(meta));
+        out.extend(resource);
+        Value::Object(out)
+    }
+
+    fn new_row(&self, caller: &Caller, rtype: ResourceType, id: &ResourceId, version: i64, resource: Option<&Value>, at: NaiveDateTime) -> Result<CurrentRow, ServiceError> {
+        let tenant = &caller.principal.tenant;
+        Ok(CurrentRow {
+            tenant: tenant.to_string(),
+            resource_type: rtype.name().to_owned(),
+            id: id.to_string(),
+            version_id: version,
+            deleted: i16::from(resource.is_none()),
+            last_updated: at,
+            patient_id: resource.and_then(|r| compartment_patient(rtype, id, r)),
+            content: match resource {
+                Some(r) => codec::to_stored(tenant, rtype, r)?,
+                None => String::new(),
+            },
+        })
+    }
+
+    /// Writes one version in one transaction: the resource rows and their search tokens.
+    /// The audit-ledger entry and the change-log row of the write belong here too, so that
+    /// they commit or roll back with it. Returns `false` if `expected` was stale.
+    fn commit(&self, conn: &mut DbConnection, write: &Write) -> Result<bool, ServiceError> {
+        write_transaction(conn, |tx| {
+            let row = &write.row;
+            match write.expected {
+                None => rows::insert_first(tx, row)?,
+                Some(expected) => {
+                    if !rows::advance(tx, row, expected)? {
+                        return Ok(false);
+                    }
+                }
+            }
+            rows::replace_tokens(tx, &row.tenant, &row.resource_type, &row.id, &write.tokens)?;
+            Ok(true)
+        })
+    }
+
+    #[tracing::instrument(skip_all, fields(resource_type = rtype.name()))]
+    pub fn create(&self, caller: &Caller, rtype: ResourceType, body: Value) -> Result<Versioned, ServiceError> {
+        let resource = self.parse_body(rtype, body, None)?;
+        let id = ResourceId::generate();
+        let at = now();
+        let resource = Self::stamp(resource, &id, 1, at);
+        self.authorize(caller, Op::Write, rtype, &id, Some(&resource))?;
+        let row = self.new_row(caller, rtype, &id, 1, Some(&resource), at)?;
+        let tokens = codec::tokens_for(&caller.principal.tenant, rtype, &resource);
+        let mut conn = self.conn()?;
+        self.commit(&mut conn, &Write { row, expected: None, tokens })?;
+        tracing::info!(resource_id = %id, "resource created");
+        Ok(Versioned { resource_type: rtype, id, version_id: 1, last_updated: at.and_utc(), resource: Some(resource) })
+    }
+
+    #[tracing::instrument(skip_all, fields(resource_type = rtype.name(), resource_id = %id))]
+    pub fn read(&self, caller: &Caller, rtype: ResourceType, id: &ResourceId) -> Result<Versioned, ServiceError> {
+        let mut conn = self.conn()?;
+        let (row, content) = self.load_current(&mut conn, caller, rtype, id)?;
+        self.authorize(caller, Op::Read, rtype, id, content.as_ref())?;
+        if content.is_none() {
+            return Err(ServiceError::Gone);
+        }
+        Ok(Versioned {
+            resource_type: rtype,
+            id: id.clone(),
+            version_id: row.version_id,
+            last_updated: row.last_updated.and_utc(),
+            resource: content,
+        })
+    }
+
+    #[tracing::instrument(skip_all, fields(resource_type = rtype.name(), resource_id = %id, version_id = version))]
+    pub fn vread(&self, caller: &Caller, rtype: ResourceType, id: &ResourceId, version: i64) -> Result<Versioned, ServiceError> {
+        let mut conn = self.conn()?;
+        let (_, current) = self.load_current(&mut conn, caller, rtype, id)?;
+        let tenant = caller.principal.tenant.as_str();
+        let row = rows::find_version(&mut conn, tenant, rtype.name(), id.as_str(), version)?;
+        let version_row = row.as_ref().map(|r| self.versioned(caller, rtype, r)).transpose()?;
+        // Access follows the current record; once deleted, the version asked for.
+        let basis = current.as_ref().or(version_row.as_ref().and_then(|v| v.resource.as_ref()));
+        self.authorize(caller, Op::Read, rtype, id, basis)?;
+        let found = version_row.ok_or(ServiceError::NotFound)?;
+        if found.resource.is_none() {
+            return Err(ServiceError::Gone);
+        }
+        Ok(found)
+    }
+
+    #[tracing::instrument(skip_all, fields(resource_type = rtype.name(), resource_id = %id))]
+    pub fn update(&self, caller: &Caller, rtype: ResourceType, id: &ResourceId, if_match: Option<i64>, body: Value) -> Result<Versioned, ServiceError> {
+        let resource = self.parse_body(rtype, body, Some(id))?;
+        let mut conn = self.conn()?;
+        for _ in 0..UNCONDITIONAL_RETRIES {
+            let (current, content) = self.load_current(&mut conn, caller, rtype, id)?;
+            self.authorize(caller, Op::Write, rtype, id, content.as_ref())?;
+            if content.is_none() {
+                return Err(ServiceError::Gone);
+            }
+            if let Some(expected) = if_match
+                && expected != current.version_id
+            {
+                return Err(ServiceError::VersionConflict { current: current.version_id });
+            }
+            let version = current.version_id + 1;
+            let at = now();
+            let stamped = Self::stamp(resource.clone(), id, version, at);
+            let row = self.new_row(caller, rtype, id, version, Some(&stamped), at)?;
+            let tokens = codec::tokens_for(&caller.principal.tenant, rtype, &stamped);
+            let write = Write { row, expected: Some(current.version_id), tokens };
+            if self.commit(&mut conn, &write)? {
+                tracing::info!(version_id = version, "resource updated");
+                return Ok(Versioned { resource_type: rtype, id: id.clone(), version_id: version, last_updated: at.and_utc(), resource: Some(stamped) });
+            }
+            if if_match.is_some() {
+                let latest = rows::find_current(&mut conn, caller.principal.tenant.as_str(), rtype.name(), id.as_str())?;
+                return Err(ServiceError::VersionConflict { current: latest.map_or(current.version_id, |r| r.version_id) });
+            }
+        }
+        Err(ServiceError::VersionConflict { current: -1 })
+    }
+
+    /// Deletes the resource: a new, content-less version. Deleting a deleted resource succeeds.
+    #[tracing::instrument(skip_all, fields(resource_type = rtype.name(), resource_id = %id))]
+    pub fn delete(&self, caller: &Caller, rtype: ResourceType, id: &ResourceId) -> Result<(), ServiceError> {
+        let mut conn = self.conn()?;
+        for _ in 0..UNCONDITIONAL_RETRIES {
+            let (current, content) = self.load_current(&mut conn, caller, rtype, id)?;
+            self.authorize(caller, Op::Write, rtype, id, content.as_ref())?;
+            if content.is_none() {
+                return Ok(());
+            }
+            let version = current.version_id + 1;
+            let row = self.new_row(caller, rtype, id, version, None, now())?;
+            if self.commit(&mut conn, &Write { row, expected: Some(current.version_id), tokens: Vec::new() })? {
+                tracing::info!(version_id = version, "resource deleted");
+                return Ok(());
+            }
+        }
+        Err(ServiceError::VersionConflict { current: -1 })
+    }
+
+    #[tracing::instrument(skip_all, fields(resource_type = rtype.name(), resource_id = %id))]
+    pub fn history(&self, caller: &Caller, rtype: ResourceType, id: &ResourceId, params: &[(String, String)]) -> Result<Page<Versioned>, ServiceError> {
+        let paging = search_params::parse(&caller.principal.tenant, rtype, &paging_only(params)?)?;
+        let mut conn = self.conn()?;
+        let (_, current) = self.load_current(&mut conn, caller, rtype, id)?;
+        let tenant = caller.principal.tenant.as_str();
+        let (rows, total) = rows::history(&mut conn, tenant, rtype.name(), id.as_str(), paging.count, paging.offset)?;
+        let items = rows.iter().map(|r| self.versioned(caller, rtype, r)).collect::<Result<Vec<_>, _>>()?;
+        let basis = current.as_ref().or_else(|| items.iter().find_map(|v| v.resource.as_ref()));
+        self.authorize(caller, Op::Read, rtype, id, basis)?;
+        Ok(Page { items, total, count: paging.count, offset: paging.offset, echo: paging.echo })
+    }
+
+    #[tracing::instrument(skip_all, fields(resource_type = rtype.name()))]
+    pub fn search(&self, caller: &Caller, rtype: ResourceType, params: &[(String, String)]) -> Result<Page<Versioned>, ServiceError> {
+        let tenant = &caller.principal.tenant;
+        let ParsedSearch { ids, criteria, count, offset, echo } = search_params::parse(tenant, rtype, params)?;
+        let scope = self.services.policy.search_scope(&caller.principal, rtype.category(), caller.break_glass.is_some());
+        let restrictions = match scope {
+            SearchScope::All => None,
+            SearchScope::Denied => {
+                tracing::info!(op = "search", "access denied");
+                return Err(ServiceError::Forbidden);
+            }
+            SearchScope::Restricted { care_of, owner } => Some(restrictions_for(rtype.category(), care_of, owner)),
+        };
+        let query = SearchQuery {
+            tenant: tenant.to_string(),
+            resource_type: rtype.name().to_owned(),
+            ids,
+            criteria,
+            restrictions,
+            limit: count,
+            offset,
+        };
+        let mut conn = self.conn()?;
+        let (rows, total) = rows::search(&mut conn, &query)?;
+        let items = rows
+            .iter()
+            .map(|r| self.versioned(caller, rtype, &VersionRow::from(r)))
+            .collect::<Result<Vec<_>, _>>()?;
+        tracing::info!(matches = items.len(), total, "search done");
+        Ok(Page { items, total, count, offset, echo })
+    }
+}
+
+fn restrictions_for(category: Category, care_of: Option<Reference>, owner: Option<Reference>) -> Vec<Restriction> {
+    let mut out = Vec::new();
+    if let Some(gp) = care_of {
+        match category {
+            Category::Patient => out.push(Restriction::PatientInCareOf(gp.to_string())),
+            Category::Clinical => out.push(Restriction::CompartmentInCareOf(gp.to_string())),
+            Category::Practitioner => {}
+        }
+    }
+    if let Some(me) = owner {
+        match (category, me.resource_type) {
+            (Category::Patient, ResourceType::Patient) | (Category::Practitioner, ResourceType::Practitioner) => {
+                out.push(Restriction::IdIs(me.id.to_string()));
+            }
+            (Category::Clinical, ResourceType::Patient) => out.push(Restriction::CompartmentOf(me.id.to_string())),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// History takes only paging parameters.
+fn paging_only(params: &[(String, String)]) -> Result<Vec<(String, String)>, ServiceError> {
+    params
+        .iter()
+        .map(|(k, v)| match k.as_str() {
+            "_count" | "_offset" | "_format" | "_pretty" => Ok((k.clone(), v.clone())),
+            _ => Err(ServiceError::BadRequest(vec![Issue::new(
+                IssueCode::NotSupported,
+                None,
+                "history accepts only _count and _offset",
+            )])),
+        })
+        .collect()
+}

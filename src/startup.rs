@@ -1,0 +1,153 @@
+//! Composition: builds every part from settings and serves HTTP on the configured
+//! address (port 0 picks a free one, which the tests use).
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
+use std::sync::Arc;
+
+use actix_web::dev::Server;
+use actix_web::middleware::{DefaultHeaders, from_fn};
+use actix_web::{App, HttpServer, web};
+
+use crate::api::{AppState, Metrics, RateLimits};
+use crate::auth::{Hs256Secret, TokenVerifier};
+use crate::authz::AccessPolicy;
+use crate::config::{Environment, Settings};
+use crate::fhir::FhirValidator;
+use crate::service::Services;
+use crate::store::Store;
+
+/// File in the data directory holding the development HS256 secret.
+pub const DEV_SECRET_FILE: &str = "dev-jwt-hs256.secret";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error(transparent)]
+    Policy(#[from] crate::authz::PolicyError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Keys(#[from] crate::auth::KeyError),
+    #[error("FHIR validator: {0}")]
+    Validator(String),
+    #[error("development secret: {0}")]
+    DevSecret(std::io::Error),
+    #[error("cannot listen on {0}: {1}")]
+    Listen(SocketAddr, std::io::Error),
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    #[error("{0}")]
+    Refused(&'static str),
+}
+
+/// The development HS256 secret: read from the data directory, created on first use.
+/// Returns the secret and whether it was just created.
+pub fn dev_secret(data_dir: &Path) -> std::io::Result<(Hs256Secret, bool)> {
+    let path = data_dir.join(DEV_SECRET_FILE);
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        return Ok((Hs256Secret::new(text.trim().as_bytes().to_vec()), false));
+    }
+    std::fs::create_dir_all(data_dir)?;
+    let mut bytes = zeroize::Zeroizing::new([0u8; 48]);
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), bytes.as_mut())
+        .map_err(|_| std::io::Error::other("system random source failed"))?;
+    use base64::Engine;
+    let text = zeroize::Zeroizing::new(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes.as_ref()));
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    std::io::Write::write_all(&mut options.open(&path)?, text.as_bytes())?;
+    Ok((Hs256Secret::new(text.as_bytes().to_vec()), true))
+}
+
+/// The HS256 secret the server verifies with: the configured one, else (development only)
+/// the generated development secret.
+pub fn hs256_secret(settings: &Settings) -> Result<Option<Hs256Secret>, StartupError> {
+    if let Some(secret) = &settings.jwt_hs256_secret {
+        return Ok(Some(secret.clone()));
+    }
+    match settings.env {
+        Environment::Production => Ok(None),
+        Environment::Development => {
+            let (secret, created) = dev_secret(&settings.data_dir).map_err(StartupError::DevSecret)?;
+            if created {
+                tracing::warn!(
+                    file = %settings.data_dir.join(DEV_SECRET_FILE).display(),
+                    "DEVELOPMENT JWT SECRET CREATED: for development only; production refuses it"
+                );
+            }
+            Ok(Some(secret))
+        }
+    }
+}
+
+pub struct Application {
+    server: Server,
+    addr: SocketAddr,
+}
+
+impl Application {
+    pub fn build(settings: &Settings) -> Result<Self, StartupError> {
+        let policy = Arc::new(AccessPolicy::load(&settings.policies_dir)?);
+        let validator = Arc::new(FhirValidator::new().map_err(StartupError::Validator)?);
+        let secret = hs256_secret(settings)?;
+        let public_keys = match &settings.jwks_file {
+            Some(path) => crate::auth::load_jwks(path)?,
+            None => Vec::new(),
+        };
+        if settings.env == Environment::Production && secret.is_none() && public_keys.is_empty() {
+            return Err(StartupError::Refused("production needs verification keys"));
+        }
+        let verifier = Arc::new(TokenVerifier::new(
+            secret.as_ref().map(Hs256Secret::expose),
+            public_keys,
+            settings.jwt_issuer.clone(),
+            settings.jwt_audience.clone(),
+        )?);
+        let store = Store::open(&settings.database_url, settings.db_pool_size)?;
+        tracing::info!(database = %settings.database_url, "database ready");
+        let state = web::Data::new(AppState {
+            services: Services::new(store, validator, policy),
+            verifier,
+            limits: RateLimits::new(settings.rate_limit),
+            metrics: Metrics::new()?,
+            body_limit: settings.body_limit,
+        });
+        let listener = TcpListener::bind(settings.addr).map_err(|e| StartupError::Listen(settings.addr, e))?;
+        let addr = listener.local_addr().map_err(|e| StartupError::Listen(settings.addr, e))?;
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(state.clone())
+                .wrap(
+                    DefaultHeaders::new()
+                        .add(("X-Content-Type-Options", "nosniff"))
+                        .add(("X-Frame-Options", "DENY"))
+                        .add(("Content-Security-Policy", "default-src 'none'; frame-ancestors 'none'"))
+                        .add(("Referrer-Policy", "no-referrer"))
+                        .add(("Cache-Control", "no-store"))
+                        .add(("Cross-Origin-Resource-Policy", "same-origin"))
+                        .add(("Strict-Transport-Security", "max-age=31536000; includeSubDomains")),
+                )
+                .wrap(from_fn(crate::api::request_context))
+                .configure(crate::api::routes)
+        })
+        .listen(listener)
+        .map_err(|e| StartupError::Listen(addr, e))?
+        .shutdown_timeout(10)
+        .run();
+        Ok(Self { server, addr })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn handle(&self) -> actix_web::dev::ServerHandle {
+        self.server.handle()
+    }
+
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        self.server.await
+    }
+}

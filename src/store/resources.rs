@@ -1,0 +1,265 @@
+//! Resource rows: the current state (`resources`), every version (`resource_versions`) and
+//! the search index of the current version (`search_tokens`). Every function filters by
+//! tenant; no query here can reach another tenant's rows.
+
+use chrono::NaiveDateTime;
+use diesel::dsl::count_star;
+use diesel::expression::BoxableExpression;
+use diesel::prelude::*;
+use diesel::sql_types::Bool;
+
+use crate::store::DbConnection;
+use crate::store::schema::{resource_versions, resources, search_tokens};
+
+type Db = <DbConnection as diesel::Connection>::Backend;
+
+/// The current state of a resource. `content` is the stored form of the current version
+/// (empty for a deleted resource); `patient_id` is its patient-compartment owner.
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = resources)]
+pub struct CurrentRow {
+    pub tenant: String,
+    pub resource_type: String,
+    pub id: String,
+    pub version_id: i64,
+    pub deleted: i16,
+    pub last_updated: NaiveDateTime,
+    pub patient_id: Option<String>,
+    pub content: String,
+}
+
+/// One version of a resource; `content` is `None` for a delete.
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = resource_versions)]
+pub struct VersionRow {
+    pub tenant: String,
+    pub resource_type: String,
+    pub id: String,
+    pub version_id: i64,
+    pub deleted: i16,
+    pub last_updated: NaiveDateTime,
+    pub content: Option<String>,
+}
+
+impl From<&CurrentRow> for VersionRow {
+    fn from(row: &CurrentRow) -> Self {
+        Self {
+            tenant: row.tenant.clone(),
+            resource_type: row.resource_type.clone(),
+            id: row.id.clone(),
+            version_id: row.version_id,
+            deleted: row.deleted,
+            last_updated: row.last_updated,
+            content: (row.deleted == 0).then(|| row.content.clone()),
+        }
+    }
+}
+
+pub fn find_current(conn: &mut DbConnection, tenant: &str, rtype: &str, id: &str) -> QueryResult<Option<CurrentRow>> {
+    resources::table
+        .find((tenant, rtype, id))
+        .select(CurrentRow::as_select())
+        .first(conn)
+        .optional()
+}
+
+pub fn find_version(
+    conn: &mut DbConnection,
+    tenant: &str,
+    rtype: &str,
+    id: &str,
+    version: i64,
+) -> QueryResult<Option<VersionRow>> {
+    resource_versions::table
+        .find((tenant, rtype, id, version))
+        .select(VersionRow::as_select())
+        .first(conn)
+        .optional()
+}
+
+/// Versions newest first, with the total count.
+pub fn history(
+    conn: &mut DbConnection,
+    tenant: &str,
+    rtype: &str,
+    id: &str,
+    limit: i64,
+    offset: i64,
+) -> QueryResult<(Vec<VersionRow>, i64)> {
+    let of_resource = resource_versions::tenant
+        .eq(tenant)
+        .and(resource_versions::resource_type.eq(rtype))
+        .and(resource_versions::id.eq(id));
+    let total = resource_versions::table.filter(of_resource).select(count_star()).first(conn)?;
+    let rows = resource_versions::table
+        .filter(of_resource)
+        .order(resource_versions::version_id.desc())
+        .limit(limit)
+        .offset(offset)
+        .select(VersionRow::as_select())
+        .load(conn)?;
+    Ok((rows, total))
+}
+
+/// Writes version 1 of a new resource.
+pub fn insert_first(conn: &mut DbConnection, row: &CurrentRow) -> QueryResult<()> {
+    diesel::insert_into(resources::table).values(row).execute(conn)?;
+    diesel::insert_into(resource_versions::table).values(VersionRow::from(row)).execute(conn)?;
+    Ok(())
+}
+
+/// Moves a resource from version `expected` to `row.version_id` and records the new
+/// version. Returns `false`, writing nothing, when the current version is not `expected`:
+/// of two writers holding the same version, exactly one advances it.
+pub fn advance(conn: &mut DbConnection, row: &CurrentRow, expected: i64) -> QueryResult<bool> {
+    let updated = diesel::update(
+        resources::table
+            .find((&row.tenant, &row.resource_type, &row.id))
+            .filter(resources::version_id.eq(expected)),
+    )
+    .set((
+        resources::version_id.eq(row.version_id),
+        resources::deleted.eq(row.deleted),
+        resources::last_updated.eq(row.last_updated),
+        resources::patient_id.eq(&row.patient_id),
+        resources::content.eq(&row.content),
+    ))
+    .execute(conn)?;
+    if updated != 1 {
+        return Ok(false);
+    }
+    diesel::insert_into(resource_versions::table).values(VersionRow::from(row)).execute(conn)?;
+    Ok(true)
+}
+
+/// Replaces the search tokens of a resource with `tokens` (`(param, token)` pairs).
+pub fn replace_tokens(
+    conn: &mut DbConnection,
+    tenant: &str,
+    rtype: &str,
+    id: &str,
+    tokens: &[(&str, String)],
+) -> QueryResult<()> {
+    diesel::delete(
+        search_tokens::table.filter(
+            search_tokens::tenant
+                .eq(tenant)
+                .and(search_tokens::resource_type.eq(rtype))
+                .and(search_tokens::resource_id.eq(id)),
+        ),
+    )
+    .execute(conn)?;
+    let rows: Vec<_> = tokens
+        .iter()
+        .map(|(param, token)| {
+            (
+                search_tokens::tenant.eq(tenant),
+                search_tokens::resource_type.eq(rtype),
+                search_tokens::resource_id.eq(id),
+                search_tokens::param.eq(*param),
+                search_tokens::token.eq(token.as_str()),
+            )
+        })
+        .collect();
+    // One statement per row keeps within SQLite's bind-parameter limit for any resource.
+    for row in rows {
+        diesel::insert_into(search_tokens::table).values(row).execute(conn)?;
+    }
+    Ok(())
+}
+
+/// A row-level limit on what a search may return (from the access policy).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Restriction {
+    /// The row's own id is this (a caller's own record).
+    IdIs(String),
+    /// Patient rows whose `general-practitioner` token is this reference.
+    PatientInCareOf(String),
+    /// Patient-compartment rows of this patient id.
+    CompartmentOf(String),
+    /// Patient-compartment rows of patients whose `general-practitioner` token is this.
+    CompartmentInCareOf(String),
+}
+
+/// A search over the current, non-deleted resources of one type in one tenant.
+#[derive(Debug, Clone)]
+pub struct SearchQuery {
+    pub tenant: String,
+    pub resource_type: String,
+    /// `_id` values (any of them).
+    pub ids: Option<Vec<String>>,
+    /// Every `(param, tokens)` must match; within one, any token.
+    pub criteria: Vec<(String, Vec<String>)>,
+    /// `None`: every row the other filters allow. `Some`: rows meeting any restriction.
+    pub restrictions: Option<Vec<Restriction>>,
+    pub limit: i64,
+    pub offset: i64,
+}
+
+type Condition = Box<dyn BoxableExpression<resources::table, Db, SqlType = Bool>>;
+
+/// Ids of `rtype` rows in `tenant` having any of `tokens` for `param`.
+#[diesel::dsl::auto_type]
+fn tokens_of(tenant: String, rtype: String, param: String, tokens: Vec<String>) -> _ {
+    search_tokens::table.select(search_tokens::resource_id).filter(
+        search_tokens::tenant
+            .eq(tenant)
+            .and(search_tokens::resource_type.eq(rtype))
+            .and(search_tokens::param.eq(param))
+            .and(search_tokens::token.eq_any(tokens)),
+    )
+}
+
+fn in_care_of(tenant: &str, gp: &str) -> tokens_of {
+    tokens_of(tenant.to_owned(), "Patient".to_owned(), "general-practitioner".to_owned(), vec![gp.to_owned()])
+}
+
+fn restriction(tenant: &str, r: &Restriction) -> Condition {
+    match r {
+        Restriction::IdIs(id) => Box::new(resources::id.eq(id.clone())),
+        Restriction::PatientInCareOf(gp) => Box::new(resources::id.eq_any(in_care_of(tenant, gp))),
+        Restriction::CompartmentOf(pid) => Box::new(resources::patient_id.assume_not_null().eq(pid.clone())),
+        Restriction::CompartmentInCareOf(gp) => {
+            Box::new(resources::patient_id.assume_not_null().eq_any(in_care_of(tenant, gp)))
+        }
+    }
+}
+
+fn filtered(q: &SearchQuery) -> resources::BoxedQuery<'static, Db> {
+    let mut query = resources::table
+        .filter(resources::tenant.eq(q.tenant.clone()))
+        .filter(resources::resource_type.eq(q.resource_type.clone()))
+        .filter(resources::deleted.eq(0))
+        .into_boxed();
+    if let Some(ids) = &q.ids {
+        query = query.filter(resources::id.eq_any(ids.clone()));
+    }
+    for (param, tokens) in &q.criteria {
+        query = query.filter(resources::id.eq_any(tokens_of(
+            q.tenant.clone(),
+            q.resource_type.clone(),
+            param.clone(),
+            tokens.clone(),
+        )));
+    }
+    if let Some(restrictions) = &q.restrictions {
+        let mut any: Condition = Box::new(diesel::dsl::sql::<Bool>("1 = 0"));
+        for r in restrictions {
+            any = Box::new(any.or(restriction(&q.tenant, r)));
+        }
+        query = query.filter(any);
+    }
+    query
+}
+
+/// One page of matches ordered by id, and the total number of matches.
+pub fn search(conn: &mut DbConnection, q: &SearchQuery) -> QueryResult<(Vec<CurrentRow>, i64)> {
+    let total = filtered(q).select(count_star()).first(conn)?;
+    let rows = filtered(q)
+        .order(resources::id.asc())
+        .limit(q.limit)
+        .offset(q.offset)
+        .select(CurrentRow::as_select())
+        .load(conn)?;
+    Ok((rows, total))
+}

@@ -1,0 +1,39 @@
+//! Table definitions shared by both backends. Only types the derived `MultiConnection`
+//! supports appear here (Text, SmallInt, BigInt, Timestamp): flags are SMALLINT 0/1.
+
+diesel::table! {
+    resources (tenant, resource_type, id) {
+        tenant -> Text,
+        resource_type -> Text,
+        id -> Text,
+        version_id -> BigInt,
+        deleted -> SmallInt,
+        last_updated -> Timestamp,
+        patient_id -> Nullable<Text>,
+        content -> Text,
+    }
+}
+
+diesel::table! {
+    resource_versions (tenant, resource_type, id, version_id) {
+        tenant -> Text,
+        resource_type -> Text,
+        id -> Text,
+        version_id -> BigInt,
+        deleted -> SmallInt,
+        last_updated -> Timestamp,
+        content -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    search_tokens (tenant, resource_type, param, token, resource_id) {
+        tenant -> Text,
+        resource_type -> Text,
+        resource_id -> Text,
+        param -> Text,
+        token -> Text,
+    }
+}
+
+diesel::allow_tables_to_appear_in_same_query!(resources, resource_versions, search_tokens);
