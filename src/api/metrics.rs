@@ -2,8 +2,6 @@
 
 use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
 
-use crate::store::PoolState;
-
 pub struct Metrics {
     registry: Registry,
     requests: IntCounterVec,
@@ -42,10 +40,11 @@ impl Metrics {
         self.latency.with_label_values(&[method, route]).observe(seconds);
     }
 
-    pub fn render(&self, pool: PoolState) -> Result<String, prometheus::Error> {
-        self.pool_connections.set(i64::from(pool.connections));
-        self.pool_idle.set(i64::from(pool.idle));
-        self.pool_max.set(i64::from(pool.max));
+    /// The text exposition, with the pool gauges set to `(open, idle, max)` connections.
+    pub fn render(&self, (open, idle, max): (u32, u32, u32)) -> Result<String, prometheus::Error> {
+        self.pool_connections.set(i64::from(open));
+        self.pool_idle.set(i64::from(idle));
+        self.pool_max.set(i64::from(max));
         let mut out = Vec::new();
         TextEncoder::new().encode(&self.registry.gather(), &mut out)?;
         String::from_utf8(out).map_err(|e| prometheus::Error::Msg(e.to_string()))

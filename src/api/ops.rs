@@ -31,7 +31,8 @@ pub async fn metrics(state: web::Data<AppState>, caller: Caller) -> Result<HttpR
     if !state.services.policy.has_capability(&caller.principal, Capability::Metrics) {
         return Err(ApiError::Forbidden);
     }
-    let text = state.metrics.render(state.services.store.state()).map_err(|_| ApiError::Internal)?;
+    let pool = state.services.store.state();
+    let text = state.metrics.render((pool.connections, pool.idle, pool.max)).map_err(|_| ApiError::Internal)?;
     Ok(HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(text))
 }
 

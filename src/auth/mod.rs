@@ -136,7 +136,11 @@ impl TokenVerifier {
     fn validation(&self, alg: Algorithm) -> Validation {
         let mut v = Validation::new(alg);
         v.leeway = 30;
-        v.set_required_spec_claims(&["exp", "sub"]);
+        // A configured issuer or audience must be present, not merely match when present.
+        let mut required = vec!["exp", "sub"];
+        required.extend(self.issuer.as_ref().map(|_| "iss"));
+        required.extend(self.audience.as_ref().map(|_| "aud"));
+        v.set_required_spec_claims(&required);
         match &self.issuer {
             Some(iss) => v.set_issuer(&[iss]),
             None => v.iss = None,

@@ -36,6 +36,13 @@ pub struct Page<T> {
     pub echo: Vec<(String, String)>,
 }
 
+/// A resource's current state as loaded for a use case.
+struct Current {
+    row: CurrentRow,
+    content: Option<Value>,
+    basis: Option<Value>,
+}
+
 /// A version about to be written.
 struct Write {
     row: CurrentRow,
@@ -164,11 +171,22 @@ impl<'s> ResourceService<'s> {
         }
     }
 
-    fn load_current(&self, conn: &mut DbConnection, caller: &Caller, rtype: ResourceType, id: &ResourceId) -> Result<(CurrentRow, Option<Value>), ServiceError> {
+    /// The current row, its content (`None` once deleted) and the content access is judged
+    /// by: the current content, or for a deleted resource its last live version, so that
+    /// whoever could read it still learns that it is gone (410) rather than 403.
+    fn load_current(&self, conn: &mut DbConnection, caller: &Caller, rtype: ResourceType, id: &ResourceId) -> Result<Current, ServiceError> {
         let tenant = &caller.principal.tenant;
         let row = rows::find_current(conn, tenant.as_str(), rtype.name(), id.as_str())?.ok_or(ServiceError::NotFound)?;
-        let content = if row.deleted == 0 { Some(codec::from_stored(tenant, rtype, &row.content)?) } else { None };
-        Ok((row, content))
+        if row.deleted == 0 {
+            let content = codec::from_stored(tenant, rtype, &row.content)?;
+            return Ok(Current { row, content: Some(content.clone()), basis: Some(content) });
+        }
+        let last_live = rows::find_version(conn, tenant.as_str(), rtype.name(), id.as_str(), row.version_id - 1)?;
+        let basis = match last_live.and_then(|v| v.content) {
+            Some(stored) => Some(codec::from_stored(tenant, rtype, &stored)?),
+            None => None,
+        };
+        Ok(Current { row, content: None, basis })
     }
 
     fn versioned(&self, caller: &Caller, rtype: ResourceType, row: &VersionRow) -> Result<Versioned, ServiceError> {
@@ -258,8 +276,8 @@ impl<'s> ResourceService<'s> {
     #[tracing::instrument(skip_all, fields(resource_type = rtype.name(), resource_id = %id))]
     pub fn read(&self, caller: &Caller, rtype: ResourceType, id: &ResourceId) -> Result<Versioned, ServiceError> {
         let mut conn = self.conn()?;
-        let (row, content) = self.load_current(&mut conn, caller, rtype, id)?;
-        self.authorize(caller, Op::Read, rtype, id, content.as_ref())?;
+        let Current { row, content, basis } = self.load_current(&mut conn, caller, rtype, id)?;
+        self.authorize(caller, Op::Read, rtype, id, basis.as_ref())?;
         if content.is_none() {
             return Err(ServiceError::Gone);
         }
@@ -275,13 +293,11 @@ impl<'s> ResourceService<'s> {
     #[tracing::instrument(skip_all, fields(resource_type = rtype.name(), resource_id = %id, version_id = version))]
     pub fn vread(&self, caller: &Caller, rtype: ResourceType, id: &ResourceId, version: i64) -> Result<Versioned, ServiceError> {
         let mut conn = self.conn()?;
-        let (_, current) = self.load_current(&mut conn, caller, rtype, id)?;
+        let current = self.load_current(&mut conn, caller, rtype, id)?;
+        self.authorize(caller, Op::Read, rtype, id, current.basis.as_ref())?;
         let tenant = caller.principal.tenant.as_str();
         let row = rows::find_version(&mut conn, tenant, rtype.name(), id.as_str(), version)?;
         let version_row = row.as_ref().map(|r| self.versioned(caller, rtype, r)).transpose()?;
-        // Access follows the current record; once deleted, the version asked for.
-        let basis = current.as_ref().or(version_row.as_ref().and_then(|v| v.resource.as_ref()));
-        self.authorize(caller, Op::Read, rtype, id, basis)?;
         let found = version_row.ok_or(ServiceError::NotFound)?;
         if found.resource.is_none() {
             return Err(ServiceError::Gone);
@@ -294,8 +310,8 @@ impl<'s> ResourceService<'s> {
         let resource = self.parse_body(rtype, body, Some(id))?;
         let mut conn = self.conn()?;
         for _ in 0..UNCONDITIONAL_RETRIES {
-            let (current, content) = self.load_current(&mut conn, caller, rtype, id)?;
-            self.authorize(caller, Op::Write, rtype, id, content.as_ref())?;
+            let Current { row: current, content, basis } = self.load_current(&mut conn, caller, rtype, id)?;
+            self.authorize(caller, Op::Write, rtype, id, basis.as_ref())?;
             if content.is_none() {
                 return Err(ServiceError::Gone);
             }
@@ -327,8 +343,8 @@ impl<'s> ResourceService<'s> {
     pub fn delete(&self, caller: &Caller, rtype: ResourceType, id: &ResourceId) -> Result<(), ServiceError> {
         let mut conn = self.conn()?;
         for _ in 0..UNCONDITIONAL_RETRIES {
-            let (current, content) = self.load_current(&mut conn, caller, rtype, id)?;
-            self.authorize(caller, Op::Write, rtype, id, content.as_ref())?;
+            let Current { row: current, content, basis } = self.load_current(&mut conn, caller, rtype, id)?;
+            self.authorize(caller, Op::Write, rtype, id, basis.as_ref())?;
             if content.is_none() {
                 return Ok(());
             }
@@ -346,12 +362,11 @@ impl<'s> ResourceService<'s> {
     pub fn history(&self, caller: &Caller, rtype: ResourceType, id: &ResourceId, params: &[(String, String)]) -> Result<Page<Versioned>, ServiceError> {
         let paging = search_params::parse(&caller.principal.tenant, rtype, &paging_only(params)?)?;
         let mut conn = self.conn()?;
-        let (_, current) = self.load_current(&mut conn, caller, rtype, id)?;
+        let current = self.load_current(&mut conn, caller, rtype, id)?;
+        self.authorize(caller, Op::Read, rtype, id, current.basis.as_ref())?;
         let tenant = caller.principal.tenant.as_str();
         let (rows, total) = rows::history(&mut conn, tenant, rtype.name(), id.as_str(), paging.count, paging.offset)?;
         let items = rows.iter().map(|r| self.versioned(caller, rtype, r)).collect::<Result<Vec<_>, _>>()?;
-        let basis = current.as_ref().or_else(|| items.iter().find_map(|v| v.resource.as_ref()));
-        self.authorize(caller, Op::Read, rtype, id, basis)?;
         Ok(Page { items, total, count: paging.count, offset: paging.offset, echo: paging.echo })
     }
 

@@ -1,0 +1,249 @@
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use actix_web::dev::ServerHandle;
+use carevault::auth::{Claims, Hs256Secret, mint_hs256};
+use carevault::config::Settings;
+use carevault::startup::Application;
+use diesel::Connection;
+use diesel::connection::SimpleConnection;
+use reqwest::{Response, StatusCode};
+use serde_json::{Value, json};
+
+pub const TENANT: &str = "clinic-a";
+pub const FHIR_JSON: &str = "application/fhir+json";
+
+/// Where a test's data lives; a PostgreSQL schema is dropped when the test ends.
+pub enum TestDb {
+    Sqlite(PathBuf),
+    Postgres { admin_url: String, schema: String },
+}
+
+impl TestDb {
+    /// The backend under test: PostgreSQL when CAREVAULT_TEST_POSTGRES_URL is set.
+    fn create(dir: &std::path::Path) -> (Self, String) {
+        match std::env::var("CAREVAULT_TEST_POSTGRES_URL") {
+            Ok(admin_url) if !admin_url.is_empty() => {
+                let schema = format!("t_{}", uuid::Uuid::new_v4().simple());
+                let mut conn = diesel::PgConnection::establish(&admin_url).expect("connect to test PostgreSQL");
+                conn.batch_execute(&format!("CREATE SCHEMA {schema}")).expect("create test schema");
+                let sep = if admin_url.contains('?') { '&' } else { '?' };
+                let url = format!("{admin_url}{sep}options=-c%20search_path%3D{schema}");
+                (TestDb::Postgres { admin_url, schema }, url)
+            }
+            _ => {
+                let path = dir.join("carevault.db");
+                let url = format!("sqlite://{}", path.display());
+                (TestDb::Sqlite(path), url)
+            }
+        }
+    }
+
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if let TestDb::Postgres { admin_url, schema } = self
+            && let Ok(mut conn) = diesel::PgConnection::establish(admin_url)
+        {
+            let _ = conn.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"));
+        }
+    }
+}
+
+pub struct TestApp {
+    pub address: String,
+    pub client: reqwest::Client,
+    pub secret: Hs256Secret,
+    handle: ServerHandle,
+    pub db: TestDb,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        // Stop the workers so their pool connections are closed before the schema goes.
+        drop(self.handle.stop(false));
+    }
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// Starts a server whose settings `configure` may change.
+pub async fn spawn_app_with(configure: impl FnOnce(&mut BTreeMap<String, String>)) -> TestApp {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (db, url) = TestDb::create(dir.path());
+    let secret_text = format!("zz-test-secret-{}", uuid::Uuid::new_v4().simple());
+    let mut raw: BTreeMap<String, String> = [
+        ("addr", "127.0.0.1:0".to_owned()),
+        ("data_dir", dir.path().display().to_string()),
+        ("database_url", url),
+        ("jwt_hs256_secret", secret_text.clone()),
+        ("policies_dir", concat!(env!("CARGO_MANIFEST_DIR"), "/policies").to_owned()),
+        ("rate_limit", "0".to_owned()),
+        ("db_pool_size", "4".to_owned()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    configure(&mut raw);
+    let settings = Settings::from_map(&raw).expect("test settings");
+    let app = Application::build(&settings).expect("server starts");
+    let address = format!("http://{}", app.addr());
+    let handle = app.handle();
+    tokio::spawn(app.run_until_stopped());
+    TestApp {
+        address,
+        client: reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client"),
+        secret: Hs256Secret::new(secret_text.into_bytes()),
+        handle,
+        db,
+        _dir: dir,
+    }
+}
+
+/// A caller: a signed token plus the headers a request should carry.
+#[derive(Clone)]
+pub struct Who {
+    pub token: String,
+}
+
+pub fn now() -> u64 {
+    jsonwebtoken::get_current_timestamp()
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.address, path)
+    }
+
+    pub fn token_with(&self, claims: Claims) -> String {
+        mint_hs256(&self.secret, &claims).expect("mint")
+    }
+
+    pub fn who(&self, tenant: &str, roles: &[&str], fhir_user: Option<&str>) -> Who {
+        let claims = Claims {
+            sub: format!("user-{}", uuid::Uuid::new_v4().simple()),
+            tenant: tenant.to_owned(),
+            roles: roles.iter().map(|r| (*r).to_owned()).collect(),
+            fhir_user: fhir_user.map(str::to_owned),
+            exp: now() + 600,
+            iat: Some(now()),
+            iss: None,
+            aud: None,
+        };
+        Who { token: self.token_with(claims) }
+    }
+
+    pub fn clinician(&self, practitioner_id: &str) -> Who {
+        self.who(TENANT, &["clinician"], Some(&format!("Practitioner/{practitioner_id}")))
+    }
+
+    pub fn front_desk(&self) -> Who {
+        self.who(TENANT, &["front_desk"], None)
+    }
+
+    pub fn admin(&self) -> Who {
+        self.who(TENANT, &["admin"], None)
+    }
+
+    pub async fn get(&self, who: &Who, path: &str) -> Response {
+        self.client.get(self.url(path)).bearer_auth(&who.token).send().await.expect("request")
+    }
+
+    pub async fn get_with(&self, who: &Who, path: &str, headers: &[(&str, &str)]) -> Response {
+        let mut req = self.client.get(self.url(path)).bearer_auth(&who.token);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        req.send().await.expect("request")
+    }
+
+    pub async fn post(&self, who: &Who, path: &str, body: &Value) -> Response {
+        self.client
+            .post(self.url(path))
+            .bearer_auth(&who.token)
+            .header("content-type", FHIR_JSON)
+            .body(body.to_string())
+            .send()
+            .await
+            .expect("request")
+    }
+
+    pub async fn put(&self, who: &Who, path: &str, body: &Value, if_match: Option<&str>) -> Response {
+        let mut req = self
+            .client
+            .put(self.url(path))
+            .bearer_auth(&who.token)
+            .header("content-type", FHIR_JSON)
+            .body(body.to_string());
+        if let Some(m) = if_match {
+            req = req.header("if-match", m);
+        }
+        req.send().await.expect("request")
+    }
+
+    pub async fn delete(&self, who: &Who, path: &str) -> Response {
+        self.client.delete(self.url(path)).bearer_auth(&who.token).send().await.expect("request")
+    }
+
+    /// Creates a resource and returns its id, failing the test unless it was created.
+    pub async fn create(&self, who: &Who, resource: &Value) -> String {
+        let rtype = resource["resourceType"].as_str().expect("resourceType");
+        let response = self.post(who, &format!("/fhir/{rtype}"), resource).await;
+        let status = response.status();
+        let body: Value = response.json().await.expect("json");
+        assert_eq!(status, StatusCode::CREATED, "create failed: {body}");
+        body["id"].as_str().expect("id").to_owned()
+    }
+}
+
+/// A synthetic patient in the care of `gp` (a Practitioner id). `marker` makes its
+/// values unique so tests can search for them and scan for them.
+pub fn patient(marker: &str, gp: &str) -> Value {
+    json!({
+        "resourceType": "Patient",
+        "identifier": [{"system": "urn:test:mrn", "value": format!("MRN-{marker}")}],
+        "name": [{"family": format!("Zz-Family-{marker}"), "given": [format!("Zz-Given-{marker}"), "Second"]}],
+        "telecom": [
+            {"system": "phone", "value": "+1 (555) 010-0199"},
+            {"system": "email", "value": format!("zz.{marker}@example.test")}
+        ],
+        "gender": "unknown",
+        "birthDate": "1901-02-03",
+        "generalPractitioner": [{"reference": format!("Practitioner/{gp}")}]
+    })
+}
+
+pub fn practitioner(marker: &str) -> Value {
+    json!({
+        "resourceType": "Practitioner",
+        "identifier": [{"system": "urn:test:npi", "value": format!("NPI-{marker}")}],
+        "name": [{"family": format!("Zz-Doc-{marker}"), "given": ["Test"]}]
+    })
+}
+
+pub fn marker() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..12].to_owned()
+}
+
+/// Asserts an OperationOutcome error body with this status, and returns it.
+pub async fn expect_outcome(response: Response, status: StatusCode) -> Value {
+    let got = response.status();
+    let content_type = response.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+    let body: Value = response.json().await.expect("error body is JSON");
+    assert_eq!(got, status, "unexpected status; body {body}");
+    assert_eq!(body["resourceType"], "OperationOutcome", "{body}");
+    assert!(content_type.starts_with(FHIR_JSON), "content type {content_type}");
+    body
+}
+
+/// Ids of the entries of a searchset Bundle.
+pub fn entry_ids(bundle: &Value) -> Vec<String> {
+    bundle["entry"]
+        .as_array()
+        .map(|e| e.iter().map(|x| x["resource"]["id"].as_str().unwrap_or("").to_owned()).collect())
+        .unwrap_or_default()
+}

@@ -1,0 +1,15 @@
+//! Integration tests: the real server on a random port, a fresh database per test (a temp
+//! SQLite file, or a fresh schema on the PostgreSQL named by CAREVAULT_TEST_POSTGRES_URL).
+
+mod architecture;
+mod auth;
+mod authz;
+mod compliance;
+mod concurrency;
+mod crud;
+mod helpers;
+mod logs;
+mod ops;
+mod search;
+mod store;
+mod validation;

@@ -1,0 +1,78 @@
+use reqwest::StatusCode;
+use serde_json::Value;
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn health_and_readiness_need_no_token() {
+    let app = spawn_app().await;
+    let health = app.client.get(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
+    let ready: Value = app.client.get(app.url("/readyz")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(ready["status"], "ready");
+}
+
+#[tokio::test]
+async fn responses_carry_security_headers_and_a_request_id() {
+    let app = spawn_app().await;
+    let response = app.client.get(app.url("/fhir/metadata")).header("x-request-id", "zz-req-12345678").send().await.unwrap();
+    let h = response.headers();
+    assert_eq!(h["x-content-type-options"], "nosniff");
+    assert_eq!(h["x-frame-options"], "DENY");
+    assert_eq!(h["cache-control"], "no-store");
+    assert_eq!(h["referrer-policy"], "no-referrer");
+    assert!(h["content-security-policy"].to_str().unwrap().contains("default-src 'none'"));
+    assert_eq!(h["x-request-id"], "zz-req-12345678");
+    let generated = app.client.get(app.url("/healthz")).header("x-request-id", "bad id\twith junk").send().await.unwrap();
+    let id = generated.headers()["x-request-id"].to_str().unwrap();
+    assert_eq!(id.len(), 36, "a malformed request id is replaced: {id}");
+}
+
+#[tokio::test]
+async fn metrics_need_the_metrics_capability_and_count_requests_by_route() {
+    let app = spawn_app().await;
+    expect_outcome(app.client.get(app.url("/metrics")).send().await.unwrap(), StatusCode::UNAUTHORIZED).await;
+    expect_outcome(app.get(&app.clinician("dr1"), "/metrics").await, StatusCode::FORBIDDEN).await;
+    app.get(&app.front_desk(), "/fhir/Patient/abc").await;
+    let response = app.get(&app.admin(), "/metrics").await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let text = response.text().await.unwrap();
+    assert!(text.contains("carevault_http_requests_total{method=\"GET\",route=\"/fhir/{type}/{id}\",status=\"404\"} 1"), "{text}");
+    assert!(text.contains("carevault_http_request_duration_seconds_bucket"));
+    assert!(text.contains("carevault_db_pool_connections"));
+    assert!(!text.contains("abc"), "raw paths must not become labels");
+}
+
+#[tokio::test]
+async fn unknown_paths_and_methods_get_outcomes() {
+    let app = spawn_app().await;
+    expect_outcome(app.client.get(app.url("/nowhere")).send().await.unwrap(), StatusCode::NOT_FOUND).await;
+    let patch = app.client.patch(app.url("/fhir/Patient/x")).bearer_auth(&app.front_desk().token).send().await.unwrap();
+    expect_outcome(patch, StatusCode::METHOD_NOT_ALLOWED).await;
+}
+
+#[tokio::test]
+async fn rate_limits_answer_429_with_retry_after() {
+    let app = spawn_app_with(|c| {
+        c.insert("rate_limit".into(), "1".into());
+    })
+    .await;
+    let desk = app.front_desk();
+    // Rate 1/s allows a burst of 2; the third request inside a second is refused.
+    let mut statuses = Vec::new();
+    let mut retry_after = None;
+    for _ in 0..4 {
+        let r = app.get(&desk, "/fhir/Patient").await;
+        if r.status() == StatusCode::TOO_MANY_REQUESTS {
+            retry_after = r.headers().get("retry-after").map(|v| v.to_str().unwrap().to_owned());
+            expect_outcome(r, StatusCode::TOO_MANY_REQUESTS).await;
+            statuses.push(429);
+        } else {
+            statuses.push(r.status().as_u16());
+        }
+    }
+    assert_eq!(&statuses[..2], &[200, 200], "{statuses:?}");
+    assert!(statuses[2..].contains(&429), "{statuses:?}");
+    let secs: u64 = retry_after.expect("Retry-After").parse().unwrap();
+    assert!((1..=2).contains(&secs));
+}

@@ -1,0 +1,96 @@
+use std::collections::BTreeMap;
+
+use carevault::config::Settings;
+use carevault::startup::Application;
+use carevault::store::{DatabaseUrl, DbConnection, Store};
+use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Text};
+
+use crate::helpers::*;
+
+#[derive(QueryableByName)]
+struct TextRow {
+    #[diesel(sql_type = Text)]
+    value: String,
+}
+
+#[derive(QueryableByName)]
+struct IntRow {
+    #[diesel(sql_type = BigInt)]
+    value: i64,
+}
+
+#[tokio::test]
+async fn sqlite_connections_use_wal_foreign_keys_and_a_busy_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = DatabaseUrl::parse(&format!("sqlite://{}", dir.path().join("nested/dir/cv.db").display())).unwrap();
+    let store = Store::open(&url, 2).expect("opens and creates the parent directory");
+    let mut conn = store.conn().unwrap();
+    let DbConnection::Sqlite(c) = &mut *conn else { panic!("sqlite URL gave another backend") };
+    let mode: TextRow = diesel::sql_query("SELECT journal_mode AS value FROM pragma_journal_mode").get_result(c).unwrap();
+    assert_eq!(mode.value, "wal");
+    let fk: IntRow = diesel::sql_query("SELECT foreign_keys AS value FROM pragma_foreign_keys").get_result(c).unwrap();
+    assert_eq!(fk.value, 1);
+    let busy: IntRow = diesel::sql_query("SELECT timeout AS value FROM pragma_busy_timeout").get_result(c).unwrap();
+    assert!(busy.value >= 5000);
+    assert!(dir.path().join("nested/dir/cv.db-wal").exists());
+}
+
+#[tokio::test]
+async fn the_schema_is_migrated_on_start_on_the_backend_under_test() {
+    let app = spawn_app().await;
+    app.create(&app.front_desk(), &patient(&marker(), "dr1")).await;
+    let url = match &app.db {
+        TestDb::Sqlite(path) => format!("sqlite://{}", path.display()),
+        TestDb::Postgres { admin_url, schema } => {
+            let sep = if admin_url.contains('?') { '&' } else { '?' };
+            format!("{admin_url}{sep}options=-c%20search_path%3D{schema}")
+        }
+    };
+    // A second open of the same database finds nothing left to migrate.
+    let store = Store::open(&DatabaseUrl::parse(&url).unwrap(), 1).unwrap();
+    let mut conn = store.conn().unwrap();
+    assert!(carevault::store::run_migrations(&mut conn).unwrap().is_empty());
+    let rows: IntRow = diesel::sql_query("SELECT COUNT(*) AS value FROM resources").get_result(&mut *conn).unwrap();
+    assert_eq!(rows.value, 1);
+}
+
+fn settings_with(database_url: &str) -> Settings {
+    let dir = std::env::temp_dir();
+    let raw: BTreeMap<String, String> = [
+        ("addr", "127.0.0.1:0"),
+        ("data_dir", dir.to_str().unwrap()),
+        ("database_url", database_url),
+        ("jwt_hs256_secret", "zz-test-secret-0123456789abcdefghijkl"),
+        ("policies_dir", concat!(env!("CARGO_MANIFEST_DIR"), "/policies")),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    Settings::from_map(&raw).unwrap()
+}
+
+#[tokio::test]
+async fn an_unreachable_or_unusable_database_is_a_clear_error_at_start() {
+    let refused = Application::build(&settings_with("postgres://nobody@127.0.0.1:1/none")).err().expect("must fail");
+    let text = refused.to_string();
+    assert!(text.starts_with("cannot connect to the database"), "{text}");
+    assert!(text.contains("127.0.0.1") || text.to_lowercase().contains("refused"), "real cause is hidden: {text}");
+    let file = tempfile::NamedTempFile::new().unwrap();
+    let not_a_dir = format!("sqlite://{}/cv.db", file.path().display());
+    assert!(Application::build(&settings_with(&not_a_dir)).is_err());
+    assert!(Settings::from_map(&[("database_url".to_owned(), "mysql://x/y".to_owned())].into()).is_err());
+}
+
+#[tokio::test]
+async fn a_missing_or_unsafe_access_policy_stops_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = settings_with(&format!("sqlite://{}/cv.db", dir.path().display()));
+    settings.policies_dir = dir.path().to_owned();
+    let missing = Application::build(&settings).err().expect("must fail").to_string();
+    assert!(missing.contains("access.toml"), "{missing}");
+    let shipped = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/policies/access.toml")).unwrap();
+    std::fs::write(dir.path().join("access.toml"), shipped.replace("[roles.patient]\npatient = { read = \"self\"", "[roles.patient]\npatient = { read = \"tenant\"")).unwrap();
+    let unsafe_policy = Application::build(&settings).err().expect("must fail").to_string();
+    assert!(unsafe_policy.contains("patient"), "{unsafe_policy}");
+}
