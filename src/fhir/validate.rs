@@ -202,14 +202,12 @@ fn check_calendar_dates(root: &str, value: &Value, issues: &mut Vec<Issue>) {
                     path.pop();
                 }
             }
-            Value::String(s) if key.is_some_and(is_date_key) => {
-                if !calendar_ok(s) {
-                    issues.push(Issue::new(
-                        IssueCode::Value,
-                        Some(element_path(root, path.iter().cloned())),
-                        "date is not a real calendar date",
-                    ));
-                }
+            Value::String(s) if key.is_some_and(is_date_key) && !calendar_ok(s) => {
+                issues.push(Issue::new(
+                    IssueCode::Value,
+                    Some(element_path(root, path.iter().cloned())),
+                    "date is not a real calendar date",
+                ));
             }
             _ => {}
         }

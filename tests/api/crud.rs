@@ -174,3 +174,56 @@ async fn capability_statement_is_public_and_lists_the_served_types() {
         assert!(params.contains(&p), "{p} missing from {params:?}");
     }
 }
+
+/// Replaces the values at `paths` (`/a/*/b`, `*` for every array item) with `label`.
+fn redact(value: &mut Value, path: &str, label: &str) {
+    fn walk(v: &mut Value, parts: &[&str], label: &str) {
+        match parts.split_first() {
+            None => *v = Value::String(label.to_owned()),
+            Some((&"*", rest)) => {
+                if let Some(items) = v.as_array_mut() {
+                    items.iter_mut().for_each(|i| walk(i, rest, label));
+                }
+            }
+            Some((key, rest)) => {
+                if let Some(child) = v.get_mut(*key) {
+                    walk(child, rest, label);
+                }
+            }
+        }
+    }
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    walk(value, &parts, label);
+}
+
+fn pretty(value: &Value) -> String {
+    serde_json::to_string_pretty(value).unwrap()
+}
+
+#[tokio::test]
+async fn response_shapes_are_stable() {
+    let app = spawn_app().await;
+    let desk = app.front_desk();
+    let body = serde_json::json!({
+        "resourceType": "Patient",
+        "meta": {"tag": [{"system": "urn:test", "code": "kept"}]},
+        "name": [{"family": "Zz-Shape", "given": ["Test"]}],
+        "generalPractitioner": [{"reference": "Practitioner/dr1"}]
+    });
+    let mut created: Value = app.post(&desk, "/fhir/Patient", &body).await.json().await.unwrap();
+    redact(&mut created, "/id", "[id]");
+    redact(&mut created, "/meta/lastUpdated", "[instant]");
+    insta::assert_snapshot!("created_patient", pretty(&created));
+    let mut bundle: Value = app.get(&desk, "/fhir/Patient?family=zz-shape&_count=1").await.json().await.unwrap();
+    for (path, label) in [
+        ("/link/*/url", "[url]"),
+        ("/entry/*/fullUrl", "[url]"),
+        ("/entry/*/resource/id", "[id]"),
+        ("/entry/*/resource/meta/lastUpdated", "[instant]"),
+    ] {
+        redact(&mut bundle, path, label);
+    }
+    insta::assert_snapshot!("searchset", pretty(&bundle));
+    let outcome: Value = app.get(&desk, "/fhir/Patient/unknown").await.json().await.unwrap();
+    insta::assert_snapshot!("not_found_outcome", pretty(&outcome));
+}

@@ -1,9 +1,11 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 //! Integration tests: the real server on a random port, a fresh database per test (a temp
 //! SQLite file, or a fresh schema on the PostgreSQL named by CAREVAULT_TEST_POSTGRES_URL).
 
 mod architecture;
 mod auth;
 mod authz;
+mod cli;
 mod compliance;
 mod concurrency;
 mod crud;

@@ -1,0 +1,197 @@
+//! HTTP load tool: starts the real server in-process on 127.0.0.1 (SQLite in a temp dir,
+//! or the PostgreSQL named by CAREVAULT_BENCH_POSTGRES_URL in a fresh schema), seeds
+//! patients, then drives it with concurrent keep-alive clients for a fixed time per
+//! scenario and prints requests/s and latency percentiles.
+//!
+//! cargo bench --bench http_load -- [--seconds N] [--clients N] [--seed N]
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use carevault::auth::{Claims, Hs256Secret, mint_hs256};
+use carevault::config::Settings;
+use carevault::startup::Application;
+use diesel::Connection;
+use diesel::connection::SimpleConnection;
+use serde_json::{Value, json};
+
+struct Options {
+    seconds: u64,
+    clients: usize,
+    seed: usize,
+}
+
+fn options() -> Options {
+    let args: Vec<String> = std::env::args().collect();
+    let get = |name: &str, default: u64| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    Options { seconds: get("--seconds", 10), clients: get("--clients", 16) as usize, seed: get("--seed", 500) as usize }
+}
+
+fn patient(i: usize) -> Value {
+    json!({
+        "resourceType": "Patient",
+        "identifier": [{"system": "urn:test:mrn", "value": format!("MRN-{i:06}")}],
+        "name": [{"family": format!("Zz-Load-{i}"), "given": ["Bench"]}],
+        "telecom": [{"system": "phone", "value": format!("555-01{:05}", i % 100_000)}],
+        "gender": "unknown",
+        "birthDate": "1970-01-01",
+        "generalPractitioner": [{"reference": "Practitioner/dr1"}]
+    })
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i].as_secs_f64() * 1000.0
+}
+
+/// Runs `clients` loops of `request(i)` for `seconds`; prints one line.
+async fn scenario<F, Fut>(name: &str, opts: &Options, request: F)
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    let request = Arc::new(request);
+    let deadline = Instant::now() + Duration::from_secs(opts.seconds);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..opts.clients {
+        let request = request.clone();
+        tasks.push(tokio::spawn(async move {
+            let (mut latencies, mut failures, mut i) = (Vec::new(), 0usize, c * 1_000_000);
+            while Instant::now() < deadline {
+                let t = Instant::now();
+                if !request(i).await {
+                    failures += 1;
+                }
+                latencies.push(t.elapsed());
+                i += 1;
+            }
+            (latencies, failures)
+        }));
+    }
+    let mut all = Vec::new();
+    let mut failures = 0;
+    for t in tasks {
+        let (l, f) = t.await.unwrap();
+        all.extend(l);
+        failures += f;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    all.sort();
+    println!(
+        "{name:<34} {:>8.0} req/s  p50 {:>6.2} ms  p99 {:>6.2} ms  ({} requests, {failures} failed, {} clients, {:.0} s)",
+        all.len() as f64 / elapsed,
+        percentile(&all, 0.50),
+        percentile(&all, 0.99),
+        all.len(),
+        opts.clients,
+        elapsed
+    );
+}
+
+#[tokio::main]
+async fn main() {
+    let opts = options();
+    let dir = tempfile::tempdir().unwrap();
+    let mut schema_to_drop = None;
+    let database_url = match std::env::var("CAREVAULT_BENCH_POSTGRES_URL") {
+        Ok(url) if !url.is_empty() => {
+            let schema = format!("bench_{}", uuid::Uuid::new_v4().simple());
+            diesel::PgConnection::establish(&url).unwrap().batch_execute(&format!("CREATE SCHEMA {schema}")).unwrap();
+            let sep = if url.contains('?') { '&' } else { '?' };
+            schema_to_drop = Some((url.clone(), schema.clone()));
+            format!("{url}{sep}options=-c%20search_path%3D{schema}")
+        }
+        _ => format!("sqlite://{}/bench.db", dir.path().display()),
+    };
+    let secret = format!("zz-bench-secret-{}", uuid::Uuid::new_v4().simple());
+    let raw: BTreeMap<String, String> = [
+        ("addr", "127.0.0.1:0".to_owned()),
+        ("data_dir", dir.path().display().to_string()),
+        ("database_url", database_url.clone()),
+        ("jwt_hs256_secret", secret.clone()),
+        ("policies_dir", concat!(env!("CARGO_MANIFEST_DIR"), "/policies").to_owned()),
+        ("rate_limit", "0".to_owned()),
+        ("db_pool_size", "16".to_owned()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    let app = Application::build(&Settings::from_map(&raw).unwrap()).unwrap();
+    let base = format!("http://{}", app.addr());
+    tokio::spawn(app.run_until_stopped());
+
+    let token = mint_hs256(
+        &Hs256Secret::new(secret.into_bytes()),
+        &Claims {
+            sub: "bench".into(),
+            tenant: "bench".into(),
+            roles: vec!["clinician".into()],
+            fhir_user: Some("Practitioner/dr1".into()),
+            exp: jsonwebtoken::get_current_timestamp() + 3600,
+            iat: None,
+            iss: None,
+            aud: None,
+        },
+    )
+    .unwrap();
+    let client = reqwest::Client::builder().pool_max_idle_per_host(opts.clients).build().unwrap();
+    println!(
+        "backend: {}; server workers: {}; {} s per scenario",
+        if database_url.starts_with("sqlite") { "SQLite" } else { "PostgreSQL" },
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+        opts.seconds
+    );
+
+    let mut ids = Vec::new();
+    for i in 0..opts.seed {
+        let r = client.post(format!("{base}/fhir/Patient")).bearer_auth(&token).header("content-type", "application/fhir+json").body(patient(i).to_string()).send().await.unwrap();
+        assert_eq!(r.status(), 201);
+        ids.push(r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned());
+    }
+    let ids = Arc::new(ids);
+
+    let (c, b, t) = (client.clone(), base.clone(), token.clone());
+    scenario("GET /healthz (no auth, no DB)", &opts, move |_| {
+        let (c, b) = (c.clone(), b.clone());
+        async move { c.get(format!("{b}/healthz")).send().await.is_ok_and(|r| r.status() == 200) }
+    })
+    .await;
+    let (c, b, tk, ids2) = (client.clone(), base.clone(), t.clone(), ids.clone());
+    scenario("GET /fhir/Patient/{id} (read)", &opts, move |i| {
+        let (c, b, tk) = (c.clone(), b.clone(), tk.clone());
+        let id = ids2[i % ids2.len()].clone();
+        async move { c.get(format!("{b}/fhir/Patient/{id}")).bearer_auth(tk).send().await.is_ok_and(|r| r.status() == 200) }
+    })
+    .await;
+    let (c, b, tk, n) = (client.clone(), base.clone(), t.clone(), opts.seed);
+    scenario("GET /fhir/Patient?family= (search)", &opts, move |i| {
+        let (c, b, tk) = (c.clone(), b.clone(), tk.clone());
+        let family = format!("zz-load-{}", i % n);
+        async move { c.get(format!("{b}/fhir/Patient?family={family}")).bearer_auth(tk).send().await.is_ok_and(|r| r.status() == 200) }
+    })
+    .await;
+    let (c, b, tk) = (client.clone(), base.clone(), t.clone());
+    scenario("POST /fhir/Patient (create)", &opts, move |i| {
+        let (c, b, tk) = (c.clone(), b.clone(), tk.clone());
+        let body = patient(1_000_000 + i).to_string();
+        async move {
+            c.post(format!("{b}/fhir/Patient")).bearer_auth(tk).header("content-type", "application/fhir+json").body(body).send().await.is_ok_and(|r| r.status() == 201)
+        }
+    })
+    .await;
+
+    if let Some((url, schema)) = schema_to_drop {
+        let _ = diesel::PgConnection::establish(&url).map(|mut c| c.batch_execute(&format!("DROP SCHEMA {schema} CASCADE")));
+    }
+}
