@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 //! Costs on the request path that do not touch the database: schema validation of a
 //! typical Patient, its search tokens, and parsing of a search query.
 

@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 //! HTTP load tool: starts the real server in-process on 127.0.0.1 (SQLite in a temp dir,
 //! or the PostgreSQL named by CAREVAULT_BENCH_POSTGRES_URL in a fresh schema), seeds
 //! patients, then drives it with concurrent keep-alive clients for a fixed time per
