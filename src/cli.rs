@@ -73,7 +73,7 @@ async fn serve(settings: Settings) -> ExitCode {
             return fail(e);
         }
     };
-    tracing::info!(addr = %app.addr(), "listening");
+    tracing::info!(addr = %app.addr(), tls = app.is_tls(), "listening");
     if settings.env == Environment::Development {
         tracing::warn!(
             "development mode: mint a token with `cargo run --release -- token --sub dev --tenant demo --role clinician --fhir-user Practitioner/dev`"

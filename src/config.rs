@@ -32,6 +32,8 @@ const KEYS: &[&str] = &[
     "rate_limit",
     "body_limit",
     "db_pool_size",
+    "tls_cert",
+    "tls_key",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +69,14 @@ pub struct Settings {
     /// Largest accepted request body in bytes.
     pub body_limit: usize,
     pub db_pool_size: u32,
+    /// PEM certificate chain and private key: serve HTTPS in-process when both are set.
+    pub tls: Option<TlsPaths>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsPaths {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 impl fmt::Debug for Settings {
@@ -85,6 +95,7 @@ impl fmt::Debug for Settings {
             .field("rate_limit", &self.rate_limit)
             .field("body_limit", &self.body_limit)
             .field("db_pool_size", &self.db_pool_size)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -151,6 +162,11 @@ impl Settings {
             rate_limit: number("rate_limit", 100, 1_000_000)? as u32,
             body_limit: number("body_limit", 1024 * 1024, 64 * 1024 * 1024)? as usize,
             db_pool_size: number("db_pool_size", 16, 512)?.max(1) as u32,
+            tls: match (get("tls_cert"), get("tls_key")) {
+                (Some(cert), Some(key)) => Some(TlsPaths { cert: cert.into(), key: key.into() }),
+                (None, None) => None,
+                _ => return Err(ConfigError::Invalid("tls_cert", "tls_cert and tls_key go together".into())),
+            },
         };
         if settings.env == Environment::Production && settings.jwt_hs256_secret.is_none() && settings.jwks_file.is_none() {
             return Err(ConfigError::Invalid(
@@ -208,6 +224,7 @@ mod tests {
         assert!(Settings::from_map(&map(&[("rate_limit", "-1")])).is_err());
         assert!(Settings::from_map(&map(&[("jwt_hs256_secret", "short")])).is_err());
         assert!(Settings::from_map(&map(&[("env", "production")])).is_err());
+        assert!(Settings::from_map(&map(&[("tls_cert", "/x/cert.pem")])).is_err());
         let s = Settings::from_map(&map(&[("jwt_hs256_secret", "zz-test-secret-0123456789abcdefghijkl")])).unwrap();
         assert!(!format!("{s:?}").contains("zz-test-secret"));
     }

@@ -38,6 +38,30 @@ pub enum StartupError {
     Metrics(#[from] prometheus::Error),
     #[error("{0}")]
     Refused(&'static str),
+    #[error("TLS: {0}")]
+    Tls(String),
+}
+
+/// A rustls server configuration (ring provider, TLS 1.2 and 1.3) from PEM files.
+fn tls_config(paths: &crate::config::TlsPaths) -> Result<rustls::ServerConfig, StartupError> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let shown = |p: &Path| p.display().to_string();
+    let certs = CertificateDer::pem_file_iter(&paths.cert)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| StartupError::Tls(format!("certificate {}: {e}", shown(&paths.cert))))?;
+    if certs.is_empty() {
+        return Err(StartupError::Tls(format!("certificate {} holds no certificate", shown(&paths.cert))));
+    }
+    // The key's parse error is not shown: it could quote key material.
+    let key = PrivateKeyDer::from_pem_file(&paths.key)
+        .map_err(|_| StartupError::Tls(format!("private key {} cannot be read as PEM", shown(&paths.key))))?;
+    rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| StartupError::Tls(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| StartupError::Tls(format!("certificate and key do not form a usable pair: {e}")))
 }
 
 /// The development HS256 secret: read from the data directory, created on first use.
@@ -85,6 +109,7 @@ pub fn hs256_secret(settings: &Settings) -> Result<Option<Hs256Secret>, StartupE
 pub struct Application {
     server: Server,
     addr: SocketAddr,
+    tls: bool,
 }
 
 impl Application {
@@ -114,9 +139,10 @@ impl Application {
             metrics: Metrics::new()?,
             body_limit: settings.body_limit,
         });
+        let tls = settings.tls.as_ref().map(tls_config).transpose()?;
         let listener = TcpListener::bind(settings.addr).map_err(|e| StartupError::Listen(settings.addr, e))?;
         let addr = listener.local_addr().map_err(|e| StartupError::Listen(settings.addr, e))?;
-        let server = HttpServer::new(move || {
+        let http = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
                 .wrap(
@@ -132,15 +158,21 @@ impl Application {
                 .wrap(from_fn(crate::api::request_context))
                 .configure(crate::api::routes)
         })
-        .listen(listener)
-        .map_err(|e| StartupError::Listen(addr, e))?
-        .shutdown_timeout(10)
-        .run();
-        Ok(Self { server, addr })
+        .shutdown_timeout(10);
+        let http = match tls {
+            Some(config) => http.listen_rustls_0_23(listener, config),
+            None => http.listen(listener),
+        };
+        let server = http.map_err(|e| StartupError::Listen(addr, e))?.run();
+        Ok(Self { server, addr, tls: settings.tls.is_some() })
     }
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    pub fn is_tls(&self) -> bool {
+        self.tls
     }
 
     pub fn handle(&self) -> actix_web::dev::ServerHandle {

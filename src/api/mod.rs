@@ -8,6 +8,7 @@ mod extract;
 mod fhir;
 mod metrics;
 mod middleware;
+mod openapi;
 mod ops;
 mod rate_limit;
 
@@ -19,6 +20,7 @@ pub use error::{ApiError, outcome};
 pub use extract::RequestId;
 pub use metrics::Metrics;
 pub use middleware::request_context;
+pub use openapi::ApiDoc;
 pub use rate_limit::RateLimits;
 
 use crate::auth::TokenVerifier;
@@ -50,6 +52,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(web::resource("/healthz").route(web::get().to(ops::healthz)).default_service(not_allowed()))
         .service(web::resource("/readyz").route(web::get().to(ops::readyz)).default_service(not_allowed()))
         .service(web::resource("/metrics").route(web::get().to(ops::metrics)).default_service(not_allowed()))
+        .service(web::resource("/openapi.json").route(web::get().to(openapi::openapi_json)).default_service(not_allowed()))
         .service(
             web::scope("/fhir")
                 .service(web::resource("/metadata").route(web::get().to(fhir::metadata)).default_service(not_allowed()))

@@ -8,12 +8,19 @@ use crate::api::{ApiError, AppState, blocking};
 use crate::authz::Capability;
 use crate::service::Caller;
 
+/// Liveness: the process answers.
+#[utoipa::path(get, path = "/healthz", tag = "operations", security(()),
+    responses((status = 200, description = "Alive: `{\"status\":\"alive\"}`")))]
 pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "alive"}))
 }
 
 /// Ready when the database answers and the verification keys are loaded (they are
 /// loaded before the server listens, so the database is what can change).
+#[utoipa::path(get, path = "/readyz", tag = "operations", security(()),
+    responses(
+        (status = 200, description = "Database and keys ready"),
+        (status = 503, description = "Not ready (OperationOutcome)")))]
 pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let store = state.services.store.clone();
     let db = blocking(move || Ok(store.ping())).await?;
@@ -27,6 +34,11 @@ pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
 }
 
 /// Prometheus text; needs the `metrics` capability.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses(
+        (status = 200, description = "Prometheus text exposition", content_type = "text/plain"),
+        (status = 401, description = "No valid token (OperationOutcome)"),
+        (status = 403, description = "Token lacks the metrics capability (OperationOutcome)")))]
 pub async fn metrics(state: web::Data<AppState>, caller: Caller) -> Result<HttpResponse, ApiError> {
     if !state.services.policy.has_capability(&caller.principal, Capability::Metrics) {
         return Err(ApiError::Forbidden);

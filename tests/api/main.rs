@@ -14,4 +14,5 @@ mod logs;
 mod ops;
 mod search;
 mod store;
+mod tls;
 mod validation;

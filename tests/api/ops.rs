@@ -76,3 +76,17 @@ async fn rate_limits_answer_429_with_retry_after() {
     let secs: u64 = retry_after.expect("Retry-After").parse().unwrap();
     assert!((1..=2).contains(&secs));
 }
+
+#[tokio::test]
+async fn openapi_describes_the_operations_endpoints() {
+    let app = spawn_app().await;
+    expect_outcome(app.client.get(app.url("/openapi.json")).send().await.unwrap(), StatusCode::UNAUTHORIZED).await;
+    let response = app.get(&app.who(TENANT, &["auditor"], None), "/openapi.json").await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let doc: Value = response.json().await.unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    for path in ["/healthz", "/readyz", "/metrics", "/openapi.json"] {
+        assert!(doc["paths"][path]["get"].is_object(), "{path} missing: {doc}");
+    }
+    assert_eq!(doc["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
+}
