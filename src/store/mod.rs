@@ -131,7 +131,7 @@ impl Manager {
                 // WAL for concurrent readers; FULL sync so a committed audit entry survives power loss.
                 conn.batch_execute(
                     "PRAGMA busy_timeout = 10000; PRAGMA journal_mode = WAL; \
-                     PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;",
+                     PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA secure_delete = ON;",
                 )?;
                 Ok(DbConnection::Sqlite(conn))
             }

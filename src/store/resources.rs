@@ -198,9 +198,22 @@ pub struct SearchQuery {
 
 type Condition = Box<dyn BoxableExpression<resources::table, Db, SqlType = Bool>>;
 
-/// Ids of `rtype` rows in `tenant` having any of `tokens` for `param`.
+/// Ids of `rtype` rows in `tenant` whose `param` has `token`. A plain equality, so every
+/// column of the search_tokens primary key is bound even for a planner without statistics.
 #[diesel::dsl::auto_type]
-fn tokens_of(tenant: String, rtype: String, param: String, tokens: Vec<String>) -> _ {
+fn token_is(tenant: String, rtype: String, param: String, token: String) -> _ {
+    search_tokens::table.select(search_tokens::resource_id).filter(
+        search_tokens::tenant
+            .eq(tenant)
+            .and(search_tokens::resource_type.eq(rtype))
+            .and(search_tokens::param.eq(param))
+            .and(search_tokens::token.eq(token)),
+    )
+}
+
+/// As [`token_is`], for any of several tokens (a comma-separated OR).
+#[diesel::dsl::auto_type]
+fn token_in(tenant: String, rtype: String, param: String, tokens: Vec<String>) -> _ {
     search_tokens::table.select(search_tokens::resource_id).filter(
         search_tokens::tenant
             .eq(tenant)
@@ -210,8 +223,8 @@ fn tokens_of(tenant: String, rtype: String, param: String, tokens: Vec<String>) 
     )
 }
 
-fn in_care_of(tenant: &str, gp: &str) -> tokens_of {
-    tokens_of(tenant.to_owned(), "Patient".to_owned(), "general-practitioner".to_owned(), vec![gp.to_owned()])
+fn in_care_of(tenant: &str, gp: &str) -> token_is {
+    token_is(tenant.to_owned(), "Patient".to_owned(), "general-practitioner".to_owned(), gp.to_owned())
 }
 
 fn restriction(tenant: &str, r: &Restriction) -> Condition {
@@ -235,12 +248,11 @@ fn filtered(q: &SearchQuery) -> resources::BoxedQuery<'static, Db> {
         query = query.filter(resources::id.eq_any(ids.clone()));
     }
     for (param, tokens) in &q.criteria {
-        query = query.filter(resources::id.eq_any(tokens_of(
-            q.tenant.clone(),
-            q.resource_type.clone(),
-            param.clone(),
-            tokens.clone(),
-        )));
+        let (tenant, rtype, param) = (q.tenant.clone(), q.resource_type.clone(), param.clone());
+        query = match tokens.as_slice() {
+            [one] => query.filter(resources::id.eq_any(token_is(tenant, rtype, param, one.clone()))),
+            many => query.filter(resources::id.eq_any(token_in(tenant, rtype, param, many.to_vec()))),
+        };
     }
     if let Some(restrictions) = &q.restrictions {
         let mut any: Condition = Box::new(diesel::dsl::sql::<Bool>("1 = 0"));

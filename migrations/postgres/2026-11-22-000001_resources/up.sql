@@ -36,4 +36,6 @@ CREATE TABLE search_tokens (
     PRIMARY KEY (tenant, resource_type, param, token, resource_id),
     FOREIGN KEY (tenant, resource_type, resource_id) REFERENCES resources (tenant, resource_type, id)
 );
-CREATE INDEX search_tokens_by_resource ON search_tokens (tenant, resource_type, resource_id);
+-- Leads with resource_id: a (tenant, resource_type) prefix here would tempt planners
+-- without statistics away from the primary key, which binds every search column.
+CREATE INDEX search_tokens_by_resource ON search_tokens (resource_id, tenant, resource_type);
