@@ -58,12 +58,12 @@ fn query_pairs(req: &HttpRequest) -> Result<Vec<(String, String)>, ApiError> {
         .map_err(|_| ApiError::bad_request(IssueCode::Structure, "query string is not well-formed"))
 }
 
-/// Reads a JSON body of at most `limit` bytes.
-async fn read_json(req: &HttpRequest, mut payload: web::Payload, limit: usize) -> Result<Value, ApiError> {
-    let media = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-    if !is_json_type(media) || media.trim().eq_ignore_ascii_case("json") {
-        return Err(ApiError::UnsupportedMediaType);
-    }
+fn content_type(req: &HttpRequest) -> &str {
+    req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("")
+}
+
+/// Reads a body of at most `limit` bytes, whether or not its length is declared.
+async fn read_body(req: &HttpRequest, mut payload: web::Payload, limit: usize) -> Result<web::BytesMut, ApiError> {
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -80,6 +80,16 @@ async fn read_json(req: &HttpRequest, mut payload: web::Payload, limit: usize) -
         }
         body.extend_from_slice(&chunk);
     }
+    Ok(body)
+}
+
+/// Reads a JSON body of at most `limit` bytes.
+async fn read_json(req: &HttpRequest, payload: web::Payload, limit: usize) -> Result<Value, ApiError> {
+    let media = content_type(req);
+    if !is_json_type(media) || media.trim().eq_ignore_ascii_case("json") {
+        return Err(ApiError::UnsupportedMediaType);
+    }
+    let body = read_body(req, payload, limit).await?;
     serde_json::from_slice(&body).map_err(|e| {
         ApiError::bad_request(
             IssueCode::Structure,
@@ -327,14 +337,14 @@ pub async fn search_post(
     req: HttpRequest,
     caller: Caller,
     path: web::Path<String>,
-    form: web::Bytes,
+    payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let rtype = resource_type(&path)?;
     negotiate(&req)?;
-    let media = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-    if !media.starts_with("application/x-www-form-urlencoded") {
+    if !content_type(&req).starts_with("application/x-www-form-urlencoded") {
         return Err(ApiError::UnsupportedMediaType);
     }
+    let form = read_body(&req, payload, state.body_limit).await?;
     let text = std::str::from_utf8(&form).map_err(|_| ApiError::bad_request(IssueCode::Structure, "form body is not UTF-8"))?;
     let mut params = query_pairs(&req)?;
     params.extend(

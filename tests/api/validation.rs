@@ -87,6 +87,16 @@ async fn oversized_bodies_get_413() {
         .await
         .unwrap();
     expect_outcome(chunked, StatusCode::PAYLOAD_TOO_LARGE).await;
+    let form = app
+        .client
+        .post(app.url("/fhir/Patient/_search"))
+        .bearer_auth(&desk.token)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("family={}", "z".repeat(8192)))
+        .send()
+        .await
+        .unwrap();
+    expect_outcome(form, StatusCode::PAYLOAD_TOO_LARGE).await;
     assert_eq!(patient_count(&app, &desk).await, 0);
 }
 
