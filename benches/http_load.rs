@@ -21,6 +21,8 @@ struct Options {
     seconds: u64,
     clients: usize,
     seed: usize,
+    /// Seal no elements (blind indexes stay on), to measure what sealing costs.
+    no_encryption: bool,
 }
 
 fn options() -> Options {
@@ -32,7 +34,12 @@ fn options() -> Options {
             .and_then(|v| v.parse().ok())
             .unwrap_or(default)
     };
-    Options { seconds: get("--seconds", 10), clients: get("--clients", 16) as usize, seed: get("--seed", 500) as usize }
+    Options {
+        seconds: get("--seconds", 10),
+        clients: get("--clients", 16) as usize,
+        seed: get("--seed", 500) as usize,
+        no_encryption: args.iter().any(|a| a == "--no-encryption"),
+    }
 }
 
 fn patient(i: usize) -> Value {
@@ -116,12 +123,22 @@ async fn main() {
         _ => format!("sqlite://{}/bench.db", dir.path().display()),
     };
     let secret = format!("zz-bench-secret-{}", uuid::Uuid::new_v4().simple());
+    let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/policies");
+    let policies_dir = if opts.no_encryption {
+        let dir = dir.path().join("policies");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::copy(format!("{shipped}/access.toml"), dir.join("access.toml")).unwrap();
+        std::fs::write(dir.join("encryption.toml"), "[types.Patient]\nelements = []\n[types.Practitioner]\nelements = []\n").unwrap();
+        dir.display().to_string()
+    } else {
+        shipped.to_owned()
+    };
     let raw: BTreeMap<String, String> = [
         ("addr", "127.0.0.1:0".to_owned()),
         ("data_dir", dir.path().display().to_string()),
         ("database_url", database_url.clone()),
         ("jwt_hs256_secret", secret.clone()),
-        ("policies_dir", concat!(env!("CARGO_MANIFEST_DIR"), "/policies").to_owned()),
+        ("policies_dir", policies_dir),
         ("rate_limit", "0".to_owned()),
         ("db_pool_size", "16".to_owned()),
     ]
@@ -148,8 +165,9 @@ async fn main() {
     .unwrap();
     let client = reqwest::Client::builder().pool_max_idle_per_host(opts.clients).build().unwrap();
     println!(
-        "backend: {}; server workers: {}; {} s per scenario",
+        "backend: {}; encryption: {}; server workers: {}; {} s per scenario",
         if database_url.starts_with("sqlite") { "SQLite" } else { "PostgreSQL" },
+        if opts.no_encryption { "off (no sealed elements)" } else { "on (policies/encryption.toml)" },
         std::thread::available_parallelism().map_or(1, |n| n.get()),
         opts.seconds
     );

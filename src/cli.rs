@@ -41,6 +41,21 @@ pub enum Command {
         #[arg(long, default_value_t = 3600)]
         ttl: u64,
     },
+    /// Master keys: create, rotate, inspect.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Create a production master-key file at CAREVAULT_MASTER_KEY_FILE (never overwrites).
+    Init,
+    /// Add a master-key version and rewrap every tenant key under it. Safe while servers run.
+    Rotate,
+    /// Show master-key versions, the tenant keys each wraps, and data-key counts.
+    Status,
 }
 
 fn fail(message: impl std::fmt::Display) -> ExitCode {
@@ -57,6 +72,52 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Serve => serve(settings).await,
         Command::Migrate => migrate(&settings),
         Command::Token { sub, tenant, roles, fhir_user, ttl } => token(&settings, sub, tenant, roles, fhir_user, ttl),
+        Command::Keys { command } => keys(&settings, command),
+    }
+}
+
+fn keys(settings: &Settings, command: KeysCommand) -> ExitCode {
+    if let KeysCommand::Init = command {
+        return match crate::crypto::LocalKeyFile::create(&settings.master_key_file, false) {
+            Ok(()) => {
+                println!("created master-key file {} (version 1)", settings.master_key_file.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(e),
+        };
+    }
+    let codec = match crate::startup::codec(settings) {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    let store = match crate::store::Store::open(&settings.database_url, 1) {
+        Ok(s) => s,
+        Err(e) => return fail(e),
+    };
+    let mut conn = match store.conn() {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    match command {
+        KeysCommand::Init => ExitCode::SUCCESS,
+        KeysCommand::Rotate => match codec.keys().rotate(&mut conn) {
+            Ok((version, rewrapped)) => {
+                println!("master key version {version} is current; rewrapped {rewrapped} tenant key(s)");
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(e),
+        },
+        KeysCommand::Status => match codec.keys().status(&mut conn) {
+            Ok(status) => {
+                println!("master keys: {} ({})", settings.master_key_file.display(), if status.development { "development" } else { "production" });
+                for (version, tenants) in &status.versions {
+                    println!("  version {version}: wraps {tenants} tenant key(s)");
+                }
+                println!("data keys: {} live, {} destroyed", status.data_keys_live, status.data_keys_destroyed);
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(e),
+        },
     }
 }
 

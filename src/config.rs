@@ -34,6 +34,7 @@ const KEYS: &[&str] = &[
     "db_pool_size",
     "tls_cert",
     "tls_key",
+    "master_key_file",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +72,8 @@ pub struct Settings {
     pub db_pool_size: u32,
     /// PEM certificate chain and private key: serve HTTPS in-process when both are set.
     pub tls: Option<TlsPaths>,
+    /// Local master-key file (default `DATA_DIR/keys/master-keys.json`).
+    pub master_key_file: PathBuf,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,6 +99,7 @@ impl fmt::Debug for Settings {
             .field("body_limit", &self.body_limit)
             .field("db_pool_size", &self.db_pool_size)
             .field("tls", &self.tls)
+            .field("master_key_file", &self.master_key_file)
             .finish()
     }
 }
@@ -150,6 +154,7 @@ impl Settings {
         };
         let settings = Self {
             addr,
+            master_key_file: get("master_key_file").map(PathBuf::from).unwrap_or_else(|| data_dir.join("keys").join("master-keys.json")),
             log_dir: get("log_dir").map(PathBuf::from).unwrap_or_else(|| data_dir.join("logs")),
             data_dir,
             database_url,

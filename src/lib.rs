@@ -9,6 +9,7 @@ pub mod auth;
 pub mod authz;
 pub mod cli;
 pub mod config;
+pub mod crypto;
 pub mod domain;
 pub mod fhir;
 pub mod service;

@@ -40,6 +40,37 @@ pub enum StartupError {
     Refused(&'static str),
     #[error("TLS: {0}")]
     Tls(String),
+    #[error(transparent)]
+    EncryptionPolicy(#[from] crate::service::encryption_policy::EncryptionPolicyError),
+    #[error("master keys: {0}")]
+    MasterKeys(String),
+}
+
+/// The master-key provider: the local key file, created with a development key on first
+/// start in development. Production needs an existing key file not marked as development
+/// (`carevault keys init`).
+pub fn key_provider(settings: &Settings) -> Result<Arc<dyn crate::crypto::KeyProvider>, StartupError> {
+    use crate::crypto::{KeyProvider, LocalKeyFile};
+    let path = &settings.master_key_file;
+    let production = settings.env == Environment::Production;
+    let (provider, created) = LocalKeyFile::open(path, !production).map_err(|e| {
+        let hint = if production { " (production needs a key file made by `carevault keys init`)" } else { "" };
+        StartupError::MasterKeys(format!("{e}{hint}"))
+    })?;
+    if created {
+        tracing::warn!(file = %path.display(), "DEVELOPMENT MASTER KEY CREATED: for development only; production refuses it");
+    }
+    if production && provider.is_development() {
+        return Err(StartupError::Refused("production refuses development master keys"));
+    }
+    Ok(Arc::new(provider))
+}
+
+/// The codec: key ring over the master-key provider plus `policies/encryption.toml`.
+pub fn codec(settings: &Settings) -> Result<Arc<crate::service::codec::Codec>, StartupError> {
+    let policy = crate::service::encryption_policy::EncryptionPolicy::load(&settings.policies_dir)?;
+    let keys = crate::service::keyring::KeyRing::new(key_provider(settings)?);
+    Ok(Arc::new(crate::service::codec::Codec::new(keys, policy)))
 }
 
 /// A rustls server configuration (ring provider, TLS 1.2 and 1.3) from PEM files.
@@ -130,10 +161,11 @@ impl Application {
             settings.jwt_issuer.clone(),
             settings.jwt_audience.clone(),
         )?);
+        let codec = codec(settings)?;
         let store = Store::open(&settings.database_url, settings.db_pool_size)?;
         tracing::info!(database = %settings.database_url, "database ready");
         let state = web::Data::new(AppState {
-            services: Services::new(store, validator, policy),
+            services: Services::new(store, validator, policy, codec),
             verifier,
             limits: RateLimits::new(settings.rate_limit),
             metrics: Metrics::new()?,

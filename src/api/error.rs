@@ -76,7 +76,9 @@ impl ApiError {
                 ServiceError::VersionConflict { .. } => one(IssueCode::Conflict, "version conflict; retry"),
                 ServiceError::BadRequest(issues) | ServiceError::Invalid(issues) => issues.clone(),
                 ServiceError::Store(s) if s.is_unavailable() => one(IssueCode::Transient, "database busy; retry"),
-                ServiceError::Store(_) | ServiceError::Corrupt => {
+                ServiceError::Erased => one(IssueCode::Deleted, "record has been erased"),
+                ServiceError::Keys => one(IssueCode::Transient, "encryption keys unavailable; retry"),
+                ServiceError::Store(_) | ServiceError::Corrupt | ServiceError::Integrity => {
                     one(IssueCode::Exception, "internal error; quote the X-Request-Id response header when reporting it")
                 }
             },
@@ -115,7 +117,9 @@ impl ResponseError for ApiError {
                 ServiceError::BadRequest(_) => StatusCode::BAD_REQUEST,
                 ServiceError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
                 ServiceError::Store(s) if s.is_unavailable() => StatusCode::SERVICE_UNAVAILABLE,
-                ServiceError::Store(_) | ServiceError::Corrupt => StatusCode::INTERNAL_SERVER_ERROR,
+                ServiceError::Erased => StatusCode::GONE,
+                ServiceError::Keys => StatusCode::SERVICE_UNAVAILABLE,
+                ServiceError::Store(_) | ServiceError::Corrupt | ServiceError::Integrity => StatusCode::INTERNAL_SERVER_ERROR,
             },
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,

@@ -1,38 +1,119 @@
-//! The stored form of a resource and its search tokens. Today a version is stored as its
-//! JSON text and tokens as their normalised values; this is the one module that changes
-//! when elements are sealed under per-patient keys and tokens become blind indexes.
+//! The stored form of a resource and its search tokens. Elements named by the encryption
+//! policy are sealed in place, `{"$sealed": BASE64(envelope)}`, under the owner's data key
+//! with AAD `(tenant, resource type, resource id, element)`; everything else is stored as
+//! written. Search tokens are blind indexes: HMAC-SHA256 under the tenant's index key.
 
-use serde_json::Value;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use serde_json::{Map, Value, json};
 
+use crate::crypto::{Aad, Envelope};
 use crate::domain::search::index_tokens;
-use crate::domain::{ResourceType, TenantId};
+use crate::domain::{Category, ResourceId, ResourceType, TenantId};
 use crate::service::ServiceError;
+use crate::service::encryption_policy::EncryptionPolicy;
+use crate::service::keyring::{DataKey, KeyRing, TenantKeys};
 
-/// Serialises a resource version for storage.
-pub fn to_stored(_tenant: &TenantId, _rtype: ResourceType, resource: &Value) -> Result<String, ServiceError> {
-    serde_json::to_string(resource).map_err(|_| ServiceError::Corrupt)
+/// The member that marks a sealed element. FHIR element names never start with `$`, and
+/// the schema refuses it in submitted resources, so a client cannot forge one.
+const SEALED: &str = "$sealed";
+
+/// Who a record's data key belongs to: the Patient (for itself and its clinical records)
+/// or the Practitioner.
+pub fn owner(rtype: ResourceType, id: &str, patient_id: Option<&str>) -> Option<String> {
+    match rtype.category() {
+        Category::Patient => Some(format!("Patient/{id}")),
+        Category::Practitioner => Some(format!("Practitioner/{id}")),
+        Category::Clinical => patient_id.map(|p| format!("Patient/{p}")),
+    }
 }
 
-/// Reads a stored version back.
-pub fn from_stored(_tenant: &TenantId, _rtype: ResourceType, stored: &str) -> Result<Value, ServiceError> {
-    serde_json::from_str(stored).map_err(|_| ServiceError::Corrupt)
+#[derive(Debug)]
+pub struct Codec {
+    keys: KeyRing,
+    policy: EncryptionPolicy,
 }
 
-/// The stored form of a query token for `param`.
-pub fn stored_token(_tenant: &TenantId, _rtype: ResourceType, _param: &str, token: String) -> String {
-    token
+fn element_aad(tenant: &TenantId, rtype: ResourceType, id: &str, element: &str) -> Aad {
+    Aad::new("element", &[tenant.as_str(), rtype.name(), id, element])
 }
 
-/// Every `(param, stored token)` of a resource version.
-pub fn tokens_for(tenant: &TenantId, rtype: ResourceType, resource: &Value) -> Vec<(&'static str, String)> {
-    rtype
-        .def()
-        .search
-        .iter()
-        .flat_map(|def| {
-            index_tokens(def, resource)
-                .into_iter()
-                .map(move |t| (def.name, stored_token(tenant, rtype, def.name, t)))
-        })
-        .collect()
+impl Codec {
+    pub fn new(keys: KeyRing, policy: EncryptionPolicy) -> Self {
+        Self { keys, policy }
+    }
+
+    pub fn keys(&self) -> &KeyRing {
+        &self.keys
+    }
+
+    fn is_sealed(&self, rtype: ResourceType, element: &str) -> bool {
+        let name = element.strip_prefix('_').unwrap_or(element);
+        self.policy.elements(rtype).iter().any(|e| e == name)
+    }
+
+    /// The stored form of a version: sealed elements replaced by their envelopes.
+    pub fn seal(&self, tenant: &TenantId, rtype: ResourceType, id: &ResourceId, key: &DataKey, resource: &Value) -> Result<String, ServiceError> {
+        let Value::Object(map) = resource else { return Err(ServiceError::Corrupt) };
+        let mut out = Map::with_capacity(map.len());
+        for (element, value) in map {
+            if self.is_sealed(rtype, element) {
+                let plaintext = zeroize::Zeroizing::new(serde_json::to_vec(value).map_err(|_| ServiceError::Corrupt)?);
+                let envelope = Envelope::seal(&key.key, key.key_id, &element_aad(tenant, rtype, id.as_str(), element), &plaintext)
+                    .map_err(|_| ServiceError::Keys)?;
+                out.insert(element.clone(), json!({ SEALED: STANDARD.encode(envelope) }));
+            } else {
+                out.insert(element.clone(), value.clone());
+            }
+        }
+        serde_json::to_string(&Value::Object(out)).map_err(|_| ServiceError::Corrupt)
+    }
+
+    /// Reads a stored version back, opening sealed elements with `key`. A sealed element
+    /// that does not open (moved, tampered, wrong key) is an integrity error, never
+    /// another record's data; a destroyed key makes the record `Erased`.
+    pub fn open(&self, tenant: &TenantId, rtype: ResourceType, id: &str, stored: &str, key: Option<&Result<DataKey, ServiceError>>) -> Result<Value, ServiceError> {
+        let Value::Object(map) = serde_json::from_str(stored).map_err(|_| ServiceError::Corrupt)? else {
+            return Err(ServiceError::Corrupt);
+        };
+        let mut out = Map::with_capacity(map.len());
+        for (element, value) in map {
+            let sealed = value.as_object().filter(|o| o.len() == 1).and_then(|o| o.get(SEALED)).and_then(Value::as_str);
+            let Some(sealed) = sealed else {
+                out.insert(element, value);
+                continue;
+            };
+            let key = match key {
+                Some(Ok(key)) => key,
+                Some(Err(ServiceError::Erased)) => return Err(ServiceError::Erased),
+                _ => {
+                    tracing::error!(resource_type = rtype.name(), resource_id = id, "sealed element without a data key");
+                    return Err(ServiceError::Integrity);
+                }
+            };
+            let envelope = STANDARD.decode(sealed).map_err(|_| ServiceError::Integrity)?;
+            let plaintext = Envelope::open(&key.key, key.key_id, &element_aad(tenant, rtype, id, &element), &envelope).map_err(|e| {
+                tracing::error!(resource_type = rtype.name(), resource_id = id, element = %element, error = %e, "sealed element failed to open");
+                ServiceError::Integrity
+            })?;
+            let plaintext = zeroize::Zeroizing::new(plaintext);
+            out.insert(element, serde_json::from_slice(&plaintext).map_err(|_| ServiceError::Integrity)?);
+        }
+        Ok(Value::Object(out))
+    }
+
+    /// The stored (blind-index) form of a normalised query or index token.
+    pub fn token(&self, keys: &TenantKeys, rtype: ResourceType, param: &str, token: &str) -> String {
+        keys.index.token(&format!("{}.{param}", rtype.name()), token)
+    }
+
+    /// Every `(param, stored token)` of a resource version.
+    pub fn tokens_for(&self, keys: &TenantKeys, rtype: ResourceType, resource: &Value) -> Vec<(&'static str, String)> {
+        rtype
+            .def()
+            .search
+            .iter()
+            .flat_map(|def| index_tokens(def, resource).into_iter().map(move |t| (def.name, self.token(keys, rtype, def.name, &t))))
+            .collect()
+    }
 }

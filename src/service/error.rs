@@ -23,6 +23,15 @@ pub enum ServiceError {
     Store(#[from] StoreError),
     #[error("stored resource could not be decoded")]
     Corrupt,
+    /// The record's data key was destroyed (crypto-shredding): its content is gone.
+    #[error("record has been erased")]
+    Erased,
+    /// Stored ciphertext or key material failed authentication (tampered or moved).
+    #[error("stored data failed an integrity check")]
+    Integrity,
+    /// The key provider could not supply a key.
+    #[error("keys unavailable")]
+    Keys,
 }
 
 impl From<diesel::result::Error> for ServiceError {

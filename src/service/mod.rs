@@ -6,7 +6,9 @@
 //! May use every module but `api`.
 
 pub mod codec;
+pub mod encryption_policy;
 mod error;
+pub mod keyring;
 pub mod resources;
 mod search_params;
 
@@ -37,11 +39,22 @@ pub struct Services {
     pub store: Store,
     pub validator: Arc<FhirValidator>,
     pub policy: Arc<AccessPolicy>,
+    pub codec: Arc<codec::Codec>,
 }
 
 impl Services {
-    pub fn new(store: Store, validator: Arc<FhirValidator>, policy: Arc<AccessPolicy>) -> Self {
-        Self { store, validator, policy }
+    pub fn new(store: Store, validator: Arc<FhirValidator>, policy: Arc<AccessPolicy>, codec: Arc<codec::Codec>) -> Self {
+        Self { store, validator, policy, codec }
+    }
+
+    /// Crypto-shredding of one owner (`Patient/ID` or `Practitioner/ID`) in a tenant:
+    /// destroys its data key, so every stored copy of its sealed elements becomes
+    /// unreadable. Retention purges call this; returns whether a live key was destroyed.
+    pub fn shred(&self, tenant: &crate::domain::TenantId, owner: &crate::domain::Reference) -> Result<bool, ServiceError> {
+        let mut conn = self.store.conn()?;
+        let destroyed = self.codec.keys().destroy(&mut conn, tenant.as_str(), &owner.to_string())?;
+        tracing::warn!(owner = %owner, destroyed, "data key destroyed (crypto-shredding)");
+        Ok(destroyed)
     }
 
     pub fn resources(&self) -> resources::ResourceService<'_> {

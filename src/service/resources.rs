@@ -7,8 +7,11 @@ use crate::authz::{Decision, Op, SearchScope, Target};
 use crate::domain::{Category, Reference, ResourceId, ResourceType};
 use crate::fhir::{Issue, IssueCode};
 use crate::service::search_params::{self, ParsedSearch};
+use crate::service::keyring::DataKey;
 use crate::service::{Caller, ServiceError, Services, codec};
 use crate::store::resources::{self as rows, CurrentRow, Restriction, SearchQuery, VersionRow};
+use std::collections::HashMap;
+
 use crate::store::{DbConnection, write_transaction};
 
 /// How often a write without `If-Match` retries when another writer got there first.
@@ -41,11 +44,16 @@ struct Current {
     row: CurrentRow,
     content: Option<Value>,
     basis: Option<Value>,
+    /// The data key of the record's owner, for opening other versions.
+    keys: HashMap<String, Result<DataKey, ServiceError>>,
+    owner: Option<String>,
 }
 
-/// A version about to be written.
+/// A version about to be written. `row.content` is filled in when the version is sealed,
+/// inside the transaction (where a new owner's data key is created).
 struct Write {
     row: CurrentRow,
+    resource: Option<Value>,
     /// The version this write replaces; `None` for a create.
     expected: Option<i64>,
     tokens: Vec<(&'static str, String)>,
@@ -174,29 +182,44 @@ impl<'s> ResourceService<'s> {
     /// The current row, its content (`None` once deleted) and the content access is judged
     /// by: the current content, or for a deleted resource its last live version, so that
     /// whoever could read it still learns that it is gone (410) rather than 403.
+    /// The data keys of the given owners (absent owners have none).
+    fn keys_of(&self, conn: &mut DbConnection, caller: &Caller, owners: Vec<String>) -> Result<HashMap<String, Result<DataKey, ServiceError>>, ServiceError> {
+        self.services.codec.keys().data_keys(conn, caller.principal.tenant.as_str(), &owners)
+    }
+
+    fn open(&self, caller: &Caller, rtype: ResourceType, id: &str, stored: &str, keys: &HashMap<String, Result<DataKey, ServiceError>>, owner: Option<&String>) -> Result<Value, ServiceError> {
+        let key = owner.and_then(|o| keys.get(o));
+        self.services.codec.open(&caller.principal.tenant, rtype, id, stored, key)
+    }
+
+    /// The current row, its content (`None` once deleted) and the content access is judged
+    /// by: the current content, or for a deleted resource its last live version, so that
+    /// whoever could read it still learns that it is gone (410) rather than 403.
     fn load_current(&self, conn: &mut DbConnection, caller: &Caller, rtype: ResourceType, id: &ResourceId) -> Result<Current, ServiceError> {
         let tenant = &caller.principal.tenant;
         let row = rows::find_current(conn, tenant.as_str(), rtype.name(), id.as_str())?.ok_or(ServiceError::NotFound)?;
+        let owner = codec::owner(rtype, id.as_str(), row.patient_id.as_deref());
+        let keys = self.keys_of(conn, caller, owner.iter().cloned().collect())?;
         if row.deleted == 0 {
-            let content = codec::from_stored(tenant, rtype, &row.content)?;
-            return Ok(Current { row, content: Some(content.clone()), basis: Some(content) });
+            let content = self.open(caller, rtype, id.as_str(), &row.content, &keys, owner.as_ref())?;
+            return Ok(Current { row, content: Some(content.clone()), basis: Some(content), keys, owner });
         }
         let last_live = rows::find_version(conn, tenant.as_str(), rtype.name(), id.as_str(), row.version_id - 1)?;
         let basis = match last_live.and_then(|v| v.content) {
-            Some(stored) => Some(codec::from_stored(tenant, rtype, &stored)?),
+            Some(stored) => Some(self.open(caller, rtype, id.as_str(), &stored, &keys, owner.as_ref())?),
             None => None,
         };
-        Ok(Current { row, content: None, basis })
+        Ok(Current { row, content: None, basis, keys, owner })
     }
 
-    fn versioned(&self, caller: &Caller, rtype: ResourceType, row: &VersionRow) -> Result<Versioned, ServiceError> {
+    fn versioned(&self, caller: &Caller, rtype: ResourceType, row: &VersionRow, keys: &HashMap<String, Result<DataKey, ServiceError>>, owner: Option<&String>) -> Result<Versioned, ServiceError> {
         Ok(Versioned {
             resource_type: rtype,
             id: ResourceId::parse(&row.id).map_err(|_| ServiceError::Corrupt)?,
             version_id: row.version_id,
             last_updated: row.last_updated.and_utc(),
             resource: match &row.content {
-                Some(c) if row.deleted == 0 => Some(codec::from_stored(&caller.principal.tenant, rtype, c)?),
+                Some(c) if row.deleted == 0 => Some(self.open(caller, rtype, &row.id, c, keys, owner)?),
                 _ => None,
             },
         })
@@ -232,19 +255,25 @@ impl<'s> ResourceService<'s> {
             deleted: i16::from(resource.is_none()),
             last_updated: at,
             patient_id: resource.and_then(|r| compartment_patient(rtype, id, r)),
-            content: match resource {
-                Some(r) => codec::to_stored(tenant, rtype, r)?,
-                None => String::new(),
-            },
+            content: String::new(),
         })
     }
 
     /// Writes one version in one transaction: the resource rows and their search tokens.
     /// The audit-ledger entry and the change-log row of the write belong here too, so that
     /// they commit or roll back with it. Returns `false` if `expected` was stale.
-    fn commit(&self, conn: &mut DbConnection, write: &Write) -> Result<bool, ServiceError> {
+    fn commit(&self, conn: &mut DbConnection, caller: &Caller, write: &Write) -> Result<bool, ServiceError> {
+        let tenant = &caller.principal.tenant;
+        let rtype = ResourceType::from_name(&write.row.resource_type).ok_or(ServiceError::Corrupt)?;
+        let id = ResourceId::parse(&write.row.id).map_err(|_| ServiceError::Corrupt)?;
         write_transaction(conn, |tx| {
-            let row = &write.row;
+            let mut row = write.row.clone();
+            if let Some(resource) = &write.resource {
+                let owner = codec::owner(rtype, id.as_str(), row.patient_id.as_deref()).ok_or(ServiceError::Corrupt)?;
+                let key = self.services.codec.keys().data_key_for_write(tx, tenant.as_str(), &owner)?;
+                row.content = self.services.codec.seal(tenant, rtype, &id, &key, resource)?;
+            }
+            let row = &row;
             match write.expected {
                 None => rows::insert_first(tx, row)?,
                 Some(expected) => {
@@ -266,9 +295,10 @@ impl<'s> ResourceService<'s> {
         let resource = Self::stamp(resource, &id, 1, at);
         self.authorize(caller, Op::Write, rtype, &id, Some(&resource))?;
         let row = self.new_row(caller, rtype, &id, 1, Some(&resource), at)?;
-        let tokens = codec::tokens_for(&caller.principal.tenant, rtype, &resource);
         let mut conn = self.conn()?;
-        self.commit(&mut conn, &Write { row, expected: None, tokens })?;
+        let tenant_keys = self.services.codec.keys().tenant(&mut conn, caller.principal.tenant.as_str())?;
+        let tokens = self.services.codec.tokens_for(&tenant_keys, rtype, &resource);
+        self.commit(&mut conn, caller, &Write { row, resource: Some(resource.clone()), expected: None, tokens })?;
         tracing::info!(resource_id = %id, "resource created");
         Ok(Versioned { resource_type: rtype, id, version_id: 1, last_updated: at.and_utc(), resource: Some(resource) })
     }
@@ -276,7 +306,7 @@ impl<'s> ResourceService<'s> {
     #[tracing::instrument(skip_all, fields(resource_type = rtype.name(), resource_id = %id))]
     pub fn read(&self, caller: &Caller, rtype: ResourceType, id: &ResourceId) -> Result<Versioned, ServiceError> {
         let mut conn = self.conn()?;
-        let Current { row, content, basis } = self.load_current(&mut conn, caller, rtype, id)?;
+        let Current { row, content, basis, .. } = self.load_current(&mut conn, caller, rtype, id)?;
         self.authorize(caller, Op::Read, rtype, id, basis.as_ref())?;
         if content.is_none() {
             return Err(ServiceError::Gone);
@@ -297,7 +327,7 @@ impl<'s> ResourceService<'s> {
         self.authorize(caller, Op::Read, rtype, id, current.basis.as_ref())?;
         let tenant = caller.principal.tenant.as_str();
         let row = rows::find_version(&mut conn, tenant, rtype.name(), id.as_str(), version)?;
-        let version_row = row.as_ref().map(|r| self.versioned(caller, rtype, r)).transpose()?;
+        let version_row = row.as_ref().map(|r| self.versioned(caller, rtype, r, &current.keys, current.owner.as_ref())).transpose()?;
         let found = version_row.ok_or(ServiceError::NotFound)?;
         if found.resource.is_none() {
             return Err(ServiceError::Gone);
@@ -310,7 +340,7 @@ impl<'s> ResourceService<'s> {
         let resource = self.parse_body(rtype, body, Some(id))?;
         let mut conn = self.conn()?;
         for _ in 0..UNCONDITIONAL_RETRIES {
-            let Current { row: current, content, basis } = self.load_current(&mut conn, caller, rtype, id)?;
+            let Current { row: current, content, basis, .. } = self.load_current(&mut conn, caller, rtype, id)?;
             self.authorize(caller, Op::Write, rtype, id, basis.as_ref())?;
             if content.is_none() {
                 return Err(ServiceError::Gone);
@@ -324,9 +354,10 @@ impl<'s> ResourceService<'s> {
             let at = now();
             let stamped = Self::stamp(resource.clone(), id, version, at);
             let row = self.new_row(caller, rtype, id, version, Some(&stamped), at)?;
-            let tokens = codec::tokens_for(&caller.principal.tenant, rtype, &stamped);
-            let write = Write { row, expected: Some(current.version_id), tokens };
-            if self.commit(&mut conn, &write)? {
+            let tenant_keys = self.services.codec.keys().tenant(&mut conn, caller.principal.tenant.as_str())?;
+            let tokens = self.services.codec.tokens_for(&tenant_keys, rtype, &stamped);
+            let write = Write { row, resource: Some(stamped.clone()), expected: Some(current.version_id), tokens };
+            if self.commit(&mut conn, caller, &write)? {
                 tracing::info!(version_id = version, "resource updated");
                 return Ok(Versioned { resource_type: rtype, id: id.clone(), version_id: version, last_updated: at.and_utc(), resource: Some(stamped) });
             }
@@ -343,14 +374,14 @@ impl<'s> ResourceService<'s> {
     pub fn delete(&self, caller: &Caller, rtype: ResourceType, id: &ResourceId) -> Result<(), ServiceError> {
         let mut conn = self.conn()?;
         for _ in 0..UNCONDITIONAL_RETRIES {
-            let Current { row: current, content, basis } = self.load_current(&mut conn, caller, rtype, id)?;
+            let Current { row: current, content, basis, .. } = self.load_current(&mut conn, caller, rtype, id)?;
             self.authorize(caller, Op::Write, rtype, id, basis.as_ref())?;
             if content.is_none() {
                 return Ok(());
             }
             let version = current.version_id + 1;
             let row = self.new_row(caller, rtype, id, version, None, now())?;
-            if self.commit(&mut conn, &Write { row, expected: Some(current.version_id), tokens: Vec::new() })? {
+            if self.commit(&mut conn, caller, &Write { row, resource: None, expected: Some(current.version_id), tokens: Vec::new() })? {
                 tracing::info!(version_id = version, "resource deleted");
                 return Ok(());
             }
@@ -360,29 +391,45 @@ impl<'s> ResourceService<'s> {
 
     #[tracing::instrument(skip_all, fields(resource_type = rtype.name(), resource_id = %id))]
     pub fn history(&self, caller: &Caller, rtype: ResourceType, id: &ResourceId, params: &[(String, String)]) -> Result<Page<Versioned>, ServiceError> {
-        let paging = search_params::parse(&caller.principal.tenant, rtype, &paging_only(params)?)?;
+        let paging = search_params::parse(rtype, &paging_only(params)?)?;
         let mut conn = self.conn()?;
         let current = self.load_current(&mut conn, caller, rtype, id)?;
         self.authorize(caller, Op::Read, rtype, id, current.basis.as_ref())?;
         let tenant = caller.principal.tenant.as_str();
         let (rows, total) = rows::history(&mut conn, tenant, rtype.name(), id.as_str(), paging.count, paging.offset)?;
-        let items = rows.iter().map(|r| self.versioned(caller, rtype, r)).collect::<Result<Vec<_>, _>>()?;
+        let items = rows
+            .iter()
+            .map(|r| self.versioned(caller, rtype, r, &current.keys, current.owner.as_ref()))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Page { items, total, count: paging.count, offset: paging.offset, echo: paging.echo })
     }
 
     #[tracing::instrument(skip_all, fields(resource_type = rtype.name()))]
     pub fn search(&self, caller: &Caller, rtype: ResourceType, params: &[(String, String)]) -> Result<Page<Versioned>, ServiceError> {
         let tenant = &caller.principal.tenant;
-        let ParsedSearch { ids, criteria, count, offset, echo } = search_params::parse(tenant, rtype, params)?;
+        let ParsedSearch { ids, criteria, count, offset, echo } = search_params::parse(rtype, params)?;
         let scope = self.services.policy.search_scope(&caller.principal, rtype.category(), caller.break_glass.is_some());
+        let mut conn = self.conn()?;
+        let codec = &self.services.codec;
+        let tenant_keys = codec.keys().tenant(&mut conn, tenant.as_str())?;
         let restrictions = match scope {
             SearchScope::All => None,
             SearchScope::Denied => {
                 tracing::info!(op = "search", "access denied");
                 return Err(ServiceError::Forbidden);
             }
-            SearchScope::Restricted { care_of, owner } => Some(restrictions_for(rtype.category(), care_of, owner)),
+            SearchScope::Restricted { care_of, owner } => {
+                let care_token = care_of.map(|gp| codec.token(&tenant_keys, ResourceType::Patient, "general-practitioner", &gp.to_string()));
+                Some(restrictions_for(rtype.category(), care_token, owner))
+            }
         };
+        let criteria = criteria
+            .into_iter()
+            .map(|(param, tokens)| {
+                let stored = tokens.iter().map(|t| codec.token(&tenant_keys, rtype, &param, t)).collect();
+                (param, stored)
+            })
+            .collect();
         let query = SearchQuery {
             tenant: tenant.to_string(),
             resource_type: rtype.name().to_owned(),
@@ -392,23 +439,31 @@ impl<'s> ResourceService<'s> {
             limit: count,
             offset,
         };
-        let mut conn = self.conn()?;
         let (rows, total) = rows::search(&mut conn, &query)?;
-        let items = rows
-            .iter()
-            .map(|r| self.versioned(caller, rtype, &VersionRow::from(r)))
-            .collect::<Result<Vec<_>, _>>()?;
+        let owners: Vec<String> = rows.iter().filter_map(|r| codec::owner(rtype, &r.id, r.patient_id.as_deref())).collect();
+        let keys = self.keys_of(&mut conn, caller, owners)?;
+        let mut items = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let owner = codec::owner(rtype, &row.id, row.patient_id.as_deref());
+            match self.versioned(caller, rtype, &VersionRow::from(row), &keys, owner.as_ref()) {
+                Ok(v) => items.push(v),
+                // A shredded record awaiting its purge has no content left to return.
+                Err(ServiceError::Erased) => {}
+                Err(e) => return Err(e),
+            }
+        }
         tracing::info!(matches = items.len(), total, "search done");
         Ok(Page { items, total, count, offset, echo })
     }
 }
 
-fn restrictions_for(category: Category, care_of: Option<Reference>, owner: Option<Reference>) -> Vec<Restriction> {
+/// `care_token` is the stored `general-practitioner` token of the caller's own reference.
+fn restrictions_for(category: Category, care_token: Option<String>, owner: Option<Reference>) -> Vec<Restriction> {
     let mut out = Vec::new();
-    if let Some(gp) = care_of {
+    if let Some(gp) = care_token {
         match category {
-            Category::Patient => out.push(Restriction::PatientInCareOf(gp.to_string())),
-            Category::Clinical => out.push(Restriction::CompartmentInCareOf(gp.to_string())),
+            Category::Patient => out.push(Restriction::PatientInCareOf(gp)),
+            Category::Clinical => out.push(Restriction::CompartmentInCareOf(gp)),
             Category::Practitioner => {}
         }
     }

@@ -1,9 +1,9 @@
 //! Parsing of search query parameters into index tokens.
 
 use crate::domain::search::query_token;
-use crate::domain::{ResourceId, ResourceType, TenantId};
+use crate::domain::{ResourceId, ResourceType};
 use crate::fhir::{Issue, IssueCode};
-use crate::service::{ServiceError, codec};
+use crate::service::ServiceError;
 
 pub const DEFAULT_COUNT: i64 = 20;
 pub const MAX_COUNT: i64 = 100;
@@ -14,7 +14,7 @@ const IGNORED: &[&str] = &["_format", "_pretty"];
 #[derive(Debug, Clone, Default)]
 pub struct ParsedSearch {
     pub ids: Option<Vec<String>>,
-    /// `(param, stored tokens)`: every entry must match, any token within one.
+    /// `(param, normalised tokens)`: every entry must match, any token within one.
     pub criteria: Vec<(String, Vec<String>)>,
     pub count: i64,
     pub offset: i64,
@@ -59,7 +59,7 @@ fn split_values(raw: &str) -> Vec<String> {
     out
 }
 
-pub fn parse(tenant: &TenantId, rtype: ResourceType, params: &[(String, String)]) -> Result<ParsedSearch, ServiceError> {
+pub fn parse(rtype: ResourceType, params: &[(String, String)]) -> Result<ParsedSearch, ServiceError> {
     let mut parsed = ParsedSearch { count: DEFAULT_COUNT, ..ParsedSearch::default() };
     for (name, value) in params {
         let (base, modifier) = match name.split_once(':') {
@@ -108,7 +108,7 @@ pub fn parse(tenant: &TenantId, rtype: ResourceType, params: &[(String, String)]
                 }
                 let tokens = split_values(value)
                     .iter()
-                    .map(|v| query_token(def.kind, v).map(|t| codec::stored_token(tenant, rtype, def.name, t)))
+                    .map(|v| query_token(def.kind, v))
                     .collect::<Result<Vec<_>, _>>()
                     .map_err(|e| bad(name, format!("value {e}")))?;
                 parsed.criteria.push((def.name.to_owned(), tokens));
@@ -125,7 +125,7 @@ mod tests {
 
     fn p(pairs: &[(&str, &str)]) -> Result<ParsedSearch, ServiceError> {
         let params: Vec<_> = pairs.iter().map(|(a, b)| ((*a).to_owned(), (*b).to_owned())).collect();
-        parse(&TenantId::parse("t").unwrap(), ResourceType::Patient, &params)
+        parse(ResourceType::Patient, &params)
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! few backend-specific functions (connection set-up, write transactions, migration lock)
 //! fenced in here. Uses only `domain`.
 
+pub mod keys;
 pub mod resources;
 pub mod schema;
 

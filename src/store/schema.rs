@@ -36,4 +36,24 @@ diesel::table! {
     }
 }
 
-diesel::allow_tables_to_appear_in_same_query!(resources, resource_versions, search_tokens);
+diesel::allow_tables_to_appear_in_same_query!(resources, resource_versions, search_tokens, tenant_keys, data_keys);
+
+diesel::table! {
+    tenant_keys (tenant) {
+        tenant -> Text,
+        kek_version -> BigInt,
+        wrapped -> Text,
+        created_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    data_keys (key_id) {
+        key_id -> BigInt,
+        tenant -> Text,
+        owner -> Text,
+        wrapped -> Nullable<Text>,
+        created_at -> Timestamp,
+        destroyed_at -> Nullable<Timestamp>,
+    }
+}

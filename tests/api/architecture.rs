@@ -5,11 +5,12 @@ use std::path::Path;
 
 const RULES: &[(&str, &[&str])] = &[
     ("domain", &[]),
+    ("crypto", &[]),
     ("authz", &["domain"]),
     ("auth", &["domain"]),
     ("fhir", &["domain"]),
     ("store", &["domain"]),
-    ("service", &["domain", "authz", "auth", "fhir", "store"]),
+    ("service", &["domain", "authz", "auth", "crypto", "fhir", "store"]),
     ("api", &["domain", "authz", "auth", "fhir", "service"]),
 ];
 

@@ -150,8 +150,11 @@ async fn production_verifies_eddsa_and_rs256_tokens_from_a_jwks_file() {
     }
     let jwks = dir.path().join("jwks.json");
     std::fs::write(&jwks, serde_json::json!({"keys": keys}).to_string()).unwrap();
+    let master = dir.path().join("master-keys.json");
+    carevault::crypto::LocalKeyFile::create(&master, false).unwrap();
     let app = spawn_app_with(|c| {
         c.remove("jwt_hs256_secret");
+        c.insert("master_key_file".into(), master.display().to_string());
         c.insert("env".into(), "production".into());
         c.insert("jwks_file".into(), jwks.display().to_string());
         c.insert("jwt_issuer".into(), "https://idp.example.test".into());

@@ -53,6 +53,10 @@ impl Drop for TestDb {
 
 pub struct TestApp {
     pub address: String,
+    /// The database URL the server uses (a schema-scoped URL on PostgreSQL).
+    pub database_url: String,
+    /// The raw settings the server was started with.
+    pub settings: BTreeMap<String, String>,
     pub client: reqwest::Client,
     pub secret: Hs256Secret,
     handle: ServerHandle,
@@ -90,12 +94,15 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut BTreeMap<String, String>
     .collect();
     configure(&mut raw);
     let settings = Settings::from_map(&raw).expect("test settings");
+    let database_url = raw["database_url"].clone();
     let app = Application::build(&settings).expect("server starts");
     let address = format!("http://{}", app.addr());
     let handle = app.handle();
     tokio::spawn(app.run_until_stopped());
     TestApp {
         address,
+        database_url,
+        settings: raw,
         client: reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client"),
         secret: Hs256Secret::new(secret_text.into_bytes()),
         handle,
@@ -115,6 +122,24 @@ pub fn now() -> u64 {
 }
 
 impl TestApp {
+    /// A second server over the same database, data directory and keys (a restart).
+    pub async fn restart(&self) -> (String, ServerHandle) {
+        let app = Application::build(&Settings::from_map(&self.settings).unwrap()).expect("server restarts");
+        let address = format!("http://{}", app.addr());
+        let handle = app.handle();
+        tokio::spawn(app.run_until_stopped());
+        (address, handle)
+    }
+
+    /// The server's services, built from its settings (same database and keys).
+    pub fn services(&self) -> carevault::service::Services {
+        let settings = Settings::from_map(&self.settings).unwrap();
+        let store = carevault::store::Store::open(&settings.database_url, 2).unwrap();
+        let validator = std::sync::Arc::new(carevault::fhir::FhirValidator::new().unwrap());
+        let policy = std::sync::Arc::new(carevault::authz::AccessPolicy::load(&settings.policies_dir).unwrap());
+        carevault::service::Services::new(store, validator, policy, carevault::startup::codec(&settings).unwrap())
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.address, path)
     }

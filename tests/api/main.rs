@@ -9,6 +9,7 @@ mod cli;
 mod compliance;
 mod concurrency;
 mod crud;
+mod encryption;
 mod helpers;
 mod logs;
 mod ops;

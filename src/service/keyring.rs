@@ -1,0 +1,217 @@
+//! The key hierarchy: master key (versioned, from the [`KeyProvider`]) → per-tenant key
+//! (wrapped under a master-key version, cached unwrapped in zeroizing memory) → per-owner
+//! data key (a Patient, shared by its records, or a Practitioner), wrapped under the
+//! tenant key. Data keys are read from the database on every use, never cached, so a
+//! destroyed key stops working in every process at once. The blind-index key of a tenant
+//! is derived from its tenant key.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use chrono::Utc;
+use diesel::Connection;
+
+use crate::crypto::{Aad, BlindIndexKey, Envelope, Key, KeyProvider};
+use crate::service::ServiceError;
+use crate::store::DbConnection;
+use crate::store::keys::{self as rows, DataKeyRow, TenantKeyRow};
+
+/// The envelope key id of a data key wrapped under its tenant key.
+const TENANT_KEY_ID: u64 = 0;
+
+/// A tenant's unwrapped keys.
+pub struct TenantKeys {
+    key: Key,
+    pub index: BlindIndexKey,
+}
+
+/// An unwrapped data key and the id its ciphertexts carry.
+pub struct DataKey {
+    pub key_id: u64,
+    pub key: Key,
+}
+
+/// What `carevault keys status` shows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyStatus {
+    pub development: bool,
+    /// `(master key version, tenant keys it wraps)`, oldest first.
+    pub versions: Vec<(u32, usize)>,
+    pub data_keys_live: i64,
+    pub data_keys_destroyed: i64,
+}
+
+pub struct KeyRing {
+    provider: Arc<dyn KeyProvider>,
+    tenants: RwLock<HashMap<String, Arc<TenantKeys>>>,
+}
+
+impl std::fmt::Debug for KeyRing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyRing").field("provider", &self.provider).finish_non_exhaustive()
+    }
+}
+
+fn crypto_failure(what: &'static str) -> impl Fn(crate::crypto::CryptoError) -> ServiceError {
+    move |e| {
+        tracing::error!(error = %e, what, "key material failed to open");
+        ServiceError::Integrity
+    }
+}
+
+fn provider_failure(e: crate::crypto::ProviderError) -> ServiceError {
+    tracing::error!(error = %e, "key provider failed");
+    ServiceError::Keys
+}
+
+fn tenant_aad(tenant: &str) -> Aad {
+    Aad::new("tenant-key", &[tenant])
+}
+
+fn data_key_aad(tenant: &str, owner: &str, key_id: u64) -> Aad {
+    Aad::new("data-key", &[tenant, owner, &key_id.to_string()])
+}
+
+impl KeyRing {
+    pub fn new(provider: Arc<dyn KeyProvider>) -> Self {
+        Self { provider, tenants: RwLock::new(HashMap::new()) }
+    }
+
+    pub fn is_development(&self) -> bool {
+        self.provider.is_development()
+    }
+
+    fn unwrap_tenant(&self, row: &TenantKeyRow) -> Result<Arc<TenantKeys>, ServiceError> {
+        let version = u32::try_from(row.kek_version).map_err(|_| ServiceError::Integrity)?;
+        let master = self.provider.version(version).map_err(provider_failure)?;
+        let wrapped = STANDARD.decode(&row.wrapped).map_err(|_| ServiceError::Integrity)?;
+        let key = Envelope::unwrap_key(&master.key, u64::from(version), &tenant_aad(&row.tenant), &wrapped)
+            .map_err(crypto_failure("tenant key"))?;
+        let index = BlindIndexKey::derive(&key, &row.tenant);
+        Ok(Arc::new(TenantKeys { key, index }))
+    }
+
+    /// The tenant's keys, created (wrapped under the current master key) on first use.
+    /// Creation runs in a savepoint, so a concurrent creator's row wins cleanly.
+    pub fn tenant(&self, conn: &mut DbConnection, tenant: &str) -> Result<Arc<TenantKeys>, ServiceError> {
+        if let Some(keys) = self.tenants.read().ok().and_then(|m| m.get(tenant).cloned()) {
+            return Ok(keys);
+        }
+        let row = match rows::find_tenant_key(conn, tenant)? {
+            Some(row) => row,
+            None => {
+                let key = Key::generate().map_err(crypto_failure("random"))?;
+                let master = self.provider.current().map_err(provider_failure)?;
+                let wrapped = Envelope::wrap(&master.key, u64::from(master.version), &tenant_aad(tenant), &key)
+                    .map_err(crypto_failure("tenant key"))?;
+                let row = TenantKeyRow {
+                    tenant: tenant.to_owned(),
+                    kek_version: i64::from(master.version),
+                    wrapped: STANDARD.encode(wrapped),
+                    created_at: Utc::now().naive_utc(),
+                };
+                conn.transaction(|c| rows::insert_tenant_key(c, &row))?;
+                rows::find_tenant_key(conn, tenant)?.ok_or(ServiceError::Keys)?
+            }
+        };
+        let keys = self.unwrap_tenant(&row)?;
+        if let Ok(mut cache) = self.tenants.write() {
+            cache.insert(tenant.to_owned(), keys.clone());
+        }
+        Ok(keys)
+    }
+
+    fn unwrap_data_key(&self, tenant_keys: &TenantKeys, row: &DataKeyRow) -> Result<DataKey, ServiceError> {
+        let Some(wrapped) = &row.wrapped else { return Err(ServiceError::Erased) };
+        let key_id = u64::try_from(row.key_id).map_err(|_| ServiceError::Integrity)?;
+        let wrapped = STANDARD.decode(wrapped).map_err(|_| ServiceError::Integrity)?;
+        let key = Envelope::unwrap_key(&tenant_keys.key, TENANT_KEY_ID, &data_key_aad(&row.tenant, &row.owner, key_id), &wrapped)
+            .map_err(crypto_failure("data key"))?;
+        Ok(DataKey { key_id, key })
+    }
+
+    /// The data keys of `owners`; an owner without a key is absent, a destroyed key is
+    /// `Err(Erased)`.
+    pub fn data_keys(&self, conn: &mut DbConnection, tenant: &str, owners: &[String]) -> Result<HashMap<String, Result<DataKey, ServiceError>>, ServiceError> {
+        let tenant_keys = self.tenant(conn, tenant)?;
+        let found = rows::find_data_keys(conn, tenant, owners)?;
+        Ok(found.into_iter().map(|row| (row.owner.clone(), self.unwrap_data_key(&tenant_keys, &row))).collect())
+    }
+
+    /// The owner's data key, created if it has none. Call inside the write's transaction.
+    pub fn data_key_for_write(&self, conn: &mut DbConnection, tenant: &str, owner: &str) -> Result<DataKey, ServiceError> {
+        if let Some(existing) = self.data_keys(conn, tenant, &[owner.to_owned()])?.remove(owner) {
+            return existing;
+        }
+        let tenant_keys = self.tenant(conn, tenant)?;
+        let key = Key::generate().map_err(crypto_failure("random"))?;
+        // Random positive 63-bit ids: unique without a backend-specific sequence.
+        let rng = ring::rand::SystemRandom::new();
+        let key_id = loop {
+            let bytes: [u8; 8] = ring::rand::generate(&rng).map_err(|_| ServiceError::Keys)?.expose();
+            let candidate = u64::from_be_bytes(bytes) >> 1;
+            if candidate != TENANT_KEY_ID {
+                break candidate;
+            }
+        };
+        let wrapped = Envelope::wrap(&tenant_keys.key, TENANT_KEY_ID, &data_key_aad(tenant, owner, key_id), &key)
+            .map_err(crypto_failure("data key"))?;
+        rows::insert_data_key(
+            conn,
+            &DataKeyRow {
+                key_id: i64::try_from(key_id).map_err(|_| ServiceError::Keys)?,
+                tenant: tenant.to_owned(),
+                owner: owner.to_owned(),
+                wrapped: Some(STANDARD.encode(wrapped)),
+                created_at: Utc::now().naive_utc(),
+                destroyed_at: None,
+            },
+        )?;
+        Ok(DataKey { key_id, key })
+    }
+
+    /// Crypto-shredding: destroys the owner's data key. Every element sealed under it, in
+    /// every row, version and copy, can no longer be opened. Returns whether a live key
+    /// was destroyed (false if there was none or it was already destroyed).
+    pub fn destroy(&self, conn: &mut DbConnection, tenant: &str, owner: &str) -> Result<bool, ServiceError> {
+        Ok(rows::destroy_data_key(conn, tenant, owner, Utc::now().naive_utc())?)
+    }
+
+    /// Adds a master-key version and rewraps every tenant key under it. Safe while servers
+    /// run: a tenant key is the same key under either wrapping, and each rewrap is a
+    /// conditional update of one row. Returns the new version and how many were rewrapped.
+    pub fn rotate(&self, conn: &mut DbConnection) -> Result<(u32, usize), ServiceError> {
+        let version = self.provider.rotate().map_err(provider_failure)?;
+        let current = self.provider.current().map_err(provider_failure)?;
+        let mut rewrapped = 0;
+        for row in rows::all_tenant_keys(conn)? {
+            if row.kek_version == i64::from(current.version) {
+                continue;
+            }
+            let keys = self.unwrap_tenant(&row)?;
+            let wrapped = Envelope::wrap(&current.key, u64::from(current.version), &tenant_aad(&row.tenant), &keys.key)
+                .map_err(crypto_failure("tenant key"))?;
+            if rows::rewrap_tenant_key(conn, &row.tenant, row.kek_version, i64::from(current.version), &STANDARD.encode(wrapped))? {
+                rewrapped += 1;
+            }
+        }
+        Ok((version, rewrapped))
+    }
+
+    pub fn status(&self, conn: &mut DbConnection) -> Result<KeyStatus, ServiceError> {
+        let versions = self.provider.versions().map_err(provider_failure)?;
+        let tenant_rows = rows::all_tenant_keys(conn)?;
+        let (live, destroyed) = rows::data_key_counts(conn)?;
+        Ok(KeyStatus {
+            development: self.provider.is_development(),
+            versions: versions
+                .into_iter()
+                .map(|v| (v, tenant_rows.iter().filter(|r| r.kek_version == i64::from(v)).count()))
+                .collect(),
+            data_keys_live: live,
+            data_keys_destroyed: destroyed,
+        })
+    }
+}

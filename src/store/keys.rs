@@ -1,0 +1,91 @@
+//! Wrapped key rows. The store never sees a key in the clear: `wrapped` columns hold
+//! base64 AES-256-GCM envelopes produced by the key ring.
+
+use chrono::NaiveDateTime;
+use diesel::prelude::*;
+
+use crate::store::DbConnection;
+use crate::store::schema::{data_keys, tenant_keys};
+
+/// A tenant key wrapped under master-key version `kek_version`.
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = tenant_keys)]
+pub struct TenantKeyRow {
+    pub tenant: String,
+    pub kek_version: i64,
+    pub wrapped: String,
+    pub created_at: NaiveDateTime,
+}
+
+/// A data key wrapped under its tenant key; `wrapped` is `None` once destroyed.
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = data_keys)]
+pub struct DataKeyRow {
+    pub key_id: i64,
+    pub tenant: String,
+    pub owner: String,
+    pub wrapped: Option<String>,
+    pub created_at: NaiveDateTime,
+    pub destroyed_at: Option<NaiveDateTime>,
+}
+
+fn is_unique_violation(e: &diesel::result::Error) -> bool {
+    matches!(e, diesel::result::Error::DatabaseError(diesel::result::DatabaseErrorKind::UniqueViolation, _))
+}
+
+pub fn find_tenant_key(conn: &mut DbConnection, tenant: &str) -> QueryResult<Option<TenantKeyRow>> {
+    tenant_keys::table.find(tenant).select(TenantKeyRow::as_select()).first(conn).optional()
+}
+
+/// Inserts a tenant key; `false` if another writer created this tenant's key first.
+pub fn insert_tenant_key(conn: &mut DbConnection, row: &TenantKeyRow) -> QueryResult<bool> {
+    match diesel::insert_into(tenant_keys::table).values(row).execute(conn) {
+        Ok(_) => Ok(true),
+        Err(e) if is_unique_violation(&e) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+pub fn all_tenant_keys(conn: &mut DbConnection) -> QueryResult<Vec<TenantKeyRow>> {
+    tenant_keys::table.order(tenant_keys::tenant).select(TenantKeyRow::as_select()).load(conn)
+}
+
+/// Replaces a tenant key's wrapping if it is still under `from_version`.
+pub fn rewrap_tenant_key(conn: &mut DbConnection, tenant: &str, from_version: i64, to_version: i64, wrapped: &str) -> QueryResult<bool> {
+    let n = diesel::update(tenant_keys::table.find(tenant).filter(tenant_keys::kek_version.eq(from_version)))
+        .set((tenant_keys::kek_version.eq(to_version), tenant_keys::wrapped.eq(wrapped)))
+        .execute(conn)?;
+    Ok(n == 1)
+}
+
+pub fn find_data_keys(conn: &mut DbConnection, tenant: &str, owners: &[String]) -> QueryResult<Vec<DataKeyRow>> {
+    data_keys::table
+        .filter(data_keys::tenant.eq(tenant))
+        .filter(data_keys::owner.eq_any(owners))
+        .select(DataKeyRow::as_select())
+        .load(conn)
+}
+
+pub fn insert_data_key(conn: &mut DbConnection, row: &DataKeyRow) -> QueryResult<()> {
+    diesel::insert_into(data_keys::table).values(row).execute(conn).map(|_| ())
+}
+
+/// Destroys an owner's data key (crypto-shredding). Returns whether a live key was destroyed.
+pub fn destroy_data_key(conn: &mut DbConnection, tenant: &str, owner: &str, at: NaiveDateTime) -> QueryResult<bool> {
+    let n = diesel::update(
+        data_keys::table
+            .filter(data_keys::tenant.eq(tenant))
+            .filter(data_keys::owner.eq(owner))
+            .filter(data_keys::wrapped.is_not_null()),
+    )
+    .set((data_keys::wrapped.eq(None::<String>), data_keys::destroyed_at.eq(Some(at))))
+    .execute(conn)?;
+    Ok(n == 1)
+}
+
+/// `(live, destroyed)` data keys.
+pub fn data_key_counts(conn: &mut DbConnection) -> QueryResult<(i64, i64)> {
+    let live = data_keys::table.filter(data_keys::wrapped.is_not_null()).count().get_result(conn)?;
+    let destroyed = data_keys::table.filter(data_keys::wrapped.is_null()).count().get_result(conn)?;
+    Ok((live, destroyed))
+}
