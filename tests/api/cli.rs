@@ -101,7 +101,7 @@ async fn bad_configuration_stops_the_start_with_a_clear_error() {
 
 #[tokio::test]
 async fn every_command_explains_itself() {
-    for args in [&["--help"][..], &["serve", "--help"], &["migrate", "--help"], &["token", "--help"]] {
+    for args in [&["--help"][..], &["serve", "--help"], &["migrate", "--help"], &["token", "--help"], &["keys", "--help"], &["keys", "rotate", "--help"], &["keys", "status", "--help"], &["keys", "init", "--help"]] {
         let out = carevault(args, &[]);
         assert!(out.status.success(), "{args:?}");
         assert!(String::from_utf8_lossy(&out.stdout).contains("Usage"), "{args:?}");

@@ -162,7 +162,25 @@ async fn keys_rotate_while_serving_and_everything_reads_after_a_restart() {
     let status = carevault_cli(&app, &["keys", "status"]);
     assert!(status.contains("version 1: wraps 2 tenant key(s)"), "{status}");
     assert!(status.contains("data keys: 4 live, 0 destroyed"), "{status}");
+    // Readers keep going while another process rotates.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let readers = {
+        let (client, base, ids, stop) = (app.client.clone(), app.address.clone(), ids.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut statuses = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) || statuses.is_empty() {
+                for (who, id) in &ids {
+                    let r = client.get(format!("{base}/fhir/Patient/{id}")).bearer_auth(&who.token).send().await.unwrap();
+                    statuses.push(r.status());
+                }
+            }
+            statuses
+        })
+    };
     let rotated = carevault_cli(&app, &["keys", "rotate"]);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let during = readers.await.unwrap();
+    assert!(during.iter().all(|s| *s == StatusCode::OK), "a read failed during rotation: {during:?}");
     assert!(rotated.contains("version 2 is current; rewrapped 2 tenant key(s)"), "{rotated}");
     let status = carevault_cli(&app, &["keys", "status"]);
     assert!(status.contains("version 1: wraps 0 tenant key(s)") && status.contains("version 2: wraps 2 tenant key(s)"), "{status}");
