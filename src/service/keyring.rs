@@ -112,7 +112,13 @@ impl KeyRing {
                     wrapped: STANDARD.encode(wrapped),
                     created_at: Utc::now().naive_utc(),
                 };
-                conn.transaction(|c| rows::insert_tenant_key(c, &row))?;
+                // Its own transaction (a savepoint inside another): the loser of a race
+                // gets a unique violation, rolls back just that, and reads the winner's key.
+                match conn.transaction(|c| rows::insert_tenant_key(c, &row)) {
+                    Ok(()) => {}
+                    Err(e) if rows::is_unique_violation(&e) => {}
+                    Err(e) => return Err(e.into()),
+                }
                 rows::find_tenant_key(conn, tenant)?.ok_or(ServiceError::Keys)?
             }
         };

@@ -29,7 +29,8 @@ pub struct DataKeyRow {
     pub destroyed_at: Option<NaiveDateTime>,
 }
 
-fn is_unique_violation(e: &diesel::result::Error) -> bool {
+/// True when `e` is a unique-key violation (another writer inserted the same key first).
+pub fn is_unique_violation(e: &diesel::result::Error) -> bool {
     matches!(e, diesel::result::Error::DatabaseError(diesel::result::DatabaseErrorKind::UniqueViolation, _))
 }
 
@@ -37,13 +38,11 @@ pub fn find_tenant_key(conn: &mut DbConnection, tenant: &str) -> QueryResult<Opt
     tenant_keys::table.find(tenant).select(TenantKeyRow::as_select()).first(conn).optional()
 }
 
-/// Inserts a tenant key; `false` if another writer created this tenant's key first.
-pub fn insert_tenant_key(conn: &mut DbConnection, row: &TenantKeyRow) -> QueryResult<bool> {
-    match diesel::insert_into(tenant_keys::table).values(row).execute(conn) {
-        Ok(_) => Ok(true),
-        Err(e) if is_unique_violation(&e) => Ok(false),
-        Err(e) => Err(e),
-    }
+/// Inserts a tenant key. A concurrent creator makes this fail with a unique violation
+/// ([`is_unique_violation`]); run it in its own (sub)transaction so that failure rolls
+/// back cleanly on PostgreSQL.
+pub fn insert_tenant_key(conn: &mut DbConnection, row: &TenantKeyRow) -> QueryResult<()> {
+    diesel::insert_into(tenant_keys::table).values(row).execute(conn).map(|_| ())
 }
 
 pub fn all_tenant_keys(conn: &mut DbConnection) -> QueryResult<Vec<TenantKeyRow>> {

@@ -264,3 +264,20 @@ async fn production_refuses_development_master_keys() {
     let missing = carevault::startup::Application::build(&carevault::config::Settings::from_map(&settings).unwrap()).err().expect("must refuse");
     assert!(missing.to_string().contains("keys init"), "{missing}");
 }
+
+#[tokio::test]
+async fn concurrent_first_writes_in_a_new_tenant_share_one_tenant_key() {
+    let app = spawn_app().await;
+    let desk = app.who("clinic-new", &["front_desk"], None);
+    let creates = (0..8).map(|_| {
+        let (app, desk) = (&app, desk.clone());
+        async move { app.post(&desk, "/fhir/Patient", &marked_patient(&marker())).await.status() }
+    });
+    let statuses = futures::future::join_all(creates).await;
+    assert!(statuses.iter().all(|s| *s == StatusCode::CREATED), "{statuses:?}");
+    let status = carevault_cli(&app, &["keys", "status"]);
+    assert!(status.contains("version 1: wraps 1 tenant key(s)"), "{status}");
+    assert!(status.contains("data keys: 8 live"), "{status}");
+    let found: Value = app.get(&desk, "/fhir/Patient?birthdate=1913-07-19").await.json().await.unwrap();
+    assert_eq!(found["total"], 8, "every record opens with the one tenant key");
+}
