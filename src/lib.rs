@@ -12,6 +12,7 @@ pub mod config;
 pub mod crypto;
 pub mod domain;
 pub mod fhir;
+pub mod ledger;
 pub mod service;
 pub mod startup;
 pub mod store;

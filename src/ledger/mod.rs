@@ -1,0 +1,8 @@
+//! The verifiable audit ledger's core: RFC 6962 / RFC 9162 Merkle-tree hashing, the tree
+//! head and inclusion/consistency proofs computed from stored complete-subtree hashes
+//! (never by rehashing the log), and C2SP signed-note checkpoints under Ed25519.
+//! Storage is abstracted behind [`merkle::NodeSource`], so the same code answers from the
+//! database or from memory. Uses nothing of the crate.
+
+pub mod checkpoint;
+pub mod merkle;
