@@ -50,7 +50,8 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum KeysCommand {
-    /// Create a production master-key file at CAREVAULT_MASTER_KEY_FILE (never overwrites).
+    /// Create production keys: the master-key file (CAREVAULT_MASTER_KEY_FILE) and the ledger
+    /// signing key (CAREVAULT_LEDGER_KEY_FILE). Never overwrites.
     Init,
     /// Add a master-key version and rewrap every tenant key under it. Safe while servers run.
     Rotate,
@@ -78,13 +79,15 @@ pub async fn run(cli: Cli) -> ExitCode {
 
 fn keys(settings: &Settings, command: KeysCommand) -> ExitCode {
     if let KeysCommand::Init = command {
-        return match crate::crypto::LocalKeyFile::create(&settings.master_key_file, false) {
-            Ok(()) => {
-                println!("created master-key file {} (version 1)", settings.master_key_file.display());
-                ExitCode::SUCCESS
-            }
-            Err(e) => fail(e),
-        };
+        if let Err(e) = crate::crypto::LocalKeyFile::create(&settings.master_key_file, false) {
+            return fail(e);
+        }
+        println!("created master-key file {} (version 1)", settings.master_key_file.display());
+        if let Err(e) = crate::startup::create_ledger_key(&settings.ledger_key_file) {
+            return fail(e);
+        }
+        println!("created ledger signing key {}", settings.ledger_key_file.display());
+        return ExitCode::SUCCESS;
     }
     let codec = match crate::startup::codec(settings) {
         Ok(c) => c,

@@ -35,6 +35,8 @@ const KEYS: &[&str] = &[
     "tls_cert",
     "tls_key",
     "master_key_file",
+    "ledger_key_file",
+    "ledger_origin",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +76,10 @@ pub struct Settings {
     pub tls: Option<TlsPaths>,
     /// Local master-key file (default `DATA_DIR/keys/master-keys.json`).
     pub master_key_file: PathBuf,
+    /// Ed25519 PKCS#8 key that signs ledger checkpoints (default `DATA_DIR/keys/ledger-ed25519.pk8`).
+    pub ledger_key_file: PathBuf,
+    /// The checkpoint origin line (default `carevault.local/ledger`).
+    pub ledger_origin: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,6 +106,8 @@ impl fmt::Debug for Settings {
             .field("db_pool_size", &self.db_pool_size)
             .field("tls", &self.tls)
             .field("master_key_file", &self.master_key_file)
+            .field("ledger_key_file", &self.ledger_key_file)
+            .field("ledger_origin", &self.ledger_origin)
             .finish()
     }
 }
@@ -155,6 +163,13 @@ impl Settings {
         let settings = Self {
             addr,
             master_key_file: get("master_key_file").map(PathBuf::from).unwrap_or_else(|| data_dir.join("keys").join("master-keys.json")),
+            ledger_key_file: get("ledger_key_file").map(PathBuf::from).unwrap_or_else(|| data_dir.join("keys").join("ledger-ed25519.pk8")),
+            ledger_origin: match get("ledger_origin").unwrap_or("carevault.local/ledger") {
+                o if o.contains(char::is_whitespace) || o.contains('+') => {
+                    return Err(ConfigError::Invalid("ledger_origin", "must be one word, e.g. clinic.example/ledger".into()));
+                }
+                o => o.to_owned(),
+            },
             log_dir: get("log_dir").map(PathBuf::from).unwrap_or_else(|| data_dir.join("logs")),
             data_dir,
             database_url,

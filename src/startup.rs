@@ -66,6 +66,61 @@ pub fn key_provider(settings: &Settings) -> Result<Arc<dyn crate::crypto::KeyPro
     Ok(Arc::new(provider))
 }
 
+/// Writes a fresh Ed25519 PKCS#8 ledger signing key (0600); refuses to overwrite.
+pub fn create_ledger_key(path: &Path) -> Result<(), StartupError> {
+    let failed = |e: std::io::Error| StartupError::MasterKeys(format!("ledger key {}: {e}", path.display()));
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(failed)?;
+    }
+    let pkcs8 = zeroize::Zeroizing::new(
+        crate::ledger::checkpoint::Signer::generate_pkcs8().map_err(|e| StartupError::MasterKeys(e.to_string()))?,
+    );
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    std::io::Write::write_all(&mut options.open(path).map_err(failed)?, &pkcs8).map_err(failed)
+}
+
+/// The checkpoint signer: the ledger key file, created on first start in development.
+/// Production needs it to exist (`carevault keys init` makes it).
+pub fn ledger_signer(settings: &Settings) -> Result<Arc<crate::ledger::checkpoint::Signer>, StartupError> {
+    let path = &settings.ledger_key_file;
+    if !path.exists() {
+        if settings.env == Environment::Production {
+            return Err(StartupError::MasterKeys(format!(
+                "ledger signing key {} is missing (production needs a key made by `carevault keys init`)",
+                path.display()
+            )));
+        }
+        create_ledger_key(path)?;
+        tracing::warn!(file = %path.display(), "DEVELOPMENT LEDGER SIGNING KEY CREATED");
+    }
+    let pkcs8 = zeroize::Zeroizing::new(std::fs::read(path).map_err(|e| StartupError::MasterKeys(format!("ledger key {}: {e}", path.display())))?);
+    let signer = crate::ledger::checkpoint::Signer::from_pkcs8(&settings.ledger_origin, &pkcs8)
+        .map_err(|e| StartupError::MasterKeys(format!("ledger key {}: {e}", path.display())))?;
+    Ok(Arc::new(signer))
+}
+
+/// Signs a checkpoint every second while entries arrive (a no-op when none did).
+fn spawn_checkpointer(services: Services) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            let services = services.clone();
+            let signed = tokio::task::spawn_blocking(move || {
+                let mut conn = services.store.conn().map_err(|e| e.to_string())?;
+                crate::ledger::log::checkpoint(&mut conn, &services.ledger_signer).map(|_| ()).map_err(|e| e.to_string())
+            })
+            .await;
+            if let Ok(Err(e)) = signed {
+                tracing::warn!(error = %e, "checkpoint signing failed; retrying");
+            }
+        }
+    });
+}
+
 /// The codec: key ring over the master-key provider plus `policies/encryption.toml`.
 pub fn codec(settings: &Settings) -> Result<Arc<crate::service::codec::Codec>, StartupError> {
     let policy = crate::service::encryption_policy::EncryptionPolicy::load(&settings.policies_dir)?;
@@ -162,16 +217,18 @@ impl Application {
             settings.jwt_audience.clone(),
         )?);
         let codec = codec(settings)?;
+        let signer = ledger_signer(settings)?;
         let store = Store::open(&settings.database_url, settings.db_pool_size)?;
         tracing::info!(database = %settings.database_url, "database ready");
         let state = web::Data::new(AppState {
-            services: Services::new(store, validator, policy, codec),
+            services: Services::new(store, validator, policy, codec, signer),
             verifier,
             limits: RateLimits::new(settings.rate_limit),
             metrics: Metrics::new()?,
             body_limit: settings.body_limit,
         });
         let tls = settings.tls.as_ref().map(tls_config).transpose()?;
+        spawn_checkpointer(state.services.clone());
         let listener = TcpListener::bind(settings.addr).map_err(|e| StartupError::Listen(settings.addr, e))?;
         let addr = listener.local_addr().map_err(|e| StartupError::Listen(settings.addr, e))?;
         let http = HttpServer::new(move || {

@@ -78,6 +78,7 @@ impl ApiError {
                 ServiceError::Store(s) if s.is_unavailable() => one(IssueCode::Transient, "database busy; retry"),
                 ServiceError::Erased => one(IssueCode::Deleted, "record has been erased"),
                 ServiceError::Keys => one(IssueCode::Transient, "encryption keys unavailable; retry"),
+                ServiceError::Ledger => one(IssueCode::Transient, "audit ledger unavailable; nothing was done or returned"),
                 ServiceError::Store(_) | ServiceError::Corrupt | ServiceError::Integrity => {
                     one(IssueCode::Exception, "internal error; quote the X-Request-Id response header when reporting it")
                 }
@@ -118,7 +119,7 @@ impl ResponseError for ApiError {
                 ServiceError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
                 ServiceError::Store(s) if s.is_unavailable() => StatusCode::SERVICE_UNAVAILABLE,
                 ServiceError::Erased => StatusCode::GONE,
-                ServiceError::Keys => StatusCode::SERVICE_UNAVAILABLE,
+                ServiceError::Keys | ServiceError::Ledger => StatusCode::SERVICE_UNAVAILABLE,
                 ServiceError::Store(_) | ServiceError::Corrupt | ServiceError::Integrity => StatusCode::INTERNAL_SERVER_ERROR,
             },
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,

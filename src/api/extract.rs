@@ -1,8 +1,7 @@
 //! Extractors: the authenticated caller (token, rate limit, break-glass, purpose of use).
 
-use std::future::{Ready, ready};
-
 use actix_web::dev::Payload;
+use futures_util::future::LocalBoxFuture;
 use actix_web::{FromRequest, HttpMessage, HttpRequest, web};
 
 use crate::api::{ApiError, AppState};
@@ -73,9 +72,26 @@ fn caller(req: &HttpRequest) -> Result<Caller, ApiError> {
 
 impl FromRequest for Caller {
     type Error = ApiError;
-    type Future = Ready<Result<Self, Self::Error>>;
+    type Future = LocalBoxFuture<'static, Result<Self, Self::Error>>;
 
+    /// A missing or refused token is ledgered (`login`, `denied`) before the 401 goes out.
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        ready(caller(req))
+        let result = caller(req);
+        let Err(ApiError::Unauthorized(reason)) = result else {
+            return Box::pin(std::future::ready(result));
+        };
+        let state = req.app_data::<web::Data<AppState>>().cloned();
+        let request_id = req.extensions().get::<RequestId>().map(|r| r.0.clone()).unwrap_or_default();
+        let client = req.peer_addr().map(|a| a.ip().to_string()).unwrap_or_default();
+        Box::pin(async move {
+            if let Some(state) = state {
+                let services = state.services.clone();
+                let recorded = crate::api::blocking(move || Ok(services.record_rejected_token(&client, &request_id)?)).await;
+                if let Err(e) = recorded {
+                    tracing::error!(error = %e, "could not ledger a rejected token");
+                }
+            }
+            Err(ApiError::Unauthorized(reason))
+        })
     }
 }

@@ -3,6 +3,7 @@
 //! service function off the async workers, and shape the response. Uses `service`,
 //! `domain`, `fhir`, `auth` and `authz` types only.
 
+mod audit;
 mod error;
 mod extract;
 mod fhir;
@@ -52,6 +53,14 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(web::resource("/healthz").route(web::get().to(ops::healthz)).default_service(not_allowed()))
         .service(web::resource("/readyz").route(web::get().to(ops::readyz)).default_service(not_allowed()))
         .service(web::resource("/metrics").route(web::get().to(ops::metrics)).default_service(not_allowed()))
+        .service(
+            web::scope("/audit")
+                .service(web::resource("/public-key").route(web::get().to(audit::public_key)).default_service(not_allowed()))
+                .service(web::resource("/checkpoint").route(web::get().to(audit::checkpoint)).default_service(not_allowed()))
+                .service(web::resource("/entries").route(web::get().to(audit::entries)).default_service(not_allowed()))
+                .service(web::resource("/proof/inclusion").route(web::get().to(audit::inclusion)).default_service(not_allowed()))
+                .service(web::resource("/proof/consistency").route(web::get().to(audit::consistency)).default_service(not_allowed())),
+        )
         .service(web::resource("/openapi.json").route(web::get().to(openapi::openapi_json)).default_service(not_allowed()))
         .service(
             web::scope("/fhir")
@@ -77,5 +86,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                     web::resource("/{type}/{id}/_history/{vid}").route(web::get().to(fhir::vread)).default_service(not_allowed()),
                 ),
         )
-        .default_service(web::to(ops::not_found));
+        .default_service(web::to(ops::not_found))
+        .app_data(web::QueryConfig::default().error_handler(|_, _| {
+            ApiError::bad_request(crate::fhir::IssueCode::Value, "query parameters are missing or not numbers").into()
+        }));
 }

@@ -2,7 +2,9 @@
 //! head and inclusion/consistency proofs computed from stored complete-subtree hashes
 //! (never by rehashing the log), and C2SP signed-note checkpoints under Ed25519.
 //! Storage is abstracted behind [`merkle::NodeSource`], so the same code answers from the
-//! database or from memory. Uses nothing of the crate.
+//! database ([`log`]) or from memory. Uses `store` for its rows and nothing else of the crate.
 
 pub mod checkpoint;
+pub mod entry;
+pub mod log;
 pub mod merkle;

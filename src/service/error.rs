@@ -32,6 +32,9 @@ pub enum ServiceError {
     /// The key provider could not supply a key.
     #[error("keys unavailable")]
     Keys,
+    /// The audit entry could not be written, so the access does not happen (fail closed).
+    #[error("audit ledger unavailable")]
+    Ledger,
 }
 
 impl From<diesel::result::Error> for ServiceError {

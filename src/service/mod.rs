@@ -5,6 +5,7 @@
 //! [`codec`]'s business, so field encryption changes that module and no caller.
 //! May use every module but `api`.
 
+mod audit;
 pub mod codec;
 pub mod encryption_policy;
 mod error;
@@ -40,11 +41,19 @@ pub struct Services {
     pub validator: Arc<FhirValidator>,
     pub policy: Arc<AccessPolicy>,
     pub codec: Arc<codec::Codec>,
+    /// Signs audit-ledger checkpoints.
+    pub ledger_signer: Arc<crate::ledger::checkpoint::Signer>,
 }
 
 impl Services {
-    pub fn new(store: Store, validator: Arc<FhirValidator>, policy: Arc<AccessPolicy>, codec: Arc<codec::Codec>) -> Self {
-        Self { store, validator, policy, codec }
+    pub fn new(
+        store: Store,
+        validator: Arc<FhirValidator>,
+        policy: Arc<AccessPolicy>,
+        codec: Arc<codec::Codec>,
+        ledger_signer: Arc<crate::ledger::checkpoint::Signer>,
+    ) -> Self {
+        Self { store, validator, policy, codec, ledger_signer }
     }
 
     /// Crypto-shredding of one owner (`Patient/ID` or `Practitioner/ID`) in a tenant:

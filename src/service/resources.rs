@@ -7,6 +7,8 @@ use crate::authz::{Decision, Op, SearchScope, Target};
 use crate::domain::{Category, Reference, ResourceId, ResourceType};
 use crate::fhir::{Issue, IssueCode};
 use crate::service::search_params::{self, ParsedSearch};
+use crate::ledger::entry::Entry;
+use crate::service::audit;
 use crate::service::keyring::DataKey;
 use crate::service::{Caller, ServiceError, Services, codec};
 use crate::store::resources::{self as rows, CurrentRow, Restriction, SearchQuery, VersionRow};
@@ -57,6 +59,8 @@ struct Write {
     /// The version this write replaces; `None` for a create.
     expected: Option<i64>,
     tokens: Vec<(&'static str, String)>,
+    /// The audit entry of this write; it commits with it.
+    entry: Entry,
 }
 
 pub struct ResourceService<'s> {
@@ -87,6 +91,23 @@ fn care_team(resource: Option<&Value>) -> Vec<Reference> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// The `Patient/ID` an audit entry names for a record, if it is patient data.
+fn patient_of(rtype: ResourceType, id: &str, patient_id: Option<&str>) -> Option<String> {
+    match rtype.category() {
+        Category::Patient => Some(format!("Patient/{id}")),
+        Category::Clinical => patient_id.map(|p| format!("Patient/{p}")),
+        Category::Practitioner => None,
+    }
+}
+
+fn resource_ref(rtype: ResourceType, id: &str) -> String {
+    format!("{}/{id}", rtype.name())
+}
+
+fn version_ref(rtype: ResourceType, id: &str, version: i64) -> String {
+    format!("{}/{id}/_history/{version}", rtype.name())
 }
 
 /// The compartment patient of a record: a Patient owns itself.
@@ -152,7 +173,9 @@ impl<'s> ResourceService<'s> {
     }
 
     /// Authorizes `op` on a record whose current content is `content` (if any is known).
-    fn authorize(&self, caller: &Caller, op: Op, rtype: ResourceType, id: &ResourceId, content: Option<&Value>) -> Result<Decision, ServiceError> {
+    /// Authorizes `op` on a record and, when it is denied, ledgers the denied `action`.
+    #[allow(clippy::too_many_arguments)]
+    fn authorize(&self, conn: &mut DbConnection, caller: &Caller, op: Op, action: &str, rtype: ResourceType, id: &ResourceId, content: Option<&Value>) -> Result<Decision, ServiceError> {
         let owner = match rtype.category() {
             Category::Patient | Category::Practitioner => Some(Reference::new(rtype, id.clone())),
             Category::Clinical => content
@@ -169,6 +192,8 @@ impl<'s> ResourceService<'s> {
         match decision {
             Decision::Deny => {
                 tracing::info!(resource_type = rtype.name(), resource_id = %id, op = ?op, "access denied");
+                let patient = patient_of(rtype, id.as_str(), owner.as_ref().filter(|o| o.resource_type == ResourceType::Patient).map(|o| o.id.as_str()));
+                audit::record(conn, vec![caller.entry(action, Some(resource_ref(rtype, id.as_str())), patient, "denied")])?;
                 Err(ServiceError::Forbidden)
             }
             Decision::AllowBreakGlass => {
@@ -283,6 +308,7 @@ impl<'s> ResourceService<'s> {
                 }
             }
             rows::replace_tokens(tx, &row.tenant, &row.resource_type, &row.id, &write.tokens)?;
+            audit::append_in(tx, vec![write.entry.clone()])?;
             Ok(true)
         })
     }
@@ -293,12 +319,13 @@ impl<'s> ResourceService<'s> {
         let id = ResourceId::generate();
         let at = now();
         let resource = Self::stamp(resource, &id, 1, at);
-        self.authorize(caller, Op::Write, rtype, &id, Some(&resource))?;
-        let row = self.new_row(caller, rtype, &id, 1, Some(&resource), at)?;
         let mut conn = self.conn()?;
+        self.authorize(&mut conn, caller, Op::Write, "create", rtype, &id, Some(&resource))?;
+        let row = self.new_row(caller, rtype, &id, 1, Some(&resource), at)?;
         let tenant_keys = self.services.codec.keys().tenant(&mut conn, caller.principal.tenant.as_str())?;
         let tokens = self.services.codec.tokens_for(&tenant_keys, rtype, &resource);
-        self.commit(&mut conn, caller, &Write { row, resource: Some(resource.clone()), expected: None, tokens })?;
+        let entry = caller.entry("create", Some(version_ref(rtype, id.as_str(), 1)), patient_of(rtype, id.as_str(), row.patient_id.as_deref()), "success");
+        self.commit(&mut conn, caller, &Write { row, resource: Some(resource.clone()), expected: None, tokens, entry })?;
         tracing::info!(resource_id = %id, "resource created");
         Ok(Versioned { resource_type: rtype, id, version_id: 1, last_updated: at.and_utc(), resource: Some(resource) })
     }
@@ -307,10 +334,12 @@ impl<'s> ResourceService<'s> {
     pub fn read(&self, caller: &Caller, rtype: ResourceType, id: &ResourceId) -> Result<Versioned, ServiceError> {
         let mut conn = self.conn()?;
         let Current { row, content, basis, .. } = self.load_current(&mut conn, caller, rtype, id)?;
-        self.authorize(caller, Op::Read, rtype, id, basis.as_ref())?;
+        self.authorize(&mut conn, caller, Op::Read, "read", rtype, id, basis.as_ref())?;
         if content.is_none() {
             return Err(ServiceError::Gone);
         }
+        let patient = patient_of(rtype, id.as_str(), row.patient_id.as_deref());
+        audit::record(&mut conn, vec![caller.entry("read", Some(resource_ref(rtype, id.as_str())), patient, "success")])?;
         Ok(Versioned {
             resource_type: rtype,
             id: id.clone(),
@@ -324,7 +353,7 @@ impl<'s> ResourceService<'s> {
     pub fn vread(&self, caller: &Caller, rtype: ResourceType, id: &ResourceId, version: i64) -> Result<Versioned, ServiceError> {
         let mut conn = self.conn()?;
         let current = self.load_current(&mut conn, caller, rtype, id)?;
-        self.authorize(caller, Op::Read, rtype, id, current.basis.as_ref())?;
+        self.authorize(&mut conn, caller, Op::Read, "vread", rtype, id, current.basis.as_ref())?;
         let tenant = caller.principal.tenant.as_str();
         let row = rows::find_version(&mut conn, tenant, rtype.name(), id.as_str(), version)?;
         let version_row = row.as_ref().map(|r| self.versioned(caller, rtype, r, &current.keys, current.owner.as_ref())).transpose()?;
@@ -332,6 +361,8 @@ impl<'s> ResourceService<'s> {
         if found.resource.is_none() {
             return Err(ServiceError::Gone);
         }
+        let patient = patient_of(rtype, id.as_str(), current.row.patient_id.as_deref());
+        audit::record(&mut conn, vec![caller.entry("vread", Some(version_ref(rtype, id.as_str(), version)), patient, "success")])?;
         Ok(found)
     }
 
@@ -341,7 +372,7 @@ impl<'s> ResourceService<'s> {
         let mut conn = self.conn()?;
         for _ in 0..UNCONDITIONAL_RETRIES {
             let Current { row: current, content, basis, .. } = self.load_current(&mut conn, caller, rtype, id)?;
-            self.authorize(caller, Op::Write, rtype, id, basis.as_ref())?;
+            self.authorize(&mut conn, caller, Op::Write, "update", rtype, id, basis.as_ref())?;
             if content.is_none() {
                 return Err(ServiceError::Gone);
             }
@@ -356,7 +387,8 @@ impl<'s> ResourceService<'s> {
             let row = self.new_row(caller, rtype, id, version, Some(&stamped), at)?;
             let tenant_keys = self.services.codec.keys().tenant(&mut conn, caller.principal.tenant.as_str())?;
             let tokens = self.services.codec.tokens_for(&tenant_keys, rtype, &stamped);
-            let write = Write { row, resource: Some(stamped.clone()), expected: Some(current.version_id), tokens };
+            let entry = caller.entry("update", Some(version_ref(rtype, id.as_str(), version)), patient_of(rtype, id.as_str(), row.patient_id.as_deref()), "success");
+            let write = Write { row, resource: Some(stamped.clone()), expected: Some(current.version_id), tokens, entry };
             if self.commit(&mut conn, caller, &write)? {
                 tracing::info!(version_id = version, "resource updated");
                 return Ok(Versioned { resource_type: rtype, id: id.clone(), version_id: version, last_updated: at.and_utc(), resource: Some(stamped) });
@@ -375,13 +407,14 @@ impl<'s> ResourceService<'s> {
         let mut conn = self.conn()?;
         for _ in 0..UNCONDITIONAL_RETRIES {
             let Current { row: current, content, basis, .. } = self.load_current(&mut conn, caller, rtype, id)?;
-            self.authorize(caller, Op::Write, rtype, id, basis.as_ref())?;
+            self.authorize(&mut conn, caller, Op::Write, "delete", rtype, id, basis.as_ref())?;
             if content.is_none() {
                 return Ok(());
             }
             let version = current.version_id + 1;
             let row = self.new_row(caller, rtype, id, version, None, now())?;
-            if self.commit(&mut conn, caller, &Write { row, resource: None, expected: Some(current.version_id), tokens: Vec::new() })? {
+            let entry = caller.entry("delete", Some(version_ref(rtype, id.as_str(), version)), patient_of(rtype, id.as_str(), current.patient_id.as_deref()), "success");
+            if self.commit(&mut conn, caller, &Write { row, resource: None, expected: Some(current.version_id), tokens: Vec::new(), entry })? {
                 tracing::info!(version_id = version, "resource deleted");
                 return Ok(());
             }
@@ -394,13 +427,15 @@ impl<'s> ResourceService<'s> {
         let paging = search_params::parse(rtype, &paging_only(params)?)?;
         let mut conn = self.conn()?;
         let current = self.load_current(&mut conn, caller, rtype, id)?;
-        self.authorize(caller, Op::Read, rtype, id, current.basis.as_ref())?;
+        self.authorize(&mut conn, caller, Op::Read, "history", rtype, id, current.basis.as_ref())?;
         let tenant = caller.principal.tenant.as_str();
         let (rows, total) = rows::history(&mut conn, tenant, rtype.name(), id.as_str(), paging.count, paging.offset)?;
         let items = rows
             .iter()
             .map(|r| self.versioned(caller, rtype, r, &current.keys, current.owner.as_ref()))
             .collect::<Result<Vec<_>, _>>()?;
+        let patient = patient_of(rtype, id.as_str(), current.row.patient_id.as_deref());
+        audit::record(&mut conn, vec![caller.entry("history", Some(resource_ref(rtype, id.as_str())), patient, "success")])?;
         Ok(Page { items, total, count: paging.count, offset: paging.offset, echo: paging.echo })
     }
 
@@ -416,6 +451,7 @@ impl<'s> ResourceService<'s> {
             SearchScope::All => None,
             SearchScope::Denied => {
                 tracing::info!(op = "search", "access denied");
+                audit::record(&mut conn, vec![caller.entry("search", None, None, "denied")])?;
                 return Err(ServiceError::Forbidden);
             }
             SearchScope::Restricted { care_of, owner } => {
@@ -452,6 +488,16 @@ impl<'s> ResourceService<'s> {
                 Err(e) => return Err(e),
             }
         }
+        // One entry per record returned (naming its patient), durable before the page leaves.
+        let mut entries: Vec<Entry> = rows
+            .iter()
+            .filter(|r| items.iter().any(|v| v.id.as_str() == r.id))
+            .map(|r| caller.entry("search", Some(resource_ref(rtype, &r.id)), patient_of(rtype, &r.id, r.patient_id.as_deref()), "success"))
+            .collect();
+        if entries.is_empty() {
+            entries.push(caller.entry("search", None, None, "success"));
+        }
+        audit::record(&mut conn, entries)?;
         tracing::info!(matches = items.len(), total, "search done");
         Ok(Page { items, total, count, offset, echo })
     }

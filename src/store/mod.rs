@@ -4,6 +4,7 @@
 //! fenced in here. Uses only `domain`.
 
 pub mod keys;
+pub mod ledger;
 pub mod resources;
 pub mod schema;
 

@@ -36,7 +36,7 @@ diesel::table! {
     }
 }
 
-diesel::allow_tables_to_appear_in_same_query!(resources, resource_versions, search_tokens, tenant_keys, data_keys);
+diesel::allow_tables_to_appear_in_same_query!(resources, resource_versions, search_tokens, tenant_keys, data_keys, ledger_entries, ledger_nodes, ledger_checkpoints);
 
 diesel::table! {
     tenant_keys (tenant) {
@@ -55,5 +55,36 @@ diesel::table! {
         wrapped -> Nullable<Text>,
         created_at -> Timestamp,
         destroyed_at -> Nullable<Timestamp>,
+    }
+}
+
+diesel::table! {
+    ledger_entries (seq) {
+        seq -> BigInt,
+        time -> Text,
+        tenant -> Nullable<Text>,
+        actor_sub -> Nullable<Text>,
+        action -> Text,
+        patient -> Nullable<Text>,
+        outcome -> Text,
+        leaf -> Text,
+        leaf_hash -> Text,
+    }
+}
+
+diesel::table! {
+    ledger_nodes (level, idx) {
+        level -> BigInt,
+        idx -> BigInt,
+        hash -> Text,
+    }
+}
+
+diesel::table! {
+    ledger_checkpoints (size) {
+        size -> BigInt,
+        root_hash -> Text,
+        timestamp -> Text,
+        note -> Text,
     }
 }

@@ -10,8 +10,9 @@ const RULES: &[(&str, &[&str])] = &[
     ("auth", &["domain"]),
     ("fhir", &["domain"]),
     ("store", &["domain"]),
-    ("service", &["domain", "authz", "auth", "crypto", "fhir", "store"]),
-    ("api", &["domain", "authz", "auth", "fhir", "service"]),
+    ("ledger", &["store"]),
+    ("service", &["domain", "authz", "auth", "crypto", "fhir", "ledger", "store"]),
+    ("api", &["domain", "authz", "auth", "fhir", "ledger", "service"]),
 ];
 
 fn files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {

@@ -152,9 +152,12 @@ async fn production_verifies_eddsa_and_rs256_tokens_from_a_jwks_file() {
     std::fs::write(&jwks, serde_json::json!({"keys": keys}).to_string()).unwrap();
     let master = dir.path().join("master-keys.json");
     carevault::crypto::LocalKeyFile::create(&master, false).unwrap();
+    let ledger_key = dir.path().join("ledger.pk8");
+    carevault::startup::create_ledger_key(&ledger_key).unwrap();
     let app = spawn_app_with(|c| {
         c.remove("jwt_hs256_secret");
         c.insert("master_key_file".into(), master.display().to_string());
+        c.insert("ledger_key_file".into(), ledger_key.display().to_string());
         c.insert("env".into(), "production".into());
         c.insert("jwks_file".into(), jwks.display().to_string());
         c.insert("jwt_issuer".into(), "https://idp.example.test".into());

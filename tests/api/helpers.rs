@@ -137,7 +137,13 @@ impl TestApp {
         let store = carevault::store::Store::open(&settings.database_url, 2).unwrap();
         let validator = std::sync::Arc::new(carevault::fhir::FhirValidator::new().unwrap());
         let policy = std::sync::Arc::new(carevault::authz::AccessPolicy::load(&settings.policies_dir).unwrap());
-        carevault::service::Services::new(store, validator, policy, carevault::startup::codec(&settings).unwrap())
+        carevault::service::Services::new(
+            store,
+            validator,
+            policy,
+            carevault::startup::codec(&settings).unwrap(),
+            carevault::startup::ledger_signer(&settings).unwrap(),
+        )
     }
 
     pub fn url(&self, path: &str) -> String {

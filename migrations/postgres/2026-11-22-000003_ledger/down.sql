@@ -1,0 +1,4 @@
+DROP TABLE ledger_checkpoints;
+DROP TABLE ledger_nodes;
+DROP TABLE ledger_entries;
+DROP FUNCTION ledger_refuse_change();

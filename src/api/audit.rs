@@ -1,0 +1,95 @@
+//! The audit ledger over HTTP (SPEC section 5): the public key, signed checkpoints,
+//! entries with their leaf bytes, and inclusion and consistency proofs. Auditor role
+//! (the `audit` capability, checked by the use cases) except for the public key. Entries
+//! are those of the caller's tenant; proofs and checkpoints cover the whole log and reveal
+//! only hashes and counts.
+
+use actix_web::{HttpResponse, web};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::api::{ApiError, AppState, blocking};
+use crate::ledger::merkle::to_hex;
+use crate::service::Caller;
+
+/// Most entries one `/audit/entries` call returns.
+const MAX_ENTRIES: i64 = 1000;
+
+pub async fn public_key(state: web::Data<AppState>) -> HttpResponse {
+    let signer = &state.services.ledger_signer;
+    HttpResponse::Ok().json(json!({
+        "origin": signer.origin(),
+        "algorithm": "Ed25519",
+        "public_key": STANDARD.encode(signer.public_key()),
+    }))
+}
+
+pub async fn checkpoint(state: web::Data<AppState>, caller: Caller) -> Result<HttpResponse, ApiError> {
+    let services = state.services.clone();
+    let row = blocking(move || Ok(services.ledger_checkpoint(&caller)?)).await?;
+    Ok(HttpResponse::Ok().json(json!({
+        "origin": state.services.ledger_signer.origin(),
+        "size": row.size,
+        "root_hash": row.root_hash,
+        "timestamp": row.timestamp,
+        "note": row.note,
+    })))
+}
+
+#[derive(Deserialize)]
+pub struct Range {
+    from: i64,
+    to: i64,
+}
+
+pub async fn entries(state: web::Data<AppState>, caller: Caller, range: web::Query<Range>) -> Result<HttpResponse, ApiError> {
+    let Range { from, to } = range.into_inner();
+    let services = state.services.clone();
+    let rows = blocking(move || Ok(services.ledger_entries(&caller, from, to, MAX_ENTRIES)?)).await?;
+    let entries: Vec<Value> = rows
+        .iter()
+        .filter_map(|row| {
+            let mut entry: Value = serde_json::from_str(&row.leaf).ok()?;
+            entry["leaf"] = json!(STANDARD.encode(row.leaf.as_bytes()));
+            Some(entry)
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({ "entries": entries })))
+}
+
+#[derive(Deserialize)]
+pub struct InclusionQuery {
+    seq: u64,
+    size: u64,
+}
+
+pub async fn inclusion(state: web::Data<AppState>, caller: Caller, q: web::Query<InclusionQuery>) -> Result<HttpResponse, ApiError> {
+    let InclusionQuery { seq, size } = q.into_inner();
+    let services = state.services.clone();
+    let (leaf_hash, path) = blocking(move || Ok(services.ledger_inclusion(&caller, seq, size)?)).await?;
+    Ok(HttpResponse::Ok().json(json!({
+        "leaf_index": seq,
+        "tree_size": size,
+        "leaf_hash": leaf_hash,
+        "audit_path": path.iter().map(to_hex).collect::<Vec<_>>(),
+    })))
+}
+
+#[derive(Deserialize)]
+pub struct ConsistencyQuery {
+    from: u64,
+    to: u64,
+}
+
+pub async fn consistency(state: web::Data<AppState>, caller: Caller, q: web::Query<ConsistencyQuery>) -> Result<HttpResponse, ApiError> {
+    let ConsistencyQuery { from, to } = q.into_inner();
+    let services = state.services.clone();
+    let proof = blocking(move || Ok(services.ledger_consistency(&caller, from, to)?)).await?;
+    Ok(HttpResponse::Ok().json(json!({
+        "first": from,
+        "second": to,
+        "proof": proof.iter().map(to_hex).collect::<Vec<_>>(),
+    })))
+}

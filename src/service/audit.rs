@@ -1,0 +1,147 @@
+//! Audit entries for use cases: built from the caller, written to the ledger either inside
+//! the change's own transaction (writes) or in a transaction of their own that commits
+//! before any data is returned (reads, searches, denials): fail closed.
+
+use crate::ledger::entry::{Actor, Entry};
+use crate::service::{Caller, ServiceError, Services};
+use crate::store::{DbConnection, write_transaction};
+
+pub fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+impl Caller {
+    /// An entry for this caller; `seq` is assigned on append.
+    pub fn entry(&self, action: &str, resource: Option<String>, patient: Option<String>, outcome: &str) -> Entry {
+        Entry {
+            seq: 0,
+            time: now(),
+            actor: Actor {
+                sub: Some(self.principal.sub.clone()),
+                roles: self.principal.roles.iter().map(|r| r.as_str().to_owned()).collect(),
+                fhir_user: self.principal.fhir_user.as_ref().map(ToString::to_string),
+            },
+            tenant: Some(self.principal.tenant.to_string()),
+            action: action.to_owned(),
+            resource,
+            patient,
+            outcome: outcome.to_owned(),
+            purpose_of_use: Some(self.purpose.as_str().to_owned()),
+            break_glass: self.break_glass.clone(),
+            client: Some(self.client.clone()).filter(|c| !c.is_empty()),
+            request_id: Some(self.request_id.clone()).filter(|r| !r.is_empty()),
+        }
+    }
+}
+
+pub(crate) fn ledger_failure(e: crate::ledger::log::LedgerError) -> ServiceError {
+    tracing::error!(error = %e, "audit ledger write failed");
+    ServiceError::Ledger
+}
+
+/// Appends entries inside an open write transaction.
+pub(crate) fn append_in(tx: &mut DbConnection, mut entries: Vec<Entry>) -> Result<(), ServiceError> {
+    crate::ledger::log::append(tx, &mut entries).map_err(ledger_failure)
+}
+
+/// Appends entries in a transaction of their own; returns once they are durable.
+pub(crate) fn record(conn: &mut DbConnection, entries: Vec<Entry>) -> Result<(), ServiceError> {
+    write_transaction(conn, |tx| append_in(tx, entries))
+}
+
+impl Services {
+    /// Records a request whose token was missing or refused (`login`, `denied`). The
+    /// token's claims are not trusted, so the actor and tenant stay empty.
+    pub fn record_rejected_token(&self, client: &str, request_id: &str) -> Result<(), ServiceError> {
+        let entry = Entry {
+            seq: 0,
+            time: now(),
+            actor: Actor { sub: None, roles: Vec::new(), fhir_user: None },
+            tenant: None,
+            action: "login".into(),
+            resource: None,
+            patient: None,
+            outcome: "denied".into(),
+            purpose_of_use: None,
+            break_glass: None,
+            client: Some(client.to_owned()).filter(|c| !c.is_empty()),
+            request_id: Some(request_id.to_owned()).filter(|r| !r.is_empty()),
+        };
+        let mut conn = self.store.conn()?;
+        record(&mut conn, vec![entry])
+    }
+}
+
+/// Ledger reads for auditors (the `audit` capability).
+pub mod queries {
+    use crate::authz::Capability;
+    use crate::fhir::{Issue, IssueCode};
+    use crate::ledger::log::{self, DbNodes, LedgerError};
+    use crate::ledger::merkle::{self, Hash, TreeError};
+    use crate::service::{Caller, ServiceError, Services};
+    use crate::store::ledger::{self as rows, CheckpointRow, EntryRow};
+
+    fn range_error(text: &str) -> ServiceError {
+        ServiceError::BadRequest(vec![Issue::new(IssueCode::Value, None, text)])
+    }
+
+    fn read_failure(e: LedgerError) -> ServiceError {
+        match e {
+            LedgerError::Tree(TreeError::Range) => range_error("index or tree size out of range"),
+            other => {
+                tracing::error!(error = %other, "ledger read failed");
+                ServiceError::Ledger
+            }
+        }
+    }
+
+    impl Services {
+        fn auditor(&self, caller: &Caller) -> Result<(), ServiceError> {
+            if self.policy.has_capability(&caller.principal, Capability::Audit) { Ok(()) } else { Err(ServiceError::Forbidden) }
+        }
+
+        /// The latest signed checkpoint, signing one first if entries arrived since.
+        pub fn ledger_checkpoint(&self, caller: &Caller) -> Result<CheckpointRow, ServiceError> {
+            self.auditor(caller)?;
+            let mut conn = self.store.conn()?;
+            log::checkpoint(&mut conn, &self.ledger_signer).map_err(read_failure)
+        }
+
+        /// The caller's tenant's entries with `from <= seq < to` (at most `max`).
+        pub fn ledger_entries(&self, caller: &Caller, from: i64, to: i64, max: i64) -> Result<Vec<EntryRow>, ServiceError> {
+            self.auditor(caller)?;
+            if from < 0 || to < from || to - from > max {
+                return Err(range_error(&format!("need 0 <= from <= to with at most {max} entries")));
+            }
+            let mut conn = self.store.conn()?;
+            Ok(rows::entries(&mut conn, Some(caller.principal.tenant.as_str()), from, to)?)
+        }
+
+        /// `(leaf hash hex, audit path)` for entry `seq` in the tree of `size`; only for
+        /// entries of the caller's tenant.
+        pub fn ledger_inclusion(&self, caller: &Caller, seq: u64, size: u64) -> Result<(String, Vec<Hash>), ServiceError> {
+            self.auditor(caller)?;
+            let mut conn = self.store.conn()?;
+            let current = u64::try_from(rows::size(&mut conn)?).unwrap_or(0);
+            if seq >= size || size > current {
+                return Err(range_error("need seq < size <= the ledger's size"));
+            }
+            let seq_i = i64::try_from(seq).map_err(|_| range_error("seq out of range"))?;
+            let entry = rows::entries(&mut conn, Some(caller.principal.tenant.as_str()), seq_i, seq_i + 1)?;
+            let leaf_hash = entry.into_iter().next().ok_or(ServiceError::NotFound)?.leaf_hash;
+            let path = merkle::inclusion_proof(&mut DbNodes::new(&mut conn), seq, size).map_err(|e| read_failure(e.into()))?;
+            Ok((leaf_hash, path))
+        }
+
+        /// Consistency proof between the trees of `from` and `to` entries.
+        pub fn ledger_consistency(&self, caller: &Caller, from: u64, to: u64) -> Result<Vec<Hash>, ServiceError> {
+            self.auditor(caller)?;
+            let mut conn = self.store.conn()?;
+            let current = u64::try_from(rows::size(&mut conn)?).unwrap_or(0);
+            if from > to || to > current {
+                return Err(range_error("need from <= to <= the ledger's size"));
+            }
+            merkle::consistency_proof(&mut DbNodes::new(&mut conn), from, to).map_err(|e| read_failure(e.into()))
+        }
+    }
+}

@@ -1,0 +1,95 @@
+//! Ledger rows. The tables refuse UPDATE and DELETE (and TRUNCATE on PostgreSQL) through
+//! triggers, so these functions only insert and read.
+
+use diesel::connection::SimpleConnection;
+use diesel::prelude::*;
+
+use crate::store::DbConnection;
+use crate::store::schema::{ledger_checkpoints, ledger_entries, ledger_nodes};
+
+/// One entry: `leaf` is its canonical JSON, `leaf_hash` the RFC 6962 leaf hash (hex).
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = ledger_entries)]
+pub struct EntryRow {
+    pub seq: i64,
+    pub time: String,
+    pub tenant: Option<String>,
+    pub actor_sub: Option<String>,
+    pub action: String,
+    pub patient: Option<String>,
+    pub outcome: String,
+    pub leaf: String,
+    pub leaf_hash: String,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = ledger_checkpoints)]
+pub struct CheckpointRow {
+    pub size: i64,
+    pub root_hash: String,
+    pub timestamp: String,
+    pub note: String,
+}
+
+/// Serialises appenders until the transaction ends, so `seq` stays dense and in commit
+/// order: on SQLite the write transaction (`BEGIN IMMEDIATE`) already does; on PostgreSQL
+/// a transaction-scoped advisory lock.
+pub fn lock_for_append(conn: &mut DbConnection) -> QueryResult<()> {
+    match conn {
+        DbConnection::Sqlite(_) => Ok(()),
+        DbConnection::Postgres(c) => c.batch_execute("SELECT pg_advisory_xact_lock(7417118)"),
+    }
+}
+
+/// Number of entries (the next `seq`).
+pub fn size(conn: &mut DbConnection) -> QueryResult<i64> {
+    let max: Option<i64> = ledger_entries::table.select(diesel::dsl::max(ledger_entries::seq)).first(conn)?;
+    Ok(max.map_or(0, |m| m + 1))
+}
+
+pub fn insert_entry(conn: &mut DbConnection, row: &EntryRow) -> QueryResult<()> {
+    diesel::insert_into(ledger_entries::table).values(row).execute(conn).map(|_| ())
+}
+
+pub fn insert_node(conn: &mut DbConnection, level: i64, idx: i64, hash: &str) -> QueryResult<()> {
+    diesel::insert_into(ledger_nodes::table)
+        .values((ledger_nodes::level.eq(level), ledger_nodes::idx.eq(idx), ledger_nodes::hash.eq(hash)))
+        .execute(conn)
+        .map(|_| ())
+}
+
+pub fn node(conn: &mut DbConnection, level: i64, idx: i64) -> QueryResult<Option<String>> {
+    ledger_nodes::table.find((level, idx)).select(ledger_nodes::hash).first(conn).optional()
+}
+
+/// Entries with `from <= seq < to`, of one tenant when given.
+pub fn entries(conn: &mut DbConnection, tenant: Option<&str>, from: i64, to: i64) -> QueryResult<Vec<EntryRow>> {
+    let mut q = ledger_entries::table
+        .filter(ledger_entries::seq.ge(from))
+        .filter(ledger_entries::seq.lt(to))
+        .order(ledger_entries::seq.asc())
+        .select(EntryRow::as_select())
+        .into_boxed();
+    if let Some(t) = tenant {
+        q = q.filter(ledger_entries::tenant.eq(t.to_owned()));
+    }
+    q.load(conn)
+}
+
+pub fn latest_checkpoint(conn: &mut DbConnection) -> QueryResult<Option<CheckpointRow>> {
+    ledger_checkpoints::table.order(ledger_checkpoints::size.desc()).select(CheckpointRow::as_select()).first(conn).optional()
+}
+
+pub fn all_checkpoints(conn: &mut DbConnection) -> QueryResult<Vec<CheckpointRow>> {
+    ledger_checkpoints::table.order(ledger_checkpoints::size.asc()).select(CheckpointRow::as_select()).load(conn)
+}
+
+/// Stores a checkpoint; another instance may have stored the same size first (then this
+/// one is not stored and `false` is returned). Runs in its own (sub)transaction.
+pub fn insert_checkpoint(conn: &mut DbConnection, row: &CheckpointRow) -> QueryResult<bool> {
+    match conn.transaction(|c| diesel::insert_into(ledger_checkpoints::table).values(row).execute(c)) {
+        Ok(_) => Ok(true),
+        Err(e) if crate::store::keys::is_unique_violation(&e) => Ok(false),
+        Err(e) => Err(e),
+    }
+}

@@ -1,0 +1,339 @@
+//! The audit ledger from outside: entries for each access, append-only tables, and
+//! checkpoints and proofs checked by an independent implementation of RFC 6962/9162 and
+//! the C2SP signed-note format written here, not the server's code.
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use diesel::prelude::*;
+use reqwest::StatusCode;
+use ring::digest::{SHA256, digest};
+use serde_json::Value;
+
+use crate::helpers::*;
+
+// ---- independent RFC 6962 / RFC 9162 ----
+
+fn sha(parts: &[&[u8]]) -> [u8; 32] {
+    let joined: Vec<u8> = parts.concat();
+    digest(&SHA256, &joined).as_ref().try_into().unwrap()
+}
+
+fn leaf(bytes: &[u8]) -> [u8; 32] {
+    sha(&[&[0], bytes])
+}
+
+fn node(l: &[u8; 32], r: &[u8; 32]) -> [u8; 32] {
+    sha(&[&[1], l, r])
+}
+
+fn mth(leaves: &[[u8; 32]]) -> [u8; 32] {
+    match leaves.len() {
+        0 => sha(&[]),
+        1 => leaves[0],
+        n => {
+            let mut k = 1;
+            while k * 2 < n {
+                k *= 2;
+            }
+            node(&mth(&leaves[..k]), &mth(&leaves[k..]))
+        }
+    }
+}
+
+fn hex(h: &str) -> [u8; 32] {
+    (0..32).map(|i| u8::from_str_radix(&h[2 * i..2 * i + 2], 16).unwrap()).collect::<Vec<_>>().try_into().unwrap()
+}
+
+/// RFC 9162 §2.1.3.2.
+fn verify_inclusion(index: u64, size: u64, leaf_hash: [u8; 32], path: &[[u8; 32]], root: [u8; 32]) -> bool {
+    if index >= size {
+        return false;
+    }
+    let (mut f, mut s, mut r) = (index, size - 1, leaf_hash);
+    for p in path {
+        if s == 0 {
+            return false;
+        }
+        if f & 1 == 1 || f == s {
+            r = node(p, &r);
+            while f & 1 == 0 && f != 0 {
+                f >>= 1;
+                s >>= 1;
+            }
+        } else {
+            r = node(&r, p);
+        }
+        f >>= 1;
+        s >>= 1;
+    }
+    s == 0 && r == root
+}
+
+/// RFC 9162 §2.1.4.2.
+fn verify_consistency(m: u64, n: u64, old: [u8; 32], new: [u8; 32], proof: &[[u8; 32]]) -> bool {
+    if m == n {
+        return proof.is_empty() && old == new;
+    }
+    if m == 0 || m > n || proof.is_empty() {
+        return false;
+    }
+    let mut p = proof.to_vec();
+    if m.is_power_of_two() {
+        p.insert(0, old);
+    }
+    let (mut f, mut s) = (m - 1, n - 1);
+    while f & 1 == 1 {
+        f >>= 1;
+        s >>= 1;
+    }
+    let (mut fr, mut sr) = (p[0], p[0]);
+    for c in &p[1..] {
+        if s == 0 {
+            return false;
+        }
+        if f & 1 == 1 || f == s {
+            fr = node(c, &fr);
+            sr = node(c, &sr);
+            while f & 1 == 0 && f != 0 {
+                f >>= 1;
+                s >>= 1;
+            }
+        } else {
+            sr = node(&sr, c);
+        }
+        f >>= 1;
+        s >>= 1;
+    }
+    s == 0 && fr == old && sr == new
+}
+
+/// c2sp.org/signed-note with an Ed25519 key: returns (size, root) if the note verifies.
+fn verify_note(note: &str, origin: &str, public_key: &[u8]) -> Option<(u64, [u8; 32])> {
+    let (body, sigs) = note.split_once("\n\n")?;
+    let body = format!("{body}\n");
+    let lines: Vec<&str> = body.lines().collect();
+    if lines.first() != Some(&origin) {
+        return None;
+    }
+    let key_id = &sha(&[origin.as_bytes(), b"\n", &[1], public_key])[..4];
+    for line in sigs.lines() {
+        let rest = line.strip_prefix("\u{2014} ")?;
+        let (name, blob) = rest.split_once(' ')?;
+        let blob = STANDARD.decode(blob).ok()?;
+        if name == origin && &blob[..4] == key_id {
+            ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, public_key).verify(body.as_bytes(), &blob[4..]).ok()?;
+            let root: [u8; 32] = STANDARD.decode(lines[2]).ok()?.try_into().ok()?;
+            return Some((lines[1].parse().ok()?, root));
+        }
+    }
+    None
+}
+
+// ---- helpers ----
+
+fn auditor(app: &TestApp) -> Who {
+    app.who(TENANT, &["auditor"], None)
+}
+
+async fn entries(app: &TestApp, from: u64, to: u64) -> Vec<Value> {
+    let r = app.get(&auditor(app), &format!("/audit/entries?from={from}&to={to}")).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    r.json::<Value>().await.unwrap()["entries"].as_array().unwrap().clone()
+}
+
+async fn checkpoint(app: &TestApp) -> Value {
+    let r = app.get(&auditor(app), "/audit/checkpoint").await;
+    assert_eq!(r.status(), StatusCode::OK);
+    r.json().await.unwrap()
+}
+
+fn summary(e: &Value) -> (String, String, Option<String>, Option<String>) {
+    (
+        e["action"].as_str().unwrap().to_owned(),
+        e["outcome"].as_str().unwrap().to_owned(),
+        e["resource"].as_str().map(str::to_owned),
+        e["patient"].as_str().map(str::to_owned),
+    )
+}
+
+// ---- tests ----
+
+#[tokio::test]
+async fn each_access_is_ledgered_with_actor_action_outcome_and_patient() {
+    let app = spawn_app().await;
+    let dr = app.clinician("dr1");
+    let id = app.create(&dr, &patient(&marker(), "dr1")).await;
+    let other = app.create(&dr, &patient(&marker(), "dr1")).await;
+    let path = format!("/fhir/Patient/{id}");
+    let p = Some(format!("Patient/{id}"));
+    let mut body: Value = app.get(&dr, &path).await.json().await.unwrap();
+    app.get(&dr, &format!("{path}/_history/1")).await;
+    body["gender"] = "female".into();
+    app.put(&dr, &path, &body, Some("W/\"1\"")).await;
+    app.get(&dr, &format!("{path}/_history")).await;
+    app.get(&dr, "/fhir/Patient?birthdate=1901-02-03").await;
+    let stranger = app.clinician("dr2");
+    assert_eq!(app.get(&stranger, &path).await.status(), StatusCode::FORBIDDEN);
+    let reason = "unconscious patient in the emergency room";
+    assert_eq!(app.get_with(&stranger, &path, &[("x-break-glass", reason), ("x-purpose-of-use", "ETREAT")]).await.status(), StatusCode::OK);
+    assert_eq!(app.delete(&dr, &path).await.status(), StatusCode::NO_CONTENT);
+
+    let all = entries(&app, 0, 1000).await;
+    let got: Vec<_> = all.iter().map(summary).collect();
+    let search_entries: Vec<_> = got.iter().filter(|g| g.0 == "search").cloned().collect();
+    let mut searched: Vec<_> = search_entries.iter().map(|g| g.3.clone().unwrap()).collect();
+    searched.sort();
+    let mut expected_search = vec![format!("Patient/{id}"), format!("Patient/{other}")];
+    expected_search.sort();
+    assert_eq!(searched, expected_search, "one search entry per patient returned");
+    let rest: Vec<_> = got.into_iter().filter(|g| g.0 != "search" && g.2.as_deref() != Some(&format!("Patient/{other}/_history/1"))).collect();
+    let s = |a: &str, o: &str, r: String| (a.to_owned(), o.to_owned(), Some(r), p.clone());
+    assert_eq!(
+        rest,
+        vec![
+            s("create", "success", format!("Patient/{id}/_history/1")),
+            s("read", "success", format!("Patient/{id}")),
+            s("vread", "success", format!("Patient/{id}/_history/1")),
+            s("update", "success", format!("Patient/{id}/_history/2")),
+            s("history", "success", format!("Patient/{id}")),
+            s("read", "denied", format!("Patient/{id}")),
+            s("read", "success", format!("Patient/{id}")),
+            s("delete", "success", format!("Patient/{id}/_history/3")),
+        ]
+    );
+    let glass = all.iter().find(|e| e["breakGlass"].is_string()).unwrap();
+    assert_eq!(glass["breakGlass"], reason);
+    assert_eq!(glass["purposeOfUse"], "ETREAT");
+    assert_eq!(glass["actor"]["fhirUser"], "Practitioner/dr2");
+    assert_eq!(glass["actor"]["roles"], serde_json::json!(["clinician"]));
+    assert!(glass["requestId"].as_str().unwrap().len() >= 8);
+    assert_eq!(glass["client"], "127.0.0.1");
+    // Dense and 0-based; no PHI values.
+    for (i, e) in all.iter().enumerate() {
+        assert_eq!(e["seq"], i as u64);
+    }
+    let text = serde_json::to_string(&all).unwrap();
+    assert!(!text.contains("Zz-Family") && !text.contains("MRN-") && !text.contains("1901-02-03"), "PHI in the ledger");
+}
+
+#[tokio::test]
+async fn rejected_tokens_and_denied_searches_are_ledgered() {
+    let app = spawn_app().await;
+    let _ = app.client.get(app.url("/fhir/Patient")).bearer_auth("not-a-token").send().await.unwrap();
+    let _ = app.client.get(app.url("/fhir/Patient")).send().await.unwrap();
+    assert_eq!(app.get(&auditor(&app), "/fhir/Patient").await.status(), StatusCode::FORBIDDEN);
+    let mut conn = carevault::store::Store::open(&carevault::store::DatabaseUrl::parse(&app.database_url).unwrap(), 1).unwrap().conn().unwrap();
+    let rows = carevault::store::ledger::entries(&mut conn, None, 0, 100).unwrap();
+    let got: Vec<(Option<String>, String, String)> = rows.iter().map(|r| (r.tenant.clone(), r.action.clone(), r.outcome.clone())).collect();
+    assert_eq!(
+        got,
+        vec![
+            (None, "login".into(), "denied".into()),
+            (None, "login".into(), "denied".into()),
+            (Some(TENANT.into()), "search".into(), "denied".into()),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn ledger_tables_refuse_update_delete_and_truncate() {
+    let app = spawn_app().await;
+    app.create(&app.front_desk(), &patient(&marker(), "dr1")).await;
+    checkpoint(&app).await;
+    let store = carevault::store::Store::open(&carevault::store::DatabaseUrl::parse(&app.database_url).unwrap(), 1).unwrap();
+    let mut conn = store.conn().unwrap();
+    let mut statements = vec![
+        "UPDATE ledger_entries SET action = 'read'",
+        "DELETE FROM ledger_entries",
+        "UPDATE ledger_nodes SET hash = 'x'",
+        "DELETE FROM ledger_nodes",
+        "UPDATE ledger_checkpoints SET note = 'x'",
+        "DELETE FROM ledger_checkpoints",
+    ];
+    if matches!(app.db, TestDb::Postgres { .. }) {
+        statements.extend(["TRUNCATE ledger_entries", "TRUNCATE ledger_nodes", "TRUNCATE ledger_checkpoints"]);
+    }
+    for sql in statements {
+        let refused = diesel::sql_query(sql).execute(&mut *conn);
+        assert!(refused.is_err(), "the database accepted: {sql}");
+        assert!(refused.unwrap_err().to_string().contains("append-only"), "{sql}");
+    }
+    let after = carevault::store::ledger::entries(&mut conn, None, 0, 10).unwrap();
+    assert_eq!(after.len(), 1);
+    assert_eq!(after[0].action, "create");
+}
+
+#[tokio::test]
+async fn checkpoints_and_proofs_verify_with_the_public_key_alone() {
+    let app = spawn_app().await;
+    let desk = app.front_desk();
+    for _ in 0..3 {
+        let id = app.create(&desk, &patient(&marker(), "dr1")).await;
+        app.get(&desk, &format!("/fhir/Patient/{id}")).await;
+    }
+    let key: Value = app.client.get(app.url("/audit/public-key")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(key["algorithm"], "Ed25519");
+    let origin = key["origin"].as_str().unwrap().to_owned();
+    let public_key = STANDARD.decode(key["public_key"].as_str().unwrap()).unwrap();
+    assert_eq!(public_key.len(), 32);
+
+    let first = checkpoint(&app).await;
+    let (m, first_root) = verify_note(first["note"].as_str().unwrap(), &origin, &public_key).expect("first checkpoint verifies");
+    assert_eq!(m, first["size"].as_u64().unwrap());
+    assert_eq!(first["root_hash"].as_str().unwrap(), first_root.iter().map(|b| format!("{b:02x}")).collect::<String>());
+
+    for _ in 0..4 {
+        let id = app.create(&desk, &patient(&marker(), "dr1")).await;
+        app.get(&desk, &format!("/fhir/Patient/{id}")).await;
+    }
+    let second = checkpoint(&app).await;
+    let (n, root) = verify_note(second["note"].as_str().unwrap(), &origin, &public_key).expect("second checkpoint verifies");
+    assert!(n > m);
+
+    // Recompute the root from the leaf bytes of every entry.
+    let all = entries(&app, 0, n).await;
+    assert_eq!(all.len() as u64, n);
+    let leaves: Vec<[u8; 32]> = all.iter().map(|e| leaf(&STANDARD.decode(e["leaf"].as_str().unwrap()).unwrap())).collect();
+    assert_eq!(mth(&leaves), root);
+    assert_eq!(mth(&leaves[..m as usize]), first_root);
+    // The leaf bytes are the entry itself.
+    let first_entry: Value = serde_json::from_slice(&STANDARD.decode(all[0]["leaf"].as_str().unwrap()).unwrap()).unwrap();
+    assert_eq!(first_entry["action"], all[0]["action"]);
+
+    for seq in 0..n {
+        let proof: Value = app.get(&auditor(&app), &format!("/audit/proof/inclusion?seq={seq}&size={n}")).await.json().await.unwrap();
+        let path: Vec<[u8; 32]> = proof["audit_path"].as_array().unwrap().iter().map(|h| hex(h.as_str().unwrap())).collect();
+        assert_eq!(hex(proof["leaf_hash"].as_str().unwrap()), leaves[seq as usize]);
+        assert!(verify_inclusion(seq, n, leaves[seq as usize], &path, root), "inclusion of {seq}");
+    }
+    let proof: Value = app.get(&auditor(&app), &format!("/audit/proof/consistency?from={m}&to={n}")).await.json().await.unwrap();
+    let hashes: Vec<[u8; 32]> = proof["proof"].as_array().unwrap().iter().map(|h| hex(h.as_str().unwrap())).collect();
+    assert!(verify_consistency(m, n, first_root, root, &hashes));
+    assert!(!verify_consistency(m, n, leaf(b"rewritten"), root, &hashes));
+
+    // Auditors only; bad ranges are outcomes.
+    expect_outcome(app.get(&app.clinician("dr1"), "/audit/checkpoint").await, StatusCode::FORBIDDEN).await;
+    expect_outcome(app.get(&auditor(&app), &format!("/audit/proof/inclusion?seq={n}&size={n}")).await, StatusCode::BAD_REQUEST).await;
+    expect_outcome(app.get(&auditor(&app), "/audit/entries?from=0&to=5000").await, StatusCode::BAD_REQUEST).await;
+    expect_outcome(app.get(&auditor(&app), "/audit/entries?from=x").await, StatusCode::BAD_REQUEST).await;
+}
+
+#[tokio::test]
+async fn reads_and_writes_fail_closed_when_the_ledger_cannot_be_written() {
+    let app = spawn_app().await;
+    let desk = app.front_desk();
+    let id = app.create(&desk, &patient(&marker(), "dr1")).await;
+    let store = carevault::store::Store::open(&carevault::store::DatabaseUrl::parse(&app.database_url).unwrap(), 1).unwrap();
+    let mut conn = store.conn().unwrap();
+    let block = match app.db {
+        TestDb::Sqlite(_) => "CREATE TRIGGER zz_block BEFORE INSERT ON ledger_entries BEGIN SELECT RAISE(ABORT, 'blocked'); END;",
+        TestDb::Postgres { .. } => "CREATE TRIGGER zz_block BEFORE INSERT ON ledger_entries FOR EACH ROW EXECUTE FUNCTION ledger_refuse_change();",
+    };
+    diesel::sql_query(block).execute(&mut *conn).unwrap();
+    let read = app.get(&desk, &format!("/fhir/Patient/{id}")).await;
+    let outcome = expect_outcome(read, StatusCode::SERVICE_UNAVAILABLE).await;
+    assert!(!outcome.to_string().contains("Zz-Family"), "data left without its audit entry");
+    expect_outcome(app.post(&desk, "/fhir/Patient", &patient(&marker(), "dr1")).await, StatusCode::SERVICE_UNAVAILABLE).await;
+    let count: i64 = carevault::store::schema::resources::table.count().get_result(&mut *conn).unwrap();
+    assert_eq!(count, 1, "the write rolled back with its entry");
+}
