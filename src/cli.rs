@@ -46,6 +46,20 @@ pub enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// The audit ledger: verify it, sign a checkpoint.
+    Ledger {
+        #[command(subcommand)]
+        command: LedgerCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LedgerCommand {
+    /// Recompute leaves, tree and checkpoint signatures from the database; name the first
+    /// entry that does not match and exit non-zero on any mismatch.
+    Verify,
+    /// Sign a checkpoint for the current ledger and print it.
+    Checkpoint,
 }
 
 #[derive(Debug, Subcommand)]
@@ -74,6 +88,49 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Migrate => migrate(&settings),
         Command::Token { sub, tenant, roles, fhir_user, ttl } => token(&settings, sub, tenant, roles, fhir_user, ttl),
         Command::Keys { command } => keys(&settings, command),
+        Command::Ledger { command } => ledger(&settings, command),
+    }
+}
+
+fn ledger(settings: &Settings, command: LedgerCommand) -> ExitCode {
+    let signer = match crate::startup::ledger_signer(settings) {
+        Ok(s) => s,
+        Err(e) => return fail(e),
+    };
+    let store = match crate::store::Store::open(&settings.database_url, 1) {
+        Ok(s) => s,
+        Err(e) => return fail(e),
+    };
+    let mut conn = match store.conn() {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    match command {
+        LedgerCommand::Verify => {
+            let started = std::time::Instant::now();
+            match crate::ledger::verify::verify(&mut conn, signer.origin(), signer.public_key()) {
+                Ok(report) => {
+                    let secs = started.elapsed().as_secs_f64();
+                    println!(
+                        "ledger verified: {} entries, {} checkpoints, root {} ({:.2} s, {:.0} entries/s)",
+                        report.entries,
+                        report.checkpoints,
+                        crate::ledger::merkle::to_hex(&report.root),
+                        secs,
+                        report.entries as f64 / secs.max(1e-9)
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(mismatch) => fail(format!("ledger verification FAILED: {mismatch}")),
+            }
+        }
+        LedgerCommand::Checkpoint => match crate::ledger::log::checkpoint(&mut conn, &signer) {
+            Ok(row) => {
+                print!("{}", row.note);
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(e),
+        },
     }
 }
 

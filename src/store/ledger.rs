@@ -93,3 +93,14 @@ pub fn insert_checkpoint(conn: &mut DbConnection, row: &CheckpointRow) -> QueryR
         Err(e) => Err(e),
     }
 }
+
+/// Stored hashes of `level` with `from <= idx < to`, by index.
+pub fn nodes_in(conn: &mut DbConnection, level: i64, from: i64, to: i64) -> QueryResult<Vec<(i64, String)>> {
+    ledger_nodes::table
+        .filter(ledger_nodes::level.eq(level))
+        .filter(ledger_nodes::idx.ge(from))
+        .filter(ledger_nodes::idx.lt(to))
+        .order(ledger_nodes::idx.asc())
+        .select((ledger_nodes::idx, ledger_nodes::hash))
+        .load(conn)
+}

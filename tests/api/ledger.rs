@@ -337,3 +337,93 @@ async fn reads_and_writes_fail_closed_when_the_ledger_cannot_be_written() {
     let count: i64 = carevault::store::schema::resources::table.count().get_result(&mut *conn).unwrap();
     assert_eq!(count, 1, "the write rolled back with its entry");
 }
+
+fn ledger_cli(app: &TestApp, args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_carevault"))
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("CAREVAULT_DATA_DIR", &app.settings["data_dir"])
+        .env("CAREVAULT_DATABASE_URL", &app.database_url)
+        .env("CAREVAULT_POLICIES_DIR", &app.settings["policies_dir"])
+        .output()
+        .unwrap();
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+#[tokio::test]
+async fn ledger_verify_names_the_first_entry_that_was_edited_deleted_or_truncated() {
+    use carevault::store::schema::{ledger_entries as le, ledger_nodes as ln};
+    let app = spawn_app().await;
+    let desk = app.front_desk();
+    for _ in 0..3 {
+        let id = app.create(&desk, &patient(&marker(), "dr1")).await;
+        app.get(&desk, &format!("/fhir/Patient/{id}")).await;
+    }
+    let signed = checkpoint(&app).await;
+    assert_eq!(signed["size"], 6);
+    let (ok, out) = ledger_cli(&app, &["ledger", "verify"]);
+    assert!(ok && out.contains("ledger verified: 6 entries"), "{out}");
+
+    // A database administrator drops the guards.
+    let store = carevault::store::Store::open(&carevault::store::DatabaseUrl::parse(&app.database_url).unwrap(), 1).unwrap();
+    let mut conn = store.conn().unwrap();
+    let drops: &[&str] = match app.db {
+        TestDb::Sqlite(_) => &[
+            "DROP TRIGGER ledger_entries_append_only_update",
+            "DROP TRIGGER ledger_entries_append_only_delete",
+            "DROP TRIGGER ledger_nodes_append_only_update",
+        ],
+        TestDb::Postgres { .. } => &[
+            "DROP TRIGGER ledger_entries_append_only ON ledger_entries",
+            "DROP TRIGGER ledger_entries_no_truncate ON ledger_entries",
+            "DROP TRIGGER ledger_nodes_append_only ON ledger_nodes",
+        ],
+    };
+    for sql in drops {
+        diesel::sql_query(*sql).execute(&mut *conn).unwrap();
+    }
+    let original: String = le::table.filter(le::seq.eq(2)).select(le::leaf).first(&mut *conn).unwrap();
+    let original_hash: String = le::table.filter(le::seq.eq(2)).select(le::leaf_hash).first(&mut *conn).unwrap();
+    let forged = original.replace("\"outcome\":\"success\"", "\"outcome\":\"denied\"");
+    assert_ne!(forged, original);
+
+    // 1. The leaf edited alone.
+    diesel::update(le::table.filter(le::seq.eq(2))).set(le::leaf.eq(&forged)).execute(&mut *conn).unwrap();
+    let (ok, out) = ledger_cli(&app, &["ledger", "verify"]);
+    assert!(!ok && out.contains("entry 2: leaf hash"), "{out}");
+
+    // 2. The leaf, its hash and its columns edited consistently: the tree gives it away.
+    let forged_hash: String = leaf(forged.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
+    diesel::update(le::table.filter(le::seq.eq(2)))
+        .set((le::leaf_hash.eq(&forged_hash), le::outcome.eq("denied")))
+        .execute(&mut *conn)
+        .unwrap();
+    let (ok, out) = ledger_cli(&app, &["ledger", "verify"]);
+    assert!(!ok && out.contains("level 0 index 2 (entries from 2)"), "{out}");
+    // ... and also rewriting the stored subtree hashes: the signed checkpoint gives it away.
+    diesel::update(ln::table.filter(ln::level.eq(0)).filter(ln::idx.eq(2))).set(ln::hash.eq(&forged_hash)).execute(&mut *conn).unwrap();
+    let (ok, out) = ledger_cli(&app, &["ledger", "verify"]);
+    assert!(!ok && (out.contains("level 1 index 1") || out.contains("checkpoint at size 6")), "{out}");
+
+    // Restored, it verifies again.
+    diesel::update(ln::table.filter(ln::level.eq(0)).filter(ln::idx.eq(2))).set(ln::hash.eq(&original_hash)).execute(&mut *conn).unwrap();
+    diesel::update(le::table.filter(le::seq.eq(2)))
+        .set((le::leaf.eq(&original), le::leaf_hash.eq(&original_hash), le::outcome.eq("success")))
+        .execute(&mut *conn)
+        .unwrap();
+    let (ok, out) = ledger_cli(&app, &["ledger", "verify"]);
+    assert!(ok, "{out}");
+
+    // 3. An entry deleted from the middle.
+    let saved: carevault::store::ledger::EntryRow = le::table.filter(le::seq.eq(4)).select(carevault::store::ledger::EntryRow::as_select()).first(&mut *conn).unwrap();
+    diesel::delete(le::table.filter(le::seq.eq(4))).execute(&mut *conn).unwrap();
+    let (ok, out) = ledger_cli(&app, &["ledger", "verify"]);
+    assert!(!ok && out.contains("entry 4: missing"), "{out}");
+    carevault::store::ledger::insert_entry(&mut conn, &saved).unwrap();
+
+    // 4. The tail truncated below a signed checkpoint.
+    diesel::delete(le::table.filter(le::seq.eq(5))).execute(&mut *conn).unwrap();
+    let (ok, out) = ledger_cli(&app, &["ledger", "verify"]);
+    assert!(!ok && out.contains("truncated"), "{out}");
+}

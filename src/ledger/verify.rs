@@ -1,0 +1,148 @@
+//! Recomputes the whole ledger from the database and checks it against itself and its
+//! signed checkpoints: leaf hashes, the filter columns against the leaf bytes, dense
+//! sequence numbers, every stored subtree hash, and each checkpoint's root and signature.
+//! Streams entries in batches and keeps only the tree's right frontier (O(log n) hashes),
+//! so memory stays flat for millions of entries.
+
+use std::collections::HashMap;
+
+use crate::ledger::checkpoint;
+use crate::ledger::entry::Entry;
+use crate::ledger::merkle::{self, Hash, to_hex};
+use crate::store::DbConnection;
+use crate::store::ledger as rows;
+
+const BATCH: i64 = 10_000;
+
+/// The first thing that does not match.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Mismatch {
+    #[error("entry {seq}: {what}")]
+    Entry { seq: u64, what: String },
+    #[error("subtree hash level {level} index {index} (entries from {first}) does not match its entries", first = index << level)]
+    Node { level: u32, index: u64 },
+    #[error("checkpoint at size {size}: {what}")]
+    Checkpoint { size: u64, what: String },
+    #[error("the ledger could not be read: {0}")]
+    Read(String),
+}
+
+/// What a successful verification covered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    pub entries: u64,
+    pub checkpoints: usize,
+    pub root: Hash,
+}
+
+fn read(e: diesel::result::Error) -> Mismatch {
+    Mismatch::Read(e.to_string())
+}
+
+fn entry_error(seq: u64, what: impl Into<String>) -> Mismatch {
+    Mismatch::Entry { seq, what: what.into() }
+}
+
+/// The root of the leaves folded so far, from the frontier (largest subtree first).
+fn frontier_root(frontier: &[(u32, Hash)]) -> Hash {
+    let mut iter = frontier.iter().rev();
+    let Some((_, last)) = iter.next() else { return merkle::empty_root() };
+    iter.fold(*last, |right, (_, left)| merkle::node_hash(left, &right))
+}
+
+pub fn verify(conn: &mut DbConnection, origin: &str, public_key: &[u8]) -> Result<Report, Mismatch> {
+    let checkpoints = rows::all_checkpoints(conn).map_err(read)?;
+    let mut pending: HashMap<u64, Vec<rows::CheckpointRow>> = HashMap::new();
+    for c in checkpoints.iter().cloned() {
+        pending.entry(u64::try_from(c.size).unwrap_or(u64::MAX)).or_default().push(c);
+    }
+    let check = |size: u64, root: &Hash, at: &[rows::CheckpointRow]| -> Result<(), Mismatch> {
+        for c in at {
+            let fail = |what: &str| Mismatch::Checkpoint { size, what: what.to_owned() };
+            if c.root_hash != to_hex(root) {
+                return Err(fail("root hash differs from the entries"));
+            }
+            let (signed_size, signed_root) = checkpoint::verify(&c.note, origin, public_key).map_err(|e| fail(&e.to_string()))?;
+            if signed_size != size || signed_root != *root {
+                return Err(fail("signed note does not match the entries"));
+            }
+        }
+        Ok(())
+    };
+    if let Some(at) = pending.get(&0) {
+        check(0, &merkle::empty_root(), at)?;
+    }
+
+    let mut frontier: Vec<(u32, Hash)> = Vec::new();
+    let mut size: u64 = 0;
+    loop {
+        let from = i64::try_from(size).map_err(|_| Mismatch::Read("size overflow".into()))?;
+        let batch = rows::entries(conn, None, from, from + BATCH).map_err(read)?;
+        if batch.is_empty() {
+            break;
+        }
+        let mut completed: Vec<(u32, u64, Hash)> = Vec::new();
+        // Checkpoint roots reached in this batch, checked after the subtree hashes so the
+        // report names the entry whenever the stored tree points at one.
+        let mut due: Vec<(u64, Hash)> = Vec::new();
+        for row in &batch {
+            let seq = size;
+            if row.seq != i64::try_from(seq).unwrap_or(-1) {
+                return Err(entry_error(seq, "missing (sequence numbers are not dense)"));
+            }
+            let hash = merkle::leaf_hash(row.leaf.as_bytes());
+            if to_hex(&hash) != row.leaf_hash {
+                return Err(entry_error(seq, "leaf hash does not match the leaf bytes"));
+            }
+            let entry: Entry = serde_json::from_str(&row.leaf).map_err(|_| entry_error(seq, "leaf is not a ledger entry"))?;
+            let columns_match = entry.seq == seq
+                && entry.time == row.time
+                && entry.tenant == row.tenant
+                && entry.actor.sub == row.actor_sub
+                && entry.action == row.action
+                && entry.patient == row.patient
+                && entry.outcome == row.outcome;
+            if !columns_match {
+                return Err(entry_error(seq, "stored columns differ from the leaf"));
+            }
+            // Append to the frontier, merging equal-sized subtrees.
+            let (mut level, mut h, mut index) = (0u32, hash, seq);
+            completed.push((0, index, h));
+            while frontier.last().is_some_and(|(l, _)| *l == level) {
+                let (_, left) = frontier.pop().unwrap_or((0, h));
+                h = merkle::node_hash(&left, &h);
+                level += 1;
+                index /= 2;
+                completed.push((level, index, h));
+            }
+            frontier.push((level, h));
+            size += 1;
+            if pending.contains_key(&size) {
+                due.push((size, frontier_root(&frontier)));
+            }
+        }
+        // The stored subtree hashes completed by this batch.
+        // Lowest level first: the most precise report of where the entries diverge.
+        let mut by_level: std::collections::BTreeMap<u32, Vec<(u64, Hash)>> = std::collections::BTreeMap::new();
+        for (l, i, h) in completed {
+            by_level.entry(l).or_default().push((i, h));
+        }
+        for (level, expected) in by_level {
+            let lo = expected.iter().map(|(i, _)| *i).min().unwrap_or(0);
+            let hi = expected.iter().map(|(i, _)| *i).max().unwrap_or(0) + 1;
+            let stored: HashMap<i64, String> = rows::nodes_in(conn, i64::from(level), lo as i64, hi as i64).map_err(read)?.into_iter().collect();
+            for (index, hash) in expected {
+                if stored.get(&(index as i64)) != Some(&to_hex(&hash)) {
+                    return Err(Mismatch::Node { level, index });
+                }
+            }
+        }
+        for (at_size, root) in due {
+            check(at_size, &root, pending.get(&at_size).map(Vec::as_slice).unwrap_or(&[]))?;
+        }
+    }
+    if let Some(beyond) = checkpoints.iter().map(|c| u64::try_from(c.size).unwrap_or(u64::MAX)).find(|s| *s > size) {
+        return Err(Mismatch::Checkpoint { size: beyond, what: format!("signed for more entries than the {size} present (truncated)") });
+    }
+    Ok(Report { entries: size, checkpoints: checkpoints.len(), root: frontier_root(&frontier) })
+}
