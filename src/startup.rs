@@ -44,6 +44,8 @@ pub enum StartupError {
     EncryptionPolicy(#[from] crate::service::encryption_policy::EncryptionPolicyError),
     #[error("master keys: {0}")]
     MasterKeys(String),
+    #[error("cannot start the ledger writer: {0}")]
+    LedgerWriter(std::io::Error),
 }
 
 /// The master-key provider: the local key file, created with a development key on first
@@ -221,7 +223,7 @@ impl Application {
         let store = Store::open(&settings.database_url, settings.db_pool_size)?;
         tracing::info!(database = %settings.database_url, "database ready");
         let state = web::Data::new(AppState {
-            services: Services::new(store, validator, policy, codec, signer),
+            services: Services::new(store, validator, policy, codec, signer).map_err(StartupError::LedgerWriter)?,
             verifier,
             limits: RateLimits::new(settings.rate_limit),
             metrics: Metrics::new()?,

@@ -1,10 +1,10 @@
 //! Audit entries for use cases: built from the caller, written to the ledger either inside
-//! the change's own transaction (writes) or in a transaction of their own that commits
-//! before any data is returned (reads, searches, denials): fail closed.
+//! the change's own transaction (writes) or through the group-commit writer, which
+//! commits them before any data is returned (reads, searches, denials): fail closed.
 
 use crate::ledger::entry::{Actor, Entry};
 use crate::service::{Caller, ServiceError, Services};
-use crate::store::{DbConnection, write_transaction};
+use crate::store::DbConnection;
 
 pub fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
@@ -44,10 +44,6 @@ pub(crate) fn append_in(tx: &mut DbConnection, mut entries: Vec<Entry>) -> Resul
     crate::ledger::log::append(tx, &mut entries).map_err(ledger_failure)
 }
 
-/// Appends entries in a transaction of their own; returns once they are durable.
-pub(crate) fn record(conn: &mut DbConnection, entries: Vec<Entry>) -> Result<(), ServiceError> {
-    write_transaction(conn, |tx| append_in(tx, entries))
-}
 
 impl Services {
     /// Records a request whose token was missing or refused (`login`, `denied`). The
@@ -67,8 +63,7 @@ impl Services {
             client: Some(client.to_owned()).filter(|c| !c.is_empty()),
             request_id: Some(request_id.to_owned()).filter(|r| !r.is_empty()),
         };
-        let mut conn = self.store.conn()?;
-        record(&mut conn, vec![entry])
+        self.record(vec![entry])
     }
 }
 

@@ -9,6 +9,7 @@ mod audit;
 pub mod codec;
 pub mod encryption_policy;
 mod error;
+mod group_commit;
 pub mod keyring;
 pub mod resources;
 mod search_params;
@@ -43,6 +44,8 @@ pub struct Services {
     pub codec: Arc<codec::Codec>,
     /// Signs audit-ledger checkpoints.
     pub ledger_signer: Arc<crate::ledger::checkpoint::Signer>,
+    /// Shared commits for audit entries outside a write's own transaction.
+    ledger_writer: group_commit::LedgerWriter,
 }
 
 impl Services {
@@ -52,8 +55,14 @@ impl Services {
         policy: Arc<AccessPolicy>,
         codec: Arc<codec::Codec>,
         ledger_signer: Arc<crate::ledger::checkpoint::Signer>,
-    ) -> Self {
-        Self { store, validator, policy, codec, ledger_signer }
+    ) -> Result<Self, std::io::Error> {
+        let ledger_writer = group_commit::LedgerWriter::start(store.clone())?;
+        Ok(Self { store, validator, policy, codec, ledger_signer, ledger_writer })
+    }
+
+    /// Records audit entries through the group-commit writer; returns once durable.
+    pub(crate) fn record(&self, entries: Vec<crate::ledger::entry::Entry>) -> Result<(), ServiceError> {
+        self.ledger_writer.record(entries)
     }
 
     /// Crypto-shredding of one owner (`Patient/ID` or `Practitioner/ID`) in a tenant:

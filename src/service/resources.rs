@@ -174,8 +174,7 @@ impl<'s> ResourceService<'s> {
 
     /// Authorizes `op` on a record whose current content is `content` (if any is known).
     /// Authorizes `op` on a record and, when it is denied, ledgers the denied `action`.
-    #[allow(clippy::too_many_arguments)]
-    fn authorize(&self, conn: &mut DbConnection, caller: &Caller, op: Op, action: &str, rtype: ResourceType, id: &ResourceId, content: Option<&Value>) -> Result<Decision, ServiceError> {
+    fn authorize(&self, caller: &Caller, op: Op, action: &str, rtype: ResourceType, id: &ResourceId, content: Option<&Value>) -> Result<Decision, ServiceError> {
         let owner = match rtype.category() {
             Category::Patient | Category::Practitioner => Some(Reference::new(rtype, id.clone())),
             Category::Clinical => content
@@ -193,7 +192,7 @@ impl<'s> ResourceService<'s> {
             Decision::Deny => {
                 tracing::info!(resource_type = rtype.name(), resource_id = %id, op = ?op, "access denied");
                 let patient = patient_of(rtype, id.as_str(), owner.as_ref().filter(|o| o.resource_type == ResourceType::Patient).map(|o| o.id.as_str()));
-                audit::record(conn, vec![caller.entry(action, Some(resource_ref(rtype, id.as_str())), patient, "denied")])?;
+                self.services.record(vec![caller.entry(action, Some(resource_ref(rtype, id.as_str())), patient, "denied")])?;
                 Err(ServiceError::Forbidden)
             }
             Decision::AllowBreakGlass => {
@@ -320,7 +319,7 @@ impl<'s> ResourceService<'s> {
         let at = now();
         let resource = Self::stamp(resource, &id, 1, at);
         let mut conn = self.conn()?;
-        self.authorize(&mut conn, caller, Op::Write, "create", rtype, &id, Some(&resource))?;
+        self.authorize(caller, Op::Write, "create", rtype, &id, Some(&resource))?;
         let row = self.new_row(caller, rtype, &id, 1, Some(&resource), at)?;
         let tenant_keys = self.services.codec.keys().tenant(&mut conn, caller.principal.tenant.as_str())?;
         let tokens = self.services.codec.tokens_for(&tenant_keys, rtype, &resource);
@@ -334,12 +333,12 @@ impl<'s> ResourceService<'s> {
     pub fn read(&self, caller: &Caller, rtype: ResourceType, id: &ResourceId) -> Result<Versioned, ServiceError> {
         let mut conn = self.conn()?;
         let Current { row, content, basis, .. } = self.load_current(&mut conn, caller, rtype, id)?;
-        self.authorize(&mut conn, caller, Op::Read, "read", rtype, id, basis.as_ref())?;
+        self.authorize(caller, Op::Read, "read", rtype, id, basis.as_ref())?;
         if content.is_none() {
             return Err(ServiceError::Gone);
         }
         let patient = patient_of(rtype, id.as_str(), row.patient_id.as_deref());
-        audit::record(&mut conn, vec![caller.entry("read", Some(resource_ref(rtype, id.as_str())), patient, "success")])?;
+        self.services.record(vec![caller.entry("read", Some(resource_ref(rtype, id.as_str())), patient, "success")])?;
         Ok(Versioned {
             resource_type: rtype,
             id: id.clone(),
@@ -353,7 +352,7 @@ impl<'s> ResourceService<'s> {
     pub fn vread(&self, caller: &Caller, rtype: ResourceType, id: &ResourceId, version: i64) -> Result<Versioned, ServiceError> {
         let mut conn = self.conn()?;
         let current = self.load_current(&mut conn, caller, rtype, id)?;
-        self.authorize(&mut conn, caller, Op::Read, "vread", rtype, id, current.basis.as_ref())?;
+        self.authorize(caller, Op::Read, "vread", rtype, id, current.basis.as_ref())?;
         let tenant = caller.principal.tenant.as_str();
         let row = rows::find_version(&mut conn, tenant, rtype.name(), id.as_str(), version)?;
         let version_row = row.as_ref().map(|r| self.versioned(caller, rtype, r, &current.keys, current.owner.as_ref())).transpose()?;
@@ -362,7 +361,7 @@ impl<'s> ResourceService<'s> {
             return Err(ServiceError::Gone);
         }
         let patient = patient_of(rtype, id.as_str(), current.row.patient_id.as_deref());
-        audit::record(&mut conn, vec![caller.entry("vread", Some(version_ref(rtype, id.as_str(), version)), patient, "success")])?;
+        self.services.record(vec![caller.entry("vread", Some(version_ref(rtype, id.as_str(), version)), patient, "success")])?;
         Ok(found)
     }
 
@@ -372,7 +371,7 @@ impl<'s> ResourceService<'s> {
         let mut conn = self.conn()?;
         for _ in 0..UNCONDITIONAL_RETRIES {
             let Current { row: current, content, basis, .. } = self.load_current(&mut conn, caller, rtype, id)?;
-            self.authorize(&mut conn, caller, Op::Write, "update", rtype, id, basis.as_ref())?;
+            self.authorize(caller, Op::Write, "update", rtype, id, basis.as_ref())?;
             if content.is_none() {
                 return Err(ServiceError::Gone);
             }
@@ -407,7 +406,7 @@ impl<'s> ResourceService<'s> {
         let mut conn = self.conn()?;
         for _ in 0..UNCONDITIONAL_RETRIES {
             let Current { row: current, content, basis, .. } = self.load_current(&mut conn, caller, rtype, id)?;
-            self.authorize(&mut conn, caller, Op::Write, "delete", rtype, id, basis.as_ref())?;
+            self.authorize(caller, Op::Write, "delete", rtype, id, basis.as_ref())?;
             if content.is_none() {
                 return Ok(());
             }
@@ -427,7 +426,7 @@ impl<'s> ResourceService<'s> {
         let paging = search_params::parse(rtype, &paging_only(params)?)?;
         let mut conn = self.conn()?;
         let current = self.load_current(&mut conn, caller, rtype, id)?;
-        self.authorize(&mut conn, caller, Op::Read, "history", rtype, id, current.basis.as_ref())?;
+        self.authorize(caller, Op::Read, "history", rtype, id, current.basis.as_ref())?;
         let tenant = caller.principal.tenant.as_str();
         let (rows, total) = rows::history(&mut conn, tenant, rtype.name(), id.as_str(), paging.count, paging.offset)?;
         let items = rows
@@ -435,7 +434,7 @@ impl<'s> ResourceService<'s> {
             .map(|r| self.versioned(caller, rtype, r, &current.keys, current.owner.as_ref()))
             .collect::<Result<Vec<_>, _>>()?;
         let patient = patient_of(rtype, id.as_str(), current.row.patient_id.as_deref());
-        audit::record(&mut conn, vec![caller.entry("history", Some(resource_ref(rtype, id.as_str())), patient, "success")])?;
+        self.services.record(vec![caller.entry("history", Some(resource_ref(rtype, id.as_str())), patient, "success")])?;
         Ok(Page { items, total, count: paging.count, offset: paging.offset, echo: paging.echo })
     }
 
@@ -451,7 +450,7 @@ impl<'s> ResourceService<'s> {
             SearchScope::All => None,
             SearchScope::Denied => {
                 tracing::info!(op = "search", "access denied");
-                audit::record(&mut conn, vec![caller.entry("search", None, None, "denied")])?;
+                self.services.record(vec![caller.entry("search", None, None, "denied")])?;
                 return Err(ServiceError::Forbidden);
             }
             SearchScope::Restricted { care_of, owner } => {
@@ -497,7 +496,7 @@ impl<'s> ResourceService<'s> {
         if entries.is_empty() {
             entries.push(caller.entry("search", None, None, "success"));
         }
-        audit::record(&mut conn, entries)?;
+        self.services.record(entries)?;
         tracing::info!(matches = items.len(), total, "search done");
         Ok(Page { items, total, count, offset, echo })
     }

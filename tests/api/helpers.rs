@@ -144,6 +144,7 @@ impl TestApp {
             carevault::startup::codec(&settings).unwrap(),
             carevault::startup::ledger_signer(&settings).unwrap(),
         )
+        .unwrap()
     }
 
     pub fn url(&self, path: &str) -> String {
