@@ -34,7 +34,10 @@ impl std::fmt::Debug for Job {
 }
 
 impl LedgerWriter {
-    pub fn start(store: Store) -> Result<Self, std::io::Error> {
+    /// Starts the writer on a connection of its own: requests waiting for it hold pooled
+    /// connections, so it must never need one of those.
+    pub fn start(store: &Store) -> Result<Self, std::io::Error> {
+        let store = store.dedicated().map_err(std::io::Error::other)?;
         let (jobs, queue) = sync_channel::<Job>(QUEUE);
         std::thread::Builder::new().name("ledger-writer".into()).spawn(move || run(&store, &queue))?;
         Ok(Self { jobs })

@@ -56,7 +56,7 @@ impl Services {
         codec: Arc<codec::Codec>,
         ledger_signer: Arc<crate::ledger::checkpoint::Signer>,
     ) -> Result<Self, std::io::Error> {
-        let ledger_writer = group_commit::LedgerWriter::start(store.clone())?;
+        let ledger_writer = group_commit::LedgerWriter::start(&store)?;
         Ok(Self { store, validator, policy, codec, ledger_signer, ledger_writer })
     }
 

@@ -170,6 +170,7 @@ pub type PooledConn = r2d2::PooledConnection<Manager>;
 pub struct Store {
     pool: r2d2::Pool<Manager>,
     backend: Backend,
+    url: DatabaseUrl,
 }
 
 impl fmt::Debug for Store {
@@ -204,7 +205,18 @@ impl Store {
             .min_idle(Some(1))
             .connection_timeout(Duration::from_secs(10))
             .build(manager)?;
-        Ok(Self { pool, backend: url.backend() })
+        Ok(Self { pool, backend: url.backend(), url: url.clone() })
+    }
+
+    /// A separate one-connection store over the same database, for a worker that must
+    /// never wait behind requests holding connections of the shared pool.
+    pub fn dedicated(&self) -> Result<Self, StoreError> {
+        let pool = r2d2::Pool::builder()
+            .max_size(1)
+            .min_idle(Some(1))
+            .connection_timeout(Duration::from_secs(10))
+            .build(Manager { url: self.url.clone() })?;
+        Ok(Self { pool, backend: self.backend, url: self.url.clone() })
     }
 
     pub fn backend(&self) -> Backend {

@@ -427,3 +427,22 @@ async fn ledger_verify_names_the_first_entry_that_was_edited_deleted_or_truncate
     let (ok, out) = ledger_cli(&app, &["ledger", "verify"]);
     assert!(!ok && out.contains("truncated"), "{out}");
 }
+
+/// More concurrent audited reads than the pool has connections: every read waits for its
+/// shared commit while holding a connection, so the writer must not need one of those.
+#[tokio::test]
+async fn concurrent_reads_beyond_the_pool_size_share_commits() {
+    let app = spawn_app().await; // pool of 4
+    let desk = app.front_desk();
+    let id = app.create(&desk, &patient(&marker(), "dr1")).await;
+    let started = std::time::Instant::now();
+    let reads = (0..24).map(|_| {
+        let (app, desk, id) = (&app, desk.clone(), id.clone());
+        async move { app.get(&desk, &format!("/fhir/Patient/{id}")).await.status() }
+    });
+    let statuses = futures::future::join_all(reads).await;
+    assert!(statuses.iter().all(|s| *s == StatusCode::OK), "{statuses:?}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(8), "reads waited on the pool: {:?}", started.elapsed());
+    let read_entries = entries(&app, 0, 100).await.iter().filter(|e| e["action"] == "read").count();
+    assert_eq!(read_entries, 24);
+}
