@@ -60,6 +60,15 @@ pub enum LedgerCommand {
     Verify,
     /// Sign a checkpoint for the current ledger and print it.
     Checkpoint,
+    /// Check an NDJSON export offline: its checkpoint against the public key, and each
+    /// entry's leaf bytes and inclusion proof against the checkpoint. Needs no database.
+    VerifyExport {
+        /// The export file (NDJSON from GET /audit/export).
+        file: std::path::PathBuf,
+        /// The ledger's Ed25519 public key, base64 (GET /audit/public-key).
+        #[arg(long)]
+        public_key: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -93,6 +102,15 @@ pub async fn run(cli: Cli) -> ExitCode {
 }
 
 fn ledger(settings: &Settings, command: LedgerCommand) -> ExitCode {
+    if let LedgerCommand::VerifyExport { file, public_key } = &command {
+        return match crate::ledger::export::verify_ndjson(file, public_key) {
+            Ok((entries, size)) => {
+                println!("export verified: {entries} entries, each included in the signed checkpoint of size {size}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(format!("export verification FAILED: {e}")),
+        };
+    }
     let signer = match crate::startup::ledger_signer(settings) {
         Ok(s) => s,
         Err(e) => return fail(e),
@@ -124,6 +142,7 @@ fn ledger(settings: &Settings, command: LedgerCommand) -> ExitCode {
                 Err(mismatch) => fail(format!("ledger verification FAILED: {mismatch}")),
             }
         }
+        LedgerCommand::VerifyExport { .. } => ExitCode::FAILURE,
         LedgerCommand::Checkpoint => match crate::ledger::log::checkpoint(&mut conn, &signer) {
             Ok(row) => {
                 print!("{}", row.note);

@@ -93,3 +93,56 @@ pub async fn consistency(state: web::Data<AppState>, caller: Caller, q: web::Que
         "proof": proof.iter().map(to_hex).collect::<Vec<_>>(),
     })))
 }
+
+#[derive(Deserialize)]
+pub struct ExportQuery {
+    from: Option<String>,
+    to: Option<String>,
+    patient: Option<String>,
+    actor: Option<String>,
+    format: Option<String>,
+}
+
+/// `GET /audit/export`: NDJSON, streamed through a bounded channel (backpressure), led
+/// by the signed checkpoint that every entry's inclusion proof refers to.
+pub async fn export(state: web::Data<AppState>, caller: Caller, q: web::Query<ExportQuery>) -> Result<HttpResponse, ApiError> {
+    let ExportQuery { from, to, patient, actor, format } = q.into_inner();
+    match format.as_deref().unwrap_or("ndjson") {
+        "ndjson" => {}
+        "csv" | "fhir" => {
+            return Err(ApiError::bad_request(crate::fhir::IssueCode::NotSupported, "this server exports ndjson; csv and fhir are not available yet"));
+        }
+        _ => return Err(ApiError::bad_request(crate::fhir::IssueCode::Value, "format must be ndjson, csv or fhir")),
+    }
+    let services = state.services.clone();
+    let request = crate::service::ExportRequest { from, to, patient, actor };
+    let prepared = blocking(move || Ok(services.prepare_export(&caller, request)?)).await?;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<web::Bytes>(16);
+    let services = state.services.clone();
+    let span = tracing::Span::current();
+    actix_web::rt::task::spawn_blocking(move || {
+        span.in_scope(|| {
+            let sent = services.stream_export_ndjson(&prepared, |line| tx.blocking_send(web::Bytes::from(line)).is_ok());
+            match sent {
+                Ok(n) => tracing::info!(entries = n, "audit export streamed"),
+                Err(e) => tracing::error!(error = %e, "audit export stopped"),
+            }
+        })
+    });
+    let body = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx).map(|o| o.map(Ok::<_, actix_web::Error>)));
+    Ok(HttpResponse::Ok().content_type("application/x-ndjson").streaming(body))
+}
+
+#[derive(Deserialize)]
+pub struct DisclosureQuery {
+    patient: String,
+}
+
+/// `GET /audit/disclosures?patient=Patient/ID`.
+pub async fn disclosures(state: web::Data<AppState>, caller: Caller, q: web::Query<DisclosureQuery>) -> Result<HttpResponse, ApiError> {
+    let patient = q.into_inner().patient;
+    let services = state.services.clone();
+    let shown = patient.clone();
+    let list = blocking(move || Ok(services.disclosures(&caller, &patient)?)).await?;
+    Ok(HttpResponse::Ok().json(json!({ "patient": shown, "disclosures": list })))
+}

@@ -59,7 +59,9 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .service(web::resource("/checkpoint").route(web::get().to(audit::checkpoint)).default_service(not_allowed()))
                 .service(web::resource("/entries").route(web::get().to(audit::entries)).default_service(not_allowed()))
                 .service(web::resource("/proof/inclusion").route(web::get().to(audit::inclusion)).default_service(not_allowed()))
-                .service(web::resource("/proof/consistency").route(web::get().to(audit::consistency)).default_service(not_allowed())),
+                .service(web::resource("/proof/consistency").route(web::get().to(audit::consistency)).default_service(not_allowed()))
+                .service(web::resource("/export").route(web::get().to(audit::export)).default_service(not_allowed()))
+                .service(web::resource("/disclosures").route(web::get().to(audit::disclosures)).default_service(not_allowed())),
         )
         .service(web::resource("/openapi.json").route(web::get().to(openapi::openapi_json)).default_service(not_allowed()))
         .service(

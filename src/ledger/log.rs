@@ -17,16 +17,6 @@ pub enum LedgerError {
     Tree(#[from] TreeError),
 }
 
-fn decode_hex(hex: &str) -> Option<Hash> {
-    if hex.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
-}
 
 /// Stored complete-subtree hashes, read through one connection.
 pub struct DbNodes<'c> {
@@ -49,7 +39,7 @@ impl NodeSource for DbNodes<'_> {
         let hex = rows::node(self.conn, i64::from(level), idx)
             .map_err(|e| TreeError::Storage(e.to_string()))?
             .ok_or(TreeError::Missing(level, index))?;
-        let hash = decode_hex(&hex).ok_or_else(|| TreeError::Storage("stored hash is not hex".into()))?;
+        let hash = merkle::from_hex(&hex).ok_or_else(|| TreeError::Storage("stored hash is not hex".into()))?;
         self.cache.insert((level, index), hash);
         Ok(hash)
     }

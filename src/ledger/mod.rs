@@ -6,6 +6,7 @@
 
 pub mod checkpoint;
 pub mod entry;
+pub mod export;
 pub mod log;
 pub mod merkle;
 pub mod verify;

@@ -74,7 +74,39 @@ pub mod queries {
     use crate::ledger::log::{self, DbNodes, LedgerError};
     use crate::ledger::merkle::{self, Hash, TreeError};
     use crate::service::{Caller, ServiceError, Services};
-    use crate::store::ledger::{self as rows, CheckpointRow, EntryRow};
+    use crate::store::ledger::{self as rows, CheckpointRow, EntryFilter, EntryRow};
+
+    /// Filters of `GET /audit/export` as the caller gave them.
+    #[derive(Debug, Clone, Default)]
+    pub struct ExportRequest {
+        pub from: Option<String>,
+        pub to: Option<String>,
+        pub patient: Option<String>,
+        pub actor: Option<String>,
+    }
+
+    /// An export checked, ledgered and pinned to a checkpoint, ready to stream.
+    #[derive(Debug, Clone)]
+    pub struct PreparedExport {
+        pub filter: EntryFilter,
+        pub checkpoint: CheckpointRow,
+    }
+
+    const EXPORT_BATCH: i64 = 1000;
+
+    fn rfc3339(raw: &str, name: &str) -> Result<String, ServiceError> {
+        chrono::DateTime::parse_from_rfc3339(raw)
+            .map(|t| t.with_timezone(&chrono::Utc).to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+            .map_err(|_| range_error(&format!("{name} must be an RFC 3339 time")))
+    }
+
+    fn patient_ref(raw: &str) -> Result<String, ServiceError> {
+        crate::domain::Reference::parse(raw)
+            .ok()
+            .filter(|r| r.resource_type == crate::domain::ResourceType::Patient)
+            .map(|r| r.to_string())
+            .ok_or_else(|| range_error("patient must be Patient/ID"))
+    }
 
     fn range_error(text: &str) -> ServiceError {
         ServiceError::BadRequest(vec![Issue::new(IssueCode::Value, None, text)])
@@ -126,6 +158,106 @@ pub mod queries {
             let leaf_hash = entry.into_iter().next().ok_or(ServiceError::NotFound)?.leaf_hash;
             let path = merkle::inclusion_proof(&mut DbNodes::new(&mut conn), seq, size).map_err(|e| read_failure(e.into()))?;
             Ok((leaf_hash, path))
+        }
+
+        /// Checks and ledgers an export, and signs the checkpoint its proofs will refer to.
+        pub fn prepare_export(&self, caller: &Caller, req: ExportRequest) -> Result<PreparedExport, ServiceError> {
+            self.auditor(caller)?;
+            let filter = EntryFilter {
+                tenant: caller.principal.tenant.to_string(),
+                time_from: req.from.as_deref().map(|t| rfc3339(t, "from")).transpose()?,
+                time_to: req.to.as_deref().map(|t| rfc3339(t, "to")).transpose()?,
+                patient: req.patient.as_deref().map(patient_ref).transpose()?,
+                actor_sub: req.actor.filter(|a| !a.is_empty()),
+                outcome: None,
+            };
+            self.record(vec![caller.entry("export", None, filter.patient.clone(), "success")])?;
+            let mut conn = self.store.conn()?;
+            let checkpoint = log::checkpoint(&mut conn, &self.ledger_signer).map_err(read_failure)?;
+            Ok(PreparedExport { filter, checkpoint })
+        }
+
+        /// Streams a prepared export as NDJSON: the checkpoint line (with the public key),
+        /// then one line per matching entry with its leaf bytes and inclusion proof against
+        /// that checkpoint. `emit` returns false when the reader went away. Entries are
+        /// read in batches, so an export of any size never sits in memory.
+        pub fn stream_export_ndjson(&self, export: &PreparedExport, mut emit: impl FnMut(Vec<u8>) -> bool) -> Result<u64, ServiceError> {
+            use base64::Engine;
+            let b64 = base64::engine::general_purpose::STANDARD;
+            let cp = &export.checkpoint;
+            let head = serde_json::json!({
+                "type": "checkpoint",
+                "origin": self.ledger_signer.origin(),
+                "public_key": b64.encode(self.ledger_signer.public_key()),
+                "size": cp.size,
+                "root_hash": cp.root_hash,
+                "timestamp": cp.timestamp,
+                "note": cp.note,
+            });
+            let mut line = serde_json::to_vec(&head).map_err(|_| ServiceError::Corrupt)?;
+            line.push(b'\n');
+            if !emit(line) {
+                return Ok(0);
+            }
+            let size = u64::try_from(cp.size).unwrap_or(0);
+            let mut conn = self.store.conn()?;
+            let (mut after, mut count) = (0i64, 0u64);
+            loop {
+                let batch = rows::filtered_entries(&mut conn, &export.filter, after, cp.size, EXPORT_BATCH)?;
+                let Some(last) = batch.last() else { break };
+                after = last.seq + 1;
+                for row in &batch {
+                    let seq = u64::try_from(row.seq).unwrap_or(0);
+                    let path = merkle::inclusion_proof(&mut DbNodes::new(&mut conn), seq, size).map_err(|e| read_failure(e.into()))?;
+                    let entry: serde_json::Value = serde_json::from_str(&row.leaf).map_err(|_| ServiceError::Corrupt)?;
+                    let record = serde_json::json!({
+                        "type": "entry",
+                        "entry": entry,
+                        "leaf": b64.encode(row.leaf.as_bytes()),
+                        "leaf_index": seq,
+                        "tree_size": size,
+                        "audit_path": path.iter().map(merkle::to_hex).collect::<Vec<_>>(),
+                    });
+                    let mut line = serde_json::to_vec(&record).map_err(|_| ServiceError::Corrupt)?;
+                    line.push(b'\n');
+                    if !emit(line) {
+                        return Ok(count);
+                    }
+                    count += 1;
+                }
+            }
+            Ok(count)
+        }
+
+        /// Accounting of disclosures (45 CFR 164.528) for one patient of the caller's
+        /// tenant: every successful access to the patient's records, oldest first.
+        pub fn disclosures(&self, caller: &Caller, patient: &str) -> Result<Vec<serde_json::Value>, ServiceError> {
+            self.auditor(caller)?;
+            let filter = EntryFilter {
+                tenant: caller.principal.tenant.to_string(),
+                patient: Some(patient_ref(patient)?),
+                outcome: Some("success".into()),
+                ..EntryFilter::default()
+            };
+            let mut conn = self.store.conn()?;
+            let (mut after, mut out) = (0i64, Vec::new());
+            loop {
+                let batch = rows::filtered_entries(&mut conn, &filter, after, i64::MAX, EXPORT_BATCH)?;
+                let Some(last) = batch.last() else { break };
+                after = last.seq + 1;
+                for row in batch.iter().filter(|r| r.action != "export") {
+                    let entry: crate::ledger::entry::Entry = serde_json::from_str(&row.leaf).map_err(|_| ServiceError::Corrupt)?;
+                    out.push(serde_json::json!({
+                        "date": entry.time,
+                        "recipient": entry.actor,
+                        "purpose": entry.purpose_of_use,
+                        "description": format!("{} of {}", entry.action, entry.resource.as_deref().unwrap_or("records")),
+                        "breakGlass": entry.break_glass,
+                        "seq": entry.seq,
+                    }));
+                }
+            }
+            Ok(out)
         }
 
         /// Consistency proof between the trees of `from` and `to` entries.

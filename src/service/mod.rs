@@ -5,7 +5,7 @@
 //! [`codec`]'s business, so field encryption changes that module and no caller.
 //! May use every module but `api`.
 
-mod audit;
+pub mod audit;
 pub mod codec;
 pub mod encryption_policy;
 mod error;
@@ -16,6 +16,7 @@ mod search_params;
 
 use std::sync::Arc;
 
+pub use audit::queries::{ExportRequest, PreparedExport};
 pub use error::ServiceError;
 pub use search_params::{MAX_COUNT, DEFAULT_COUNT};
 

@@ -104,3 +104,43 @@ pub fn nodes_in(conn: &mut DbConnection, level: i64, from: i64, to: i64) -> Quer
         .select((ledger_nodes::idx, ledger_nodes::hash))
         .load(conn)
 }
+
+/// Filters of an audit export or disclosure report; all optional but the tenant.
+#[derive(Debug, Clone, Default)]
+pub struct EntryFilter {
+    pub tenant: String,
+    /// RFC 3339 UTC times as stored (`...Z`), compared as text: `from <= time < to`.
+    pub time_from: Option<String>,
+    pub time_to: Option<String>,
+    pub patient: Option<String>,
+    pub actor_sub: Option<String>,
+    pub outcome: Option<String>,
+}
+
+/// Up to `limit` entries matching `filter` with `after <= seq < before`, by seq.
+pub fn filtered_entries(conn: &mut DbConnection, filter: &EntryFilter, after: i64, before: i64, limit: i64) -> QueryResult<Vec<EntryRow>> {
+    let mut q = ledger_entries::table
+        .filter(ledger_entries::tenant.eq(filter.tenant.clone()))
+        .filter(ledger_entries::seq.ge(after))
+        .filter(ledger_entries::seq.lt(before))
+        .order(ledger_entries::seq.asc())
+        .limit(limit)
+        .select(EntryRow::as_select())
+        .into_boxed();
+    if let Some(t) = &filter.time_from {
+        q = q.filter(ledger_entries::time.ge(t.clone()));
+    }
+    if let Some(t) = &filter.time_to {
+        q = q.filter(ledger_entries::time.lt(t.clone()));
+    }
+    if let Some(p) = &filter.patient {
+        q = q.filter(ledger_entries::patient.eq(p.clone()));
+    }
+    if let Some(a) = &filter.actor_sub {
+        q = q.filter(ledger_entries::actor_sub.eq(a.clone()));
+    }
+    if let Some(o) = &filter.outcome {
+        q = q.filter(ledger_entries::outcome.eq(o.clone()));
+    }
+    q.load(conn)
+}

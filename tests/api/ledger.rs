@@ -446,3 +446,66 @@ async fn concurrent_reads_beyond_the_pool_size_share_commits() {
     let read_entries = entries(&app, 0, 100).await.iter().filter(|e| e["action"] == "read").count();
     assert_eq!(read_entries, 24);
 }
+
+#[tokio::test]
+async fn exports_stream_with_proofs_verify_offline_and_disclosures_list_accesses() {
+    let app = spawn_app().await;
+    let desk = app.front_desk();
+    let a = app.create(&desk, &patient(&marker(), "dr1")).await;
+    let b = app.create(&desk, &patient(&marker(), "dr1")).await;
+    let dr = app.clinician("dr1");
+    app.get(&dr, &format!("/fhir/Patient/{a}")).await;
+    app.get_with(&app.clinician("dr9"), &format!("/fhir/Patient/{a}"), &[("x-break-glass", "unresponsive patient brought in")]).await;
+    app.get(&dr, &format!("/fhir/Patient/{b}")).await;
+
+    let r = app.get(&auditor(&app), &format!("/audit/export?format=ndjson&patient=Patient/{a}")).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("application/x-ndjson"));
+    let text = r.text().await.unwrap();
+    let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines[0]["type"], "checkpoint");
+    let actions: Vec<&str> = lines[1..].iter().map(|l| l["entry"]["action"].as_str().unwrap()).collect();
+    assert_eq!(actions, ["create", "read", "read", "export"], "only Patient {a}'s entries, the export itself included");
+    assert!(lines[1..].iter().all(|l| l["entry"]["patient"] == format!("Patient/{a}")));
+    assert!(!text.contains("Zz-Family"), "no PHI in exports");
+
+    // Offline: the public key alone.
+    let key: Value = app.client.get(app.url("/audit/public-key")).send().await.unwrap().json().await.unwrap();
+    let key = key["public_key"].as_str().unwrap().to_owned();
+    let (_, root) = verify_note(lines[0]["note"].as_str().unwrap(), lines[0]["origin"].as_str().unwrap(), &STANDARD.decode(&key).unwrap()).unwrap();
+    let size = lines[0]["size"].as_u64().unwrap();
+    for l in &lines[1..] {
+        let path: Vec<[u8; 32]> = l["audit_path"].as_array().unwrap().iter().map(|h| hex(h.as_str().unwrap())).collect();
+        let leaf_bytes = STANDARD.decode(l["leaf"].as_str().unwrap()).unwrap();
+        assert!(verify_inclusion(l["leaf_index"].as_u64().unwrap(), size, leaf(&leaf_bytes), &path, root));
+    }
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), &text).unwrap();
+    let path = file.path().to_str().unwrap();
+    let (ok, out) = ledger_cli(&app, &["ledger", "verify-export", path, "--public-key", &key]);
+    assert!(ok && out.contains("export verified: 4 entries"), "{out}");
+    let tampered = text.replacen("\"outcome\":\"success\"", "\"outcome\":\"denied\"", 1);
+    std::fs::write(file.path(), &tampered).unwrap();
+    let (ok, out) = ledger_cli(&app, &["ledger", "verify-export", path, "--public-key", &key]);
+    assert!(!ok && out.contains("line 2"), "{out}");
+    let other_key = STANDARD.encode([7u8; 32]);
+    std::fs::write(file.path(), &text).unwrap();
+    let (ok, _) = ledger_cli(&app, &["ledger", "verify-export", path, "--public-key", &other_key]);
+    assert!(!ok, "another key must not verify the export");
+
+    // Accounting of disclosures for A: who saw it, when, why; break-glass flagged.
+    let d: Value = app.get(&auditor(&app), &format!("/audit/disclosures?patient=Patient/{a}")).await.json().await.unwrap();
+    let list = d["disclosures"].as_array().unwrap();
+    assert_eq!(list.len(), 3, "{d}");
+    assert_eq!(list[1]["recipient"]["fhirUser"], "Practitioner/dr1");
+    assert_eq!(list[1]["purpose"], "TREAT");
+    assert_eq!(list[2]["breakGlass"], "unresponsive patient brought in");
+    assert!(list[1]["description"].as_str().unwrap().starts_with("read of Patient/"));
+
+    // Auditors only; unsupported or bad parameters are outcomes.
+    expect_outcome(app.get(&dr, "/audit/export?format=ndjson").await, StatusCode::FORBIDDEN).await;
+    expect_outcome(app.get(&dr, &format!("/audit/disclosures?patient=Patient/{a}")).await, StatusCode::FORBIDDEN).await;
+    expect_outcome(app.get(&auditor(&app), "/audit/export?format=csv").await, StatusCode::BAD_REQUEST).await;
+    expect_outcome(app.get(&auditor(&app), "/audit/export?from=yesterday").await, StatusCode::BAD_REQUEST).await;
+    expect_outcome(app.get(&auditor(&app), "/audit/disclosures?patient=Practitioner/x").await, StatusCode::BAD_REQUEST).await;
+}
