@@ -46,10 +46,44 @@ pub enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
-    /// The audit ledger: verify it, sign a checkpoint.
+    /// The audit ledger: verify it, sign a checkpoint, check an export.
     Ledger {
         #[command(subcommand)]
         command: LedgerCommand,
+    },
+    /// Compliance reviews.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Export a tenant's audit entries with the signed checkpoint and inclusion proofs
+    /// (as GET /audit/export); ledgered as an export by the operator.
+    Export {
+        /// Tenant whose entries to export.
+        #[arg(long)]
+        tenant: String,
+        /// RFC 3339 start (inclusive).
+        #[arg(long)]
+        from: Option<String>,
+        /// RFC 3339 end (exclusive).
+        #[arg(long)]
+        to: Option<String>,
+        /// Only entries about this patient (Patient/ID).
+        #[arg(long)]
+        patient: Option<String>,
+        /// Only entries by this actor (token subject).
+        #[arg(long)]
+        actor: Option<String>,
+        /// ndjson, csv or fhir.
+        #[arg(long, default_value = "ndjson")]
+        format: String,
+        /// Write here instead of standard output.
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
     },
 }
 
@@ -98,6 +132,55 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Token { sub, tenant, roles, fhir_user, ttl } => token(&settings, sub, tenant, roles, fhir_user, ttl),
         Command::Keys { command } => keys(&settings, command),
         Command::Ledger { command } => ledger(&settings, command),
+        Command::Audit { command } => audit(&settings, command),
+    }
+}
+
+fn audit(settings: &Settings, command: AuditCommand) -> ExitCode {
+    let AuditCommand::Export { tenant, from, to, patient, actor, format, out } = command;
+    let Some(format) = crate::service::export_format::ExportFormat::parse(&format) else {
+        return fail("--format must be ndjson, csv or fhir");
+    };
+    let tenant = match crate::domain::TenantId::parse(&tenant) {
+        Ok(t) => t,
+        Err(e) => return fail(e),
+    };
+    let services = match crate::startup::services(settings) {
+        Ok(s) => s,
+        Err(e) => return fail(e),
+    };
+    let operator = std::env::var("USER").unwrap_or_else(|_| "operator".into());
+    let caller = crate::service::Caller {
+        principal: crate::domain::Principal {
+            sub: format!("cli:{operator}"),
+            tenant,
+            roles: vec![crate::domain::Role::Auditor],
+            fhir_user: None,
+        },
+        break_glass: None,
+        purpose: crate::domain::PurposeOfUse::parse("HCOMPL").unwrap_or_default(),
+        request_id: uuid::Uuid::new_v4().to_string(),
+        client: "cli".into(),
+    };
+    let prepared = match services.prepare_export(&caller, crate::service::ExportRequest { from, to, patient, actor }) {
+        Ok(p) => p,
+        Err(e) => return fail(e),
+    };
+    let mut sink: Box<dyn std::io::Write> = match &out {
+        Some(path) => match std::fs::File::create(path) {
+            Ok(f) => Box::new(std::io::BufWriter::new(f)),
+            Err(e) => return fail(format!("{}: {e}", path.display())),
+        },
+        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+    };
+    let written = services.stream_export(&prepared, format, |chunk| sink.write_all(&chunk).is_ok());
+    match (written, sink.flush()) {
+        (Ok(n), Ok(())) => {
+            eprintln!("exported {n} entries");
+            ExitCode::SUCCESS
+        }
+        (Err(e), _) => fail(e),
+        (_, Err(e)) => fail(e),
     }
 }
 

@@ -194,6 +194,17 @@ pub fn hs256_secret(settings: &Settings) -> Result<Option<Hs256Secret>, StartupE
     }
 }
 
+/// The use-case layer over the configured database and keys, for commands that act
+/// without the HTTP server.
+pub fn services(settings: &Settings) -> Result<Services, StartupError> {
+    let policy = Arc::new(AccessPolicy::load(&settings.policies_dir)?);
+    let validator = Arc::new(FhirValidator::new().map_err(StartupError::Validator)?);
+    let codec = codec(settings)?;
+    let signer = ledger_signer(settings)?;
+    let store = Store::open(&settings.database_url, 2)?;
+    Services::new(store, validator, policy, codec, signer).map_err(StartupError::LedgerWriter)
+}
+
 pub struct Application {
     server: Server,
     addr: SocketAddr,

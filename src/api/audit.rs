@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 use crate::api::{ApiError, AppState, blocking};
 use crate::ledger::merkle::to_hex;
 use crate::service::Caller;
+use crate::service::export_format::ExportFormat;
 
 /// Most entries one `/audit/entries` call returns.
 const MAX_ENTRIES: i64 = 1000;
@@ -103,17 +104,13 @@ pub struct ExportQuery {
     format: Option<String>,
 }
 
-/// `GET /audit/export`: NDJSON, streamed through a bounded channel (backpressure), led
-/// by the signed checkpoint that every entry's inclusion proof refers to.
+/// `GET /audit/export`: ndjson, csv or fhir (a Bundle of AuditEvent), streamed through a
+/// bounded channel (backpressure), led by the signed checkpoint that every entry's
+/// inclusion proof refers to.
 pub async fn export(state: web::Data<AppState>, caller: Caller, q: web::Query<ExportQuery>) -> Result<HttpResponse, ApiError> {
     let ExportQuery { from, to, patient, actor, format } = q.into_inner();
-    match format.as_deref().unwrap_or("ndjson") {
-        "ndjson" => {}
-        "csv" | "fhir" => {
-            return Err(ApiError::bad_request(crate::fhir::IssueCode::NotSupported, "this server exports ndjson; csv and fhir are not available yet"));
-        }
-        _ => return Err(ApiError::bad_request(crate::fhir::IssueCode::Value, "format must be ndjson, csv or fhir")),
-    }
+    let format = ExportFormat::parse(format.as_deref().unwrap_or("ndjson"))
+        .ok_or_else(|| ApiError::bad_request(crate::fhir::IssueCode::Value, "format must be ndjson, csv or fhir"))?;
     let services = state.services.clone();
     let request = crate::service::ExportRequest { from, to, patient, actor };
     let prepared = blocking(move || Ok(services.prepare_export(&caller, request)?)).await?;
@@ -122,7 +119,7 @@ pub async fn export(state: web::Data<AppState>, caller: Caller, q: web::Query<Ex
     let span = tracing::Span::current();
     actix_web::rt::task::spawn_blocking(move || {
         span.in_scope(|| {
-            let sent = services.stream_export_ndjson(&prepared, |line| tx.blocking_send(web::Bytes::from(line)).is_ok());
+            let sent = services.stream_export(&prepared, format, |chunk| tx.blocking_send(web::Bytes::from(chunk)).is_ok());
             match sent {
                 Ok(n) => tracing::info!(entries = n, "audit export streamed"),
                 Err(e) => tracing::error!(error = %e, "audit export stopped"),
@@ -130,7 +127,7 @@ pub async fn export(state: web::Data<AppState>, caller: Caller, q: web::Query<Ex
         })
     });
     let body = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx).map(|o| o.map(Ok::<_, actix_web::Error>)));
-    Ok(HttpResponse::Ok().content_type("application/x-ndjson").streaming(body))
+    Ok(HttpResponse::Ok().content_type(format.content_type()).streaming(body))
 }
 
 #[derive(Deserialize)]

@@ -104,17 +104,24 @@ impl FhirValidator {
     /// Compiles one validator over every served type: an `if resourceType = T then
     /// #/definitions/T` branch per type, against the official schema in one registry.
     pub fn new() -> Result<Self, String> {
+        let names: Vec<&str> = ResourceType::ALL.iter().map(|t| t.name()).collect();
+        Self::for_definitions(&names)
+    }
+
+    /// A validator over any resource definitions of the R4 schema (for example
+    /// `AuditEvent`, to check exports).
+    pub fn for_definitions(names: &[&str]) -> Result<Self, String> {
         let fhir: Value = serde_json::from_str(FHIR_SCHEMA).map_err(|e| format!("FHIR schema is not JSON: {e}"))?;
         let registry = jsonschema::Registry::new()
             .add(FHIR_SCHEMA_ID, fhir)
             .and_then(|r| r.prepare())
             .map_err(|e| format!("FHIR schema registry: {e}"))?;
-        let branches: Vec<Value> = ResourceType::ALL
+        let branches: Vec<Value> = names
             .iter()
-            .map(|t| {
+            .map(|name| {
                 serde_json::json!({
-                    "if": {"properties": {"resourceType": {"const": t.name()}}, "required": ["resourceType"]},
-                    "then": {"$ref": format!("{FHIR_SCHEMA_ID}#/definitions/{}", t.name())}
+                    "if": {"properties": {"resourceType": {"const": name}}, "required": ["resourceType"]},
+                    "then": {"$ref": format!("{FHIR_SCHEMA_ID}#/definitions/{name}")}
                 })
             })
             .collect();
@@ -127,6 +134,18 @@ impl FhirValidator {
             .build(&root)
             .map_err(|e| format!("FHIR validator: {e}"))?;
         Ok(Self { validator })
+    }
+
+    /// Schema validation only, for a definition named at construction; issues name paths
+    /// under `root`.
+    pub fn validate_schema(&self, root: &str, resource: &Value) -> Result<(), Vec<Issue>> {
+        let issues: Vec<Issue> = self
+            .validator
+            .iter_errors(resource)
+            .take(MAX_ISSUES)
+            .map(|error| schema_issue(element_path(root, error.instance_path().iter().map(|s| s.to_string())), error.kind()))
+            .collect();
+        if issues.is_empty() { Ok(()) } else { Err(issues) }
     }
 
     /// Checks that `resource` is a valid R4 `rtype`. The caller has already checked that

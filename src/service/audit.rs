@@ -74,6 +74,7 @@ pub mod queries {
     use crate::ledger::log::{self, DbNodes, LedgerError};
     use crate::ledger::merkle::{self, Hash, TreeError};
     use crate::service::{Caller, ServiceError, Services};
+    use crate::service::export_format::ExportFormat;
     use crate::store::ledger::{self as rows, CheckpointRow, EntryFilter, EntryRow};
 
     /// Filters of `GET /audit/export` as the caller gave them.
@@ -177,26 +178,15 @@ pub mod queries {
             Ok(PreparedExport { filter, checkpoint })
         }
 
-        /// Streams a prepared export as NDJSON: the checkpoint line (with the public key),
-        /// then one line per matching entry with its leaf bytes and inclusion proof against
-        /// that checkpoint. `emit` returns false when the reader went away. Entries are
-        /// read in batches, so an export of any size never sits in memory.
-        pub fn stream_export_ndjson(&self, export: &PreparedExport, mut emit: impl FnMut(Vec<u8>) -> bool) -> Result<u64, ServiceError> {
-            use base64::Engine;
-            let b64 = base64::engine::general_purpose::STANDARD;
+        /// Streams a prepared export: the head with the signed checkpoint (and public key),
+        /// then one record per matching entry with its leaf bytes and inclusion proof against
+        /// that checkpoint. `emit` returns false when the reader went away. Entries are read
+        /// in batches, so an export of any size never sits in memory.
+        pub fn stream_export(&self, export: &PreparedExport, format: ExportFormat, mut emit: impl FnMut(Vec<u8>) -> bool) -> Result<u64, ServiceError> {
+            use crate::service::export_format::{Head, Record, head, record, tail};
             let cp = &export.checkpoint;
-            let head = serde_json::json!({
-                "type": "checkpoint",
-                "origin": self.ledger_signer.origin(),
-                "public_key": b64.encode(self.ledger_signer.public_key()),
-                "size": cp.size,
-                "root_hash": cp.root_hash,
-                "timestamp": cp.timestamp,
-                "note": cp.note,
-            });
-            let mut line = serde_json::to_vec(&head).map_err(|_| ServiceError::Corrupt)?;
-            line.push(b'\n');
-            if !emit(line) {
+            let h = Head { origin: self.ledger_signer.origin(), public_key: self.ledger_signer.public_key(), checkpoint: cp };
+            if !emit(head(format, &h)) {
                 return Ok(0);
             }
             let size = u64::try_from(cp.size).unwrap_or(0);
@@ -209,23 +199,15 @@ pub mod queries {
                 for row in &batch {
                     let seq = u64::try_from(row.seq).unwrap_or(0);
                     let path = merkle::inclusion_proof(&mut DbNodes::new(&mut conn), seq, size).map_err(|e| read_failure(e.into()))?;
-                    let entry: serde_json::Value = serde_json::from_str(&row.leaf).map_err(|_| ServiceError::Corrupt)?;
-                    let record = serde_json::json!({
-                        "type": "entry",
-                        "entry": entry,
-                        "leaf": b64.encode(row.leaf.as_bytes()),
-                        "leaf_index": seq,
-                        "tree_size": size,
-                        "audit_path": path.iter().map(merkle::to_hex).collect::<Vec<_>>(),
-                    });
-                    let mut line = serde_json::to_vec(&record).map_err(|_| ServiceError::Corrupt)?;
-                    line.push(b'\n');
-                    if !emit(line) {
+                    let path: Vec<String> = path.iter().map(merkle::to_hex).collect();
+                    let entry: crate::ledger::entry::Entry = serde_json::from_str(&row.leaf).map_err(|_| ServiceError::Corrupt)?;
+                    if !emit(record(format, &Record { entry: &entry, leaf: &row.leaf, size, path: &path }, count == 0)) {
                         return Ok(count);
                     }
                     count += 1;
                 }
             }
+            emit(tail(format));
             Ok(count)
         }
 

@@ -9,6 +9,7 @@ pub mod audit;
 pub mod codec;
 pub mod encryption_policy;
 mod error;
+pub mod export_format;
 mod group_commit;
 pub mod keyring;
 pub mod resources;

@@ -505,7 +505,78 @@ async fn exports_stream_with_proofs_verify_offline_and_disclosures_list_accesses
     // Auditors only; unsupported or bad parameters are outcomes.
     expect_outcome(app.get(&dr, "/audit/export?format=ndjson").await, StatusCode::FORBIDDEN).await;
     expect_outcome(app.get(&dr, &format!("/audit/disclosures?patient=Patient/{a}")).await, StatusCode::FORBIDDEN).await;
-    expect_outcome(app.get(&auditor(&app), "/audit/export?format=csv").await, StatusCode::BAD_REQUEST).await;
+    expect_outcome(app.get(&auditor(&app), "/audit/export?format=xml").await, StatusCode::BAD_REQUEST).await;
     expect_outcome(app.get(&auditor(&app), "/audit/export?from=yesterday").await, StatusCode::BAD_REQUEST).await;
     expect_outcome(app.get(&auditor(&app), "/audit/disclosures?patient=Practitioner/x").await, StatusCode::BAD_REQUEST).await;
+}
+
+#[tokio::test]
+async fn csv_and_fhir_exports_carry_the_same_entries_and_validate_as_audit_events() {
+    let app = spawn_app().await;
+    let desk = app.front_desk();
+    let a = app.create(&desk, &patient(&marker(), "dr1")).await;
+    app.get(&app.clinician("dr1"), &format!("/fhir/Patient/{a}")).await;
+    app.get_with(&app.clinician("dr7"), &format!("/fhir/Patient/{a}"), &[("x-break-glass", "cardiac arrest in the waiting room")]).await;
+    let query = format!("/audit/export?patient=Patient/{a}");
+
+    // CSV: a header, the checkpoint row, then one row per entry with its proof.
+    let r = app.get(&auditor(&app), &format!("{query}&format=csv")).await;
+    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/csv"));
+    let text = r.text().await.unwrap();
+    let mut reader = csv::Reader::from_reader(text.as_bytes());
+    let headers = reader.headers().unwrap().clone();
+    let col = |name: &str| headers.iter().position(|h| h == name).unwrap();
+    let rows: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
+    assert_eq!(&rows[0][col("record")], "checkpoint");
+    let key = STANDARD.decode(&rows[0][col("public_key")]).unwrap();
+    let (size, root) = verify_note(&rows[0][col("note")], &rows[0][col("origin")], &key).unwrap();
+    let actions: Vec<&str> = rows[1..].iter().map(|r| &r[col("action")]).collect();
+    assert_eq!(actions, ["create", "read", "read", "export"]);
+    for row in &rows[1..] {
+        let leaf_bytes = STANDARD.decode(&row[col("leaf")]).unwrap();
+        let path: Vec<[u8; 32]> = row[col("audit_path")].split_whitespace().map(hex).collect();
+        assert!(verify_inclusion(row[col("seq")].parse().unwrap(), size, leaf(&leaf_bytes), &path, root));
+    }
+    assert_eq!(&rows[3][col("break_glass")], "cardiac arrest in the waiting room");
+
+    // FHIR: a Bundle of AuditEvent, each valid R4, with the proof in an extension.
+    let r = app.get(&auditor(&app), &format!("{query}&format=fhir")).await;
+    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("application/fhir+json"));
+    let bundle: Value = r.json().await.unwrap();
+    assert_eq!(bundle["resourceType"], "Bundle");
+    let validator = carevault::fhir::FhirValidator::for_definitions(&["Bundle", "AuditEvent"]).unwrap();
+    validator.validate_schema("Bundle", &bundle).expect("the export is a valid R4 Bundle");
+    let events: Vec<&Value> = bundle["entry"].as_array().unwrap().iter().map(|e| &e["resource"]).collect();
+    // The CSV export above is an access too: create, read, read, export (csv), export (fhir).
+    assert_eq!(events.len(), 5);
+    let checkpoint_ext = bundle["meta"]["extension"][0]["extension"].as_array().unwrap();
+    let note = checkpoint_ext.iter().find(|x| x["url"] == "note").unwrap()["valueString"].as_str().unwrap();
+    let (fhir_size, fhir_root) = verify_note(note, &rows[0][col("origin")], &key).expect("the Bundle's checkpoint verifies");
+    assert!(fhir_size > size);
+    for event in &events {
+        validator.validate_schema("AuditEvent", event).expect("each entry is a valid R4 AuditEvent");
+        let ext = &event["extension"][0]["extension"];
+        let get = |name: &str| ext.as_array().unwrap().iter().find(|x| x["url"] == name).unwrap().clone();
+        let leaf_bytes = STANDARD.decode(get("leaf")["valueBase64Binary"].as_str().unwrap()).unwrap();
+        let path: Vec<[u8; 32]> = get("auditPath")["valueString"].as_str().unwrap().split_whitespace().map(hex).collect();
+        let index: u64 = get("leafIndex")["valueString"].as_str().unwrap().parse().unwrap();
+        assert!(verify_inclusion(index, fhir_size, leaf(&leaf_bytes), &path, fhir_root), "AuditEvent {index}");
+    }
+    assert_eq!(events[1]["action"], "R");
+    assert_eq!(events[0]["action"], "C");
+    assert_eq!(events[2]["purposeOfEvent"][1]["coding"][0]["code"], "BTG");
+    assert!(!bundle.to_string().contains("Zz-Family"));
+}
+
+#[tokio::test]
+async fn the_audit_export_command_writes_a_verifiable_export() {
+    let app = spawn_app().await;
+    let a = app.create(&app.front_desk(), &patient(&marker(), "dr1")).await;
+    let file = tempfile::NamedTempFile::new().unwrap();
+    let path = file.path().to_str().unwrap().to_owned();
+    let (ok, out) = ledger_cli(&app, &["audit", "export", "--tenant", TENANT, "--patient", &format!("Patient/{a}"), "--out", &path]);
+    assert!(ok && out.contains("exported 2 entries"), "{out}");
+    let key: Value = app.client.get(app.url("/audit/public-key")).send().await.unwrap().json().await.unwrap();
+    let (ok, out) = ledger_cli(&app, &["ledger", "verify-export", &path, "--public-key", key["public_key"].as_str().unwrap()]);
+    assert!(ok && out.contains("export verified: 2 entries"), "{out}");
 }
