@@ -18,6 +18,8 @@ use crate::service::export_format::ExportFormat;
 /// Most entries one `/audit/entries` call returns.
 const MAX_ENTRIES: i64 = 1000;
 
+#[utoipa::path(get, path = "/audit/public-key", tag = "audit", security(()),
+    responses((status = 200, description = "`{origin, algorithm: \"Ed25519\", public_key: base64}`")))]
 pub async fn public_key(state: web::Data<AppState>) -> HttpResponse {
     let signer = &state.services.ledger_signer;
     HttpResponse::Ok().json(json!({
@@ -27,6 +29,9 @@ pub async fn public_key(state: web::Data<AppState>) -> HttpResponse {
     }))
 }
 
+#[utoipa::path(get, path = "/audit/checkpoint", tag = "audit",
+    responses((status = 200, description = "`{origin, size, root_hash, timestamp, note}`; note is a C2SP signed note"),
+        (status = 403, description = "Not an auditor (OperationOutcome)")))]
 pub async fn checkpoint(state: web::Data<AppState>, caller: Caller) -> Result<HttpResponse, ApiError> {
     let services = state.services.clone();
     let row = blocking(move || Ok(services.ledger_checkpoint(&caller)?)).await?;
@@ -45,6 +50,10 @@ pub struct Range {
     to: i64,
 }
 
+#[utoipa::path(get, path = "/audit/entries", tag = "audit",
+    params(("from" = i64, Query, description = "first seq"), ("to" = i64, Query, description = "end seq, exclusive; at most 1000 more than from")),
+    responses((status = 200, description = "`{entries: [entry + leaf (base64 canonical bytes)]}` of the caller's tenant"),
+        (status = 400, description = "Bad range (OperationOutcome)")))]
 pub async fn entries(state: web::Data<AppState>, caller: Caller, range: web::Query<Range>) -> Result<HttpResponse, ApiError> {
     let Range { from, to } = range.into_inner();
     let services = state.services.clone();
@@ -66,6 +75,9 @@ pub struct InclusionQuery {
     size: u64,
 }
 
+#[utoipa::path(get, path = "/audit/proof/inclusion", tag = "audit",
+    params(("seq" = u64, Query, description = "leaf index"), ("size" = u64, Query, description = "tree size")),
+    responses((status = 200, description = "`{leaf_index, tree_size, leaf_hash, audit_path}` (RFC 9162)")))]
 pub async fn inclusion(state: web::Data<AppState>, caller: Caller, q: web::Query<InclusionQuery>) -> Result<HttpResponse, ApiError> {
     let InclusionQuery { seq, size } = q.into_inner();
     let services = state.services.clone();
@@ -84,6 +96,9 @@ pub struct ConsistencyQuery {
     to: u64,
 }
 
+#[utoipa::path(get, path = "/audit/proof/consistency", tag = "audit",
+    params(("from" = u64, Query, description = "older tree size"), ("to" = u64, Query, description = "newer tree size")),
+    responses((status = 200, description = "`{first, second, proof}` (RFC 9162)")))]
 pub async fn consistency(state: web::Data<AppState>, caller: Caller, q: web::Query<ConsistencyQuery>) -> Result<HttpResponse, ApiError> {
     let ConsistencyQuery { from, to } = q.into_inner();
     let services = state.services.clone();
@@ -107,6 +122,11 @@ pub struct ExportQuery {
 /// `GET /audit/export`: ndjson, csv or fhir (a Bundle of AuditEvent), streamed through a
 /// bounded channel (backpressure), led by the signed checkpoint that every entry's
 /// inclusion proof refers to.
+#[utoipa::path(get, path = "/audit/export", tag = "audit",
+    params(("from" = Option<String>, Query, description = "RFC 3339, inclusive"), ("to" = Option<String>, Query, description = "RFC 3339, exclusive"),
+        ("patient" = Option<String>, Query, description = "Patient/ID"), ("actor" = Option<String>, Query, description = "token subject"),
+        ("format" = Option<String>, Query, description = "ndjson (default), csv or fhir")),
+    responses((status = 200, description = "Streamed export led by a signed checkpoint, each entry with its inclusion proof")))]
 pub async fn export(state: web::Data<AppState>, caller: Caller, q: web::Query<ExportQuery>) -> Result<HttpResponse, ApiError> {
     let ExportQuery { from, to, patient, actor, format } = q.into_inner();
     let format = ExportFormat::parse(format.as_deref().unwrap_or("ndjson"))
@@ -136,6 +156,9 @@ pub struct DisclosureQuery {
 }
 
 /// `GET /audit/disclosures?patient=Patient/ID`.
+#[utoipa::path(get, path = "/audit/disclosures", tag = "audit",
+    params(("patient" = String, Query, description = "Patient/ID")),
+    responses((status = 200, description = "Accounting of disclosures (45 CFR 164.528): date, recipient, purpose, description")))]
 pub async fn disclosures(state: web::Data<AppState>, caller: Caller, q: web::Query<DisclosureQuery>) -> Result<HttpResponse, ApiError> {
     let patient = q.into_inner().patient;
     let services = state.services.clone();

@@ -3,7 +3,7 @@
 //! service function off the async workers, and shape the response. Uses `service`,
 //! `domain`, `fhir`, `auth` and `authz` types only.
 
-mod audit;
+pub(crate) mod audit;
 mod error;
 mod extract;
 mod fhir;

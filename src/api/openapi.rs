@@ -5,7 +5,7 @@ use actix_web::HttpResponse;
 use utoipa::OpenApi;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 
-use crate::api::{ApiError, ops};
+use crate::api::{ApiError, audit, ops};
 use crate::service::Caller;
 
 struct BearerJwt;
@@ -26,7 +26,19 @@ impl utoipa::Modify for BearerJwt {
         title = "CareVault operations API",
         description = "Endpoints outside the FHIR base. Errors are FHIR OperationOutcomes. The FHIR R4 API is described by GET /fhir/metadata."
     ),
-    paths(ops::healthz, ops::readyz, ops::metrics, openapi_json),
+    paths(
+        ops::healthz,
+        ops::readyz,
+        ops::metrics,
+        openapi_json,
+        audit::public_key,
+        audit::checkpoint,
+        audit::entries,
+        audit::inclusion,
+        audit::consistency,
+        audit::export,
+        audit::disclosures
+    ),
     modifiers(&BearerJwt),
     security(("bearer" = []))
 )]

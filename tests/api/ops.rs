@@ -85,7 +85,19 @@ async fn openapi_describes_the_operations_endpoints() {
     assert_eq!(response.status(), StatusCode::OK);
     let doc: Value = response.json().await.unwrap();
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
-    for path in ["/healthz", "/readyz", "/metrics", "/openapi.json"] {
+    for path in [
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/openapi.json",
+        "/audit/public-key",
+        "/audit/checkpoint",
+        "/audit/entries",
+        "/audit/proof/inclusion",
+        "/audit/proof/consistency",
+        "/audit/export",
+        "/audit/disclosures",
+    ] {
         assert!(doc["paths"][path]["get"].is_object(), "{path} missing: {doc}");
     }
     assert_eq!(doc["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
