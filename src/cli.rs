@@ -198,13 +198,9 @@ fn ledger(settings: &Settings, command: LedgerCommand) -> ExitCode {
         Ok(s) => s,
         Err(e) => return fail(e),
     };
-    let store = match crate::store::Store::open(&settings.database_url, 1) {
-        Ok(s) => s,
-        Err(e) => return fail(e),
-    };
-    let mut conn = match store.conn() {
+    let mut conn = match connect(settings) {
         Ok(c) => c,
-        Err(e) => return fail(e),
+        Err(code) => return code,
     };
     match command {
         LedgerCommand::Verify => {
@@ -236,6 +232,11 @@ fn ledger(settings: &Settings, command: LedgerCommand) -> ExitCode {
     }
 }
 
+/// A connection to the configured database (migrations applied), for one-shot commands.
+fn connect(settings: &Settings) -> Result<crate::store::PooledConn, ExitCode> {
+    crate::store::Store::open(&settings.database_url, 1).and_then(|s| s.conn()).map_err(fail)
+}
+
 fn keys(settings: &Settings, command: KeysCommand) -> ExitCode {
     if let KeysCommand::Init = command {
         if let Err(e) = crate::crypto::LocalKeyFile::create(&settings.master_key_file, false) {
@@ -252,13 +253,9 @@ fn keys(settings: &Settings, command: KeysCommand) -> ExitCode {
         Ok(c) => c,
         Err(e) => return fail(e),
     };
-    let store = match crate::store::Store::open(&settings.database_url, 1) {
-        Ok(s) => s,
-        Err(e) => return fail(e),
-    };
-    let mut conn = match store.conn() {
+    let mut conn = match connect(settings) {
         Ok(c) => c,
-        Err(e) => return fail(e),
+        Err(code) => return code,
     };
     match command {
         KeysCommand::Init => ExitCode::SUCCESS,

@@ -134,18 +134,11 @@ async fn a_ciphertext_moved_to_another_record_or_element_fails_to_open() {
     assert_eq!(app.get(&desk, &format!("/fhir/Patient/{id_a}")).await.status(), StatusCode::OK);
 }
 
+/// Runs a `carevault` command that must succeed; returns its output.
 fn carevault_cli(app: &TestApp, args: &[&str]) -> String {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_carevault"))
-        .args(args)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("CAREVAULT_DATA_DIR", &app.settings["data_dir"])
-        .env("CAREVAULT_DATABASE_URL", &app.database_url)
-        .env("CAREVAULT_POLICIES_DIR", &app.settings["policies_dir"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap()
+    let (ok, out) = app.cli(args);
+    assert!(ok, "{args:?}: {out}");
+    out
 }
 
 #[tokio::test]

@@ -147,6 +147,21 @@ impl TestApp {
         .unwrap()
     }
 
+    /// Runs the `carevault` binary against this server's database, data and policies:
+    /// (succeeded, stdout + stderr).
+    pub fn cli(&self, args: &[&str]) -> (bool, String) {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_carevault"))
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("CAREVAULT_DATA_DIR", &self.settings["data_dir"])
+            .env("CAREVAULT_DATABASE_URL", &self.database_url)
+            .env("CAREVAULT_POLICIES_DIR", &self.settings["policies_dir"])
+            .output()
+            .expect("run carevault");
+        (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.address, path)
     }

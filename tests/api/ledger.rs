@@ -339,16 +339,7 @@ async fn reads_and_writes_fail_closed_when_the_ledger_cannot_be_written() {
 }
 
 fn ledger_cli(app: &TestApp, args: &[&str]) -> (bool, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_carevault"))
-        .args(args)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("CAREVAULT_DATA_DIR", &app.settings["data_dir"])
-        .env("CAREVAULT_DATABASE_URL", &app.database_url)
-        .env("CAREVAULT_POLICIES_DIR", &app.settings["policies_dir"])
-        .output()
-        .unwrap();
-    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    app.cli(args)
 }
 
 #[tokio::test]
