@@ -12,6 +12,7 @@ mod middleware;
 mod openapi;
 mod ops;
 mod rate_limit;
+pub(crate) mod sync;
 
 use std::sync::Arc;
 
@@ -63,6 +64,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .service(web::resource("/export").route(web::get().to(audit::export)).default_service(not_allowed()))
                 .service(web::resource("/disclosures").route(web::get().to(audit::disclosures)).default_service(not_allowed())),
         )
+        .service(web::resource("/sync/changes").route(web::get().to(sync::changes)).default_service(not_allowed()))
         .service(web::resource("/openapi.json").route(web::get().to(openapi::openapi_json)).default_service(not_allowed()))
         .service(
             web::scope("/fhir")

@@ -5,7 +5,7 @@ use actix_web::HttpResponse;
 use utoipa::OpenApi;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 
-use crate::api::{ApiError, audit, ops};
+use crate::api::{ApiError, audit, ops, sync};
 use crate::service::Caller;
 
 struct BearerJwt;
@@ -37,7 +37,8 @@ impl utoipa::Modify for BearerJwt {
         audit::inclusion,
         audit::consistency,
         audit::export,
-        audit::disclosures
+        audit::disclosures,
+        sync::changes
     ),
     modifiers(&BearerJwt),
     security(("bearer" = []))

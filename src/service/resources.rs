@@ -174,7 +174,8 @@ impl<'s> ResourceService<'s> {
 
     /// Authorizes `op` on a record whose current content is `content` (if any is known).
     /// Authorizes `op` on a record and, when it is denied, ledgers the denied `action`.
-    fn authorize(&self, caller: &Caller, op: Op, action: &str, rtype: ResourceType, id: &ResourceId, content: Option<&Value>) -> Result<Decision, ServiceError> {
+    /// The access decision for `op` on a record whose current content is `content`.
+    fn decision(&self, caller: &Caller, op: Op, rtype: ResourceType, id: &ResourceId, content: Option<&Value>, break_glass: bool) -> (Decision, Option<Reference>) {
         let owner = match rtype.category() {
             Category::Patient | Category::Practitioner => Some(Reference::new(rtype, id.clone())),
             Category::Clinical => content
@@ -187,7 +188,11 @@ impl<'s> ResourceService<'s> {
             _ => Vec::new(),
         };
         let target = Target { category: rtype.category(), owner: owner.as_ref(), care_team: &team };
-        let decision = self.services.policy.decide(&caller.principal, op, &target, caller.break_glass.is_some());
+        (self.services.policy.decide(&caller.principal, op, &target, break_glass), owner)
+    }
+
+    fn authorize(&self, caller: &Caller, op: Op, action: &str, rtype: ResourceType, id: &ResourceId, content: Option<&Value>) -> Result<Decision, ServiceError> {
+        let (decision, owner) = self.decision(caller, op, rtype, id, content, caller.break_glass.is_some());
         match decision {
             Decision::Deny => {
                 tracing::info!(resource_type = rtype.name(), resource_id = %id, op = ?op, "access denied");
@@ -307,7 +312,22 @@ impl<'s> ResourceService<'s> {
                 }
             }
             rows::replace_tokens(tx, &row.tenant, &row.resource_type, &row.id, &write.tokens)?;
+            // The ledger append takes the append lock; the change row's cursor is allocated
+            // under it, so cursor order is commit order.
             audit::append_in(tx, vec![write.entry.clone()])?;
+            crate::store::changes::append(
+                tx,
+                crate::store::changes::ChangeRow {
+                    cursor: 0,
+                    tenant: row.tenant.clone(),
+                    resource_type: row.resource_type.clone(),
+                    resource_id: row.id.clone(),
+                    version_id: row.version_id,
+                    op: write.entry.action.clone(),
+                    patient_id: row.patient_id.clone(),
+                    committed_at: write.entry.time.clone(),
+                },
+            )?;
             Ok(true)
         })
     }
@@ -411,7 +431,9 @@ impl<'s> ResourceService<'s> {
                 return Ok(());
             }
             let version = current.version_id + 1;
-            let row = self.new_row(caller, rtype, id, version, None, now())?;
+            let mut row = self.new_row(caller, rtype, id, version, None, now())?;
+            // A tombstone stays in its patient's compartment (change feed, retention).
+            row.patient_id = current.patient_id.clone();
             let entry = caller.entry("delete", Some(version_ref(rtype, id.as_str(), version)), patient_of(rtype, id.as_str(), current.patient_id.as_deref()), "success");
             if self.commit(&mut conn, caller, &Write { row, resource: None, expected: Some(current.version_id), tokens: Vec::new(), entry })? {
                 tracing::info!(version_id = version, "resource deleted");
@@ -499,6 +521,60 @@ impl<'s> ResourceService<'s> {
         self.services.record(entries)?;
         tracing::info!(matches = items.len(), total, "search done");
         Ok(Page { items, total, count, offset, echo })
+    }
+}
+
+impl ResourceService<'_> {
+    /// Changes of the caller's tenant after `since` that the caller may read, in cursor
+    /// order, with each version's content (none for deletes), and the cursor to resume
+    /// from (past changes the caller may not see, too). Deliveries are ledgered (`sync`)
+    /// before they are returned.
+    #[tracing::instrument(skip_all)]
+    pub fn changes(&self, caller: &Caller, since: i64, limit: i64) -> Result<(Vec<Value>, i64), ServiceError> {
+        let tenant = caller.principal.tenant.as_str();
+        let mut conn = self.conn()?;
+        let batch = crate::store::changes::since(&mut conn, tenant, since, limit)?;
+        let mut out = Vec::new();
+        let mut entries = Vec::new();
+        for change in &batch {
+            let (Some(rtype), Ok(id)) = (ResourceType::from_name(&change.resource_type), ResourceId::parse(&change.resource_id)) else {
+                continue;
+            };
+            let owner = codec::owner(rtype, id.as_str(), change.patient_id.as_deref());
+            let keys = self.keys_of(&mut conn, caller, owner.iter().cloned().collect())?;
+            let open = |conn: &mut DbConnection, version: i64| -> Result<Option<Value>, ServiceError> {
+                match rows::find_version(conn, tenant, rtype.name(), id.as_str(), version)?.and_then(|v| v.content) {
+                    Some(stored) => self.open(caller, rtype, id.as_str(), &stored, &keys, owner.as_ref()).map(Some),
+                    None => Ok(None),
+                }
+            };
+            let (content, basis) = match open(&mut conn, change.version_id) {
+                Ok(Some(content)) => (Some(content.clone()), Some(content)),
+                Ok(None) => (None, open(&mut conn, change.version_id - 1).ok().flatten()),
+                // A shredded record's changes have nothing left to deliver.
+                Err(ServiceError::Erased) => continue,
+                Err(e) => return Err(e),
+            };
+            if self.decision(caller, Op::Read, rtype, &id, basis.as_ref(), false).0 == Decision::Deny {
+                continue;
+            }
+            let patient = patient_of(rtype, id.as_str(), change.patient_id.as_deref());
+            entries.push(caller.entry("sync", Some(version_ref(rtype, id.as_str(), change.version_id)), patient, "success"));
+            out.push(serde_json::json!({
+                "type": "change",
+                "cursor": change.cursor.to_string(),
+                "op": change.op,
+                "resourceType": rtype.name(),
+                "id": id.as_str(),
+                "versionId": change.version_id.to_string(),
+                "resource": content,
+            }));
+        }
+        if !entries.is_empty() {
+            self.services.record(entries)?;
+        }
+        let cursor = batch.last().map_or(since, |c| c.cursor);
+        Ok((out, cursor))
     }
 }
 

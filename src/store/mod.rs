@@ -3,6 +3,7 @@
 //! few backend-specific functions (connection set-up, write transactions, migration lock)
 //! fenced in here. Uses only `domain`.
 
+pub mod changes;
 pub mod keys;
 pub mod ledger;
 pub mod resources;

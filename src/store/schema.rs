@@ -36,7 +36,7 @@ diesel::table! {
     }
 }
 
-diesel::allow_tables_to_appear_in_same_query!(resources, resource_versions, search_tokens, tenant_keys, data_keys, ledger_entries, ledger_nodes, ledger_checkpoints);
+diesel::allow_tables_to_appear_in_same_query!(resources, resource_versions, search_tokens, tenant_keys, data_keys, ledger_entries, ledger_nodes, ledger_checkpoints, change_log);
 
 diesel::table! {
     tenant_keys (tenant) {
@@ -86,5 +86,18 @@ diesel::table! {
         root_hash -> Text,
         timestamp -> Text,
         note -> Text,
+    }
+}
+
+diesel::table! {
+    change_log (cursor) {
+        cursor -> BigInt,
+        tenant -> Text,
+        resource_type -> Text,
+        resource_id -> Text,
+        version_id -> BigInt,
+        op -> Text,
+        patient_id -> Nullable<Text>,
+        committed_at -> Text,
     }
 }

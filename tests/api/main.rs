@@ -16,5 +16,6 @@ mod logs;
 mod ops;
 mod search;
 mod store;
+mod sync;
 mod tls;
 mod validation;

@@ -97,6 +97,7 @@ async fn openapi_describes_the_operations_endpoints() {
         "/audit/proof/consistency",
         "/audit/export",
         "/audit/disclosures",
+        "/sync/changes",
     ] {
         assert!(doc["paths"][path]["get"].is_object(), "{path} missing: {doc}");
     }
