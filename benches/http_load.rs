@@ -6,6 +6,8 @@
 //!
 //! cargo bench --bench http_load -- [--seconds N] [--clients N] [--seed N]
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,8 +15,6 @@ use std::time::{Duration, Instant};
 use carevault::auth::{Claims, Hs256Secret, mint_hs256};
 use carevault::config::Settings;
 use carevault::startup::Application;
-use diesel::Connection;
-use diesel::connection::SimpleConnection;
 use serde_json::{Value, json};
 
 struct Options {
@@ -111,17 +111,8 @@ where
 async fn main() {
     let opts = options();
     let dir = tempfile::tempdir().unwrap();
-    let mut schema_to_drop = None;
-    let database_url = match std::env::var("CAREVAULT_BENCH_POSTGRES_URL") {
-        Ok(url) if !url.is_empty() => {
-            let schema = format!("bench_{}", uuid::Uuid::new_v4().simple());
-            diesel::PgConnection::establish(&url).unwrap().batch_execute(&format!("CREATE SCHEMA {schema}")).unwrap();
-            let sep = if url.contains('?') { '&' } else { '?' };
-            schema_to_drop = Some((url.clone(), schema.clone()));
-            format!("{url}{sep}options=-c%20search_path%3D{schema}")
-        }
-        _ => format!("sqlite://{}/bench.db", dir.path().display()),
-    };
+    let db = support::BenchDb::new(dir.path(), "bench.db");
+    let database_url = db.url.clone();
     let secret = format!("zz-bench-secret-{}", uuid::Uuid::new_v4().simple());
     let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/policies");
     let policies_dir = if opts.no_encryption {
@@ -166,7 +157,7 @@ async fn main() {
     let client = reqwest::Client::builder().pool_max_idle_per_host(opts.clients).build().unwrap();
     println!(
         "backend: {}; encryption: {}; server workers: {}; {} s per scenario",
-        if database_url.starts_with("sqlite") { "SQLite" } else { "PostgreSQL" },
+        db.backend(),
         if opts.no_encryption { "off (no sealed elements)" } else { "on (policies/encryption.toml)" },
         std::thread::available_parallelism().map_or(1, |n| n.get()),
         opts.seconds
@@ -210,7 +201,4 @@ async fn main() {
     })
     .await;
 
-    if let Some((url, schema)) = schema_to_drop {
-        let _ = diesel::PgConnection::establish(&url).map(|mut c| c.batch_execute(&format!("DROP SCHEMA {schema} CASCADE")));
-    }
 }

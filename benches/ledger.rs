@@ -5,6 +5,8 @@
 //! cargo bench --bench ledger -- [--entries N] [--batch N]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use std::time::Instant;
 
 use carevault::ledger::checkpoint::Signer;
@@ -12,8 +14,6 @@ use carevault::ledger::entry::{Actor, Entry};
 use carevault::ledger::log::{self, DbNodes};
 use carevault::ledger::{merkle, verify};
 use carevault::store::{DatabaseUrl, Store, write_transaction};
-use diesel::Connection;
-use diesel::connection::SimpleConnection;
 
 fn arg(name: &str, default: u64) -> u64 {
     let args: Vec<String> = std::env::args().collect();
@@ -41,21 +41,12 @@ fn main() {
     let n = arg("--entries", 1_000_000);
     let batch = arg("--batch", 10_000);
     let dir = tempfile::tempdir().unwrap();
-    let mut schema_to_drop = None;
-    let url = match std::env::var("CAREVAULT_BENCH_POSTGRES_URL") {
-        Ok(url) if !url.is_empty() => {
-            let schema = format!("bench_{}", uuid::Uuid::new_v4().simple());
-            diesel::PgConnection::establish(&url).unwrap().batch_execute(&format!("CREATE SCHEMA {schema}")).unwrap();
-            let sep = if url.contains('?') { '&' } else { '?' };
-            schema_to_drop = Some((url.clone(), schema.clone()));
-            format!("{url}{sep}options=-c%20search_path%3D{schema}")
-        }
-        _ => format!("sqlite://{}/ledger.db", dir.path().display()),
-    };
+    let db = support::BenchDb::new(dir.path(), "ledger.db");
+    let url = db.url.clone();
     let store = Store::open(&DatabaseUrl::parse(&url).unwrap(), 2).unwrap();
     let mut conn = store.conn().unwrap();
     let signer = Signer::from_pkcs8("bench.local/ledger", &Signer::generate_pkcs8().unwrap()).unwrap();
-    println!("backend: {}; {n} entries in transactions of {batch}", if url.starts_with("sqlite") { "SQLite" } else { "PostgreSQL" });
+    println!("backend: {}; {n} entries in transactions of {batch}", db.backend());
 
     let started = Instant::now();
     let mut done = 0;
@@ -95,7 +86,4 @@ fn main() {
     println!("tree head at size {n}: {:.2} ms", started.elapsed().as_secs_f64() * 1000.0);
 
     drop(conn);
-    if let Some((url, schema)) = schema_to_drop {
-        let _ = diesel::PgConnection::establish(&url).map(|mut c| c.batch_execute(&format!("DROP SCHEMA {schema} CASCADE")));
-    }
 }

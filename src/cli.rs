@@ -145,7 +145,7 @@ fn audit(settings: &Settings, command: AuditCommand) -> ExitCode {
         Ok(t) => t,
         Err(e) => return fail(e),
     };
-    let services = match crate::startup::services(settings) {
+    let services = match crate::startup::services(settings, 2) {
         Ok(s) => s,
         Err(e) => return fail(e),
     };

@@ -194,14 +194,14 @@ pub fn hs256_secret(settings: &Settings) -> Result<Option<Hs256Secret>, StartupE
     }
 }
 
-/// The use-case layer over the configured database and keys, for commands that act
-/// without the HTTP server.
-pub fn services(settings: &Settings) -> Result<Services, StartupError> {
+/// The use-case layer over the configured database, policies and keys, with a pool of
+/// `pool_size` connections: the server's, and that of commands acting without it.
+pub fn services(settings: &Settings, pool_size: u32) -> Result<Services, StartupError> {
     let policy = Arc::new(AccessPolicy::load(&settings.policies_dir)?);
     let validator = Arc::new(FhirValidator::new().map_err(StartupError::Validator)?);
     let codec = codec(settings)?;
     let signer = ledger_signer(settings)?;
-    let store = Store::open(&settings.database_url, 2)?;
+    let store = Store::open(&settings.database_url, pool_size)?;
     Services::new(store, validator, policy, codec, signer).map_err(StartupError::LedgerWriter)
 }
 
@@ -213,8 +213,6 @@ pub struct Application {
 
 impl Application {
     pub fn build(settings: &Settings) -> Result<Self, StartupError> {
-        let policy = Arc::new(AccessPolicy::load(&settings.policies_dir)?);
-        let validator = Arc::new(FhirValidator::new().map_err(StartupError::Validator)?);
         let secret = hs256_secret(settings)?;
         let public_keys = match &settings.jwks_file {
             Some(path) => crate::auth::load_jwks(path)?,
@@ -229,12 +227,10 @@ impl Application {
             settings.jwt_issuer.clone(),
             settings.jwt_audience.clone(),
         )?);
-        let codec = codec(settings)?;
-        let signer = ledger_signer(settings)?;
-        let store = Store::open(&settings.database_url, settings.db_pool_size)?;
+        let services = services(settings, settings.db_pool_size)?;
         tracing::info!(database = %settings.database_url, "database ready");
         let state = web::Data::new(AppState {
-            services: Services::new(store, validator, policy, codec, signer).map_err(StartupError::LedgerWriter)?,
+            services,
             verifier,
             limits: RateLimits::new(settings.rate_limit),
             metrics: Metrics::new()?,

@@ -79,10 +79,6 @@ impl KeyRing {
         Self { provider, tenants: RwLock::new(HashMap::new()) }
     }
 
-    pub fn is_development(&self) -> bool {
-        self.provider.is_development()
-    }
-
     fn unwrap_tenant(&self, row: &TenantKeyRow) -> Result<Arc<TenantKeys>, ServiceError> {
         let version = u32::try_from(row.kek_version).map_err(|_| ServiceError::Integrity)?;
         let master = self.provider.version(version).map_err(provider_failure)?;

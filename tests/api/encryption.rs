@@ -2,7 +2,6 @@
 //! or a dump, moved ciphertexts refused, keys rotated while serving, crypto-shredding.
 
 use carevault::store::schema::resources;
-use carevault::store::{DatabaseUrl, Store};
 use diesel::prelude::*;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -40,10 +39,6 @@ fn raw_database(app: &TestApp) -> Vec<u8> {
 
 fn contains(haystack: &[u8], needle: &str) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle.as_bytes())
-}
-
-fn conn(app: &TestApp) -> carevault::store::PooledConn {
-    Store::open(&DatabaseUrl::parse(&app.database_url).unwrap(), 1).unwrap().conn().unwrap()
 }
 
 #[tokio::test]
@@ -92,7 +87,7 @@ async fn a_ciphertext_moved_to_another_record_or_element_fails_to_open() {
     let (a, b) = (format!("MOVEA{}", marker()), format!("MOVEB{}", marker()));
     let id_a = app.create(&desk, &marked_patient(&a)).await;
     let id_b = app.create(&desk, &marked_patient(&b)).await;
-    let mut c = conn(&app);
+    let mut c = app.db();
     let content = |c: &mut carevault::store::PooledConn, id: &str| -> Value {
         let text: String = resources::table.filter(resources::id.eq(id)).select(resources::content).first(&mut **c).unwrap();
         serde_json::from_str(&text).unwrap()
@@ -213,7 +208,7 @@ async fn crypto_shredding_makes_every_stored_copy_unreadable() {
     assert_eq!(app.put(&desk, &path, &body, None).await.status(), StatusCode::OK);
 
     // A copy of the stored rows, as a backup of the data would hold them.
-    let mut c = conn(&app);
+    let mut c = app.db();
     let backup: Vec<String> = carevault::store::schema::resource_versions::table
         .filter(carevault::store::schema::resource_versions::id.eq(&id))
         .select(carevault::store::schema::resource_versions::content.assume_not_null())

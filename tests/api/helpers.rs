@@ -133,18 +133,13 @@ impl TestApp {
 
     /// The server's services, built from its settings (same database and keys).
     pub fn services(&self) -> carevault::service::Services {
-        let settings = Settings::from_map(&self.settings).unwrap();
-        let store = carevault::store::Store::open(&settings.database_url, 2).unwrap();
-        let validator = std::sync::Arc::new(carevault::fhir::FhirValidator::new().unwrap());
-        let policy = std::sync::Arc::new(carevault::authz::AccessPolicy::load(&settings.policies_dir).unwrap());
-        carevault::service::Services::new(
-            store,
-            validator,
-            policy,
-            carevault::startup::codec(&settings).unwrap(),
-            carevault::startup::ledger_signer(&settings).unwrap(),
-        )
-        .unwrap()
+        carevault::startup::services(&Settings::from_map(&self.settings).unwrap(), 2).unwrap()
+    }
+
+    /// A connection of its own to the server's database (for reading or tampering with rows).
+    pub fn db(&self) -> carevault::store::PooledConn {
+        let url = carevault::store::DatabaseUrl::parse(&self.database_url).unwrap();
+        carevault::store::Store::open(&url, 1).unwrap().conn().unwrap()
     }
 
     /// Runs the `carevault` binary against this server's database, data and policies:

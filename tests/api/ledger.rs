@@ -222,7 +222,7 @@ async fn rejected_tokens_and_denied_searches_are_ledgered() {
     let _ = app.client.get(app.url("/fhir/Patient")).bearer_auth("not-a-token").send().await.unwrap();
     let _ = app.client.get(app.url("/fhir/Patient")).send().await.unwrap();
     assert_eq!(app.get(&auditor(&app), "/fhir/Patient").await.status(), StatusCode::FORBIDDEN);
-    let mut conn = carevault::store::Store::open(&carevault::store::DatabaseUrl::parse(&app.database_url).unwrap(), 1).unwrap().conn().unwrap();
+    let mut conn = app.db();
     let rows = carevault::store::ledger::entries(&mut conn, None, 0, 100).unwrap();
     let got: Vec<(Option<String>, String, String)> = rows.iter().map(|r| (r.tenant.clone(), r.action.clone(), r.outcome.clone())).collect();
     assert_eq!(
@@ -240,8 +240,7 @@ async fn ledger_tables_refuse_update_delete_and_truncate() {
     let app = spawn_app().await;
     app.create(&app.front_desk(), &patient(&marker(), "dr1")).await;
     checkpoint(&app).await;
-    let store = carevault::store::Store::open(&carevault::store::DatabaseUrl::parse(&app.database_url).unwrap(), 1).unwrap();
-    let mut conn = store.conn().unwrap();
+    let mut conn = app.db();
     let mut statements = vec![
         "UPDATE ledger_entries SET action = 'read'",
         "DELETE FROM ledger_entries",
@@ -323,8 +322,7 @@ async fn reads_and_writes_fail_closed_when_the_ledger_cannot_be_written() {
     let app = spawn_app().await;
     let desk = app.front_desk();
     let id = app.create(&desk, &patient(&marker(), "dr1")).await;
-    let store = carevault::store::Store::open(&carevault::store::DatabaseUrl::parse(&app.database_url).unwrap(), 1).unwrap();
-    let mut conn = store.conn().unwrap();
+    let mut conn = app.db();
     let block = match app.db {
         TestDb::Sqlite(_) => "CREATE TRIGGER zz_block BEFORE INSERT ON ledger_entries BEGIN SELECT RAISE(ABORT, 'blocked'); END;",
         TestDb::Postgres { .. } => "CREATE TRIGGER zz_block BEFORE INSERT ON ledger_entries FOR EACH ROW EXECUTE FUNCTION ledger_refuse_change();",
@@ -357,8 +355,7 @@ async fn ledger_verify_names_the_first_entry_that_was_edited_deleted_or_truncate
     assert!(ok && out.contains("ledger verified: 6 entries"), "{out}");
 
     // A database administrator drops the guards.
-    let store = carevault::store::Store::open(&carevault::store::DatabaseUrl::parse(&app.database_url).unwrap(), 1).unwrap();
-    let mut conn = store.conn().unwrap();
+    let mut conn = app.db();
     let drops: &[&str] = match app.db {
         TestDb::Sqlite(_) => &[
             "DROP TRIGGER ledger_entries_append_only_update",

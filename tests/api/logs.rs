@@ -30,10 +30,7 @@ async fn logs_carry_request_ids_and_no_phi_at_any_level() {
     let _pg; // keep a PostgreSQL schema alive for the run, when testing PostgreSQL
     if std::env::var("CAREVAULT_TEST_POSTGRES_URL").is_ok_and(|u| !u.is_empty()) {
         let app = spawn_app().await;
-        if let TestDb::Postgres { admin_url, schema } = &app.db {
-            let sep = if admin_url.contains('?') { '&' } else { '?' };
-            command.env("CAREVAULT_DATABASE_URL", format!("{admin_url}{sep}options=-c%20search_path%3D{schema}"));
-        }
+        command.env("CAREVAULT_DATABASE_URL", &app.database_url);
         _pg = app;
     }
     let mut child = command.spawn().expect("start carevault serve");

@@ -40,16 +40,8 @@ async fn sqlite_connections_use_wal_foreign_keys_and_a_busy_timeout() {
 async fn the_schema_is_migrated_on_start_on_the_backend_under_test() {
     let app = spawn_app().await;
     app.create(&app.front_desk(), &patient(&marker(), "dr1")).await;
-    let url = match &app.db {
-        TestDb::Sqlite(path) => format!("sqlite://{}", path.display()),
-        TestDb::Postgres { admin_url, schema } => {
-            let sep = if admin_url.contains('?') { '&' } else { '?' };
-            format!("{admin_url}{sep}options=-c%20search_path%3D{schema}")
-        }
-    };
     // A second open of the same database finds nothing left to migrate.
-    let store = Store::open(&DatabaseUrl::parse(&url).unwrap(), 1).unwrap();
-    let mut conn = store.conn().unwrap();
+    let mut conn = app.db();
     assert!(carevault::store::run_migrations(&mut conn).unwrap().is_empty());
     let rows: IntRow = diesel::sql_query("SELECT COUNT(*) AS value FROM resources").get_result(&mut *conn).unwrap();
     assert_eq!(rows.value, 1);

@@ -1,0 +1,37 @@
+//! The database a bench runs on: SQLite in a temp dir, or a fresh schema on the
+//! PostgreSQL named by CAREVAULT_BENCH_POSTGRES_URL, dropped when this value is.
+
+use diesel::Connection;
+use diesel::connection::SimpleConnection;
+
+pub struct BenchDb {
+    pub url: String,
+    schema: Option<(String, String)>,
+}
+
+impl BenchDb {
+    /// `sqlite_file` names the SQLite file inside `dir` when PostgreSQL is not asked for.
+    pub fn new(dir: &std::path::Path, sqlite_file: &str) -> Self {
+        match std::env::var("CAREVAULT_BENCH_POSTGRES_URL") {
+            Ok(url) if !url.is_empty() => {
+                let schema = format!("bench_{}", uuid::Uuid::new_v4().simple());
+                diesel::PgConnection::establish(&url).unwrap().batch_execute(&format!("CREATE SCHEMA {schema}")).unwrap();
+                let sep = if url.contains('?') { '&' } else { '?' };
+                Self { url: format!("{url}{sep}options=-c%20search_path%3D{schema}"), schema: Some((url, schema)) }
+            }
+            _ => Self { url: format!("sqlite://{}/{sqlite_file}", dir.display()), schema: None },
+        }
+    }
+
+    pub fn backend(&self) -> &'static str {
+        if self.schema.is_some() { "PostgreSQL" } else { "SQLite" }
+    }
+}
+
+impl Drop for BenchDb {
+    fn drop(&mut self) {
+        if let Some((url, schema)) = &self.schema {
+            let _ = diesel::PgConnection::establish(url).map(|mut c| c.batch_execute(&format!("DROP SCHEMA {schema} CASCADE")));
+        }
+    }
+}
