@@ -37,6 +37,9 @@ const KEYS: &[&str] = &[
     "master_key_file",
     "ledger_key_file",
     "ledger_origin",
+    "sync_heartbeat_secs",
+    "sync_idle_timeout_secs",
+    "sync_send_timeout_secs",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -80,6 +83,17 @@ pub struct Settings {
     pub ledger_key_file: PathBuf,
     /// The checkpoint origin line (default `carevault.local/ledger`).
     pub ledger_origin: String,
+    /// WebSocket `/sync` timing: server ping interval, silence after which a connection
+    /// is reaped, and how long a client may leave a message untaken before it counts as
+    /// stalled and is disconnected (it resumes from its cursor).
+    pub sync: SyncTiming,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SyncTiming {
+    pub heartbeat: std::time::Duration,
+    pub idle_timeout: std::time::Duration,
+    pub send_timeout: std::time::Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -108,6 +122,7 @@ impl fmt::Debug for Settings {
             .field("master_key_file", &self.master_key_file)
             .field("ledger_key_file", &self.ledger_key_file)
             .field("ledger_origin", &self.ledger_origin)
+            .field("sync", &self.sync)
             .finish()
     }
 }
@@ -182,6 +197,11 @@ impl Settings {
             rate_limit: number("rate_limit", 100, 1_000_000)? as u32,
             body_limit: number("body_limit", 1024 * 1024, 64 * 1024 * 1024)? as usize,
             db_pool_size: number("db_pool_size", 16, 512)?.max(1) as u32,
+            sync: SyncTiming {
+                heartbeat: std::time::Duration::from_secs(number("sync_heartbeat_secs", 15, 3600)?.max(1)),
+                idle_timeout: std::time::Duration::from_secs(number("sync_idle_timeout_secs", 45, 86_400)?.max(1)),
+                send_timeout: std::time::Duration::from_secs(number("sync_send_timeout_secs", 10, 3600)?.max(1)),
+            },
             tls: match (get("tls_cert"), get("tls_key")) {
                 (Some(cert), Some(key)) => Some(TlsPaths { cert: cert.into(), key: key.into() }),
                 (None, None) => None,

@@ -42,10 +42,14 @@ pub enum StartupError {
     Tls(String),
     #[error(transparent)]
     EncryptionPolicy(#[from] crate::service::encryption_policy::EncryptionPolicyError),
+    #[error(transparent)]
+    ConflictPolicy(#[from] crate::service::merge::ConflictPolicyError),
     #[error("master keys: {0}")]
     MasterKeys(String),
     #[error("cannot start the ledger writer: {0}")]
     LedgerWriter(std::io::Error),
+    #[error("cannot start the change watcher: {0}")]
+    ChangeWatcher(std::io::Error),
 }
 
 /// The master-key provider: the local key file, created with a development key on first
@@ -201,8 +205,9 @@ pub fn services(settings: &Settings, pool_size: u32) -> Result<Services, Startup
     let validator = Arc::new(FhirValidator::new().map_err(StartupError::Validator)?);
     let codec = codec(settings)?;
     let signer = ledger_signer(settings)?;
+    let conflicts = Arc::new(crate::service::merge::ConflictPolicy::load(&settings.policies_dir)?);
     let store = Store::open(&settings.database_url, pool_size)?;
-    Services::new(store, validator, policy, codec, signer).map_err(StartupError::LedgerWriter)
+    Services::new(store, validator, policy, codec, signer, conflicts).map_err(StartupError::LedgerWriter)
 }
 
 pub struct Application {
@@ -235,9 +240,11 @@ impl Application {
             limits: RateLimits::new(settings.rate_limit),
             metrics: Metrics::new()?,
             body_limit: settings.body_limit,
+            sync: settings.sync,
         });
         let tls = settings.tls.as_ref().map(tls_config).transpose()?;
         spawn_checkpointer(state.services.clone());
+        state.services.changes.watch_database(&state.services.store).map_err(StartupError::ChangeWatcher)?;
         let listener = TcpListener::bind(settings.addr).map_err(|e| StartupError::Listen(settings.addr, e))?;
         let addr = listener.local_addr().map_err(|e| StartupError::Listen(settings.addr, e))?;
         let http = HttpServer::new(move || {

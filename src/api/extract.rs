@@ -24,6 +24,19 @@ fn bearer(req: &HttpRequest) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
 }
 
+/// The `access_token` query parameter, accepted on the WebSocket endpoint only (browsers
+/// cannot set headers on a WebSocket). The request log never records query strings.
+fn query_token(req: &HttpRequest) -> Option<String> {
+    if req.path() != "/sync" {
+        return None;
+    }
+    web::Query::<std::collections::HashMap<String, String>>::from_query(req.query_string())
+        .ok()?
+        .0
+        .remove("access_token")
+        .filter(|t| !t.is_empty())
+}
+
 fn header<'a>(req: &'a HttpRequest, name: &str) -> Result<Option<&'a str>, ApiError> {
     match req.headers().get(name) {
         None => Ok(None),
@@ -36,8 +49,8 @@ fn header<'a>(req: &'a HttpRequest, name: &str) -> Result<Option<&'a str>, ApiEr
 
 fn caller(req: &HttpRequest) -> Result<Caller, ApiError> {
     let state = req.app_data::<web::Data<AppState>>().ok_or(ApiError::Internal)?;
-    let token = bearer(req).ok_or(ApiError::Unauthorized(TokenError::Missing))?;
-    let principal = state.verifier.verify(token).map_err(|e| {
+    let token = bearer(req).map(str::to_owned).or_else(|| query_token(req)).ok_or(ApiError::Unauthorized(TokenError::Missing))?;
+    let principal = state.verifier.verify(&token).map_err(|e| {
         tracing::info!(reason = %e, "token rejected");
         ApiError::Unauthorized(e)
     })?;

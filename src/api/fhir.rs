@@ -84,7 +84,7 @@ async fn read_body(req: &HttpRequest, mut payload: web::Payload, limit: usize) -
 }
 
 /// Reads a JSON body of at most `limit` bytes.
-async fn read_json(req: &HttpRequest, payload: web::Payload, limit: usize) -> Result<Value, ApiError> {
+pub(crate) async fn read_json(req: &HttpRequest, payload: web::Payload, limit: usize) -> Result<Value, ApiError> {
     let media = content_type(req);
     if !is_json_type(media) || media.trim().eq_ignore_ascii_case("json") {
         return Err(ApiError::UnsupportedMediaType);

@@ -9,6 +9,8 @@ pub struct Metrics {
     pool_connections: IntGauge,
     pool_idle: IntGauge,
     pool_max: IntGauge,
+    /// Open WebSocket `/sync` connections.
+    pub sync_connections: IntGauge,
 }
 
 impl Metrics {
@@ -26,12 +28,14 @@ impl Metrics {
         let pool_connections = IntGauge::new("db_pool_connections", "Open database connections")?;
         let pool_idle = IntGauge::new("db_pool_idle_connections", "Idle database connections")?;
         let pool_max = IntGauge::new("db_pool_max_connections", "Database pool size")?;
+        let sync_connections = IntGauge::new("sync_connections", "Open WebSocket sync connections")?;
+        registry.register(Box::new(sync_connections.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(latency.clone()))?;
         registry.register(Box::new(pool_connections.clone()))?;
         registry.register(Box::new(pool_idle.clone()))?;
         registry.register(Box::new(pool_max.clone()))?;
-        Ok(Self { registry, requests, latency, pool_connections, pool_idle, pool_max })
+        Ok(Self { registry, requests, latency, pool_connections, pool_idle, pool_max, sync_connections })
     }
 
     /// `route` is the matched pattern (`/fhir/{type}/{id}`), never the raw path.

@@ -13,6 +13,7 @@ mod openapi;
 mod ops;
 mod rate_limit;
 pub(crate) mod sync;
+mod sync_socket;
 
 use std::sync::Arc;
 
@@ -35,6 +36,7 @@ pub struct AppState {
     pub limits: RateLimits,
     pub metrics: Metrics,
     pub body_limit: usize,
+    pub sync: crate::config::SyncTiming,
 }
 
 /// Runs blocking work (database, crypto) on the blocking pool, inside the caller's span.
@@ -64,7 +66,16 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .service(web::resource("/export").route(web::get().to(audit::export)).default_service(not_allowed()))
                 .service(web::resource("/disclosures").route(web::get().to(audit::disclosures)).default_service(not_allowed())),
         )
-        .service(web::resource("/sync/changes").route(web::get().to(sync::changes)).default_service(not_allowed()))
+        .service(web::resource("/sync").route(web::get().to(sync_socket::socket)).default_service(not_allowed()))
+        .service(
+            web::scope("/sync")
+                .service(web::resource("/changes").route(web::get().to(sync::changes)).default_service(not_allowed()))
+                .service(web::resource("/push").route(web::post().to(sync::push)).default_service(not_allowed()))
+                .service(web::resource("/conflicts").route(web::get().to(sync::conflicts)).default_service(not_allowed()))
+                .service(
+                    web::resource("/conflicts/{id}/resolve").route(web::post().to(sync::resolve)).default_service(not_allowed()),
+                ),
+        )
         .service(web::resource("/openapi.json").route(web::get().to(openapi::openapi_json)).default_service(not_allowed()))
         .service(
             web::scope("/fhir")

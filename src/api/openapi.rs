@@ -5,7 +5,7 @@ use actix_web::HttpResponse;
 use utoipa::OpenApi;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 
-use crate::api::{ApiError, audit, ops, sync};
+use crate::api::{ApiError, audit, ops, sync, sync_socket};
 use crate::service::Caller;
 
 struct BearerJwt;
@@ -38,7 +38,11 @@ impl utoipa::Modify for BearerJwt {
         audit::consistency,
         audit::export,
         audit::disclosures,
-        sync::changes
+        sync::changes,
+        sync::push,
+        sync::conflicts,
+        sync::resolve,
+        sync_socket::socket
     ),
     modifiers(&BearerJwt),
     security(("bearer" = []))

@@ -1,21 +1,32 @@
-//! The change feed over REST (`GET /sync/changes`): the same sequence the WebSocket feed
-//! delivers, paged by an opaque cursor.
+//! Sync over REST: the change feed paged by an opaque cursor (the same sequence the
+//! WebSocket `/sync` delivers), offline pushes and their conflicts.
 
-use actix_web::{HttpResponse, web};
+use actix_web::{HttpRequest, HttpResponse, web};
 use serde::Deserialize;
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::api::{ApiError, AppState, blocking};
 use crate::fhir::IssueCode;
 use crate::service::Caller;
+use crate::service::resources::{FeedFilter, Mutation, Resolution};
 
 const DEFAULT_LIMIT: i64 = 100;
 const MAX_LIMIT: i64 = 1000;
+/// Most mutations in one push.
+pub const MAX_MUTATIONS: usize = 500;
 
 #[derive(Deserialize)]
 pub struct ChangesQuery {
     since: Option<String>,
     limit: Option<i64>,
+}
+
+/// A cursor as a client sends it back: absent, empty or `null` for the beginning.
+pub fn parse_cursor(raw: Option<&str>) -> Result<i64, &'static str> {
+    match raw.filter(|s| !s.is_empty() && *s != "null") {
+        None => Ok(0),
+        Some(raw) => raw.parse::<i64>().ok().filter(|c| *c >= 0).ok_or("since must be a cursor from this server"),
+    }
 }
 
 #[utoipa::path(get, path = "/sync/changes", tag = "sync",
@@ -24,15 +35,126 @@ pub struct ChangesQuery {
     responses((status = 200, description = "`{changes: [change], cursor}`: changes the caller may read, in commit order")))]
 pub async fn changes(state: web::Data<AppState>, caller: Caller, q: web::Query<ChangesQuery>) -> Result<HttpResponse, ApiError> {
     let ChangesQuery { since, limit } = q.into_inner();
-    let since = match since.as_deref().filter(|s| !s.is_empty() && *s != "null") {
-        None => 0,
-        Some(raw) => raw.parse::<i64>().ok().filter(|c| *c >= 0).ok_or_else(|| ApiError::bad_request(IssueCode::Value, "since must be a cursor from this server"))?,
-    };
+    let since = parse_cursor(since.as_deref()).map_err(|why| ApiError::bad_request(IssueCode::Value, why))?;
     let limit = limit.unwrap_or(DEFAULT_LIMIT);
     if !(1..=MAX_LIMIT).contains(&limit) {
         return Err(ApiError::bad_request(IssueCode::Value, "limit must be 1 to 1000"));
     }
     let services = state.services.clone();
-    let (changes, cursor) = blocking(move || Ok(services.resources().changes(&caller, since, limit)?)).await?;
-    Ok(HttpResponse::Ok().json(json!({ "changes": changes, "cursor": cursor.to_string() })))
+    let page = blocking(move || Ok(services.resources().changes(&caller, since, limit, &FeedFilter::default())?)).await?;
+    Ok(HttpResponse::Ok().json(json!({ "changes": page.changes, "cursor": page.cursor.to_string() })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PushBody {
+    #[serde(rename = "type")]
+    #[allow(dead_code)]
+    kind: Option<String>,
+    pub mutations: Vec<Mutation>,
+}
+
+/// Parses a `push` body; the message never quotes submitted values.
+pub fn parse_push(body: Value) -> Result<Vec<Mutation>, String> {
+    let push: PushBody = serde_json::from_value(body).map_err(|e| {
+        // serde's messages name fields and expected types, not values, for these shapes.
+        let text = e.to_string();
+        let first = text.split(" at line").next().unwrap_or("").to_owned();
+        format!("push must be {{\"mutations\": [...]}} with mutationId, op, resourceType, id, baseVersion, resource: {}", redact(&first))
+    })?;
+    if push.kind.as_deref().is_some_and(|k| k != "push") {
+        return Err("type must be push".into());
+    }
+    if push.mutations.len() > MAX_MUTATIONS {
+        return Err(format!("at most {MAX_MUTATIONS} mutations per push"));
+    }
+    Ok(push.mutations)
+}
+
+/// Drops anything in double quotes from a deserialiser message (where it quotes values);
+/// field names, in backticks, stay.
+fn redact(message: &str) -> String {
+    let mut out = String::new();
+    let mut quoted = false;
+    for c in message.chars() {
+        if c == '"' {
+            quoted = !quoted;
+            out.push(c);
+            if quoted {
+                out.push('…');
+            }
+            continue;
+        }
+        if !quoted {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[utoipa::path(post, path = "/sync/push", tag = "sync",
+    request_body(description = "`{mutations: [{mutationId, op, resourceType, id, baseVersion, resource}]}`", content = Object),
+    responses((status = 200, description = "`{type: push_result, results: [...]}`, one result per mutation, in order"),
+        (status = 400, description = "not a push body")))]
+pub async fn push(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>, caller: Caller) -> Result<HttpResponse, ApiError> {
+    let body = crate::api::fhir::read_json(&req, payload, state.body_limit).await?;
+    let mutations = parse_push(body).map_err(|why| ApiError::bad_request(IssueCode::Structure, why))?;
+    let services = state.services.clone();
+    let results = blocking(move || Ok(services.resources().push(&caller, mutations)?)).await?;
+    Ok(HttpResponse::Ok().json(json!({ "type": "push_result", "results": results })))
+}
+
+#[derive(Deserialize)]
+pub struct ConflictsQuery {
+    status: Option<String>,
+    limit: Option<i64>,
+}
+
+#[utoipa::path(get, path = "/sync/conflicts", tag = "sync",
+    params(("status" = Option<String>, Query, description = "open (default), resolved or all"),
+        ("limit" = Option<i64>, Query, description = "1 to 500, default 100")),
+    responses((status = 200, description = "`{conflicts: [...]}` with base, server and client values of each element, oldest first")))]
+pub async fn conflicts(state: web::Data<AppState>, caller: Caller, q: web::Query<ConflictsQuery>) -> Result<HttpResponse, ApiError> {
+    let ConflictsQuery { status, limit } = q.into_inner();
+    let status = match status.as_deref().unwrap_or("open") {
+        "open" => Some("open"),
+        "resolved" => Some("resolved"),
+        "all" => None,
+        _ => return Err(ApiError::bad_request(IssueCode::Value, "status must be open, resolved or all")),
+    };
+    let limit = limit.unwrap_or(DEFAULT_LIMIT);
+    if !(1..=crate::service::resources::MAX_CONFLICTS).contains(&limit) {
+        return Err(ApiError::bad_request(IssueCode::Value, "limit must be 1 to 500"));
+    }
+    let services = state.services.clone();
+    let found = blocking(move || Ok(services.resources().conflicts(&caller, status, limit)?)).await?;
+    Ok(HttpResponse::Ok().json(json!({ "conflicts": found })))
+}
+
+#[utoipa::path(post, path = "/sync/conflicts/{id}/resolve", tag = "sync",
+    params(("id" = String, Path, description = "conflictId")),
+    request_body(description = "`{choose: server|client}` or `{resource: {...}}`", content = Object),
+    responses((status = 200, description = "`{conflictId, status: resolved, versionId}`"),
+        (status = 404, description = "no such conflict the caller may see"),
+        (status = 409, description = "already resolved")))]
+pub async fn resolve(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>, caller: Caller, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let id = path.into_inner();
+    if id.len() > 64 {
+        return Err(ApiError::NotFound("no such conflict"));
+    }
+    let body = crate::api::fhir::read_json(&req, payload, state.body_limit).await?;
+    let resolution = match (body.get("choose").and_then(Value::as_str), body.get("resource")) {
+        (Some("server"), None) => Resolution::Server,
+        (Some("client"), None) => Resolution::Client,
+        (None, Some(resource)) => Resolution::Resource(resource.clone()),
+        _ => {
+            return Err(ApiError::bad_request(
+                IssueCode::Structure,
+                "resolve takes {\"choose\": \"server\"} or {\"choose\": \"client\"} or {\"resource\": {...}}",
+            ));
+        }
+    };
+    let services = state.services.clone();
+    let done = blocking(move || Ok(services.resources().resolve(&caller, &id, resolution)?)).await?;
+    Ok(HttpResponse::Ok().json(done))
 }

@@ -102,6 +102,32 @@ impl Codec {
         Ok(Value::Object(out))
     }
 
+    /// A whole JSON record (offline-edit conflict values) sealed under the owner's data
+    /// key, bound to `(tenant, label, record id)`.
+    pub fn seal_record(&self, tenant: &TenantId, label: &str, record_id: &str, key: &DataKey, value: &Value) -> Result<String, ServiceError> {
+        let plaintext = zeroize::Zeroizing::new(serde_json::to_vec(value).map_err(|_| ServiceError::Corrupt)?);
+        let aad = Aad::new("record", &[tenant.as_str(), label, record_id]);
+        let envelope = Envelope::seal(&key.key, key.key_id, &aad, &plaintext).map_err(|_| ServiceError::Keys)?;
+        Ok(STANDARD.encode(envelope))
+    }
+
+    /// Opens a record sealed by [`Codec::seal_record`]; a destroyed key makes it `Erased`.
+    pub fn open_record(&self, tenant: &TenantId, label: &str, record_id: &str, stored: &str, key: &Result<DataKey, ServiceError>) -> Result<Value, ServiceError> {
+        let key = match key {
+            Ok(key) => key,
+            Err(ServiceError::Erased) => return Err(ServiceError::Erased),
+            Err(_) => return Err(ServiceError::Integrity),
+        };
+        let envelope = STANDARD.decode(stored).map_err(|_| ServiceError::Integrity)?;
+        let aad = Aad::new("record", &[tenant.as_str(), label, record_id]);
+        let plaintext = Envelope::open(&key.key, key.key_id, &aad, &envelope).map_err(|e| {
+            tracing::error!(record = label, error = %e, "sealed record failed to open");
+            ServiceError::Integrity
+        })?;
+        let plaintext = zeroize::Zeroizing::new(plaintext);
+        serde_json::from_slice(&plaintext).map_err(|_| ServiceError::Integrity)
+    }
+
     /// The stored (blind-index) form of a normalised query or index token.
     pub fn token(&self, keys: &TenantKeys, rtype: ResourceType, param: &str, token: &str) -> String {
         keys.index.token(&format!("{}.{param}", rtype.name()), token)

@@ -13,6 +13,10 @@ pub enum ServiceError {
     Forbidden,
     #[error("version {current} is current; the request named another")]
     VersionConflict { current: i64 },
+    /// The request conflicts with the state of the target (409), e.g. an already resolved
+    /// sync conflict. The message is fixed text.
+    #[error("{0}")]
+    Conflict(&'static str),
     /// The request itself is malformed (400).
     #[error("bad request")]
     BadRequest(Vec<Issue>),

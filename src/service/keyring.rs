@@ -112,7 +112,7 @@ impl KeyRing {
                 // gets a unique violation, rolls back just that, and reads the winner's key.
                 match conn.transaction(|c| rows::insert_tenant_key(c, &row)) {
                     Ok(()) => {}
-                    Err(e) if rows::is_unique_violation(&e) => {}
+                    Err(e) if crate::store::is_unique_violation(&e) => {}
                     Err(e) => return Err(e.into()),
                 }
                 rows::find_tenant_key(conn, tenant)?.ok_or(ServiceError::Keys)?

@@ -10,8 +10,10 @@ pub mod codec;
 pub mod encryption_policy;
 mod error;
 pub mod export_format;
+pub mod feed;
 mod group_commit;
 pub mod keyring;
+pub mod merge;
 pub mod resources;
 mod search_params;
 
@@ -48,6 +50,10 @@ pub struct Services {
     pub ledger_signer: Arc<crate::ledger::checkpoint::Signer>,
     /// Shared commits for audit entries outside a write's own transaction.
     ledger_writer: group_commit::LedgerWriter,
+    /// Wakes change-feed subscribers when changes commit.
+    pub changes: feed::ChangeSignal,
+    /// How offline edits that collide are resolved (`policies/conflicts.toml`).
+    pub conflicts: Arc<merge::ConflictPolicy>,
 }
 
 impl Services {
@@ -57,9 +63,11 @@ impl Services {
         policy: Arc<AccessPolicy>,
         codec: Arc<codec::Codec>,
         ledger_signer: Arc<crate::ledger::checkpoint::Signer>,
+        conflicts: Arc<merge::ConflictPolicy>,
     ) -> Result<Self, std::io::Error> {
         let ledger_writer = group_commit::LedgerWriter::start(&store)?;
-        Ok(Self { store, validator, policy, codec, ledger_signer, ledger_writer })
+        let changes = feed::ChangeSignal::default();
+        Ok(Self { store, validator, policy, codec, ledger_signer, ledger_writer, changes, conflicts })
     }
 
     /// Records audit entries through the group-commit writer; returns once durable.

@@ -1,5 +1,6 @@
 //! Change-log rows: references to resource versions in commit order.
 
+use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 
 use crate::store::DbConnection;
@@ -24,7 +25,22 @@ pub fn append(conn: &mut DbConnection, mut row: ChangeRow) -> QueryResult<i64> {
     let max: Option<i64> = change_log::table.select(diesel::dsl::max(change_log::cursor)).first(conn)?;
     row.cursor = max.map_or(1, |m| m + 1);
     diesel::insert_into(change_log::table).values(&row).execute(conn)?;
+    if let DbConnection::Postgres(c) = conn {
+        // Delivered to listeners at commit, never for a rolled-back change. The payload is
+        // a cursor, never content.
+        c.batch_execute(&format!("SELECT pg_notify('{CHANNEL}', '{}')", row.cursor))?;
+    }
     Ok(row.cursor)
+}
+
+/// The PostgreSQL notification channel that wakes change-feed subscribers, in this and
+/// every other server process on the same database.
+pub const CHANNEL: &str = "carevault_changes";
+
+/// The newest cursor of any tenant (0 when the log is empty).
+pub fn head(conn: &mut DbConnection) -> QueryResult<i64> {
+    let max: Option<i64> = change_log::table.select(diesel::dsl::max(change_log::cursor)).first(conn)?;
+    Ok(max.unwrap_or(0))
 }
 
 /// Up to `limit` changes of `tenant` after `since`, in cursor order.
@@ -36,4 +52,27 @@ pub fn since(conn: &mut DbConnection, tenant: &str, since: i64, limit: i64) -> Q
         .limit(limit)
         .select(ChangeRow::as_select())
         .load(conn)
+}
+
+/// A dedicated PostgreSQL session subscribed to [`CHANNEL`].
+pub struct Listener {
+    conn: diesel::PgConnection,
+}
+
+impl Listener {
+    pub(crate) fn start(mut conn: diesel::PgConnection) -> QueryResult<Self> {
+        conn.batch_execute(&format!("LISTEN {CHANNEL}"))?;
+        Ok(Self { conn })
+    }
+
+    /// The highest cursor among the notifications received so far, without blocking
+    /// (`None` when there were none). An error means the session is gone.
+    pub fn poll(&mut self) -> QueryResult<Option<i64>> {
+        let mut newest = None;
+        for note in self.conn.notifications_iter() {
+            let cursor = note?.payload.parse::<i64>().unwrap_or(0);
+            newest = Some(newest.map_or(cursor, |n: i64| n.max(cursor)));
+        }
+        Ok(newest)
+    }
 }

@@ -30,16 +30,12 @@ pub struct DataKeyRow {
 }
 
 /// True when `e` is a unique-key violation (another writer inserted the same key first).
-pub fn is_unique_violation(e: &diesel::result::Error) -> bool {
-    matches!(e, diesel::result::Error::DatabaseError(diesel::result::DatabaseErrorKind::UniqueViolation, _))
-}
-
 pub fn find_tenant_key(conn: &mut DbConnection, tenant: &str) -> QueryResult<Option<TenantKeyRow>> {
     tenant_keys::table.find(tenant).select(TenantKeyRow::as_select()).first(conn).optional()
 }
 
 /// Inserts a tenant key. A concurrent creator makes this fail with a unique violation
-/// ([`is_unique_violation`]); run it in its own (sub)transaction so that failure rolls
+/// ([`crate::store::is_unique_violation`]); run it in its own (sub)transaction so that failure rolls
 /// back cleanly on PostgreSQL.
 pub fn insert_tenant_key(conn: &mut DbConnection, row: &TenantKeyRow) -> QueryResult<()> {
     diesel::insert_into(tenant_keys::table).values(row).execute(conn).map(|_| ())

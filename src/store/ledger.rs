@@ -89,7 +89,7 @@ pub fn all_checkpoints(conn: &mut DbConnection) -> QueryResult<Vec<CheckpointRow
 pub fn insert_checkpoint(conn: &mut DbConnection, row: &CheckpointRow) -> QueryResult<bool> {
     match conn.transaction(|c| diesel::insert_into(ledger_checkpoints::table).values(row).execute(c)) {
         Ok(_) => Ok(true),
-        Err(e) if crate::store::keys::is_unique_violation(&e) => Ok(false),
+        Err(e) if crate::store::is_unique_violation(&e) => Ok(false),
         Err(e) => Err(e),
     }
 }

@@ -8,6 +8,7 @@ pub mod keys;
 pub mod ledger;
 pub mod resources;
 pub mod schema;
+pub mod sync;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -235,10 +236,27 @@ impl Store {
         Ok(())
     }
 
+    /// A connection listening for change-log notifications: PostgreSQL only (`None` on
+    /// SQLite, whose other writers are seen by polling the change log).
+    pub fn listener(&self) -> Result<Option<changes::Listener>, StoreError> {
+        match &self.url {
+            DatabaseUrl::Sqlite(_) => Ok(None),
+            DatabaseUrl::Postgres(url) => {
+                let conn = diesel::PgConnection::establish(url).map_err(|e| StoreError::Connect(e.to_string()))?;
+                Ok(Some(changes::Listener::start(conn)?))
+            }
+        }
+    }
+
     pub fn state(&self) -> PoolState {
         let s = self.pool.state();
         PoolState { connections: s.connections, idle: s.idle_connections, max: self.pool.max_size() }
     }
+}
+
+/// True when an insert lost a race on a unique key (a concurrent writer got there first).
+pub fn is_unique_violation(e: &diesel::result::Error) -> bool {
+    matches!(e, diesel::result::Error::DatabaseError(diesel::result::DatabaseErrorKind::UniqueViolation, _))
 }
 
 /// Applies pending migrations of the connection's backend. On PostgreSQL an advisory lock

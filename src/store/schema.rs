@@ -36,7 +36,7 @@ diesel::table! {
     }
 }
 
-diesel::allow_tables_to_appear_in_same_query!(resources, resource_versions, search_tokens, tenant_keys, data_keys, ledger_entries, ledger_nodes, ledger_checkpoints, change_log);
+diesel::allow_tables_to_appear_in_same_query!(resources, resource_versions, search_tokens, tenant_keys, data_keys, ledger_entries, ledger_nodes, ledger_checkpoints, change_log, sync_mutations, sync_conflicts);
 
 diesel::table! {
     tenant_keys (tenant) {
@@ -99,5 +99,36 @@ diesel::table! {
         op -> Text,
         patient_id -> Nullable<Text>,
         committed_at -> Text,
+    }
+}
+
+diesel::table! {
+    sync_mutations (tenant, mutation_id) {
+        tenant -> Text,
+        mutation_id -> Text,
+        principal -> Text,
+        result -> Text,
+        created_at -> Text,
+    }
+}
+
+diesel::table! {
+    sync_conflicts (id) {
+        id -> Text,
+        tenant -> Text,
+        resource_type -> Text,
+        resource_id -> Text,
+        patient_id -> Nullable<Text>,
+        mutation_id -> Text,
+        base_version -> Nullable<BigInt>,
+        server_version -> BigInt,
+        strategy -> Text,
+        status -> Text,
+        detail -> Text,
+        created_by -> Text,
+        created_at -> Text,
+        resolved_by -> Nullable<Text>,
+        resolved_at -> Nullable<Text>,
+        resolved_version -> Nullable<BigInt>,
     }
 }

@@ -17,5 +17,7 @@ mod ops;
 mod search;
 mod store;
 mod sync;
+mod sync_push;
+mod sync_socket;
 mod tls;
 mod validation;

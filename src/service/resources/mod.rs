@@ -16,6 +16,12 @@ use std::collections::HashMap;
 
 use crate::store::{DbConnection, write_transaction};
 
+mod feed;
+mod push;
+
+pub use feed::{ChangePage, FeedFilter};
+pub use push::{MAX_CONFLICTS, Mutation, Resolution};
+
 /// How often a write without `If-Match` retries when another writer got there first.
 const UNCONDITIONAL_RETRIES: usize = 5;
 
@@ -172,8 +178,6 @@ impl<'s> ResourceService<'s> {
         }
     }
 
-    /// Authorizes `op` on a record whose current content is `content` (if any is known).
-    /// Authorizes `op` on a record and, when it is denied, ledgers the denied `action`.
     /// The access decision for `op` on a record whose current content is `content`.
     fn decision(&self, caller: &Caller, op: Op, rtype: ResourceType, id: &ResourceId, content: Option<&Value>, break_glass: bool) -> (Decision, Option<Reference>) {
         let owner = match rtype.category() {
@@ -191,6 +195,7 @@ impl<'s> ResourceService<'s> {
         (self.services.policy.decide(&caller.principal, op, &target, break_glass), owner)
     }
 
+    /// Authorizes `op` on a record and, when it is denied, ledgers the denied `action`.
     fn authorize(&self, caller: &Caller, op: Op, action: &str, rtype: ResourceType, id: &ResourceId, content: Option<&Value>) -> Result<Decision, ServiceError> {
         let (decision, owner) = self.decision(caller, op, rtype, id, content, caller.break_glass.is_some());
         match decision {
@@ -208,9 +213,6 @@ impl<'s> ResourceService<'s> {
         }
     }
 
-    /// The current row, its content (`None` once deleted) and the content access is judged
-    /// by: the current content, or for a deleted resource its last live version, so that
-    /// whoever could read it still learns that it is gone (410) rather than 403.
     /// The data keys of the given owners (absent owners have none).
     fn keys_of(&self, conn: &mut DbConnection, caller: &Caller, owners: Vec<String>) -> Result<HashMap<String, Result<DataKey, ServiceError>>, ServiceError> {
         self.services.codec.keys().data_keys(conn, caller.principal.tenant.as_str(), &owners)
@@ -292,6 +294,19 @@ impl<'s> ResourceService<'s> {
     /// The audit-ledger entry and the change-log row of the write belong here too, so that
     /// they commit or roll back with it. Returns `false` if `expected` was stale.
     fn commit(&self, conn: &mut DbConnection, caller: &Caller, write: &Write) -> Result<bool, ServiceError> {
+        self.commit_with(conn, caller, write, |_| Ok(()))
+    }
+
+    /// [`Self::commit`] with `also`: more rows that must commit with the version or not
+    /// at all (an offline mutation's id, a conflict record, a resolution). Wakes the
+    /// change-feed subscribers once committed.
+    fn commit_with(
+        &self,
+        conn: &mut DbConnection,
+        caller: &Caller,
+        write: &Write,
+        also: impl FnOnce(&mut DbConnection) -> Result<(), ServiceError>,
+    ) -> Result<bool, ServiceError> {
         let tenant = &caller.principal.tenant;
         let rtype = ResourceType::from_name(&write.row.resource_type).ok_or(ServiceError::Corrupt)?;
         let id = ResourceId::parse(&write.row.id).map_err(|_| ServiceError::Corrupt)?;
@@ -307,7 +322,7 @@ impl<'s> ResourceService<'s> {
                 None => rows::insert_first(tx, row)?,
                 Some(expected) => {
                     if !rows::advance(tx, row, expected)? {
-                        return Ok(false);
+                        return Ok(None);
                     }
                 }
             }
@@ -315,7 +330,7 @@ impl<'s> ResourceService<'s> {
             // The ledger append takes the append lock; the change row's cursor is allocated
             // under it, so cursor order is commit order.
             audit::append_in(tx, vec![write.entry.clone()])?;
-            crate::store::changes::append(
+            let cursor = crate::store::changes::append(
                 tx,
                 crate::store::changes::ChangeRow {
                     cursor: 0,
@@ -328,7 +343,14 @@ impl<'s> ResourceService<'s> {
                     committed_at: write.entry.time.clone(),
                 },
             )?;
-            Ok(true)
+            also(tx)?;
+            Ok(Some(cursor))
+        })
+        .map(|committed| {
+            if let Some(cursor) = committed {
+                self.services.changes.advance(cursor);
+            }
+            committed.is_some()
         })
     }
 
@@ -521,60 +543,6 @@ impl<'s> ResourceService<'s> {
         self.services.record(entries)?;
         tracing::info!(matches = items.len(), total, "search done");
         Ok(Page { items, total, count, offset, echo })
-    }
-}
-
-impl ResourceService<'_> {
-    /// Changes of the caller's tenant after `since` that the caller may read, in cursor
-    /// order, with each version's content (none for deletes), and the cursor to resume
-    /// from (past changes the caller may not see, too). Deliveries are ledgered (`sync`)
-    /// before they are returned.
-    #[tracing::instrument(skip_all)]
-    pub fn changes(&self, caller: &Caller, since: i64, limit: i64) -> Result<(Vec<Value>, i64), ServiceError> {
-        let tenant = caller.principal.tenant.as_str();
-        let mut conn = self.conn()?;
-        let batch = crate::store::changes::since(&mut conn, tenant, since, limit)?;
-        let mut out = Vec::new();
-        let mut entries = Vec::new();
-        for change in &batch {
-            let (Some(rtype), Ok(id)) = (ResourceType::from_name(&change.resource_type), ResourceId::parse(&change.resource_id)) else {
-                continue;
-            };
-            let owner = codec::owner(rtype, id.as_str(), change.patient_id.as_deref());
-            let keys = self.keys_of(&mut conn, caller, owner.iter().cloned().collect())?;
-            let open = |conn: &mut DbConnection, version: i64| -> Result<Option<Value>, ServiceError> {
-                match rows::find_version(conn, tenant, rtype.name(), id.as_str(), version)?.and_then(|v| v.content) {
-                    Some(stored) => self.open(caller, rtype, id.as_str(), &stored, &keys, owner.as_ref()).map(Some),
-                    None => Ok(None),
-                }
-            };
-            let (content, basis) = match open(&mut conn, change.version_id) {
-                Ok(Some(content)) => (Some(content.clone()), Some(content)),
-                Ok(None) => (None, open(&mut conn, change.version_id - 1).ok().flatten()),
-                // A shredded record's changes have nothing left to deliver.
-                Err(ServiceError::Erased) => continue,
-                Err(e) => return Err(e),
-            };
-            if self.decision(caller, Op::Read, rtype, &id, basis.as_ref(), false).0 == Decision::Deny {
-                continue;
-            }
-            let patient = patient_of(rtype, id.as_str(), change.patient_id.as_deref());
-            entries.push(caller.entry("sync", Some(version_ref(rtype, id.as_str(), change.version_id)), patient, "success"));
-            out.push(serde_json::json!({
-                "type": "change",
-                "cursor": change.cursor.to_string(),
-                "op": change.op,
-                "resourceType": rtype.name(),
-                "id": id.as_str(),
-                "versionId": change.version_id.to_string(),
-                "resource": content,
-            }));
-        }
-        if !entries.is_empty() {
-            self.services.record(entries)?;
-        }
-        let cursor = batch.last().map_or(since, |c| c.cursor);
-        Ok((out, cursor))
     }
 }
 

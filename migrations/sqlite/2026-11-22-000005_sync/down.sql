@@ -1,0 +1,2 @@
+DROP TABLE sync_conflicts;
+DROP TABLE sync_mutations;

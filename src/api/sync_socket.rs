@@ -1,0 +1,225 @@
+//! The WebSocket change feed `GET /sync` (SPEC §6). Each connection reads the change log
+//! from its own cursor, one bounded batch at a time, and only when the previous batch has
+//! been handed to the socket: a slow client simply falls behind on its cursor, so server
+//! memory per connection stays bounded whatever the write rate. Commits wake the readers
+//! ([`crate::service::feed::ChangeSignal`]); silent and stalled connections are closed.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use actix_ws::{AggregatedMessage, AggregatedMessageStream, CloseCode, CloseReason, Session};
+use serde_json::{Value, json};
+
+use crate::api::{ApiError, AppState, blocking};
+use crate::fhir::IssueCode;
+use crate::service::Caller;
+use crate::service::resources::FeedFilter;
+
+/// Changes read per batch.
+const BATCH: i64 = 200;
+
+#[utoipa::path(get, path = "/sync", tag = "sync",
+    params(("access_token" = Option<String>, Query, description = "bearer token, for clients that cannot set Authorization on a WebSocket")),
+    responses((status = 101, description = "WebSocket: subscribe / push / ping in, change / caught_up / push_result / pong / error out (SPEC §6)"),
+        (status = 401, description = "missing or invalid token")))]
+pub async fn socket(req: HttpRequest, body: web::Payload, state: web::Data<AppState>, caller: Caller) -> Result<HttpResponse, ApiError> {
+    let (response, session, stream) = actix_ws::handle(&req, body)
+        .map_err(|_| ApiError::bad_request(IssueCode::NotSupported, "GET /sync is a WebSocket endpoint: send an Upgrade request"))?;
+    let stream = stream.max_frame_size(state.body_limit).aggregate_continuations().max_continuation_size(state.body_limit);
+    state.metrics.sync_connections.inc();
+    let state = state.into_inner();
+    actix_web::rt::spawn(async move {
+        let reason = Connection { state: state.clone(), caller, session, subscription: None }.run(stream).await;
+        state.metrics.sync_connections.dec();
+        tracing::info!(reason, "sync connection closed");
+    });
+    Ok(response)
+}
+
+struct Subscription {
+    cursor: i64,
+    filter: FeedFilter,
+    caught_up: bool,
+    /// The log may hold changes after `cursor`.
+    behind: bool,
+}
+
+struct Connection {
+    state: Arc<AppState>,
+    caller: Caller,
+    session: Session,
+    subscription: Option<Subscription>,
+}
+
+/// Why a connection ended, for the log.
+type Ended = &'static str;
+
+fn error(code: &str, message: &str) -> Value {
+    json!({ "type": "error", "code": code, "message": message })
+}
+
+impl Connection {
+    async fn run(mut self, mut stream: AggregatedMessageStream) -> Ended {
+        let mut head = self.state.services.changes.subscribe();
+        // Server pings at this interval; any frame from the client is a sign of life.
+        let timing = self.state.sync;
+        let mut heartbeat = tokio::time::interval(timing.heartbeat);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut heard = Instant::now();
+        let ended = loop {
+            let behind = self.subscription.as_ref().is_some_and(|s| s.behind);
+            let subscribed = self.subscription.is_some();
+            let step = tokio::select! {
+                biased;
+                message = stream.recv() => {
+                    heard = Instant::now();
+                    match message {
+                        Some(Ok(message)) => self.on_message(message).await,
+                        Some(Err(_)) => Err("protocol error"),
+                        None => Err("client went away"),
+                    }
+                }
+                _ = heartbeat.tick() => {
+                    if heard.elapsed() > timing.idle_timeout {
+                        Err("idle")
+                    } else {
+                        self.session.ping(b"").await.map_err(|_| "client went away")
+                    }
+                }
+                changed = head.changed(), if subscribed => {
+                    if changed.is_err() {
+                        Err("server shutting down")
+                    } else {
+                        let newest = *head.borrow_and_update();
+                        if let Some(s) = self.subscription.as_mut().filter(|s| newest > s.cursor) {
+                            s.behind = true;
+                        }
+                        Ok(())
+                    }
+                }
+                () = std::future::ready(()), if behind => {
+                    head.borrow_and_update();
+                    let sent = self.deliver().await;
+                    // A client taking what is sent is alive, even if its pongs wait in line.
+                    heard = Instant::now();
+                    sent
+                }
+            };
+            if let Err(why) = step {
+                break why;
+            }
+        };
+        let code = match ended {
+            "idle" | "stalled" => CloseCode::Policy,
+            "feed unavailable" => CloseCode::Error,
+            "server shutting down" => CloseCode::Restart,
+            _ => CloseCode::Normal,
+        };
+        // A stalled client may never take the close frame; do not wait for it.
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.session.close(Some(CloseReason { code, description: Some(ended.into()) }))).await;
+        ended
+    }
+
+    async fn send(&mut self, message: &Value) -> Result<(), Ended> {
+        // A client that leaves a message untaken this long is stalled; it is disconnected
+        // and resumes from its cursor when it reconnects.
+        match tokio::time::timeout(self.state.sync.send_timeout, self.session.text(message.to_string())).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err("client went away"),
+            Err(_) => Err("stalled"),
+        }
+    }
+
+    async fn on_message(&mut self, message: AggregatedMessage) -> Result<(), Ended> {
+        match message {
+            AggregatedMessage::Text(text) => match serde_json::from_str::<Value>(&text) {
+                Ok(value) => self.on_request(value).await,
+                Err(_) => self.send(&error("bad_message", "messages must be JSON objects with a type")).await,
+            },
+            AggregatedMessage::Binary(_) => self.send(&error("bad_message", "only text messages are accepted")).await,
+            AggregatedMessage::Ping(bytes) => self.session.pong(&bytes).await.map_err(|_| "client went away"),
+            AggregatedMessage::Pong(_) => Ok(()),
+            AggregatedMessage::Close(_) => Err("closed by client"),
+        }
+    }
+
+    async fn on_request(&mut self, request: Value) -> Result<(), Ended> {
+        match request.get("type").and_then(Value::as_str) {
+            Some("ping") => self.send(&json!({ "type": "pong" })).await,
+            Some("subscribe") => match subscription(&request) {
+                Ok(s) => {
+                    self.subscription = Some(s);
+                    Ok(())
+                }
+                Err(why) => self.send(&error("bad_subscribe", why)).await,
+            },
+            Some("push") => {
+                let mutations = match crate::api::sync::parse_push(request) {
+                    Ok(m) => m,
+                    Err(why) => return self.send(&error("bad_push", &why)).await,
+                };
+                let services = self.state.services.clone();
+                let caller = self.caller.clone();
+                match blocking(move || Ok(services.resources().push(&caller, mutations)?)).await {
+                    Ok(results) => self.send(&json!({ "type": "push_result", "results": results })).await,
+                    Err(_) => self.send(&error("unavailable", "the push could not be completed; send it again (mutationIds make that safe)")).await,
+                }
+            }
+            _ => self.send(&error("bad_message", "type must be subscribe, push or ping")).await,
+        }
+    }
+
+    /// Sends the next batch after the subscription's cursor, and `caught_up` the first
+    /// time the backlog is exhausted.
+    async fn deliver(&mut self) -> Result<(), Ended> {
+        let Some(s) = self.subscription.as_ref() else { return Ok(()) };
+        let (since, filter) = (s.cursor, s.filter.clone());
+        let services = self.state.services.clone();
+        let caller = self.caller.clone();
+        let page = match blocking(move || Ok(services.resources().changes(&caller, since, BATCH, &filter)?)).await {
+            Ok(page) => page,
+            Err(_) => {
+                self.send(&error("unavailable", "the change feed is unavailable; reconnect and resume from your cursor")).await?;
+                return Err("feed unavailable");
+            }
+        };
+        for change in &page.changes {
+            self.send(change).await?;
+        }
+        let Some(s) = self.subscription.as_mut() else { return Ok(()) };
+        s.cursor = page.cursor;
+        if page.scanned < usize::try_from(BATCH).unwrap_or(usize::MAX) {
+            s.behind = false;
+            if !s.caught_up {
+                s.caught_up = true;
+                let cursor = s.cursor.to_string();
+                self.send(&json!({ "type": "caught_up", "cursor": cursor })).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn subscription(request: &Value) -> Result<Subscription, &'static str> {
+    let since = match request.get("since") {
+        None | Some(Value::Null) => 0,
+        Some(Value::String(s)) => crate::api::sync::parse_cursor(Some(s))?,
+        Some(Value::Number(n)) => n.as_i64().filter(|c| *c >= 0).ok_or("since must be a cursor from this server")?,
+        Some(_) => return Err("since must be a cursor from this server"),
+    };
+    let patient = match request.get("patient") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(p)) => Some(p.as_str()),
+        Some(_) => return Err("patient must be a reference of the form Patient/ID"),
+    };
+    let types: Option<Vec<String>> = match request.get("types") {
+        None | Some(Value::Null) => None,
+        Some(Value::Array(items)) => Some(
+            items.iter().map(|t| t.as_str().map(str::to_owned).ok_or("types must be a list of resource type names")).collect::<Result<_, _>>()?,
+        ),
+        Some(_) => return Err("types must be a list of resource type names"),
+    };
+    let filter = FeedFilter::parse(patient, types.as_deref())?;
+    Ok(Subscription { cursor: since, filter, caught_up: false, behind: true })
+}

@@ -1,0 +1,622 @@
+//! Offline edits (`push` / `POST /sync/push`): each mutation is applied at most once,
+//! merged per top-level element against the version it was made on, and whatever both
+//! sides changed is settled by `policies/conflicts.toml`. Conflicts keep the base, server
+//! and client values (sealed under the owner's data key) until a clinician resolves them.
+
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use super::{Current, ResourceService, Write, instant, now, patient_of, resource_ref, rows, version_ref};
+use crate::authz::Op;
+use crate::domain::{ResourceId, ResourceType};
+use crate::service::merge::{Collision, Merged, Strategy, merge};
+use crate::service::{Caller, ServiceError, audit, codec};
+use crate::store::sync::{self as sync_rows, ConflictRow, MutationRow};
+use crate::store::{DbConnection, is_unique_violation, write_transaction};
+
+/// How often a mutation is re-merged when another writer committed in between.
+const MERGE_RETRIES: usize = 5;
+/// The AAD label of sealed conflict values.
+const CONFLICT_RECORD: &str = "sync-conflict";
+/// Most conflicts listed at once.
+pub const MAX_CONFLICTS: i64 = 500;
+
+/// One queued offline edit, as a device sends it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Mutation {
+    pub mutation_id: String,
+    pub op: String,
+    pub resource_type: String,
+    #[serde(default)]
+    pub id: Option<String>,
+    #[serde(default)]
+    pub base_version: Option<String>,
+    #[serde(default)]
+    pub resource: Option<Value>,
+}
+
+/// How a clinician settles a conflict.
+#[derive(Debug, Clone)]
+pub enum Resolution {
+    /// Keep the server's values of the conflicting elements.
+    Server,
+    /// Take the offline edit's values of the conflicting elements.
+    Client,
+    /// A whole resource written by the clinician.
+    Resource(Value),
+}
+
+/// A mutation's answer before it is shaped for the client.
+struct Outcome {
+    status: &'static str,
+    version: Option<i64>,
+    collisions: Vec<Collision>,
+    conflict_id: Option<String>,
+    error: Option<String>,
+}
+
+impl Outcome {
+    fn rejected(error: impl Into<String>) -> Self {
+        Self { status: "rejected", version: None, collisions: Vec::new(), conflict_id: None, error: Some(error.into()) }
+    }
+
+    fn done(status: &'static str, version: i64) -> Self {
+        Self { status, version: Some(version), collisions: Vec::new(), conflict_id: None, error: None }
+    }
+
+    /// What is kept for replays: no element values, only where to find them.
+    fn stored(&self) -> String {
+        json!({ "status": self.status, "versionId": self.version, "conflictId": self.conflict_id, "error": self.error }).to_string()
+    }
+
+    fn answer(&self, mutation_id: &str) -> Value {
+        answer(mutation_id, self.status, self.version, &self.collisions, self.conflict_id.as_deref(), self.error.as_deref())
+    }
+}
+
+fn answer(mutation_id: &str, status: &str, version: Option<i64>, collisions: &[Collision], conflict_id: Option<&str>, error: Option<&str>) -> Value {
+    let mut out = json!({
+        "mutationId": mutation_id,
+        "status": status,
+        "versionId": version.map(|v| v.to_string()),
+        "conflicts": collisions.iter().map(collision_json).collect::<Vec<_>>(),
+    });
+    if let Some(id) = conflict_id {
+        out["conflictId"] = json!(id);
+    }
+    if let Some(e) = error {
+        out["error"] = json!(e);
+    }
+    out
+}
+
+fn collision_json(c: &Collision) -> Value {
+    let mut v = c.to_json();
+    v["strategy"] = json!(c.strategy.as_str());
+    v
+}
+
+fn collisions_from(detail: &Value) -> Vec<Collision> {
+    detail
+        .as_array()
+        .map(|items| {
+            items
+                .iter()
+                .map(|i| Collision {
+                    path: i["path"].as_str().unwrap_or_default().to_owned(),
+                    base: i["base"].clone(),
+                    server: i["server"].clone(),
+                    client: i["client"].clone(),
+                    strategy: if i["strategy"] == "manual" { Strategy::Manual } else { Strategy::LastWriterWins },
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn valid_mutation_id(id: &str) -> bool {
+    (1..=100).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+}
+
+/// Why a mutation was rejected, in words that carry no submitted value.
+fn rejection(e: &ServiceError) -> Option<String> {
+    match e {
+        ServiceError::Invalid(issues) | ServiceError::BadRequest(issues) => Some(
+            issues
+                .iter()
+                .map(|i| match &i.expression {
+                    Some(path) => format!("{path}: {}", i.diagnostics),
+                    None => i.diagnostics.clone(),
+                })
+                .collect::<Vec<_>>()
+                .join("; "),
+        ),
+        ServiceError::Forbidden => Some("access denied".into()),
+        ServiceError::NotFound => Some("resource not found".into()),
+        ServiceError::Erased => Some("record has been erased".into()),
+        ServiceError::Gone => Some("resource has been deleted".into()),
+        _ => None,
+    }
+}
+
+/// Content without the server-owned `meta`, as merged and compared.
+fn body_of(content: &Value) -> Map<String, Value> {
+    let mut map = content.as_object().cloned().unwrap_or_default();
+    map.shift_remove("meta");
+    map
+}
+
+/// A conflict about to be stored with a mutation's effect.
+struct NewConflict {
+    row: ConflictRow,
+    detail: Value,
+}
+
+impl ResourceService<'_> {
+    /// Applies a device's queued edits in order. Each one's answer is independent: a
+    /// rejected mutation does not stop the rest. Infrastructure failures abort the batch;
+    /// the mutations applied before it answer `duplicate` when the device sends it again.
+    #[tracing::instrument(skip_all, fields(mutations = mutations.len()))]
+    pub fn push(&self, caller: &Caller, mutations: Vec<Mutation>) -> Result<Vec<Value>, ServiceError> {
+        mutations.into_iter().map(|m| self.push_one(caller, m)).collect()
+    }
+
+    fn push_one(&self, caller: &Caller, m: Mutation) -> Result<Value, ServiceError> {
+        if !valid_mutation_id(&m.mutation_id) {
+            return Ok(Outcome::rejected("mutationId must be 1 to 100 letters, digits or -_.:").answer(""));
+        }
+        let mut conn = self.conn()?;
+        if let Some(first) = sync_rows::find_mutation(&mut conn, caller.principal.tenant.as_str(), &m.mutation_id)? {
+            return self.replay(&mut conn, caller, &m.mutation_id, &first);
+        }
+        let outcome = match self.apply(&mut conn, caller, &m) {
+            Ok(outcome) => outcome,
+            Err(ServiceError::Store(crate::store::StoreError::Query(e))) if is_unique_violation(&e) => {
+                // The same mutation committed concurrently: answer as its replay.
+                if let Some(first) = sync_rows::find_mutation(&mut conn, caller.principal.tenant.as_str(), &m.mutation_id)? {
+                    return self.replay(&mut conn, caller, &m.mutation_id, &first);
+                }
+                Outcome::rejected("a resource with this id already exists")
+            }
+            Err(e) => match rejection(&e) {
+                Some(why) => Outcome::rejected(why),
+                None => return Err(e),
+            },
+        };
+        tracing::info!(status = outcome.status, "offline mutation");
+        Ok(outcome.answer(&m.mutation_id))
+    }
+
+    fn apply(&self, conn: &mut DbConnection, caller: &Caller, m: &Mutation) -> Result<Outcome, ServiceError> {
+        let Some(rtype) = ResourceType::from_name(&m.resource_type) else {
+            return Ok(Outcome::rejected("resourceType is not a type this server serves"));
+        };
+        let id = match m.id.as_deref().map(ResourceId::parse) {
+            Some(Ok(id)) => Some(id),
+            Some(Err(_)) => return Ok(Outcome::rejected("id is not a valid resource id")),
+            None => None,
+        };
+        let base = match m.base_version.as_deref().map(str::parse::<i64>) {
+            Some(Ok(v)) if v >= 1 => Some(v),
+            Some(_) => return Ok(Outcome::rejected("baseVersion must be a version id of the resource")),
+            None => None,
+        };
+        match (m.op.as_str(), id, base, &m.resource) {
+            ("create", id, None, Some(resource)) => self.push_create(conn, caller, m, rtype, id.unwrap_or_else(ResourceId::generate), resource.clone()),
+            ("create", ..) => Ok(Outcome::rejected("create needs a resource and no baseVersion")),
+            ("update", Some(id), Some(base), Some(resource)) => self.push_update(conn, caller, m, rtype, &id, base, resource.clone()),
+            ("update", ..) => Ok(Outcome::rejected("update needs id, baseVersion and resource")),
+            ("delete", Some(id), Some(base), None) => self.push_delete(conn, caller, m, rtype, &id, base),
+            ("delete", ..) => Ok(Outcome::rejected("delete needs id and baseVersion and no resource")),
+            _ => Ok(Outcome::rejected("op must be create, update or delete")),
+        }
+    }
+
+    fn mutation_row(caller: &Caller, mutation_id: &str, outcome: &Outcome) -> MutationRow {
+        MutationRow {
+            tenant: caller.principal.tenant.to_string(),
+            mutation_id: mutation_id.to_owned(),
+            principal: caller.principal.sub.clone(),
+            result: outcome.stored(),
+            created_at: instant(now()),
+        }
+    }
+
+    /// Stores a conflict's values sealed under the record owner's data key.
+    fn insert_conflict(&self, tx: &mut DbConnection, caller: &Caller, rtype: ResourceType, conflict: &NewConflict) -> Result<(), ServiceError> {
+        let tenant = &caller.principal.tenant;
+        let row = &conflict.row;
+        let owner = codec::owner(rtype, &row.resource_id, row.patient_id.as_deref()).ok_or(ServiceError::Corrupt)?;
+        let key = self.services.codec.keys().data_key_for_write(tx, tenant.as_str(), &owner)?;
+        let detail = self.services.codec.seal_record(tenant, CONFLICT_RECORD, &row.id, &key, &conflict.detail)?;
+        sync_rows::insert_conflict(tx, &ConflictRow { detail, ..row.clone() })?;
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn new_conflict(caller: &Caller, m: &Mutation, rtype: ResourceType, current: &Current, base: Option<i64>, collisions: &[Collision], resolved_version: Option<i64>) -> NewConflict {
+        let manual = collisions.iter().any(|c| c.strategy == Strategy::Manual);
+        let at = instant(now());
+        NewConflict {
+            row: ConflictRow {
+                id: uuid::Uuid::new_v4().to_string(),
+                tenant: caller.principal.tenant.to_string(),
+                resource_type: rtype.name().to_owned(),
+                resource_id: current.row.id.clone(),
+                patient_id: current.row.patient_id.clone(),
+                mutation_id: m.mutation_id.clone(),
+                base_version: base,
+                server_version: current.row.version_id,
+                strategy: if manual { Strategy::Manual } else { Strategy::LastWriterWins }.as_str().to_owned(),
+                status: if manual { "open" } else { "resolved" }.to_owned(),
+                detail: String::new(),
+                created_by: caller.principal.sub.clone(),
+                created_at: at.clone(),
+                resolved_by: (!manual).then(|| Strategy::LastWriterWins.as_str().to_owned()),
+                resolved_at: (!manual).then_some(at),
+                resolved_version,
+            },
+            detail: Value::Array(collisions.iter().map(collision_json).collect()),
+        }
+    }
+
+    /// Records the mutation (and its conflict) without a new version: the server value
+    /// stays. The ledger notes the sync activity on the record.
+    #[allow(clippy::too_many_arguments)]
+    fn record_only(&self, conn: &mut DbConnection, caller: &Caller, m: &Mutation, rtype: ResourceType, current: &Current, outcome: &Outcome, conflict: Option<&NewConflict>) -> Result<(), ServiceError> {
+        let id = &current.row.id;
+        let entry = caller.entry("sync", Some(version_ref(rtype, id, current.row.version_id)), patient_of(rtype, id, current.row.patient_id.as_deref()), "success");
+        write_transaction(conn, |tx| {
+            if let Some(c) = conflict {
+                self.insert_conflict(tx, caller, rtype, c)?;
+            }
+            sync_rows::insert_mutation(tx, &Self::mutation_row(caller, &m.mutation_id, outcome))?;
+            audit::append_in(tx, vec![entry])
+        })
+    }
+
+    /// Writes `content` (or a delete when `None`) as the version after `current`, with the
+    /// mutation record and any conflict in the same transaction. `false` if another writer
+    /// got there first.
+    #[allow(clippy::too_many_arguments)]
+    fn write_version(
+        &self,
+        conn: &mut DbConnection,
+        caller: &Caller,
+        rtype: ResourceType,
+        id: &ResourceId,
+        current: &Current,
+        content: Option<Map<String, Value>>,
+        also: impl FnOnce(&mut DbConnection) -> Result<(), ServiceError>,
+    ) -> Result<bool, ServiceError> {
+        let version = current.row.version_id + 1;
+        let at = now();
+        let (row, resource, tokens, action) = match content {
+            Some(body) => {
+                let stamped = Self::stamp(body, id, version, at);
+                let row = self.new_row(caller, rtype, id, version, Some(&stamped), at)?;
+                let tenant_keys = self.services.codec.keys().tenant(conn, caller.principal.tenant.as_str())?;
+                let tokens = self.services.codec.tokens_for(&tenant_keys, rtype, &stamped);
+                (row, Some(stamped), tokens, "update")
+            }
+            None => {
+                let mut row = self.new_row(caller, rtype, id, version, None, at)?;
+                row.patient_id = current.row.patient_id.clone();
+                (row, None, Vec::new(), "delete")
+            }
+        };
+        let entry = caller.entry(action, Some(version_ref(rtype, id.as_str(), version)), patient_of(rtype, id.as_str(), row.patient_id.as_deref()), "success");
+        let write = Write { row, resource, expected: Some(current.row.version_id), tokens, entry };
+        self.commit_with(conn, caller, &write, also)
+    }
+
+    fn push_create(&self, conn: &mut DbConnection, caller: &Caller, m: &Mutation, rtype: ResourceType, id: ResourceId, resource: Value) -> Result<Outcome, ServiceError> {
+        let mut body = resource;
+        if let Some(obj) = body.as_object_mut() {
+            obj.entry("id").or_insert_with(|| Value::String(id.to_string()));
+        }
+        let resource = self.parse_body(rtype, body, Some(&id))?;
+        if rows::find_current(conn, caller.principal.tenant.as_str(), rtype.name(), id.as_str())?.is_some() {
+            return Ok(Outcome::rejected("a resource with this id already exists"));
+        }
+        let at = now();
+        let stamped = Self::stamp(resource, &id, 1, at);
+        self.authorize(caller, Op::Write, "create", rtype, &id, Some(&stamped))?;
+        let row = self.new_row(caller, rtype, &id, 1, Some(&stamped), at)?;
+        let tenant_keys = self.services.codec.keys().tenant(conn, caller.principal.tenant.as_str())?;
+        let tokens = self.services.codec.tokens_for(&tenant_keys, rtype, &stamped);
+        let entry = caller.entry("create", Some(version_ref(rtype, id.as_str(), 1)), patient_of(rtype, id.as_str(), row.patient_id.as_deref()), "success");
+        let outcome = Outcome::done("applied", 1);
+        let mutation = Self::mutation_row(caller, &m.mutation_id, &outcome);
+        let write = Write { row, resource: Some(stamped), expected: None, tokens, entry };
+        self.commit_with(conn, caller, &write, |tx| Ok(sync_rows::insert_mutation(tx, &mutation)?))?;
+        Ok(outcome)
+    }
+
+    /// The content of version `base` of a record, if it is a live version.
+    fn base_content(&self, conn: &mut DbConnection, caller: &Caller, rtype: ResourceType, current: &Current, base: i64) -> Result<Option<Value>, ServiceError> {
+        let row = rows::find_version(conn, caller.principal.tenant.as_str(), rtype.name(), &current.row.id, base)?;
+        match row.and_then(|r| if r.deleted == 0 { r.content } else { None }) {
+            Some(stored) => Ok(Some(self.open(caller, rtype, &current.row.id, &stored, &current.keys, current.owner.as_ref())?)),
+            None => Ok(None),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn push_update(&self, conn: &mut DbConnection, caller: &Caller, m: &Mutation, rtype: ResourceType, id: &ResourceId, base: i64, resource: Value) -> Result<Outcome, ServiceError> {
+        let client = self.parse_body(rtype, resource, Some(id))?;
+        for _ in 0..MERGE_RETRIES {
+            let current = self.load_current(conn, caller, rtype, id)?;
+            self.authorize(caller, Op::Write, "update", rtype, id, current.basis.as_ref())?;
+            if base > current.row.version_id {
+                return Ok(Outcome::rejected("baseVersion is newer than the current version"));
+            }
+            let Some(base_content) = self.base_content(conn, caller, rtype, &current, base)? else {
+                return Ok(Outcome::rejected("baseVersion is not a stored version of this resource"));
+            };
+            let Some(server) = current.content.as_ref() else {
+                // An edit of a deleted record is a conflict, never a resurrection.
+                let collision = Collision {
+                    path: rtype.name().to_owned(),
+                    base: base_content,
+                    server: Value::Null,
+                    client: Value::Object(client.clone()),
+                    strategy: Strategy::Manual,
+                };
+                let conflict = Self::new_conflict(caller, m, rtype, &current, Some(base), std::slice::from_ref(&collision), None);
+                let outcome = Outcome { status: "conflict", version: Some(current.row.version_id), collisions: vec![collision], conflict_id: Some(conflict.row.id.clone()), error: None };
+                self.record_only(conn, caller, m, rtype, &current, &outcome, Some(&conflict))?;
+                return Ok(outcome);
+            };
+            let server = body_of(server);
+            let merged = if base == current.row.version_id {
+                Merged { resource: client.clone(), collisions: Vec::new() }
+            } else {
+                merge(&body_of(&base_content), &server, &client, |e| self.services.conflicts.strategy(rtype.name(), e))
+            };
+            let manual = merged.collisions.iter().any(|c| c.strategy == Strategy::Manual);
+            let status = match (manual, base == current.row.version_id) {
+                (true, _) => "conflict",
+                (false, true) => "applied",
+                (false, false) => "merged",
+            };
+            let changed = merged.resource != server;
+            if changed {
+                self.services.validator.validate(rtype, &Value::Object(merged.resource.clone())).map_err(ServiceError::Invalid)?;
+            }
+            let new_version = current.row.version_id + i64::from(changed);
+            let conflict = (!merged.collisions.is_empty())
+                .then(|| Self::new_conflict(caller, m, rtype, &current, Some(base), &merged.collisions, (!manual).then_some(new_version)));
+            let outcome = Outcome {
+                status,
+                version: Some(new_version),
+                collisions: merged.collisions,
+                conflict_id: conflict.as_ref().map(|c| c.row.id.clone()),
+                error: None,
+            };
+            if !changed {
+                self.record_only(conn, caller, m, rtype, &current, &outcome, conflict.as_ref())?;
+                return Ok(outcome);
+            }
+            let mutation = Self::mutation_row(caller, &m.mutation_id, &outcome);
+            let written = self.write_version(conn, caller, rtype, id, &current, Some(merged.resource), |tx| {
+                if let Some(c) = &conflict {
+                    self.insert_conflict(tx, caller, rtype, c)?;
+                }
+                Ok(sync_rows::insert_mutation(tx, &mutation)?)
+            })?;
+            if written {
+                return Ok(outcome);
+            }
+        }
+        Err(ServiceError::VersionConflict { current: -1 })
+    }
+
+    fn push_delete(&self, conn: &mut DbConnection, caller: &Caller, m: &Mutation, rtype: ResourceType, id: &ResourceId, base: i64) -> Result<Outcome, ServiceError> {
+        for _ in 0..MERGE_RETRIES {
+            let current = self.load_current(conn, caller, rtype, id)?;
+            self.authorize(caller, Op::Write, "delete", rtype, id, current.basis.as_ref())?;
+            if base > current.row.version_id {
+                return Ok(Outcome::rejected("baseVersion is newer than the current version"));
+            }
+            let Some(server) = current.content.clone() else {
+                let outcome = Outcome::done("applied", current.row.version_id);
+                self.record_only(conn, caller, m, rtype, &current, &outcome, None)?;
+                return Ok(outcome);
+            };
+            let mut outcome = Outcome::done("applied", current.row.version_id + 1);
+            let mut conflict = None;
+            if base != current.row.version_id {
+                let base_content = self.base_content(conn, caller, rtype, &current, base)?.unwrap_or(Value::Null);
+                let strategy = self.services.conflicts.whole_resource(rtype.name());
+                let collision = Collision { path: rtype.name().to_owned(), base: base_content, server, client: Value::Null, strategy };
+                let kept = Self::new_conflict(caller, m, rtype, &current, Some(base), std::slice::from_ref(&collision), None);
+                outcome.conflict_id = Some(kept.row.id.clone());
+                outcome.collisions = vec![collision];
+                if strategy == Strategy::Manual {
+                    outcome.status = "conflict";
+                    outcome.version = Some(current.row.version_id);
+                    self.record_only(conn, caller, m, rtype, &current, &outcome, Some(&kept))?;
+                    return Ok(outcome);
+                }
+                outcome.status = "merged";
+                let mut kept = kept;
+                kept.row.resolved_version = Some(current.row.version_id + 1);
+                conflict = Some(kept);
+            }
+            let mutation = Self::mutation_row(caller, &m.mutation_id, &outcome);
+            let written = self.write_version(conn, caller, rtype, id, &current, None, |tx| {
+                if let Some(c) = &conflict {
+                    self.insert_conflict(tx, caller, rtype, c)?;
+                }
+                Ok(sync_rows::insert_mutation(tx, &mutation)?)
+            })?;
+            if written {
+                return Ok(outcome);
+            }
+        }
+        Err(ServiceError::VersionConflict { current: -1 })
+    }
+
+    /// A mutation id seen before: its first answer, marked `duplicate`. Only the device
+    /// principal that sent it first may replay it.
+    fn replay(&self, conn: &mut DbConnection, caller: &Caller, mutation_id: &str, first: &MutationRow) -> Result<Value, ServiceError> {
+        if first.principal != caller.principal.sub {
+            return Ok(Outcome::rejected("mutationId was already used by another client").answer(mutation_id));
+        }
+        let stored: Value = serde_json::from_str(&first.result).map_err(|_| ServiceError::Corrupt)?;
+        let version = stored["versionId"].as_i64();
+        let conflict_id = stored["conflictId"].as_str();
+        let collisions = match conflict_id {
+            Some(cid) => self.conflict_detail(conn, caller, cid)?.map(|(_, d)| collisions_from(&d)).unwrap_or_default(),
+            None => Vec::new(),
+        };
+        let mut out = answer(mutation_id, "duplicate", version, &collisions, conflict_id, stored["error"].as_str());
+        out["firstStatus"] = stored["status"].clone();
+        Ok(out)
+    }
+
+    /// A conflict row with its opened values, if the caller may still read its record.
+    fn conflict_detail(&self, conn: &mut DbConnection, caller: &Caller, conflict_id: &str) -> Result<Option<(ConflictRow, Value)>, ServiceError> {
+        let tenant = &caller.principal.tenant;
+        let Some(row) = sync_rows::find_conflict(conn, tenant.as_str(), conflict_id)? else { return Ok(None) };
+        let (Some(rtype), Ok(id)) = (ResourceType::from_name(&row.resource_type), ResourceId::parse(&row.resource_id)) else {
+            return Err(ServiceError::Corrupt);
+        };
+        let current = match self.load_current(conn, caller, rtype, &id) {
+            Ok(current) => current,
+            // A shredded record's conflicts went with its key.
+            Err(ServiceError::Erased) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        if self.decision(caller, Op::Read, rtype, &id, current.basis.as_ref(), false).0 == crate::authz::Decision::Deny {
+            return Ok(None);
+        }
+        let key = current.owner.as_ref().and_then(|o| current.keys.get(o)).ok_or(ServiceError::Integrity)?;
+        let detail = match self.services.codec.open_record(tenant, CONFLICT_RECORD, &row.id, &row.detail, key) {
+            Ok(d) => d,
+            Err(ServiceError::Erased) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        Ok(Some((row, detail)))
+    }
+
+    /// Conflicts of the caller's tenant whose records the caller may read, oldest first:
+    /// `status` `open` (default), `resolved` or all. Each disclosure is ledgered (`read`).
+    #[tracing::instrument(skip_all)]
+    pub fn conflicts(&self, caller: &Caller, status: Option<&str>, limit: i64) -> Result<Vec<Value>, ServiceError> {
+        let mut conn = self.conn()?;
+        let rows = sync_rows::conflicts(&mut conn, caller.principal.tenant.as_str(), status, limit)?;
+        let mut out = Vec::new();
+        let mut entries = Vec::new();
+        for row in rows {
+            let Some((row, detail)) = self.conflict_detail(&mut conn, caller, &row.id)? else { continue };
+            let rtype = ResourceType::from_name(&row.resource_type).ok_or(ServiceError::Corrupt)?;
+            entries.push(caller.entry("read", Some(resource_ref(rtype, &row.resource_id)), patient_of(rtype, &row.resource_id, row.patient_id.as_deref()), "success"));
+            out.push(conflict_json(&row, detail));
+        }
+        if !entries.is_empty() {
+            self.services.record(entries)?;
+        }
+        Ok(out)
+    }
+
+    /// Settles an open conflict with a new version of its record (or, when the record
+    /// stays deleted, without one). The version, the resolution and the ledger entries
+    /// commit together; a conflict resolved concurrently answers 409.
+    #[tracing::instrument(skip_all)]
+    pub fn resolve(&self, caller: &Caller, conflict_id: &str, resolution: Resolution) -> Result<Value, ServiceError> {
+        let mut conn = self.conn()?;
+        let tenant = caller.principal.tenant.as_str();
+        let Some((row, detail)) = self.conflict_detail(&mut conn, caller, conflict_id)? else {
+            return Err(ServiceError::NotFound);
+        };
+        if row.status != "open" {
+            return Err(ServiceError::Conflict("this conflict is already resolved"));
+        }
+        let rtype = ResourceType::from_name(&row.resource_type).ok_or(ServiceError::Corrupt)?;
+        let id = ResourceId::parse(&row.resource_id).map_err(|_| ServiceError::Corrupt)?;
+        let collisions = collisions_from(&detail);
+        let whole = collisions.iter().find(|c| c.path == rtype.name());
+        let resource = match &resolution {
+            Resolution::Resource(v) => Some(self.parse_body(rtype, v.clone(), Some(&id))?),
+            _ => None,
+        };
+        for _ in 0..MERGE_RETRIES {
+            let current = self.load_current(&mut conn, caller, rtype, &id)?;
+            self.authorize(caller, Op::Write, "update", rtype, &id, current.basis.as_ref())?;
+            // `None` inside: the record ends up deleted; outer `None`: nothing to write.
+            let target: Option<Option<Map<String, Value>>> = match (&resolution, whole) {
+                (Resolution::Resource(_), _) => Some(resource.clone()),
+                (Resolution::Server, _) => current.content.as_ref().map(|c| Some(body_of(c))),
+                (Resolution::Client, Some(w)) => match &w.client {
+                    Value::Object(client) => Some(Some(client.clone())),
+                    _ if current.content.is_some() => Some(None),
+                    _ => None,
+                },
+                (Resolution::Client, None) => match current.content.as_ref() {
+                    None => return Err(ServiceError::Gone),
+                    Some(c) => {
+                        let mut body = body_of(c);
+                        for k in &collisions {
+                            match &k.client {
+                                Value::Null => body.shift_remove(&k.path),
+                                v => body.insert(k.path.clone(), v.clone()),
+                            };
+                        }
+                        Some(Some(body))
+                    }
+                },
+            };
+            if let Some(Some(body)) = &target {
+                let mut checked = body.clone();
+                checked.insert("id".into(), Value::String(id.to_string()));
+                self.services.validator.validate(rtype, &Value::Object(checked)).map_err(ServiceError::Invalid)?;
+            }
+            let by = caller.principal.sub.clone();
+            let at = instant(now());
+            let Some(content) = target else {
+                let entry = caller.entry("sync", Some(resource_ref(rtype, id.as_str())), patient_of(rtype, id.as_str(), row.patient_id.as_deref()), "success");
+                write_transaction(&mut conn, |tx| {
+                    if !sync_rows::mark_resolved(tx, tenant, conflict_id, &by, &at, None)? {
+                        return Err(ServiceError::Conflict("this conflict is already resolved"));
+                    }
+                    audit::append_in(tx, vec![entry])
+                })?;
+                return Ok(json!({ "conflictId": conflict_id, "status": "resolved", "versionId": current.row.version_id.to_string() }));
+            };
+            let version = current.row.version_id + 1;
+            let written = self.write_version(&mut conn, caller, rtype, &id, &current, content, |tx| {
+                if !sync_rows::mark_resolved(tx, tenant, conflict_id, &by, &at, Some(version))? {
+                    return Err(ServiceError::Conflict("this conflict is already resolved"));
+                }
+                Ok(())
+            })?;
+            if written {
+                tracing::info!(version_id = version, "sync conflict resolved");
+                return Ok(json!({ "conflictId": conflict_id, "status": "resolved", "versionId": version.to_string() }));
+            }
+        }
+        Err(ServiceError::VersionConflict { current: -1 })
+    }
+}
+
+fn conflict_json(row: &ConflictRow, detail: Value) -> Value {
+    json!({
+        "conflictId": row.id,
+        "resourceType": row.resource_type,
+        "id": row.resource_id,
+        "mutationId": row.mutation_id,
+        "baseVersion": row.base_version.map(|v| v.to_string()),
+        "serverVersion": row.server_version.to_string(),
+        "strategy": row.strategy,
+        "status": row.status,
+        "createdBy": row.created_by,
+        "createdAt": row.created_at,
+        "resolvedBy": row.resolved_by,
+        "resolvedAt": row.resolved_at,
+        "resolvedVersion": row.resolved_version.map(|v| v.to_string()),
+        "conflicts": detail,
+    })
+}
