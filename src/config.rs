@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use crate::auth::Hs256Secret;
 use crate::store::DatabaseUrl;
@@ -83,17 +84,13 @@ pub struct Settings {
     pub ledger_key_file: PathBuf,
     /// The checkpoint origin line (default `carevault.local/ledger`).
     pub ledger_origin: String,
-    /// WebSocket `/sync` timing: server ping interval, silence after which a connection
-    /// is reaped, and how long a client may leave a message untaken before it counts as
-    /// stalled and is disconnected (it resumes from its cursor).
-    pub sync: SyncTiming,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SyncTiming {
-    pub heartbeat: std::time::Duration,
-    pub idle_timeout: std::time::Duration,
-    pub send_timeout: std::time::Duration,
+    /// WebSocket `/sync`: server ping interval.
+    pub sync_heartbeat: Duration,
+    /// WebSocket `/sync`: silence after which a connection is reaped.
+    pub sync_idle_timeout: Duration,
+    /// WebSocket `/sync`: how long a client may leave a message untaken before it counts
+    /// as stalled and is disconnected (it resumes from its cursor).
+    pub sync_send_timeout: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -122,7 +119,9 @@ impl fmt::Debug for Settings {
             .field("master_key_file", &self.master_key_file)
             .field("ledger_key_file", &self.ledger_key_file)
             .field("ledger_origin", &self.ledger_origin)
-            .field("sync", &self.sync)
+            .field("sync_heartbeat", &self.sync_heartbeat)
+            .field("sync_idle_timeout", &self.sync_idle_timeout)
+            .field("sync_send_timeout", &self.sync_send_timeout)
             .finish()
     }
 }
@@ -197,11 +196,9 @@ impl Settings {
             rate_limit: number("rate_limit", 100, 1_000_000)? as u32,
             body_limit: number("body_limit", 1024 * 1024, 64 * 1024 * 1024)? as usize,
             db_pool_size: number("db_pool_size", 16, 512)?.max(1) as u32,
-            sync: SyncTiming {
-                heartbeat: std::time::Duration::from_secs(number("sync_heartbeat_secs", 15, 3600)?.max(1)),
-                idle_timeout: std::time::Duration::from_secs(number("sync_idle_timeout_secs", 45, 86_400)?.max(1)),
-                send_timeout: std::time::Duration::from_secs(number("sync_send_timeout_secs", 10, 3600)?.max(1)),
-            },
+            sync_heartbeat: Duration::from_secs(number("sync_heartbeat_secs", 15, 3600)?.max(1)),
+            sync_idle_timeout: Duration::from_secs(number("sync_idle_timeout_secs", 45, 86_400)?.max(1)),
+            sync_send_timeout: Duration::from_secs(number("sync_send_timeout_secs", 10, 3600)?.max(1)),
             tls: match (get("tls_cert"), get("tls_key")) {
                 (Some(cert), Some(key)) => Some(TlsPaths { cert: cert.into(), key: key.into() }),
                 (None, None) => None,

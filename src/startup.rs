@@ -240,7 +240,11 @@ impl Application {
             limits: RateLimits::new(settings.rate_limit),
             metrics: Metrics::new()?,
             body_limit: settings.body_limit,
-            sync: settings.sync,
+            sync: crate::api::SyncTiming {
+                heartbeat: settings.sync_heartbeat,
+                idle_timeout: settings.sync_idle_timeout,
+                send_timeout: settings.sync_send_timeout,
+            },
         });
         let tls = settings.tls.as_ref().map(tls_config).transpose()?;
         spawn_checkpointer(state.services.clone());

@@ -25,6 +25,7 @@ pub use metrics::Metrics;
 pub use middleware::request_context;
 pub use openapi::ApiDoc;
 pub use rate_limit::RateLimits;
+pub use sync_socket::SyncTiming;
 
 use crate::auth::TokenVerifier;
 use crate::service::Services;
@@ -36,7 +37,7 @@ pub struct AppState {
     pub limits: RateLimits,
     pub metrics: Metrics,
     pub body_limit: usize,
-    pub sync: crate::config::SyncTiming,
+    pub sync: SyncTiming,
 }
 
 /// Runs blocking work (database, crypto) on the blocking pool, inside the caller's span.

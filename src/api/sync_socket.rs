@@ -19,6 +19,17 @@ use crate::service::resources::FeedFilter;
 /// Changes read per batch.
 const BATCH: i64 = 200;
 
+/// Connection timing of the WebSocket feed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SyncTiming {
+    /// Server ping interval.
+    pub heartbeat: Duration,
+    /// Silence after which a connection is reaped.
+    pub idle_timeout: Duration,
+    /// How long a message may stay untaken before the client counts as stalled.
+    pub send_timeout: Duration,
+}
+
 #[utoipa::path(get, path = "/sync", tag = "sync",
     params(("access_token" = Option<String>, Query, description = "bearer token, for clients that cannot set Authorization on a WebSocket")),
     responses((status = 101, description = "WebSocket: subscribe / push / ping in, change / caught_up / push_result / pong / error out (SPEC §6)"),
