@@ -184,6 +184,12 @@ impl ResourceService<'_> {
                 None => return Err(e),
             },
         };
+        if outcome.status == "rejected"
+            && let Some(first) = sync_rows::find_mutation(&mut conn, caller.principal.tenant.as_str(), &m.mutation_id)?
+        {
+            // The same mutation committed concurrently (its effect is why this one failed).
+            return self.replay(&mut conn, caller, &m.mutation_id, &first);
+        }
         tracing::info!(status = outcome.status, "offline mutation");
         Ok(outcome.answer(&m.mutation_id))
     }
