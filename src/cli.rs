@@ -156,6 +156,7 @@ fn audit(settings: &Settings, command: AuditCommand) -> ExitCode {
             tenant,
             roles: vec![crate::domain::Role::Auditor],
             fhir_user: None,
+            expires_at: None,
         },
         break_glass: None,
         purpose: crate::domain::PurposeOfUse::parse("HCOMPL").unwrap_or_default(),

@@ -2,7 +2,7 @@
 //! from its own cursor, one bounded batch at a time, and only when the previous batch has
 //! been handed to the socket: a slow client simply falls behind on its cursor, so server
 //! memory per connection stays bounded whatever the write rate. Commits wake the readers
-//! ([`crate::service::feed::ChangeSignal`]); silent and stalled connections are closed.
+//! ([`crate::service::change_signal::ChangeSignal`]); silent and stalled connections are closed.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -78,6 +78,13 @@ impl Connection {
         let mut heartbeat = tokio::time::interval(timing.heartbeat);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut heard = Instant::now();
+        // The connection ends with the token it was opened with.
+        let expires_in = self.caller.principal.expires_at.map_or(Duration::MAX, |exp| {
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
+            Duration::from_secs(exp.saturating_sub(now))
+        });
+        let expiry = tokio::time::sleep(expires_in.min(Duration::from_secs(400 * 24 * 3600)));
+        tokio::pin!(expiry);
         let ended = loop {
             let behind = self.subscription.as_ref().is_some_and(|s| s.behind);
             let subscribed = self.subscription.is_some();
@@ -90,6 +97,10 @@ impl Connection {
                         Some(Err(_)) => Err("protocol error"),
                         None => Err("client went away"),
                     }
+                }
+                () = &mut expiry => {
+                    let _ = self.send(&error("token_expired", "the token has expired; reconnect with a new one and resume from your cursor")).await;
+                    Err("token expired")
                 }
                 _ = heartbeat.tick() => {
                     if heard.elapsed() > timing.idle_timeout {
@@ -122,7 +133,7 @@ impl Connection {
             }
         };
         let code = match ended {
-            "idle" | "stalled" => CloseCode::Policy,
+            "idle" | "stalled" | "token expired" => CloseCode::Policy,
             "feed unavailable" => CloseCode::Error,
             "server shutting down" => CloseCode::Restart,
             _ => CloseCode::Normal,

@@ -192,7 +192,7 @@ fn principal_from(claims: Claims) -> Result<Principal, TokenError> {
     let mut roles: Vec<Role> = claims.roles.iter().filter_map(|r| Role::parse(r)).collect();
     roles.sort();
     roles.dedup();
-    Ok(Principal { sub: claims.sub, tenant, roles, fhir_user })
+    Ok(Principal { sub: claims.sub, tenant, roles, fhir_user, expires_at: Some(claims.exp) })
 }
 
 /// A development HS256 secret, kept in zeroizing memory.

@@ -232,6 +232,7 @@ mod tests {
             tenant: TenantId::parse("t").unwrap(),
             roles: vec![role],
             fhir_user: user.map(|u| Reference::parse(u).unwrap()),
+            expires_at: None,
         }
     }
 

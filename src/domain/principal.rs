@@ -54,6 +54,9 @@ pub struct Principal {
     pub roles: Vec<Role>,
     /// SMART `fhirUser`: the Practitioner or Patient this caller acts as.
     pub fhir_user: Option<Reference>,
+    /// When the token this principal came from expires (Unix seconds), for long-lived
+    /// connections that must end with it.
+    pub expires_at: Option<u64>,
 }
 
 impl Principal {

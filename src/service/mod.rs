@@ -10,7 +10,7 @@ pub mod codec;
 pub mod encryption_policy;
 mod error;
 pub mod export_format;
-pub mod feed;
+pub mod change_signal;
 mod group_commit;
 pub mod keyring;
 pub mod merge;
@@ -51,7 +51,7 @@ pub struct Services {
     /// Shared commits for audit entries outside a write's own transaction.
     ledger_writer: group_commit::LedgerWriter,
     /// Wakes change-feed subscribers when changes commit.
-    pub changes: feed::ChangeSignal,
+    pub changes: change_signal::ChangeSignal,
     /// How offline edits that collide are resolved (`policies/conflicts.toml`).
     pub conflicts: Arc<merge::ConflictPolicy>,
 }
@@ -66,7 +66,7 @@ impl Services {
         conflicts: Arc<merge::ConflictPolicy>,
     ) -> Result<Self, std::io::Error> {
         let ledger_writer = group_commit::LedgerWriter::start(&store)?;
-        let changes = feed::ChangeSignal::default();
+        let changes = change_signal::ChangeSignal::default();
         Ok(Self { store, validator, policy, codec, ledger_signer, ledger_writer, changes, conflicts })
     }
 

@@ -384,3 +384,25 @@ async fn a_silent_client_is_reaped_and_a_live_one_kept() {
     let (_feed, m) = reader.await.unwrap();
     assert_eq!(m["id"], id.as_str());
 }
+
+/// A connection ends with the token it was opened with.
+#[tokio::test]
+async fn the_connection_ends_when_its_token_expires() {
+    let app = spawn_app().await;
+    let short = Who { token: app.token_with(carevault::auth::Claims {
+        sub: "short-lived".into(),
+        tenant: TENANT.into(),
+        roles: vec!["front_desk".into()],
+        fhir_user: None,
+        exp: now() + 2,
+        iat: None,
+        iss: None,
+        aud: None,
+    }) };
+    let mut feed = Feed::subscribe(&app.address, &short, None).await;
+    assert!(feed.backlog().await.0.is_empty());
+    let m = feed.next().await;
+    assert_eq!((m["type"].as_str(), m["code"].as_str()), (Some("error"), Some("token_expired")), "{m}");
+    let closed = tokio::time::timeout(WAIT, feed.ws.next()).await.unwrap();
+    assert!(matches!(closed, Some(Ok(Message::Close(_))) | None), "{closed:?}");
+}
