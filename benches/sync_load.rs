@@ -115,6 +115,21 @@ impl Server {
         status.lines().find_map(|l| l.strip_prefix("VmRSS:")).unwrap().trim().trim_end_matches(" kB").trim().parse().unwrap()
     }
 
+    /// Established TCP connections whose local port is the server's (from /proc/net/tcp).
+    fn established(&self) -> usize {
+        let port = self.base.rsplit(':').next().unwrap().parse::<u16>().unwrap();
+        let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+        table
+            .lines()
+            .skip(1)
+            .filter(|l| {
+                let cols: Vec<&str> = l.split_whitespace().collect();
+                let local_port = cols[1].rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok());
+                local_port == Some(port) && cols[3] == "01"
+            })
+            .count()
+    }
+
     async fn connect(&self) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
         let mut request = format!("{}/sync", self.base.replacen("http://", "ws://", 1)).into_client_request().unwrap();
         request.headers_mut().insert("Authorization", format!("Bearer {}", self.token).parse().unwrap());
@@ -243,6 +258,9 @@ async fn resume(server: &Server, client: &reqwest::Client, opts: &Options) {
         let r = client.post(format!("{}/sync/push", server.base)).bearer_auth(&server.token).json(&json!({"mutations": mutations})).send().await.unwrap();
         assert_eq!(r.status(), 200);
         written += n;
+        if written % 10_000 == 0 {
+            println!("resume: {written} written, {:.0} changes/s so far", written as f64 / started.elapsed().as_secs_f64());
+        }
     }
     println!("resume: wrote {written} changes through /sync/push in {:.1} s", started.elapsed().as_secs_f64());
     let mut ws = server.connect().await;
@@ -286,6 +304,8 @@ async fn idle(server: &Server, opts: &Options) {
     for h in holders {
         h.abort();
     }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    println!("idle: {} connections still established on the server 5 s after the clients dropped theirs", server.established());
 }
 
 #[tokio::main]
