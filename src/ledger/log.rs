@@ -7,7 +7,7 @@ use crate::ledger::checkpoint::Signer;
 use crate::ledger::entry::Entry;
 use crate::ledger::merkle::{self, Hash, NodeSource, TreeError};
 use crate::store::DbConnection;
-use crate::store::ledger::{self as rows, CheckpointRow, EntryRow};
+use crate::store::ledger::{self as rows, CheckpointRow, EntryRow, NodeRow};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
@@ -54,6 +54,8 @@ pub fn append(conn: &mut DbConnection, entries: &mut [Entry]) -> Result<(), Ledg
     rows::lock_for_append(conn)?;
     let first = u64::try_from(rows::size(conn)?).map_err(|_| TreeError::Range)?;
     let mut fresh: HashMap<(u32, u64), Hash> = HashMap::new();
+    let mut entry_rows = Vec::with_capacity(entries.len());
+    let mut node_rows = Vec::new();
     for (next, entry) in (first..).zip(entries.iter_mut()) {
         entry.seq = next;
         let leaf = entry.canonical();
@@ -65,9 +67,7 @@ pub fn append(conn: &mut DbConnection, entries: &mut [Entry]) -> Result<(), Ledg
                 None => nodes.node(l, i),
             })?
         };
-        rows::insert_entry(
-            conn,
-            &EntryRow {
+        entry_rows.push(EntryRow {
                 seq: i64::try_from(next).map_err(|_| TreeError::Range)?,
                 time: entry.time.clone(),
                 tenant: entry.tenant.clone(),
@@ -77,13 +77,15 @@ pub fn append(conn: &mut DbConnection, entries: &mut [Entry]) -> Result<(), Ledg
                 outcome: entry.outcome.clone(),
                 leaf: String::from_utf8(leaf).map_err(|_| TreeError::Range)?,
                 leaf_hash: merkle::to_hex(&hash),
-            },
-        )?;
+        });
         for (level, index, h) in completed {
-            rows::insert_node(conn, i64::from(level), i64::try_from(index).map_err(|_| TreeError::Range)?, &merkle::to_hex(&h))?;
+            node_rows.push(NodeRow { level: i64::from(level), idx: i64::try_from(index).map_err(|_| TreeError::Range)?, hash: merkle::to_hex(&h) });
             fresh.insert((level, index), h);
         }
     }
+    // Nodes of this batch are read from `fresh` above, so rows go in together at the end.
+    rows::insert_entries(conn, &entry_rows)?;
+    rows::insert_nodes(conn, &node_rows)?;
     Ok(())
 }
 

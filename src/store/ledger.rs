@@ -47,15 +47,51 @@ pub fn size(conn: &mut DbConnection) -> QueryResult<i64> {
     Ok(max.map_or(0, |m| m + 1))
 }
 
-pub fn insert_entry(conn: &mut DbConnection, row: &EntryRow) -> QueryResult<()> {
-    diesel::insert_into(ledger_entries::table).values(row).execute(conn).map(|_| ())
+/// Rows per multi-row INSERT: well under both backends' bound-parameter limits.
+const INSERT_CHUNK: usize = 500;
+
+/// Inserts entries: multi-row statements on PostgreSQL (one round trip per chunk); row by
+/// row on SQLite, which runs in-process and has no round trips to save.
+pub fn insert_entries(conn: &mut DbConnection, rows: &[EntryRow]) -> QueryResult<()> {
+    match conn {
+        DbConnection::Postgres(c) => {
+            for chunk in rows.chunks(INSERT_CHUNK) {
+                diesel::insert_into(ledger_entries::table).values(chunk).execute(c)?;
+            }
+        }
+        DbConnection::Sqlite(c) => {
+            for row in rows {
+                diesel::insert_into(ledger_entries::table).values(row).execute(c)?;
+            }
+        }
+    }
+    Ok(())
 }
 
-pub fn insert_node(conn: &mut DbConnection, level: i64, idx: i64, hash: &str) -> QueryResult<()> {
-    diesel::insert_into(ledger_nodes::table)
-        .values((ledger_nodes::level.eq(level), ledger_nodes::idx.eq(idx), ledger_nodes::hash.eq(hash)))
-        .execute(conn)
-        .map(|_| ())
+/// A stored complete subtree hash.
+#[derive(Debug, Clone, Insertable)]
+#[diesel(table_name = ledger_nodes)]
+pub struct NodeRow {
+    pub level: i64,
+    pub idx: i64,
+    pub hash: String,
+}
+
+/// Inserts subtree hashes, batched like [`insert_entries`].
+pub fn insert_nodes(conn: &mut DbConnection, rows: &[NodeRow]) -> QueryResult<()> {
+    match conn {
+        DbConnection::Postgres(c) => {
+            for chunk in rows.chunks(INSERT_CHUNK) {
+                diesel::insert_into(ledger_nodes::table).values(chunk).execute(c)?;
+            }
+        }
+        DbConnection::Sqlite(c) => {
+            for row in rows {
+                diesel::insert_into(ledger_nodes::table).values(row).execute(c)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 pub fn node(conn: &mut DbConnection, level: i64, idx: i64) -> QueryResult<Option<String>> {

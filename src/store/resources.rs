@@ -77,6 +77,22 @@ pub fn find_version(
         .optional()
 }
 
+/// The versions of `ids` of `types` whose version id is in `versions`: a superset of the
+/// exact (type, id, version) triples a caller wants, read in one round trip along the
+/// primary key.
+pub fn versions_of(conn: &mut DbConnection, tenant: &str, types: &[&str], ids: &[String], versions: &[i64]) -> QueryResult<Vec<VersionRow>> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    resource_versions::table
+        .filter(resource_versions::tenant.eq(tenant))
+        .filter(resource_versions::resource_type.eq_any(types))
+        .filter(resource_versions::id.eq_any(ids))
+        .filter(resource_versions::version_id.eq_any(versions))
+        .select(VersionRow::as_select())
+        .load(conn)
+}
+
 /// Versions newest first, with the total count.
 pub fn history(
     conn: &mut DbConnection,

@@ -408,7 +408,7 @@ async fn ledger_verify_names_the_first_entry_that_was_edited_deleted_or_truncate
     diesel::delete(le::table.filter(le::seq.eq(4))).execute(&mut *conn).unwrap();
     let (ok, out) = ledger_cli(&app, &["ledger", "verify"]);
     assert!(!ok && out.contains("entry 4: missing"), "{out}");
-    carevault::store::ledger::insert_entry(&mut conn, &saved).unwrap();
+    carevault::store::ledger::insert_entries(&mut conn, std::slice::from_ref(&saved)).unwrap();
 
     // 4. The tail truncated below a signed checkpoint.
     diesel::delete(le::table.filter(le::seq.eq(5))).execute(&mut *conn).unwrap();

@@ -10,7 +10,6 @@ use crate::authz::{Decision, Op};
 use crate::domain::{Category, Reference, ResourceId, ResourceType};
 use crate::service::keyring::DataKey;
 use crate::service::{Caller, ServiceError, codec};
-use crate::store::DbConnection;
 
 /// Which changes a subscriber asked for, on top of what it may read.
 #[derive(Debug, Clone, Default)]
@@ -81,29 +80,46 @@ impl ResourceService<'_> {
         let tenant = caller.principal.tenant.as_str();
         let mut conn = self.conn()?;
         let batch = crate::store::changes::since(&mut conn, tenant, since, limit)?;
-        let mut keys: HashMap<String, Result<DataKey, ServiceError>> = HashMap::new();
+        let admitted: Vec<_> = batch
+            .iter()
+            .filter_map(|change| {
+                let rtype = ResourceType::from_name(&change.resource_type)?;
+                let id = ResourceId::parse(&change.resource_id).ok()?;
+                filter.admits(change, rtype).then_some((change, rtype, id))
+            })
+            .collect();
+        // One round trip each for the batch's data keys and versions (the version a change
+        // made, and for a delete the last live one, which access is judged by).
+        let mut owners: Vec<String> = admitted.iter().filter_map(|(c, t, id)| codec::owner(*t, id.as_str(), c.patient_id.as_deref())).collect();
+        owners.sort();
+        owners.dedup();
+        let keys: HashMap<String, Result<DataKey, ServiceError>> = self.keys_of(&mut conn, caller, owners)?;
+        let mut ids: Vec<String> = admitted.iter().map(|(c, ..)| c.resource_id.clone()).collect();
+        ids.sort();
+        ids.dedup();
+        let mut versions: Vec<i64> = admitted.iter().flat_map(|(c, ..)| [c.version_id, c.version_id - 1]).collect();
+        versions.sort_unstable();
+        versions.dedup();
+        let mut types: Vec<&str> = admitted.iter().map(|(_, t, _)| t.name()).collect();
+        types.sort_unstable();
+        types.dedup();
+        let stored: HashMap<(String, String, i64), Option<String>> = rows::versions_of(&mut conn, tenant, &types, &ids, &versions)?
+            .into_iter()
+            .map(|v| ((v.resource_type, v.id, v.version_id), v.content))
+            .collect();
         let mut out = Vec::new();
         let mut entries = Vec::new();
-        for change in &batch {
-            let (Some(rtype), Ok(id)) = (ResourceType::from_name(&change.resource_type), ResourceId::parse(&change.resource_id)) else {
-                continue;
-            };
-            if !filter.admits(change, rtype) {
-                continue;
-            }
+        for (change, rtype, id) in admitted {
             let owner = codec::owner(rtype, id.as_str(), change.patient_id.as_deref());
-            if let Some(o) = owner.as_ref().filter(|o| !keys.contains_key(*o)) {
-                keys.extend(self.keys_of(&mut conn, caller, vec![o.clone()])?);
-            }
-            let open = |conn: &mut DbConnection, version: i64| -> Result<Option<Value>, ServiceError> {
-                match rows::find_version(conn, tenant, rtype.name(), id.as_str(), version)?.and_then(|v| v.content) {
-                    Some(stored) => self.open(caller, rtype, id.as_str(), &stored, &keys, owner.as_ref()).map(Some),
+            let open = |version: i64| -> Result<Option<Value>, ServiceError> {
+                match stored.get(&(change.resource_type.clone(), change.resource_id.clone(), version)).cloned().flatten() {
+                    Some(sealed) => self.open(caller, rtype, id.as_str(), &sealed, &keys, owner.as_ref()).map(Some),
                     None => Ok(None),
                 }
             };
-            let (content, basis) = match open(&mut conn, change.version_id) {
+            let (content, basis) = match open(change.version_id) {
                 Ok(Some(content)) => (Some(content.clone()), Some(content)),
-                Ok(None) => (None, open(&mut conn, change.version_id - 1).ok().flatten()),
+                Ok(None) => (None, open(change.version_id - 1).ok().flatten()),
                 // A shredded record's changes have nothing left to deliver.
                 Err(ServiceError::Erased) => continue,
                 Err(e) => return Err(e),
