@@ -179,6 +179,21 @@ impl TestApp {
         Who { token: self.token_with(claims) }
     }
 
+    /// A caller of this tenant with a chosen `sub` and token lifetime.
+    pub fn who_as(&self, sub: &str, roles: &[&str], ttl_secs: u64) -> Who {
+        let claims = Claims {
+            sub: sub.to_owned(),
+            tenant: TENANT.to_owned(),
+            roles: roles.iter().map(|r| (*r).to_owned()).collect(),
+            fhir_user: None,
+            exp: now() + ttl_secs,
+            iat: None,
+            iss: None,
+            aud: None,
+        };
+        Who { token: self.token_with(claims) }
+    }
+
     pub fn clinician(&self, practitioner_id: &str) -> Who {
         self.who(TENANT, &["clinician"], Some(&format!("Practitioner/{practitioner_id}")))
     }

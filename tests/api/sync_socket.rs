@@ -304,16 +304,7 @@ async fn a_stalled_client_is_disconnected_without_buffering_its_backlog() {
     })
     .await;
     let desk = app.front_desk();
-    let stalled = Who { token: app.token_with(carevault::auth::Claims {
-        sub: "stalled-tablet".into(),
-        tenant: TENANT.into(),
-        roles: vec!["front_desk".into()],
-        fhir_user: None,
-        exp: now() + 600,
-        iat: None,
-        iss: None,
-        aud: None,
-    }) };
+    let stalled = app.who_as("stalled-tablet", &["front_desk"], 600);
     // A client with a tiny receive buffer that subscribes and then never reads.
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
@@ -389,16 +380,7 @@ async fn a_silent_client_is_reaped_and_a_live_one_kept() {
 #[tokio::test]
 async fn the_connection_ends_when_its_token_expires() {
     let app = spawn_app().await;
-    let short = Who { token: app.token_with(carevault::auth::Claims {
-        sub: "short-lived".into(),
-        tenant: TENANT.into(),
-        roles: vec!["front_desk".into()],
-        fhir_user: None,
-        exp: now() + 2,
-        iat: None,
-        iss: None,
-        aud: None,
-    }) };
+    let short = app.who_as("short-lived", &["front_desk"], 2);
     let mut feed = Feed::subscribe(&app.address, &short, None).await;
     assert!(feed.backlog().await.0.is_empty());
     let m = feed.next().await;

@@ -153,6 +153,13 @@ struct NewConflict {
     detail: Value,
 }
 
+/// What a mutation leaves besides a version: its id with its answer, and any conflict.
+struct Effect<'a> {
+    mutation: &'a Mutation,
+    outcome: &'a Outcome,
+    conflict: Option<&'a NewConflict>,
+}
+
 impl ResourceService<'_> {
     /// Applies a device's queued edits in order. Each one's answer is independent: a
     /// rejected mutation does not stop the rest. Infrastructure failures abort the batch;
@@ -267,19 +274,30 @@ impl ResourceService<'_> {
         }
     }
 
-    /// Records the mutation (and its conflict) without a new version: the server value
-    /// stays. The ledger notes the sync activity on the record.
-    #[allow(clippy::too_many_arguments)]
-    fn record_only(&self, conn: &mut DbConnection, caller: &Caller, m: &Mutation, rtype: ResourceType, current: &Current, outcome: &Outcome, conflict: Option<&NewConflict>) -> Result<(), ServiceError> {
+    /// Stores an effect's rows in `tx`: the conflict (sealed), then the mutation id.
+    fn store_effect(&self, tx: &mut DbConnection, caller: &Caller, rtype: ResourceType, effect: &Effect<'_>) -> Result<(), ServiceError> {
+        if let Some(c) = effect.conflict {
+            self.insert_conflict(tx, caller, rtype, c)?;
+        }
+        Ok(sync_rows::insert_mutation(tx, &Self::mutation_row(caller, &effect.mutation.mutation_id, effect.outcome))?)
+    }
+
+    /// Records the effect without a new version: the server value stays. The ledger notes
+    /// the sync activity on the record.
+    fn record_only(&self, conn: &mut DbConnection, caller: &Caller, rtype: ResourceType, current: &Current, effect: &Effect<'_>) -> Result<(), ServiceError> {
         let id = &current.row.id;
         let entry = caller.entry("sync", Some(version_ref(rtype, id, current.row.version_id)), patient_of(rtype, id, current.row.patient_id.as_deref()), "success");
         write_transaction(conn, |tx| {
-            if let Some(c) = conflict {
-                self.insert_conflict(tx, caller, rtype, c)?;
-            }
-            sync_rows::insert_mutation(tx, &Self::mutation_row(caller, &m.mutation_id, outcome))?;
+            self.store_effect(tx, caller, rtype, effect)?;
             audit::append_in(tx, vec![entry])
         })
+    }
+
+    /// Writes the effect's version (`content`, or a delete when `None`) after `current`
+    /// with its rows; `false` if another writer got there first.
+    #[allow(clippy::too_many_arguments)]
+    fn write_effect(&self, conn: &mut DbConnection, caller: &Caller, rtype: ResourceType, id: &ResourceId, current: &Current, content: Option<Map<String, Value>>, effect: &Effect<'_>) -> Result<bool, ServiceError> {
+        self.write_version(conn, caller, rtype, id, current, content, |tx| self.store_effect(tx, caller, rtype, effect))
     }
 
     /// Writes `content` (or a delete when `None`) as the version after `current`, with the
@@ -334,9 +352,9 @@ impl ResourceService<'_> {
         let tokens = self.services.codec.tokens_for(&tenant_keys, rtype, &stamped);
         let entry = caller.entry("create", Some(version_ref(rtype, id.as_str(), 1)), patient_of(rtype, id.as_str(), row.patient_id.as_deref()), "success");
         let outcome = Outcome::done("applied", 1);
-        let mutation = Self::mutation_row(caller, &m.mutation_id, &outcome);
+        let effect = Effect { mutation: m, outcome: &outcome, conflict: None };
         let write = Write { row, resource: Some(stamped), expected: None, tokens, entry };
-        self.commit_with(conn, caller, &write, |tx| Ok(sync_rows::insert_mutation(tx, &mutation)?))?;
+        self.commit_with(conn, caller, &write, |tx| self.store_effect(tx, caller, rtype, &effect))?;
         Ok(outcome)
     }
 
@@ -372,7 +390,7 @@ impl ResourceService<'_> {
                 };
                 let conflict = Self::new_conflict(caller, m, rtype, &current, Some(base), std::slice::from_ref(&collision), None);
                 let outcome = Outcome { status: "conflict", version: Some(current.row.version_id), collisions: vec![collision], conflict_id: Some(conflict.row.id.clone()), error: None };
-                self.record_only(conn, caller, m, rtype, &current, &outcome, Some(&conflict))?;
+                self.record_only(conn, caller, rtype, &current, &Effect { mutation: m, outcome: &outcome, conflict: Some(&conflict) })?;
                 return Ok(outcome);
             };
             let server = body_of(server);
@@ -401,18 +419,12 @@ impl ResourceService<'_> {
                 conflict_id: conflict.as_ref().map(|c| c.row.id.clone()),
                 error: None,
             };
+            let effect = Effect { mutation: m, outcome: &outcome, conflict: conflict.as_ref() };
             if !changed {
-                self.record_only(conn, caller, m, rtype, &current, &outcome, conflict.as_ref())?;
+                self.record_only(conn, caller, rtype, &current, &effect)?;
                 return Ok(outcome);
             }
-            let mutation = Self::mutation_row(caller, &m.mutation_id, &outcome);
-            let written = self.write_version(conn, caller, rtype, id, &current, Some(merged.resource), |tx| {
-                if let Some(c) = &conflict {
-                    self.insert_conflict(tx, caller, rtype, c)?;
-                }
-                Ok(sync_rows::insert_mutation(tx, &mutation)?)
-            })?;
-            if written {
+            if self.write_effect(conn, caller, rtype, id, &current, Some(merged.resource), &effect)? {
                 return Ok(outcome);
             }
         }
@@ -428,7 +440,7 @@ impl ResourceService<'_> {
             }
             let Some(server) = current.content.clone() else {
                 let outcome = Outcome::done("applied", current.row.version_id);
-                self.record_only(conn, caller, m, rtype, &current, &outcome, None)?;
+                self.record_only(conn, caller, rtype, &current, &Effect { mutation: m, outcome: &outcome, conflict: None })?;
                 return Ok(outcome);
             };
             let mut outcome = Outcome::done("applied", current.row.version_id + 1);
@@ -443,7 +455,7 @@ impl ResourceService<'_> {
                 if strategy == Strategy::Manual {
                     outcome.status = "conflict";
                     outcome.version = Some(current.row.version_id);
-                    self.record_only(conn, caller, m, rtype, &current, &outcome, Some(&kept))?;
+                    self.record_only(conn, caller, rtype, &current, &Effect { mutation: m, outcome: &outcome, conflict: Some(&kept) })?;
                     return Ok(outcome);
                 }
                 outcome.status = "merged";
@@ -451,14 +463,7 @@ impl ResourceService<'_> {
                 kept.row.resolved_version = Some(current.row.version_id + 1);
                 conflict = Some(kept);
             }
-            let mutation = Self::mutation_row(caller, &m.mutation_id, &outcome);
-            let written = self.write_version(conn, caller, rtype, id, &current, None, |tx| {
-                if let Some(c) = &conflict {
-                    self.insert_conflict(tx, caller, rtype, c)?;
-                }
-                Ok(sync_rows::insert_mutation(tx, &mutation)?)
-            })?;
-            if written {
+            if self.write_effect(conn, caller, rtype, id, &current, None, &Effect { mutation: m, outcome: &outcome, conflict: conflict.as_ref() })? {
                 return Ok(outcome);
             }
         }
