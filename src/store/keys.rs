@@ -53,11 +53,8 @@ pub fn rewrap_tenant_key(conn: &mut DbConnection, tenant: &str, from_version: i6
     Ok(n == 1)
 }
 
-/// Boxed so PostgreSQL plans it with the actual owners, never a generic plan over the
-/// whole tenant (see `resources::versions_of`).
 pub fn find_data_keys(conn: &mut DbConnection, tenant: &str, owners: &[String]) -> QueryResult<Vec<DataKeyRow>> {
     data_keys::table
-        .into_boxed()
         .filter(data_keys::tenant.eq(tenant))
         .filter(data_keys::owner.eq_any(owners))
         .select(DataKeyRow::as_select())

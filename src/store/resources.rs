@@ -79,15 +79,12 @@ pub fn find_version(
 
 /// The versions of `ids` of `types` whose version id is in `versions`: a superset of the
 /// exact (type, id, version) triples a caller wants, read in one round trip along the
-/// primary key. Boxed, so it is never a cached prepared statement: PostgreSQL then plans
-/// it with the actual arrays (index descents per id) instead of a generic plan that scans
-/// the tenant's whole key range (measured 1.4 ms against 30 ms at 78,000 versions).
+/// primary key (planned with the actual arrays: see `Manager::open`).
 pub fn versions_of(conn: &mut DbConnection, tenant: &str, types: &[&str], ids: &[String], versions: &[i64]) -> QueryResult<Vec<VersionRow>> {
     if ids.is_empty() {
         return Ok(Vec::new());
     }
     resource_versions::table
-        .into_boxed()
         .filter(resource_versions::tenant.eq(tenant))
         .filter(resource_versions::resource_type.eq_any(types))
         .filter(resource_versions::id.eq_any(ids))
