@@ -407,6 +407,30 @@ impl<'s> ResourceService<'s> {
         Ok(found)
     }
 
+    /// The write of the version after `current`: `content` stamped with id and meta, or a
+    /// delete (a tombstone that stays in its patient's compartment, for the change feed and
+    /// retention) when `None`; with its search tokens and audit entry.
+    fn next_version(&self, conn: &mut DbConnection, caller: &Caller, rtype: ResourceType, id: &ResourceId, current: &CurrentRow, content: Option<Map<String, Value>>) -> Result<Write, ServiceError> {
+        let version = current.version_id + 1;
+        let at = now();
+        let (row, resource, tokens, action) = match content {
+            Some(body) => {
+                let stamped = Self::stamp(body, id, version, at);
+                let row = self.new_row(caller, rtype, id, version, Some(&stamped), at)?;
+                let tenant_keys = self.services.codec.keys().tenant(conn, caller.principal.tenant.as_str())?;
+                let tokens = self.services.codec.tokens_for(&tenant_keys, rtype, &stamped);
+                (row, Some(stamped), tokens, "update")
+            }
+            None => {
+                let mut row = self.new_row(caller, rtype, id, version, None, at)?;
+                row.patient_id = current.patient_id.clone();
+                (row, None, Vec::new(), "delete")
+            }
+        };
+        let entry = caller.entry(action, Some(version_ref(rtype, id.as_str(), version)), patient_of(rtype, id.as_str(), row.patient_id.as_deref()), "success");
+        Ok(Write { row, resource, expected: Some(current.version_id), tokens, entry })
+    }
+
     #[tracing::instrument(skip_all, fields(resource_type = rtype.name(), resource_id = %id))]
     pub fn update(&self, caller: &Caller, rtype: ResourceType, id: &ResourceId, if_match: Option<i64>, body: Value) -> Result<Versioned, ServiceError> {
         let resource = self.parse_body(rtype, body, Some(id))?;
@@ -422,17 +446,11 @@ impl<'s> ResourceService<'s> {
             {
                 return Err(ServiceError::VersionConflict { current: current.version_id });
             }
-            let version = current.version_id + 1;
-            let at = now();
-            let stamped = Self::stamp(resource.clone(), id, version, at);
-            let row = self.new_row(caller, rtype, id, version, Some(&stamped), at)?;
-            let tenant_keys = self.services.codec.keys().tenant(&mut conn, caller.principal.tenant.as_str())?;
-            let tokens = self.services.codec.tokens_for(&tenant_keys, rtype, &stamped);
-            let entry = caller.entry("update", Some(version_ref(rtype, id.as_str(), version)), patient_of(rtype, id.as_str(), row.patient_id.as_deref()), "success");
-            let write = Write { row, resource: Some(stamped.clone()), expected: Some(current.version_id), tokens, entry };
+            let write = self.next_version(&mut conn, caller, rtype, id, &current, Some(resource.clone()))?;
             if self.commit(&mut conn, caller, &write)? {
+                let version = write.row.version_id;
                 tracing::info!(version_id = version, "resource updated");
-                return Ok(Versioned { resource_type: rtype, id: id.clone(), version_id: version, last_updated: at.and_utc(), resource: Some(stamped) });
+                return Ok(Versioned { resource_type: rtype, id: id.clone(), version_id: version, last_updated: write.row.last_updated.and_utc(), resource: write.resource });
             }
             if if_match.is_some() {
                 let latest = rows::find_current(&mut conn, caller.principal.tenant.as_str(), rtype.name(), id.as_str())?;
@@ -452,13 +470,9 @@ impl<'s> ResourceService<'s> {
             if content.is_none() {
                 return Ok(());
             }
-            let version = current.version_id + 1;
-            let mut row = self.new_row(caller, rtype, id, version, None, now())?;
-            // A tombstone stays in its patient's compartment (change feed, retention).
-            row.patient_id = current.patient_id.clone();
-            let entry = caller.entry("delete", Some(version_ref(rtype, id.as_str(), version)), patient_of(rtype, id.as_str(), current.patient_id.as_deref()), "success");
-            if self.commit(&mut conn, caller, &Write { row, resource: None, expected: Some(current.version_id), tokens: Vec::new(), entry })? {
-                tracing::info!(version_id = version, "resource deleted");
+            let write = self.next_version(&mut conn, caller, rtype, id, &current, None)?;
+            if self.commit(&mut conn, caller, &write)? {
+                tracing::info!(version_id = write.row.version_id, "resource deleted");
                 return Ok(());
             }
         }

@@ -297,42 +297,8 @@ impl ResourceService<'_> {
     /// with its rows; `false` if another writer got there first.
     #[allow(clippy::too_many_arguments)]
     fn write_effect(&self, conn: &mut DbConnection, caller: &Caller, rtype: ResourceType, id: &ResourceId, current: &Current, content: Option<Map<String, Value>>, effect: &Effect<'_>) -> Result<bool, ServiceError> {
-        self.write_version(conn, caller, rtype, id, current, content, |tx| self.store_effect(tx, caller, rtype, effect))
-    }
-
-    /// Writes `content` (or a delete when `None`) as the version after `current`, with the
-    /// mutation record and any conflict in the same transaction. `false` if another writer
-    /// got there first.
-    #[allow(clippy::too_many_arguments)]
-    fn write_version(
-        &self,
-        conn: &mut DbConnection,
-        caller: &Caller,
-        rtype: ResourceType,
-        id: &ResourceId,
-        current: &Current,
-        content: Option<Map<String, Value>>,
-        also: impl FnOnce(&mut DbConnection) -> Result<(), ServiceError>,
-    ) -> Result<bool, ServiceError> {
-        let version = current.row.version_id + 1;
-        let at = now();
-        let (row, resource, tokens, action) = match content {
-            Some(body) => {
-                let stamped = Self::stamp(body, id, version, at);
-                let row = self.new_row(caller, rtype, id, version, Some(&stamped), at)?;
-                let tenant_keys = self.services.codec.keys().tenant(conn, caller.principal.tenant.as_str())?;
-                let tokens = self.services.codec.tokens_for(&tenant_keys, rtype, &stamped);
-                (row, Some(stamped), tokens, "update")
-            }
-            None => {
-                let mut row = self.new_row(caller, rtype, id, version, None, at)?;
-                row.patient_id = current.row.patient_id.clone();
-                (row, None, Vec::new(), "delete")
-            }
-        };
-        let entry = caller.entry(action, Some(version_ref(rtype, id.as_str(), version)), patient_of(rtype, id.as_str(), row.patient_id.as_deref()), "success");
-        let write = Write { row, resource, expected: Some(current.row.version_id), tokens, entry };
-        self.commit_with(conn, caller, &write, also)
+        let write = self.next_version(conn, caller, rtype, id, &current.row, content)?;
+        self.commit_with(conn, caller, &write, |tx| self.store_effect(tx, caller, rtype, effect))
     }
 
     fn push_create(&self, conn: &mut DbConnection, caller: &Caller, m: &Mutation, rtype: ResourceType, id: ResourceId, resource: Value) -> Result<Outcome, ServiceError> {
@@ -598,7 +564,8 @@ impl ResourceService<'_> {
                 return Ok(json!({ "conflictId": conflict_id, "status": "resolved", "versionId": current.row.version_id.to_string() }));
             };
             let version = current.row.version_id + 1;
-            let written = self.write_version(&mut conn, caller, rtype, &id, &current, content, |tx| {
+            let write = self.next_version(&mut conn, caller, rtype, &id, &current.row, content)?;
+            let written = self.commit_with(&mut conn, caller, &write, |tx| {
                 if !sync_rows::mark_resolved(tx, tenant, conflict_id, &by, &at, Some(version))? {
                     return Err(ServiceError::Conflict("this conflict is already resolved"));
                 }
