@@ -75,6 +75,8 @@ impl Server {
             .env("CAREVAULT_JWT_HS256_SECRET", &secret)
             .env("CAREVAULT_POLICIES_DIR", concat!(env!("CARGO_MANIFEST_DIR"), "/policies"))
             .env("CAREVAULT_RATE_LIMIT", "0")
+            // Every simulated device uses the one token.
+            .env("CAREVAULT_SYNC_MAX_CONNECTIONS", "100000")
             .env("CAREVAULT_DB_POOL_SIZE", "16")
             .env("CAREVAULT_BODY_LIMIT", "16777216")
             .env("RUST_LOG", "warn")

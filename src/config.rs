@@ -41,6 +41,7 @@ const KEYS: &[&str] = &[
     "sync_heartbeat_secs",
     "sync_idle_timeout_secs",
     "sync_send_timeout_secs",
+    "sync_max_connections",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -91,6 +92,8 @@ pub struct Settings {
     /// WebSocket `/sync`: how long a client may leave a message untaken before it counts
     /// as stalled and is disconnected (it resumes from its cursor).
     pub sync_send_timeout: Duration,
+    /// WebSocket `/sync`: most connections one principal may hold open at once.
+    pub sync_max_connections: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -122,6 +125,7 @@ impl fmt::Debug for Settings {
             .field("sync_heartbeat", &self.sync_heartbeat)
             .field("sync_idle_timeout", &self.sync_idle_timeout)
             .field("sync_send_timeout", &self.sync_send_timeout)
+            .field("sync_max_connections", &self.sync_max_connections)
             .finish()
     }
 }
@@ -199,6 +203,7 @@ impl Settings {
             sync_heartbeat: Duration::from_secs(number("sync_heartbeat_secs", 15, 3600)?.max(1)),
             sync_idle_timeout: Duration::from_secs(number("sync_idle_timeout_secs", 45, 86_400)?.max(1)),
             sync_send_timeout: Duration::from_secs(number("sync_send_timeout_secs", 10, 3600)?.max(1)),
+            sync_max_connections: number("sync_max_connections", 8, 1_000_000)?.max(1) as usize,
             tls: match (get("tls_cert"), get("tls_key")) {
                 (Some(cert), Some(key)) => Some(TlsPaths { cert: cert.into(), key: key.into() }),
                 (None, None) => None,

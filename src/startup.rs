@@ -244,7 +244,9 @@ impl Application {
                 heartbeat: settings.sync_heartbeat,
                 idle_timeout: settings.sync_idle_timeout,
                 send_timeout: settings.sync_send_timeout,
+                max_connections: settings.sync_max_connections,
             },
+            sockets: crate::api::SocketSlots::default(),
         });
         let tls = settings.tls.as_ref().map(tls_config).transpose()?;
         spawn_checkpointer(state.services.clone());

@@ -315,7 +315,19 @@ async fn run_search(
         .iter()
         .filter_map(|v| v.resource.clone().map(|r| (format!("{base}/{}/{}", rtype.name(), v.id), r)))
         .collect();
-    Ok(bundle_response(bundle::searchset(page.total, &links, entries)))
+    let outcome = (!page.unreadable.is_empty()).then(|| {
+        state.metrics.unreadable_records.inc_by(page.unreadable.len() as u64);
+        // Ids only: which matches could not be returned, never anything of their content.
+        serde_json::json!({
+            "resourceType": "OperationOutcome",
+            "issue": page.unreadable.iter().map(|r| serde_json::json!({
+                "severity": "error",
+                "code": "exception",
+                "diagnostics": format!("{r} matched but could not be read (its stored form failed an integrity check); it is left out of this page"),
+            })).collect::<Vec<_>>(),
+        })
+    });
+    Ok(bundle_response(bundle::searchset(page.total, &links, entries, outcome)))
 }
 
 pub async fn search(

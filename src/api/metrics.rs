@@ -1,6 +1,6 @@
 //! Prometheus metrics: request counts and latencies by route and status, pool usage.
 
-use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
 
 pub struct Metrics {
     registry: Registry,
@@ -11,6 +11,8 @@ pub struct Metrics {
     pool_max: IntGauge,
     /// Open WebSocket `/sync` connections.
     pub sync_connections: IntGauge,
+    /// Stored records that failed to open (tampered or corrupt) when a search matched them.
+    pub unreadable_records: IntCounter,
 }
 
 impl Metrics {
@@ -30,12 +32,14 @@ impl Metrics {
         let pool_max = IntGauge::new("db_pool_max_connections", "Database pool size")?;
         let sync_connections = IntGauge::new("sync_connections", "Open WebSocket sync connections")?;
         registry.register(Box::new(sync_connections.clone()))?;
+        let unreadable_records = IntCounter::new("unreadable_records_total", "Stored records that failed to open when a search matched them")?;
+        registry.register(Box::new(unreadable_records.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(latency.clone()))?;
         registry.register(Box::new(pool_connections.clone()))?;
         registry.register(Box::new(pool_idle.clone()))?;
         registry.register(Box::new(pool_max.clone()))?;
-        Ok(Self { registry, requests, latency, pool_connections, pool_idle, pool_max, sync_connections })
+        Ok(Self { registry, requests, latency, pool_connections, pool_idle, pool_max, sync_connections, unreadable_records })
     }
 
     /// `route` is the matched pattern (`/fhir/{type}/{id}`), never the raw path.

@@ -25,7 +25,7 @@ pub use metrics::Metrics;
 pub use middleware::request_context;
 pub use openapi::ApiDoc;
 pub use rate_limit::RateLimits;
-pub use sync_socket::SyncTiming;
+pub use sync_socket::{SocketSlots, SyncTiming};
 
 use crate::auth::TokenVerifier;
 use crate::service::Services;
@@ -38,6 +38,8 @@ pub struct AppState {
     pub metrics: Metrics,
     pub body_limit: usize,
     pub sync: SyncTiming,
+    /// Open WebSocket connections per principal.
+    pub sockets: SocketSlots,
 }
 
 /// Runs blocking work (database, crypto) on the blocking pool, inside the caller's span.

@@ -45,51 +45,29 @@ pub async fn changes(state: web::Data<AppState>, caller: Caller, q: web::Query<C
     Ok(HttpResponse::Ok().json(json!({ "changes": page.changes, "cursor": page.cursor.to_string() })))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PushBody {
-    #[serde(rename = "type")]
-    #[allow(dead_code)]
-    kind: Option<String>,
-    pub mutations: Vec<Mutation>,
-}
+/// What a push must look like; the only text a malformed push gets back (with the index
+/// of the mutation at fault), so nothing the client sent, value or key, is repeated.
+const PUSH_SHAPE: &str = "push must be {\"mutations\": [...]}, each mutation an object with only mutationId, op and resourceType (strings) and id, baseVersion (strings) and resource (an object) where the op needs them";
 
-/// Parses a `push` body; the message never quotes submitted values.
+/// Parses a `push` body (REST or WebSocket message). Errors never quote submitted
+/// values or keys: they name the mutation by its index and say what shape is expected.
 pub fn parse_push(body: Value) -> Result<Vec<Mutation>, String> {
-    let push: PushBody = serde_json::from_value(body).map_err(|e| {
-        // serde's messages name fields and expected types, not values, for these shapes.
-        let text = e.to_string();
-        let first = text.split(" at line").next().unwrap_or("").to_owned();
-        format!("push must be {{\"mutations\": [...]}} with mutationId, op, resourceType, id, baseVersion, resource: {}", redact(&first))
-    })?;
-    if push.kind.as_deref().is_some_and(|k| k != "push") {
+    let Value::Object(mut body) = body else { return Err(PUSH_SHAPE.into()) };
+    if body.remove("type").is_some_and(|t| t != "push") {
         return Err("type must be push".into());
     }
-    if push.mutations.len() > MAX_MUTATIONS {
+    let Some(Value::Array(items)) = body.remove("mutations") else { return Err(PUSH_SHAPE.into()) };
+    if !body.is_empty() {
+        return Err(PUSH_SHAPE.into());
+    }
+    if items.len() > MAX_MUTATIONS {
         return Err(format!("at most {MAX_MUTATIONS} mutations per push"));
     }
-    Ok(push.mutations)
-}
-
-/// Drops anything in double quotes from a deserialiser message (where it quotes values);
-/// field names, in backticks, stay.
-fn redact(message: &str) -> String {
-    let mut out = String::new();
-    let mut quoted = false;
-    for c in message.chars() {
-        if c == '"' {
-            quoted = !quoted;
-            out.push(c);
-            if quoted {
-                out.push('…');
-            }
-            continue;
-        }
-        if !quoted {
-            out.push(c);
-        }
-    }
-    out
+    items
+        .into_iter()
+        .enumerate()
+        .map(|(i, item)| serde_json::from_value::<Mutation>(item).map_err(|_| format!("mutation {i}: {PUSH_SHAPE}")))
+        .collect()
 }
 
 #[utoipa::path(post, path = "/sync/push", tag = "sync",

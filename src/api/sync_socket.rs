@@ -4,7 +4,8 @@
 //! memory per connection stays bounded whatever the write rate. Commits wake the readers
 //! ([`crate::service::change_signal::ChangeSignal`]); silent and stalled connections are closed.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use actix_web::{HttpRequest, HttpResponse, web};
@@ -19,6 +20,45 @@ use crate::service::resources::FeedFilter;
 /// Changes read per batch.
 const BATCH: i64 = 200;
 
+/// Open connections per principal, capped so one token cannot hold an unbounded number
+/// of sockets. A [`Slot`] is held for a connection's lifetime and frees its place on drop.
+#[derive(Debug, Default)]
+pub struct SocketSlots {
+    open: Mutex<HashMap<(String, String), usize>>,
+}
+
+/// One connection's place in [`SocketSlots`].
+struct Slot {
+    state: Arc<AppState>,
+    key: (String, String),
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut open = self.state.sockets.open.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = open.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.key);
+            }
+        }
+    }
+}
+
+impl SocketSlots {
+    /// Takes a place for `(tenant, sub)`, or `None` when it already holds `max`.
+    fn take(state: &Arc<AppState>, tenant: &str, sub: &str) -> Option<Slot> {
+        let key = (tenant.to_owned(), sub.to_owned());
+        let mut open = state.sockets.open.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let n = open.entry(key.clone()).or_insert(0);
+        if *n >= state.sync.max_connections {
+            return None;
+        }
+        *n += 1;
+        Some(Slot { state: state.clone(), key })
+    }
+}
+
 /// Connection timing of the WebSocket feed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SyncTiming {
@@ -28,20 +68,28 @@ pub struct SyncTiming {
     pub idle_timeout: Duration,
     /// How long a message may stay untaken before the client counts as stalled.
     pub send_timeout: Duration,
+    /// Most connections one principal (tenant and subject) may hold open at once.
+    pub max_connections: usize,
 }
 
 #[utoipa::path(get, path = "/sync", tag = "sync",
     params(("access_token" = Option<String>, Query, description = "bearer token, for clients that cannot set Authorization on a WebSocket")),
     responses((status = 101, description = "WebSocket: subscribe / push / ping in, change / caught_up / push_result / pong / error out (SPEC §6)"),
-        (status = 401, description = "missing or invalid token")))]
+        (status = 401, description = "missing or invalid token"),
+        (status = 429, description = "too many requests, or the principal already holds its maximum of open connections")))]
 pub async fn socket(req: HttpRequest, body: web::Payload, state: web::Data<AppState>, caller: Caller) -> Result<HttpResponse, ApiError> {
+    let state = state.into_inner();
+    let slot = SocketSlots::take(&state, caller.principal.tenant.as_str(), &caller.principal.sub).ok_or_else(|| {
+        tracing::info!("sync connection refused: the principal holds its maximum of open connections");
+        ApiError::RateLimited { retry_after_secs: state.sync.heartbeat.as_secs().max(1) }
+    })?;
     let (response, session, stream) = actix_ws::handle(&req, body)
         .map_err(|_| ApiError::bad_request(IssueCode::NotSupported, "GET /sync is a WebSocket endpoint: send an Upgrade request"))?;
     let stream = stream.max_frame_size(state.body_limit).aggregate_continuations().max_continuation_size(state.body_limit);
     state.metrics.sync_connections.inc();
-    let state = state.into_inner();
     actix_web::rt::spawn(async move {
         let reason = Connection { state: state.clone(), caller, session, subscription: None }.run(stream).await;
+        drop(slot);
         state.metrics.sync_connections.dec();
         tracing::info!(reason, "sync connection closed");
     });
@@ -154,6 +202,16 @@ impl Connection {
     }
 
     async fn on_message(&mut self, message: AggregatedMessage) -> Result<(), Ended> {
+        // Messages count against the principal's request rate, as REST requests do; an
+        // over-limit message is answered and dropped, and the connection stays.
+        if matches!(message, AggregatedMessage::Text(_) | AggregatedMessage::Binary(_)) {
+            let principal = &self.caller.principal;
+            if let Err(retry_after) = self.state.limits.check_principal(principal.tenant.as_str(), &principal.sub) {
+                let mut refused = error("rate_limited", "too many messages; wait retryAfter seconds and send it again");
+                refused["retryAfter"] = json!(retry_after);
+                return self.send(&refused).await;
+            }
+        }
         match message {
             AggregatedMessage::Text(text) => match serde_json::from_str::<Value>(&text) {
                 Ok(value) => self.on_request(value).await,

@@ -190,6 +190,14 @@ impl AccessPolicy {
         }
     }
 
+    /// Whether the record, as `target` describes it, stood in a relationship with the
+    /// caller's `fhirUser` (its owner, or in its care team), whatever the caller's roles.
+    /// The change feed asks this of a version a subscriber may no longer read, to decide
+    /// whether the device must be told to drop its copy.
+    pub fn related(principal: &Principal, target: &Target<'_>) -> bool {
+        Self::in_scope(Scope::Own, principal, target) || Self::in_scope(Scope::Care, principal, target)
+    }
+
     pub fn may_break_glass(&self, principal: &Principal) -> bool {
         self.policies(principal).any(|p| p.break_glass)
     }

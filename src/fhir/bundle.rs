@@ -13,12 +13,16 @@ fn links_json(links: &[Link]) -> Vec<Value> {
     links.iter().map(|l| json!({"relation": l.relation, "url": l.url})).collect()
 }
 
-/// A `searchset` Bundle; each entry is `(fullUrl, resource)`.
-pub fn searchset(total: i64, links: &[Link], entries: Vec<(String, Value)>) -> Value {
-    let entries: Vec<Value> = entries
+/// A `searchset` Bundle; each entry is `(fullUrl, resource)`. `outcome`, when given, is an
+/// OperationOutcome entry (`search.mode = outcome`) telling the client about the search.
+pub fn searchset(total: i64, links: &[Link], entries: Vec<(String, Value)>, outcome: Option<Value>) -> Value {
+    let mut entries: Vec<Value> = entries
         .into_iter()
         .map(|(full_url, resource)| json!({"fullUrl": full_url, "resource": resource, "search": {"mode": "match"}}))
         .collect();
+    if let Some(outcome) = outcome {
+        entries.push(json!({"resource": outcome, "search": {"mode": "outcome"}}));
+    }
     json!({
         "resourceType": "Bundle",
         "type": "searchset",

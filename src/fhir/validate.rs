@@ -1,3 +1,5 @@
+use std::collections::HashSet;
+
 use serde_json::Value;
 
 use crate::domain::ResourceType;
@@ -67,31 +69,48 @@ impl Issue {
     }
 }
 
-/// `Patient` + `/name/0/family` → `Patient.name[0].family`.
-pub fn element_path(root: &str, pointer_segments: impl IntoIterator<Item = String>) -> String {
+/// What stands in a path or message for a key the client chose that is no FHIR element
+/// name: the key itself could be PHI (an SSN sent as a key), so it is never repeated.
+pub const UNKNOWN_ELEMENT: &str = "(unknown element)";
+
+/// `Patient` + `/name/0/family` → `Patient.name[0].family`. Segments that are not element
+/// names of FHIR R4 (`known`) become [`UNKNOWN_ELEMENT`].
+pub fn element_path(root: &str, pointer_segments: impl IntoIterator<Item = String>, known: &HashSet<String>) -> String {
     let mut path = root.to_owned();
     for segment in pointer_segments {
-        if !segment.is_empty() && segment.bytes().all(|b| b.is_ascii_digit()) {
+        if !segment.is_empty() && segment.len() <= 9 && segment.bytes().all(|b| b.is_ascii_digit()) {
             path.push_str(&format!("[{segment}]"));
-        } else {
+        } else if known.contains(&segment) {
             path.push('.');
             path.push_str(&segment);
+        } else {
+            path.push('.');
+            path.push_str(UNKNOWN_ELEMENT);
         }
     }
     path
 }
 
-/// An element name safe to repeat in a message: what FHIR element names look like.
-fn is_plain_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+/// Every element name the R4 schema defines, for any type: the only client-chosen keys
+/// an error may repeat.
+fn element_names(schema: &Value) -> HashSet<String> {
+    let mut names = HashSet::new();
+    if let Some(definitions) = schema.get("definitions").and_then(Value::as_object) {
+        for definition in definitions.values() {
+            if let Some(properties) = definition.get("properties").and_then(Value::as_object) {
+                names.extend(properties.keys().filter(|k| !k.starts_with('_')).cloned());
+            }
+        }
+    }
+    names
 }
 
 /// Validates resources of the served types against the R4 schema, built once at start
 /// and shared by all workers.
 pub struct FhirValidator {
     validator: jsonschema::Validator,
+    /// Element names of FHIR R4, see [`element_names`].
+    known: HashSet<String>,
 }
 
 impl std::fmt::Debug for FhirValidator {
@@ -112,6 +131,7 @@ impl FhirValidator {
     /// `AuditEvent`, to check exports).
     pub fn for_definitions(names: &[&str]) -> Result<Self, String> {
         let fhir: Value = serde_json::from_str(FHIR_SCHEMA).map_err(|e| format!("FHIR schema is not JSON: {e}"))?;
+        let known = element_names(&fhir);
         let registry = jsonschema::Registry::new()
             .add(FHIR_SCHEMA_ID, fhir)
             .and_then(|r| r.prepare())
@@ -133,7 +153,7 @@ impl FhirValidator {
             .with_registry(&registry)
             .build(&root)
             .map_err(|e| format!("FHIR validator: {e}"))?;
-        Ok(Self { validator })
+        Ok(Self { validator, known })
     }
 
     /// Schema validation only, for a definition named at construction; issues name paths
@@ -143,7 +163,7 @@ impl FhirValidator {
             .validator
             .iter_errors(resource)
             .take(MAX_ISSUES)
-            .map(|error| schema_issue(element_path(root, error.instance_path().iter().map(|s| s.to_string())), error.kind()))
+            .map(|error| schema_issue(element_path(root, error.instance_path().iter().map(|s| s.to_string()), &self.known), error.kind(), &self.known))
             .collect();
         if issues.is_empty() { Ok(()) } else { Err(issues) }
     }
@@ -157,32 +177,33 @@ impl FhirValidator {
             .iter_errors(resource)
             .take(MAX_ISSUES)
             .map(|error| {
-                let path = element_path(root, error.instance_path().iter().map(|s| s.to_string()));
-                schema_issue(path, error.kind())
+                let path = element_path(root, error.instance_path().iter().map(|s| s.to_string()), &self.known);
+                schema_issue(path, error.kind(), &self.known)
             })
             .collect();
         issues.dedup();
-        check_calendar_dates(root, resource, &mut issues);
+        check_calendar_dates(root, resource, &self.known, &mut issues);
         check_required(rtype, resource, &mut issues);
         issues.truncate(MAX_ISSUES);
         if issues.is_empty() { Ok(()) } else { Err(issues) }
     }
 }
 
-fn schema_issue(path: String, kind: &jsonschema::error::ValidationErrorKind) -> Issue {
+fn schema_issue(path: String, kind: &jsonschema::error::ValidationErrorKind, known: &HashSet<String>) -> Issue {
     use jsonschema::error::ValidationErrorKind as K;
     let (code, text) = match kind {
         K::AdditionalProperties { unexpected } => {
-            let names: Vec<&str> = unexpected.iter().map(String::as_str).filter(|n| is_plain_name(n)).collect();
-            let text = if names.is_empty() {
-                "unknown element".to_owned()
+            // Only names FHIR defines elsewhere (a misplaced element) are repeated.
+            let names: Vec<&str> = unexpected.iter().map(String::as_str).filter(|n| known.contains(*n)).collect();
+            let text = if names.len() == unexpected.len() {
+                format!("element(s) not allowed here: {}", names.join(", "))
             } else {
-                format!("unknown element(s): {}", names.join(", "))
+                "unknown element(s)".to_owned()
             };
             (IssueCode::Structure, text)
         }
         K::Required { property } => {
-            let name = property.as_str().filter(|n| is_plain_name(n)).unwrap_or("element");
+            let name = property.as_str().filter(|n| known.contains(*n)).unwrap_or("element");
             (IssueCode::Required, format!("required element '{name}' is missing"))
         }
         K::Type { .. } => (IssueCode::Structure, "element has the wrong JSON type".to_owned()),
@@ -204,34 +225,34 @@ fn is_date_key(key: &str) -> bool {
 }
 
 /// The schema checks the shape of dates, not the calendar: `1970-02-31` passes it.
-fn check_calendar_dates(root: &str, value: &Value, issues: &mut Vec<Issue>) {
-    fn walk(path: &mut Vec<String>, key: Option<&str>, value: &Value, root: &str, issues: &mut Vec<Issue>) {
+fn check_calendar_dates(root: &str, value: &Value, known: &HashSet<String>, issues: &mut Vec<Issue>) {
+    fn walk(path: &mut Vec<String>, key: Option<&str>, value: &Value, root: &str, known: &HashSet<String>, issues: &mut Vec<Issue>) {
         match value {
             Value::Object(map) => {
                 for (k, v) in map {
                     path.push(k.clone());
-                    walk(path, Some(k), v, root, issues);
+                    walk(path, Some(k), v, root, known, issues);
                     path.pop();
                 }
             }
             Value::Array(items) => {
                 for (i, v) in items.iter().enumerate() {
                     path.push(i.to_string());
-                    walk(path, key, v, root, issues);
+                    walk(path, key, v, root, known, issues);
                     path.pop();
                 }
             }
             Value::String(s) if key.is_some_and(is_date_key) && !calendar_ok(s) => {
                 issues.push(Issue::new(
                     IssueCode::Value,
-                    Some(element_path(root, path.iter().cloned())),
+                    Some(element_path(root, path.iter().cloned(), known)),
                     "date is not a real calendar date",
                 ));
             }
             _ => {}
         }
     }
-    walk(&mut Vec::new(), None, value, root, issues);
+    walk(&mut Vec::new(), None, value, root, known, issues);
 }
 
 fn calendar_ok(s: &str) -> bool {
@@ -304,7 +325,28 @@ mod tests {
         assert!(paths.contains(&"Patient.name[0].family".to_owned()), "{paths:?}");
         let text = format!("{issues:?}");
         assert!(!text.contains("SECRET"), "{text}");
-        assert!(text.contains("nickname"), "unknown element name should be reported: {text}");
+        assert!(!text.contains("nickname"), "a key FHIR does not define is never repeated: {text}");
+        assert!(text.contains("unknown element"), "{text}");
+    }
+
+    #[test]
+    fn keys_the_client_chose_never_appear_in_paths_or_messages() {
+        let issues = check(json!({
+            "resourceType": "Patient",
+            "ssn123456789": "x",
+            "name": [{"family": "Zz", "zz987654321": 1}],
+            "extension": [{"url": "http://example.test/x", "zz111223333": {"valueString": 5}}],
+            "contact": [{"gender": "not-a-code"}],
+            "birthDate": "1970-01-01"
+        }))
+        .unwrap_err();
+        let text = format!("{issues:?}");
+        for secret in ["ssn123456789", "zz987654321", "zz111223333", "not-a-code"] {
+            assert!(!text.contains(secret), "{secret} echoed: {text}");
+        }
+        assert!(text.contains("Patient.contact[0].gender"), "{text}");
+        let misplaced = check(json!({"resourceType": "Practitioner", "deceasedBoolean": true})).unwrap_err();
+        assert!(format!("{misplaced:?}").contains("deceasedBoolean"), "a misplaced FHIR element is named: {misplaced:?}");
     }
 
     #[test]

@@ -124,20 +124,28 @@ pub mod queries {
     }
 
     impl Services {
-        fn auditor(&self, caller: &Caller) -> Result<(), ServiceError> {
-            if self.policy.has_capability(&caller.principal, Capability::Audit) { Ok(()) } else { Err(ServiceError::Forbidden) }
+        /// Lets auditors through; any other caller's attempt is ledgered as denied
+        /// (`action`: `read` for the log itself, `export` for exports and disclosures)
+        /// before the 403.
+        fn auditor(&self, caller: &Caller, action: &str) -> Result<(), ServiceError> {
+            if self.policy.has_capability(&caller.principal, Capability::Audit) {
+                return Ok(());
+            }
+            tracing::info!(action, "audit access denied");
+            self.record(vec![caller.entry(action, None, None, "denied")])?;
+            Err(ServiceError::Forbidden)
         }
 
         /// The latest signed checkpoint, signing one first if entries arrived since.
         pub fn ledger_checkpoint(&self, caller: &Caller) -> Result<CheckpointRow, ServiceError> {
-            self.auditor(caller)?;
+            self.auditor(caller, "read")?;
             let mut conn = self.store.conn()?;
             log::checkpoint(&mut conn, &self.ledger_signer).map_err(read_failure)
         }
 
         /// The caller's tenant's entries with `from <= seq < to` (at most `max`).
         pub fn ledger_entries(&self, caller: &Caller, from: i64, to: i64, max: i64) -> Result<Vec<EntryRow>, ServiceError> {
-            self.auditor(caller)?;
+            self.auditor(caller, "read")?;
             if from < 0 || to < from || to - from > max {
                 return Err(range_error(&format!("need 0 <= from <= to with at most {max} entries")));
             }
@@ -148,7 +156,7 @@ pub mod queries {
         /// `(leaf hash hex, audit path)` for entry `seq` in the tree of `size`; only for
         /// entries of the caller's tenant.
         pub fn ledger_inclusion(&self, caller: &Caller, seq: u64, size: u64) -> Result<(String, Vec<Hash>), ServiceError> {
-            self.auditor(caller)?;
+            self.auditor(caller, "read")?;
             let mut conn = self.store.conn()?;
             let current = u64::try_from(rows::size(&mut conn)?).unwrap_or(0);
             if seq >= size || size > current {
@@ -163,7 +171,7 @@ pub mod queries {
 
         /// Checks and ledgers an export, and signs the checkpoint its proofs will refer to.
         pub fn prepare_export(&self, caller: &Caller, req: ExportRequest) -> Result<PreparedExport, ServiceError> {
-            self.auditor(caller)?;
+            self.auditor(caller, "export")?;
             let filter = EntryFilter {
                 tenant: caller.principal.tenant.to_string(),
                 time_from: req.from.as_deref().map(|t| rfc3339(t, "from")).transpose()?,
@@ -214,7 +222,7 @@ pub mod queries {
         /// Accounting of disclosures (45 CFR 164.528) for one patient of the caller's
         /// tenant: every successful access to the patient's records, oldest first.
         pub fn disclosures(&self, caller: &Caller, patient: &str) -> Result<Vec<serde_json::Value>, ServiceError> {
-            self.auditor(caller)?;
+            self.auditor(caller, "export")?;
             let filter = EntryFilter {
                 tenant: caller.principal.tenant.to_string(),
                 patient: Some(patient_ref(patient)?),
@@ -244,7 +252,7 @@ pub mod queries {
 
         /// Consistency proof between the trees of `from` and `to` entries.
         pub fn ledger_consistency(&self, caller: &Caller, from: u64, to: u64) -> Result<Vec<Hash>, ServiceError> {
-            self.auditor(caller)?;
+            self.auditor(caller, "read")?;
             let mut conn = self.store.conn()?;
             let current = u64::try_from(rows::size(&mut conn)?).unwrap_or(0);
             if from > to || to > current {

@@ -60,9 +60,16 @@ const CSV_COLUMNS: [&str; 23] = [
     "public_key", "root_hash", "timestamp", "note",
 ];
 
+/// A cell that a spreadsheet would not run as a formula (CWE-1236): text starting with
+/// `=`, `+`, `-`, `@`, a tab or a carriage return gets a leading `'`, which spreadsheets
+/// show as text. Ledger values such as a break-glass reason are free text.
+pub fn csv_cell(value: &str) -> std::borrow::Cow<'_, str> {
+    if value.starts_with(['=', '+', '-', '@', '\t', '\r']) { format!("'{value}").into() } else { value.into() }
+}
+
 fn csv_row(fields: &[String]) -> Vec<u8> {
     let mut w = csv::Writer::from_writer(Vec::new());
-    let _ = w.write_record(fields);
+    let _ = w.write_record(fields.iter().map(|f| csv_cell(f).into_owned()));
     w.into_inner().unwrap_or_default()
 }
 

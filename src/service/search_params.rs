@@ -22,17 +22,19 @@ pub struct ParsedSearch {
     pub echo: Vec<(String, String)>,
 }
 
-/// A parameter name that is safe to repeat in an error message.
-fn shown(name: &str) -> String {
-    let ok = name.len() <= 64 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-:.".contains(&b));
-    if ok { format!("'{name}'") } else { "a parameter".to_owned() }
+/// How an error names a parameter: only a name the server defines is repeated (a
+/// client-chosen name, or a modifier, could carry PHI).
+fn shown(rtype: ResourceType, name: &str) -> String {
+    let base = name.split_once(':').map_or(name, |(b, _)| b);
+    let known = ["_count", "_offset", "_id"].contains(&base) || rtype.search_param(base).is_some();
+    if known { format!("'{base}'") } else { "an unknown parameter".to_owned() }
 }
 
-fn bad(name: &str, diagnostics: String) -> ServiceError {
+fn bad(rtype: ResourceType, name: &str, diagnostics: String) -> ServiceError {
     ServiceError::BadRequest(vec![Issue::new(
         IssueCode::NotSupported,
         None,
-        format!("search parameter {} {diagnostics}", shown(name)),
+        format!("search parameter {} {diagnostics}", shown(rtype, name)),
     )])
 }
 
@@ -72,7 +74,7 @@ pub fn parse(rtype: ResourceType, params: &[(String, String)]) -> Result<ParsedS
                     .parse::<i64>()
                     .ok()
                     .filter(|n| *n >= 0)
-                    .ok_or_else(|| bad(name, "must be a whole number".into()))?
+                    .ok_or_else(|| bad(rtype, name, "must be a whole number".into()))?
                     .min(MAX_COUNT);
                 continue;
             }
@@ -81,7 +83,7 @@ pub fn parse(rtype: ResourceType, params: &[(String, String)]) -> Result<ParsedS
                     .parse::<i64>()
                     .ok()
                     .filter(|n| *n >= 0)
-                    .ok_or_else(|| bad(name, "must be a whole number".into()))?;
+                    .ok_or_else(|| bad(rtype, name, "must be a whole number".into()))?;
                 continue;
             }
             b if IGNORED.contains(&b) => continue,
@@ -90,7 +92,7 @@ pub fn parse(rtype: ResourceType, params: &[(String, String)]) -> Result<ParsedS
                     .iter()
                     .map(|v| ResourceId::parse(v.trim()).map(|id| id.to_string()))
                     .collect::<Result<Vec<_>, _>>()
-                    .map_err(|_| bad(name, "must hold FHIR ids".into()))?;
+                    .map_err(|_| bad(rtype, name, "must hold FHIR ids".into()))?;
                 // Several _id parameters must all match: intersect.
                 parsed.ids = Some(match parsed.ids.take() {
                     None => ids,
@@ -100,17 +102,17 @@ pub fn parse(rtype: ResourceType, params: &[(String, String)]) -> Result<ParsedS
             _ => {
                 let def = rtype
                     .search_param(base)
-                    .ok_or_else(|| bad(name, format!("is not supported for {}", rtype.name())))?;
+                    .ok_or_else(|| bad(rtype, name, format!("is not supported for {}", rtype.name())))?;
                 if let Some(m) = modifier
                     && m != "exact"
                 {
-                    return Err(bad(name, "uses a modifier that is not supported (only ':exact')".into()));
+                    return Err(bad(rtype, name, "uses a modifier that is not supported (only ':exact')".into()));
                 }
                 let tokens = split_values(value)
                     .iter()
                     .map(|v| query_token(def.kind, v))
                     .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| bad(name, format!("value {e}")))?;
+                    .map_err(|e| bad(rtype, name, format!("value {e}")))?;
                 parsed.criteria.push((def.name.to_owned(), tokens));
             }
         }
@@ -150,5 +152,9 @@ mod tests {
             assert!(!format!("{err:?}").contains("SECRET"));
             assert!(matches!(err, ServiceError::BadRequest(_)));
         }
+        let err = format!("{:?}", p(&[("zz123456789", "1")]).unwrap_err());
+        assert!(!err.contains("zz123456789") && err.contains("an unknown parameter"), "{err}");
+        let err = format!("{:?}", p(&[("family:zz123456789", "1")]).unwrap_err());
+        assert!(!err.contains("zz123456789") && err.contains("'family'"), "{err}");
     }
 }

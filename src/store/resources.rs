@@ -63,6 +63,20 @@ pub fn find_current(conn: &mut DbConnection, tenant: &str, rtype: &str, id: &str
         .optional()
 }
 
+/// The current rows of `ids` of `types` (a superset of the pairs asked for when several
+/// types are given; callers pick by key).
+pub fn currents_of(conn: &mut DbConnection, tenant: &str, types: &[&str], ids: &[String]) -> QueryResult<Vec<CurrentRow>> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    resources::table
+        .filter(resources::tenant.eq(tenant))
+        .filter(resources::resource_type.eq_any(types))
+        .filter(resources::id.eq_any(ids))
+        .select(CurrentRow::as_select())
+        .load(conn)
+}
+
 pub fn find_version(
     conn: &mut DbConnection,
     tenant: &str,

@@ -15,6 +15,10 @@ fn marked_patient(m: &str) -> Value {
     p["contact"] = json!([{"name": {"family": format!("Zz-Kin-{m}")}}]);
     p["text"] = json!({"status": "generated", "div": format!("<div xmlns=\"http://www.w3.org/1999/xhtml\">Zz-Narrative-{m}</div>")});
     p["birthDate"] = json!("1913-07-19");
+    p["contained"] = json!([{"resourceType": "Practitioner", "id": "kin", "name": [{"family": format!("Zz-Contained-{m}")}]}]);
+    p["extension"] = json!([{"url": "http://example.test/fhir/national-id", "valueString": format!("Zz-Extension-{m}")}]);
+    p["modifierExtension"] = json!([{"url": "http://example.test/fhir/flag", "valueString": format!("Zz-Modifier-{m}")}]);
+    p["deceasedDateTime"] = json!("2019-04-05T06:07:08Z");
     p
 }
 
@@ -59,6 +63,8 @@ async fn nothing_identifying_is_stored_in_the_clear() {
     let back: Value = app.get(&desk, &format!("/fhir/Patient/{id}")).await.json().await.unwrap();
     assert_eq!(back["name"][0]["family"], format!("Zz-Family-{m}"));
     assert_eq!(back["address"][0]["line"][0], format!("{m} Zz-Street"));
+    assert_eq!(back["contained"][0]["name"][0]["family"], format!("Zz-Contained-{m}"));
+    assert_eq!(back["extension"][0]["valueString"], format!("Zz-Extension-{m}"));
     let found: Value = app.get(&desk, &format!("/fhir/Patient?family=ZZ-FAMILY-{}", m.to_lowercase())).await.json().await.unwrap();
     assert_eq!(entry_ids(&found), vec![id.clone()]);
     let found: Value = app.get(&desk, &format!("/fhir/Practitioner?identifier=urn:test:npi|npi-{}", m.to_lowercase())).await.json().await.unwrap();
@@ -74,6 +80,10 @@ async fn nothing_identifying_is_stored_in_the_clear() {
         "555 010 7777".to_owned(),
         "Zz-Given".to_owned(),
         "zz-family".to_owned(),
+        "Zz-Contained".to_owned(),
+        "Zz-Extension".to_owned(),
+        "Zz-Modifier".to_owned(),
+        "2019-04-05".to_owned(),
     ] {
         assert!(!contains(&raw, &plaintext), "'{plaintext}' found in the clear");
     }

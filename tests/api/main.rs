@@ -15,6 +15,7 @@ mod ledger;
 mod logs;
 mod ops;
 mod search;
+mod security;
 mod store;
 mod sync;
 mod sync_push;

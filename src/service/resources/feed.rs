@@ -1,11 +1,12 @@
 //! The change feed: what `GET /sync/changes` pages through and the WebSocket `/sync`
 //! delivers, read from the change log at the subscriber's own cursor.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use serde_json::Value;
 
 use super::{ResourceService, patient_of, rows, version_ref};
+use crate::store::resources::CurrentRow;
 use crate::authz::{Decision, Op};
 use crate::domain::{Category, Reference, ResourceId, ResourceType};
 use crate::service::keyring::DataKey;
@@ -71,10 +72,18 @@ pub struct ChangePage {
     pub scanned: usize,
 }
 
+/// Opened versions of a batch's records, each opened at most once.
+type Opened = HashMap<(String, String, i64), Option<Value>>;
+
 impl ResourceService<'_> {
-    /// Changes of the caller's tenant after `since` that the caller may read and the
-    /// filter admits, in cursor order, with each version's content (none for deletes).
-    /// Deliveries are ledgered (`sync`) before they are returned.
+    /// Changes of the caller's tenant after `since` that the filter admits, in cursor
+    /// order. Each is judged by the decision a read would get *now* (the record's current
+    /// relationship and the caller's current roles), never by the relationship the changed
+    /// version carried. A change the caller may read now comes with that version's content
+    /// (none for deletes); one it may no longer read, of a record whose version or the one
+    /// before it stood in a relationship with the caller's `fhirUser`, comes as a
+    /// content-free `revoke` (once per record per page) so the device drops its copy; any
+    /// other is left out. Deliveries of content are ledgered (`sync`) before they return.
     #[tracing::instrument(skip_all)]
     pub fn changes(&self, caller: &Caller, since: i64, limit: i64, filter: &FeedFilter) -> Result<ChangePage, ServiceError> {
         let tenant = caller.principal.tenant.as_str();
@@ -88,54 +97,94 @@ impl ResourceService<'_> {
                 filter.admits(change, rtype).then_some((change, rtype, id))
             })
             .collect();
-        // One round trip each for the batch's data keys and versions (the version a change
-        // made, and for a delete the last live one, which access is judged by).
-        let mut owners: Vec<String> = admitted.iter().filter_map(|(c, t, id)| codec::owner(*t, id.as_str(), c.patient_id.as_deref())).collect();
-        owners.sort();
-        owners.dedup();
-        let keys: HashMap<String, Result<DataKey, ServiceError>> = self.keys_of(&mut conn, caller, owners)?;
+        // One round trip each for the batch's current rows, data keys and versions: the
+        // version a change made and the one before it, and for a record deleted since, its
+        // last live version (what access to it is judged by).
         let mut ids: Vec<String> = admitted.iter().map(|(c, ..)| c.resource_id.clone()).collect();
         ids.sort();
         ids.dedup();
-        let mut versions: Vec<i64> = admitted.iter().flat_map(|(c, ..)| [c.version_id, c.version_id - 1]).collect();
-        versions.sort_unstable();
-        versions.dedup();
         let mut types: Vec<&str> = admitted.iter().map(|(_, t, _)| t.name()).collect();
         types.sort_unstable();
         types.dedup();
+        let currents: HashMap<(String, String), CurrentRow> = rows::currents_of(&mut conn, tenant, &types, &ids)?
+            .into_iter()
+            .map(|r| ((r.resource_type.clone(), r.id.clone()), r))
+            .collect();
+        let mut owners: Vec<String> = admitted
+            .iter()
+            .filter_map(|(c, t, id)| codec::owner(*t, id.as_str(), c.patient_id.as_deref()))
+            .chain(currents.values().filter_map(|r| codec::owner(ResourceType::from_name(&r.resource_type)?, &r.id, r.patient_id.as_deref())))
+            .collect();
+        owners.sort();
+        owners.dedup();
+        let keys: HashMap<String, Result<DataKey, ServiceError>> = self.keys_of(&mut conn, caller, owners)?;
+        let mut versions: Vec<i64> = admitted
+            .iter()
+            .flat_map(|(c, ..)| [c.version_id, c.version_id - 1])
+            .chain(currents.values().filter(|r| r.deleted != 0).map(|r| r.version_id - 1))
+            .collect();
+        versions.sort_unstable();
+        versions.dedup();
         let stored: HashMap<(String, String, i64), Option<String>> = rows::versions_of(&mut conn, tenant, &types, &ids, &versions)?
             .into_iter()
             .map(|v| ((v.resource_type, v.id, v.version_id), v.content))
             .collect();
+        let mut opened = Opened::new();
+        let mut open = |rtype: ResourceType, id: &ResourceId, owner: Option<&String>, version: i64| -> Result<Option<Value>, ServiceError> {
+            let key = (rtype.name().to_owned(), id.to_string(), version);
+            if let Some(done) = opened.get(&key) {
+                return Ok(done.clone());
+            }
+            let content = match stored.get(&key).cloned().flatten() {
+                Some(sealed) => Some(self.open(caller, rtype, id.as_str(), &sealed, &keys, owner)?),
+                None => None,
+            };
+            opened.insert(key, content.clone());
+            Ok(content)
+        };
         let mut out = Vec::new();
         let mut entries = Vec::new();
+        let mut revoked: HashSet<(ResourceType, String)> = HashSet::new();
         for (change, rtype, id) in admitted {
-            let owner = codec::owner(rtype, id.as_str(), change.patient_id.as_deref());
-            let open = |version: i64| -> Result<Option<Value>, ServiceError> {
-                match stored.get(&(change.resource_type.clone(), change.resource_id.clone(), version)).cloned().flatten() {
-                    Some(sealed) => self.open(caller, rtype, id.as_str(), &sealed, &keys, owner.as_ref()).map(Some),
-                    None => Ok(None),
-                }
-            };
-            let (content, basis) = match open(change.version_id) {
-                Ok(Some(content)) => (Some(content.clone()), Some(content)),
-                Ok(None) => (None, open(change.version_id - 1).ok().flatten()),
+            // A record purged since has nothing left to deliver.
+            let Some(current) = currents.get(&(change.resource_type.clone(), change.resource_id.clone())) else { continue };
+            let owner = codec::owner(rtype, id.as_str(), current.patient_id.as_deref());
+            let judged = match open(rtype, &id, owner.as_ref(), if current.deleted == 0 { current.version_id } else { current.version_id - 1 }) {
+                Ok(basis) => basis,
                 // A shredded record's changes have nothing left to deliver.
                 Err(ServiceError::Erased) => continue,
                 Err(e) => return Err(e),
             };
-            if self.decision(caller, Op::Read, rtype, &id, basis.as_ref(), false).0 == Decision::Deny {
+            let cursor = change.cursor.to_string();
+            let version = change.version_id.to_string();
+            if self.decision(caller, Op::Read, rtype, &id, judged.as_ref(), false).0 == Decision::Deny {
+                let mut was_related = false;
+                for v in [change.version_id, change.version_id - 1] {
+                    was_related |= Self::related(caller, rtype, &id, open(rtype, &id, owner.as_ref(), v)?.as_ref());
+                }
+                if was_related && revoked.insert((rtype, id.to_string())) {
+                    out.push(serde_json::json!({
+                        "type": "change",
+                        "cursor": cursor,
+                        "op": "revoke",
+                        "resourceType": rtype.name(),
+                        "id": id.as_str(),
+                        "versionId": version,
+                        "resource": null,
+                    }));
+                }
                 continue;
             }
+            let content = open(rtype, &id, owner.as_ref(), change.version_id)?;
             let patient = patient_of(rtype, id.as_str(), change.patient_id.as_deref());
             entries.push(caller.entry("sync", Some(version_ref(rtype, id.as_str(), change.version_id)), patient, "success"));
             out.push(serde_json::json!({
                 "type": "change",
-                "cursor": change.cursor.to_string(),
+                "cursor": cursor,
                 "op": change.op,
                 "resourceType": rtype.name(),
                 "id": id.as_str(),
-                "versionId": change.version_id.to_string(),
+                "versionId": version,
                 "resource": content,
             }));
         }

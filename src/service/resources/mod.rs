@@ -45,6 +45,9 @@ pub struct Page<T> {
     pub offset: i64,
     /// The parameters that define the result set, for paging links.
     pub echo: Vec<(String, String)>,
+    /// Matches whose stored form failed to open (tampered or corrupt): left out of
+    /// `items`, reported by type and id only.
+    pub unreadable: Vec<String>,
 }
 
 /// A resource's current state as loaded for a use case.
@@ -133,6 +136,23 @@ fn compartment_patient(rtype: ResourceType, id: &ResourceId, resource: &Value) -
     }
 }
 
+/// What access is judged by for a record whose content is `content`: its owner
+/// (`Patient/ID` for patient and clinical records) and, for a Patient, its care team.
+fn access_target(rtype: ResourceType, id: &ResourceId, content: Option<&Value>) -> (Option<Reference>, Vec<Reference>) {
+    let owner = match rtype.category() {
+        Category::Patient | Category::Practitioner => Some(Reference::new(rtype, id.clone())),
+        Category::Clinical => content
+            .and_then(|c| compartment_patient(rtype, id, c))
+            .and_then(|p| ResourceId::parse(&p).ok())
+            .map(|p| Reference::new(ResourceType::Patient, p)),
+    };
+    let team = match rtype.category() {
+        Category::Patient => care_team(content),
+        _ => Vec::new(),
+    };
+    (owner, team)
+}
+
 impl<'s> ResourceService<'s> {
     pub fn new(services: &'s Services) -> Self {
         Self { services }
@@ -180,19 +200,16 @@ impl<'s> ResourceService<'s> {
 
     /// The access decision for `op` on a record whose current content is `content`.
     fn decision(&self, caller: &Caller, op: Op, rtype: ResourceType, id: &ResourceId, content: Option<&Value>, break_glass: bool) -> (Decision, Option<Reference>) {
-        let owner = match rtype.category() {
-            Category::Patient | Category::Practitioner => Some(Reference::new(rtype, id.clone())),
-            Category::Clinical => content
-                .and_then(|c| compartment_patient(rtype, id, c))
-                .and_then(|p| ResourceId::parse(&p).ok())
-                .map(|p| Reference::new(ResourceType::Patient, p)),
-        };
-        let team = match rtype.category() {
-            Category::Patient => care_team(content),
-            _ => Vec::new(),
-        };
+        let (owner, team) = access_target(rtype, id, content);
         let target = Target { category: rtype.category(), owner: owner.as_ref(), care_team: &team };
         (self.services.policy.decide(&caller.principal, op, &target, break_glass), owner)
+    }
+
+    /// Whether the caller's `fhirUser` stood in a relationship with the record when its
+    /// content was `content` (see [`crate::authz::AccessPolicy::related`]).
+    fn related(caller: &Caller, rtype: ResourceType, id: &ResourceId, content: Option<&Value>) -> bool {
+        let (owner, team) = access_target(rtype, id, content);
+        crate::authz::AccessPolicy::related(&caller.principal, &Target { category: rtype.category(), owner: owner.as_ref(), care_team: &team })
     }
 
     /// Authorizes `op` on a record and, when it is denied, ledgers the denied `action`.
@@ -493,7 +510,7 @@ impl<'s> ResourceService<'s> {
             .collect::<Result<Vec<_>, _>>()?;
         let patient = patient_of(rtype, id.as_str(), current.row.patient_id.as_deref());
         self.services.record(vec![caller.entry("history", Some(resource_ref(rtype, id.as_str())), patient, "success")])?;
-        Ok(Page { items, total, count: paging.count, offset: paging.offset, echo: paging.echo })
+        Ok(Page { items, total, count: paging.count, offset: paging.offset, echo: paging.echo, unreadable: Vec::new() })
     }
 
     #[tracing::instrument(skip_all, fields(resource_type = rtype.name()))]
@@ -536,27 +553,36 @@ impl<'s> ResourceService<'s> {
         let owners: Vec<String> = rows.iter().filter_map(|r| codec::owner(rtype, &r.id, r.patient_id.as_deref())).collect();
         let keys = self.keys_of(&mut conn, caller, owners)?;
         let mut items = Vec::with_capacity(rows.len());
+        let mut entries = Vec::with_capacity(rows.len());
+        let mut unreadable = Vec::new();
         for row in &rows {
             let owner = codec::owner(rtype, &row.id, row.patient_id.as_deref());
+            let patient = patient_of(rtype, &row.id, row.patient_id.as_deref());
             match self.versioned(caller, rtype, &VersionRow::from(row), &keys, owner.as_ref()) {
-                Ok(v) => items.push(v),
+                Ok(v) => {
+                    // One entry per record returned (naming its patient).
+                    entries.push(caller.entry("search", Some(resource_ref(rtype, &row.id)), patient, "success"));
+                    items.push(v);
+                }
                 // A shredded record awaiting its purge has no content left to return.
                 Err(ServiceError::Erased) => {}
+                // One damaged row must neither leak nor take the search down: it is left
+                // out, reported by id, and its failed access ledgered as an error.
+                Err(e @ (ServiceError::Integrity | ServiceError::Corrupt)) => {
+                    tracing::error!(resource_type = rtype.name(), resource_id = %row.id, error = %e, "stored record failed to open; left out of search results");
+                    entries.push(caller.entry("search", Some(resource_ref(rtype, &row.id)), patient, "error"));
+                    unreadable.push(resource_ref(rtype, &row.id));
+                }
                 Err(e) => return Err(e),
             }
         }
-        // One entry per record returned (naming its patient), durable before the page leaves.
-        let mut entries: Vec<Entry> = rows
-            .iter()
-            .filter(|r| items.iter().any(|v| v.id.as_str() == r.id))
-            .map(|r| caller.entry("search", Some(resource_ref(rtype, &r.id)), patient_of(rtype, &r.id, r.patient_id.as_deref()), "success"))
-            .collect();
         if entries.is_empty() {
             entries.push(caller.entry("search", None, None, "success"));
         }
+        // Durable before the page leaves.
         self.services.record(entries)?;
-        tracing::info!(matches = items.len(), total, "search done");
-        Ok(Page { items, total, count, offset, echo })
+        tracing::info!(matches = items.len(), unreadable = unreadable.len(), total, "search done");
+        Ok(Page { items, total, count, offset, echo, unreadable })
     }
 }
 
