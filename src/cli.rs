@@ -37,9 +37,10 @@ pub enum Command {
         /// SMART fhirUser, e.g. Practitioner/123 or Patient/456.
         #[arg(long)]
         fhir_user: Option<String>,
-        /// Lifetime in seconds.
-        #[arg(long, default_value_t = 3600)]
-        ttl: u64,
+        /// Lifetime in seconds (default 3600, or the maximum when that is lower); at most
+        /// CAREVAULT_MAX_TOKEN_TTL (default 86400).
+        #[arg(long)]
+        ttl: Option<u64>,
     },
     /// Master keys: create, rotate, inspect.
     Keys {
@@ -338,7 +339,7 @@ fn migrate(settings: &Settings) -> ExitCode {
     }
 }
 
-fn token(settings: &Settings, sub: String, tenant: String, roles: Vec<String>, fhir_user: Option<String>, ttl: u64) -> ExitCode {
+fn token(settings: &Settings, sub: String, tenant: String, roles: Vec<String>, fhir_user: Option<String>, ttl: Option<u64>) -> ExitCode {
     if settings.env == Environment::Production {
         return fail("`token` mints development tokens and is refused in production");
     }
@@ -353,8 +354,15 @@ fn token(settings: &Settings, sub: String, tenant: String, roles: Vec<String>, f
     {
         return fail("--fhir-user must look like Practitioner/ID or Patient/ID");
     }
+    let ttl = ttl.unwrap_or(3600.min(settings.max_token_ttl));
+    if ttl > settings.max_token_ttl {
+        return fail(format!("--ttl {ttl} exceeds the maximum token lifetime of {} seconds (CAREVAULT_MAX_TOKEN_TTL)", settings.max_token_ttl));
+    }
     let secret = match hs256_secret(settings) {
         Ok(Some(s)) => s,
+        Ok(None) if settings.jwks_file.is_some() => {
+            return fail("with CAREVAULT_JWKS_FILE set only its keys verify tokens; development tokens would be refused");
+        }
         Ok(None) => return fail("no HS256 secret configured"),
         Err(e) => return fail(e),
     };
@@ -367,7 +375,7 @@ fn token(settings: &Settings, sub: String, tenant: String, roles: Vec<String>, f
         exp: now + ttl,
         iat: Some(now),
         iss: settings.jwt_issuer.clone(),
-        aud: settings.jwt_audience.clone(),
+        aud: settings.jwt_audience.clone().map(Into::into),
     };
     match mint_hs256(&secret, &claims) {
         Ok(t) => {

@@ -177,11 +177,17 @@ pub fn dev_secret(data_dir: &Path) -> std::io::Result<(Hs256Secret, bool)> {
     Ok((Hs256Secret::new(text.as_bytes().to_vec()), true))
 }
 
-/// The HS256 secret the server verifies with: the configured one, else (development only)
-/// the generated development secret.
+/// The HS256 secret the server verifies with: the configured one, else (development only,
+/// and only without a JWKS file) the generated development secret. With a JWKS file only
+/// the configured keys verify: a development secret left in the data directory must not
+/// open a server that an identity provider is meant to guard. An explicitly configured
+/// `CAREVAULT_JWT_HS256_SECRET` is the operator's choice and still verifies beside it.
 pub fn hs256_secret(settings: &Settings) -> Result<Option<Hs256Secret>, StartupError> {
     if let Some(secret) = &settings.jwt_hs256_secret {
         return Ok(Some(secret.clone()));
+    }
+    if settings.jwks_file.is_some() {
+        return Ok(None);
     }
     match settings.env {
         Environment::Production => Ok(None),
@@ -226,12 +232,18 @@ impl Application {
         if settings.env == Environment::Production && secret.is_none() && public_keys.is_empty() {
             return Err(StartupError::Refused("production needs verification keys"));
         }
-        let verifier = Arc::new(TokenVerifier::new(
-            secret.as_ref().map(Hs256Secret::expose),
-            public_keys,
-            settings.jwt_issuer.clone(),
-            settings.jwt_audience.clone(),
-        )?);
+        if settings.jwt_hs256_secret.is_some() && !public_keys.is_empty() {
+            tracing::warn!("CAREVAULT_JWT_HS256_SECRET and CAREVAULT_JWKS_FILE are both set: tokens signed with the shared secret are accepted beside the JWKS keys");
+        }
+        let verifier = Arc::new(
+            TokenVerifier::new(
+                secret.as_ref().map(Hs256Secret::expose),
+                public_keys,
+                settings.jwt_issuer.clone(),
+                settings.jwt_audience.clone(),
+            )?
+            .with_max_ttl(settings.max_token_ttl),
+        );
         let services = services(settings, settings.db_pool_size)?;
         tracing::info!(database = %settings.database_url, "database ready");
         let state = web::Data::new(AppState {

@@ -87,6 +87,12 @@ impl ApiError {
             ApiError::Unauthorized(TokenError::Missing) => one(IssueCode::Login, "a bearer token is required"),
             ApiError::Unauthorized(TokenError::Expired) => one(IssueCode::Login, "the bearer token has expired"),
             ApiError::Unauthorized(TokenError::Invalid) => one(IssueCode::Login, "the bearer token is not valid"),
+            ApiError::Unauthorized(TokenError::NotYetValid) => {
+                one(IssueCode::Login, "the bearer token is not valid yet (nbf or iat lies in the future)")
+            }
+            ApiError::Unauthorized(TokenError::TooLong) => {
+                one(IssueCode::Login, "the bearer token lives longer than this server accepts")
+            }
             ApiError::RateLimited { .. } => one(IssueCode::Throttled, "too many requests"),
             ApiError::PayloadTooLarge { limit } => {
                 one(IssueCode::TooCostly, &format!("request body exceeds the limit of {limit} bytes"))
