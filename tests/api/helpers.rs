@@ -297,6 +297,17 @@ pub async fn expect_outcome(response: Response, status: StatusCode) -> Value {
     body
 }
 
+pub fn auditor(app: &TestApp) -> Who {
+    app.who(TENANT, &["auditor"], None)
+}
+
+/// The tenant's audit-ledger entries `from <= seq < to`, as an auditor reads them.
+pub async fn entries(app: &TestApp, from: u64, to: u64) -> Vec<Value> {
+    let r = app.get(&auditor(app), &format!("/audit/entries?from={from}&to={to}")).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    r.json::<Value>().await.expect("entries")["entries"].as_array().expect("entries array").clone()
+}
+
 /// Ids of the entries of a searchset Bundle.
 pub fn entry_ids(bundle: &Value) -> Vec<String> {
     bundle["entry"]
