@@ -122,7 +122,15 @@ fn fail(message: impl std::fmt::Display) -> ExitCode {
     ExitCode::FAILURE
 }
 
+/// Every file and directory a command creates is private to the service user (0600,
+/// 0700): the database, its WAL, logs, exports, keys. Set before anything is created.
+fn private_by_default() {
+    #[cfg(unix)]
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+}
+
 pub async fn run(cli: Cli) -> ExitCode {
+    private_by_default();
     let settings = match Settings::from_env() {
         Ok(s) => s,
         Err(e) => return fail(e),
@@ -311,10 +319,9 @@ fn migrate(settings: &Settings) -> ExitCode {
     use diesel::Connection;
     let url = &settings.database_url;
     if let crate::store::DatabaseUrl::Sqlite(path) = url
-        && let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
-        && let Err(e) = std::fs::create_dir_all(dir)
+        && let Err(e) = crate::store::files::prepare_sqlite(path)
     {
-        return fail(e);
+        return fail(format!("{}: {e}", path.display()));
     }
     let conn = match url {
         crate::store::DatabaseUrl::Sqlite(path) => diesel::SqliteConnection::establish(&path.to_string_lossy()).map(DbConnection::Sqlite),
