@@ -37,9 +37,10 @@ pub enum Command {
         /// SMART fhirUser, e.g. Practitioner/123 or Patient/456.
         #[arg(long)]
         fhir_user: Option<String>,
-        /// Lifetime in seconds.
-        #[arg(long, default_value_t = 3600)]
-        ttl: u64,
+        /// Lifetime in seconds (default 3600, or the maximum when that is lower); at most
+        /// CAREVAULT_MAX_TOKEN_TTL (default 86400).
+        #[arg(long)]
+        ttl: Option<u64>,
     },
     /// Master keys: create, rotate, inspect.
     Keys {
@@ -121,7 +122,15 @@ fn fail(message: impl std::fmt::Display) -> ExitCode {
     ExitCode::FAILURE
 }
 
+/// Every file and directory a command creates is private to the service user (0600,
+/// 0700): the database, its WAL, logs, exports, keys. Set before anything is created.
+fn private_by_default() {
+    #[cfg(unix)]
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+}
+
 pub async fn run(cli: Cli) -> ExitCode {
+    private_by_default();
     let settings = match Settings::from_env() {
         Ok(s) => s,
         Err(e) => return fail(e),
@@ -310,10 +319,9 @@ fn migrate(settings: &Settings) -> ExitCode {
     use diesel::Connection;
     let url = &settings.database_url;
     if let crate::store::DatabaseUrl::Sqlite(path) = url
-        && let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
-        && let Err(e) = std::fs::create_dir_all(dir)
+        && let Err(e) = crate::store::files::prepare_sqlite(path)
     {
-        return fail(e);
+        return fail(format!("{}: {e}", path.display()));
     }
     let conn = match url {
         crate::store::DatabaseUrl::Sqlite(path) => diesel::SqliteConnection::establish(&path.to_string_lossy()).map(DbConnection::Sqlite),
@@ -338,7 +346,7 @@ fn migrate(settings: &Settings) -> ExitCode {
     }
 }
 
-fn token(settings: &Settings, sub: String, tenant: String, roles: Vec<String>, fhir_user: Option<String>, ttl: u64) -> ExitCode {
+fn token(settings: &Settings, sub: String, tenant: String, roles: Vec<String>, fhir_user: Option<String>, ttl: Option<u64>) -> ExitCode {
     if settings.env == Environment::Production {
         return fail("`token` mints development tokens and is refused in production");
     }
@@ -353,8 +361,15 @@ fn token(settings: &Settings, sub: String, tenant: String, roles: Vec<String>, f
     {
         return fail("--fhir-user must look like Practitioner/ID or Patient/ID");
     }
+    let ttl = ttl.unwrap_or(3600.min(settings.max_token_ttl));
+    if ttl > settings.max_token_ttl {
+        return fail(format!("--ttl {ttl} exceeds the maximum token lifetime of {} seconds (CAREVAULT_MAX_TOKEN_TTL)", settings.max_token_ttl));
+    }
     let secret = match hs256_secret(settings) {
         Ok(Some(s)) => s,
+        Ok(None) if settings.jwks_file.is_some() => {
+            return fail("with CAREVAULT_JWKS_FILE set only its keys verify tokens; development tokens would be refused");
+        }
         Ok(None) => return fail("no HS256 secret configured"),
         Err(e) => return fail(e),
     };
@@ -367,7 +382,7 @@ fn token(settings: &Settings, sub: String, tenant: String, roles: Vec<String>, f
         exp: now + ttl,
         iat: Some(now),
         iss: settings.jwt_issuer.clone(),
-        aud: settings.jwt_audience.clone(),
+        aud: settings.jwt_audience.clone().map(Into::into),
     };
     match mint_hs256(&secret, &claims) {
         Ok(t) => {

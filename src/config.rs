@@ -28,6 +28,7 @@ const KEYS: &[&str] = &[
     "jwks_file",
     "jwt_issuer",
     "jwt_audience",
+    "max_token_ttl",
     "policies_dir",
     "log_dir",
     "rate_limit",
@@ -43,6 +44,10 @@ const KEYS: &[&str] = &[
     "sync_send_timeout_secs",
     "sync_max_connections",
 ];
+
+/// Bounds of `max_token_ttl` in seconds: one minute to 30 days.
+const MIN_TOKEN_TTL: u64 = 60;
+const MAX_TOKEN_TTL_LIMIT: u64 = 30 * 86_400;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -70,6 +75,9 @@ pub struct Settings {
     pub jwks_file: Option<PathBuf>,
     pub jwt_issuer: Option<String>,
     pub jwt_audience: Option<String>,
+    /// Longest accepted token lifetime in seconds (`exp` from now, and `exp - iat`); also
+    /// the most `carevault token --ttl` will mint.
+    pub max_token_ttl: u64,
     pub policies_dir: PathBuf,
     pub log_dir: PathBuf,
     /// Sustained requests per second per principal and per address; 0 = off.
@@ -113,6 +121,7 @@ impl fmt::Debug for Settings {
             .field("jwks_file", &self.jwks_file)
             .field("jwt_issuer", &self.jwt_issuer)
             .field("jwt_audience", &self.jwt_audience)
+            .field("max_token_ttl", &self.max_token_ttl)
             .field("policies_dir", &self.policies_dir)
             .field("log_dir", &self.log_dir)
             .field("rate_limit", &self.rate_limit)
@@ -196,6 +205,12 @@ impl Settings {
             jwks_file: get("jwks_file").map(PathBuf::from),
             jwt_issuer: get("jwt_issuer").map(str::to_owned),
             jwt_audience: get("jwt_audience").map(str::to_owned),
+            max_token_ttl: match number("max_token_ttl", crate::auth::DEFAULT_MAX_TTL_SECS, MAX_TOKEN_TTL_LIMIT)? {
+                n if n < MIN_TOKEN_TTL => {
+                    return Err(ConfigError::Invalid("max_token_ttl", format!("must be at least {MIN_TOKEN_TTL} seconds")));
+                }
+                n => n,
+            },
             policies_dir: PathBuf::from(get("policies_dir").unwrap_or("./policies")),
             rate_limit: number("rate_limit", 100, 1_000_000)? as u32,
             body_limit: number("body_limit", 1024 * 1024, 64 * 1024 * 1024)? as usize,
@@ -255,6 +270,7 @@ mod tests {
         assert_eq!(s.database_url.to_string(), "sqlite://./data/carevault.db");
         assert_eq!(s.log_dir, PathBuf::from("./data/logs"));
         assert_eq!(s.rate_limit, 100);
+        assert_eq!(s.max_token_ttl, 86_400);
         assert_eq!(s.env, Environment::Development);
     }
 
@@ -264,6 +280,9 @@ mod tests {
         assert!(Settings::from_map(&map(&[("database_url", "mysql://x")])).is_err());
         assert!(Settings::from_map(&map(&[("env", "staging")])).is_err());
         assert!(Settings::from_map(&map(&[("rate_limit", "-1")])).is_err());
+        assert!(Settings::from_map(&map(&[("max_token_ttl", "0")])).is_err());
+        assert!(Settings::from_map(&map(&[("max_token_ttl", "31536000")])).is_err());
+        assert_eq!(Settings::from_map(&map(&[("max_token_ttl", "3600")])).unwrap().max_token_ttl, 3600);
         assert!(Settings::from_map(&map(&[("jwt_hs256_secret", "short")])).is_err());
         assert!(Settings::from_map(&map(&[("env", "production")])).is_err());
         assert!(Settings::from_map(&map(&[("tls_cert", "/x/cert.pem")])).is_err());

@@ -32,6 +32,8 @@ pub enum StartupError {
     Validator(String),
     #[error("development secret: {0}")]
     DevSecret(std::io::Error),
+    #[error("cannot make {0} private: {1}")]
+    Private(String, std::io::Error),
     #[error("cannot listen on {0}: {1}")]
     Listen(SocketAddr, std::io::Error),
     #[error("metrics: {0}")]
@@ -76,7 +78,7 @@ pub fn key_provider(settings: &Settings) -> Result<Arc<dyn crate::crypto::KeyPro
 pub fn create_ledger_key(path: &Path) -> Result<(), StartupError> {
     let failed = |e: std::io::Error| StartupError::MasterKeys(format!("ledger key {}: {e}", path.display()));
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(failed)?;
+        crate::store::files::private_dir(dir, false).map_err(failed)?;
     }
     let pkcs8 = zeroize::Zeroizing::new(
         crate::ledger::checkpoint::Signer::generate_pkcs8().map_err(|e| StartupError::MasterKeys(e.to_string()))?,
@@ -163,7 +165,7 @@ pub fn dev_secret(data_dir: &Path) -> std::io::Result<(Hs256Secret, bool)> {
     if let Ok(text) = std::fs::read_to_string(&path) {
         return Ok((Hs256Secret::new(text.trim().as_bytes().to_vec()), false));
     }
-    std::fs::create_dir_all(data_dir)?;
+    crate::store::files::private_dir(data_dir, false)?;
     let mut bytes = zeroize::Zeroizing::new([0u8; 48]);
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), bytes.as_mut())
         .map_err(|_| std::io::Error::other("system random source failed"))?;
@@ -177,11 +179,17 @@ pub fn dev_secret(data_dir: &Path) -> std::io::Result<(Hs256Secret, bool)> {
     Ok((Hs256Secret::new(text.as_bytes().to_vec()), true))
 }
 
-/// The HS256 secret the server verifies with: the configured one, else (development only)
-/// the generated development secret.
+/// The HS256 secret the server verifies with: the configured one, else (development only,
+/// and only without a JWKS file) the generated development secret. With a JWKS file only
+/// the configured keys verify: a development secret left in the data directory must not
+/// open a server that an identity provider is meant to guard. An explicitly configured
+/// `CAREVAULT_JWT_HS256_SECRET` is the operator's choice and still verifies beside it.
 pub fn hs256_secret(settings: &Settings) -> Result<Option<Hs256Secret>, StartupError> {
     if let Some(secret) = &settings.jwt_hs256_secret {
         return Ok(Some(secret.clone()));
+    }
+    if settings.jwks_file.is_some() {
+        return Ok(None);
     }
     match settings.env {
         Environment::Production => Ok(None),
@@ -196,6 +204,31 @@ pub fn hs256_secret(settings: &Settings) -> Result<Option<Hs256Secret>, StartupE
             Ok(Some(secret))
         }
     }
+}
+
+/// Makes the data directory, the log directory (when it exists; logging creates it) and the
+/// default keys directory private (0700), creating the data and keys directories, and the
+/// key files and the development secret 0600. Key directories elsewhere are the operator's
+/// and only created private when missing.
+pub fn private_paths(settings: &Settings) -> Result<(), StartupError> {
+    use crate::store::files::{private_dir, private_file};
+    let failed = |path: &Path| {
+        let shown = path.display().to_string();
+        move |e: std::io::Error| StartupError::Private(shown, e)
+    };
+    private_dir(&settings.data_dir, true).map_err(failed(&settings.data_dir))?;
+    if settings.log_dir.is_dir() {
+        private_dir(&settings.log_dir, true).map_err(failed(&settings.log_dir))?;
+    }
+    let default_keys = settings.data_dir.join("keys");
+    for key_file in [&settings.master_key_file, &settings.ledger_key_file] {
+        if let Some(dir) = key_file.parent().filter(|d| !d.as_os_str().is_empty()) {
+            private_dir(dir, dir == default_keys).map_err(failed(dir))?;
+        }
+        private_file(key_file).map_err(failed(key_file))?;
+    }
+    let dev_secret = settings.data_dir.join(DEV_SECRET_FILE);
+    private_file(&dev_secret).map_err(failed(&dev_secret))
 }
 
 /// The use-case layer over the configured database, policies and keys, with a pool of
@@ -218,6 +251,7 @@ pub struct Application {
 
 impl Application {
     pub fn build(settings: &Settings) -> Result<Self, StartupError> {
+        private_paths(settings)?;
         let secret = hs256_secret(settings)?;
         let public_keys = match &settings.jwks_file {
             Some(path) => crate::auth::load_jwks(path)?,
@@ -226,12 +260,18 @@ impl Application {
         if settings.env == Environment::Production && secret.is_none() && public_keys.is_empty() {
             return Err(StartupError::Refused("production needs verification keys"));
         }
-        let verifier = Arc::new(TokenVerifier::new(
-            secret.as_ref().map(Hs256Secret::expose),
-            public_keys,
-            settings.jwt_issuer.clone(),
-            settings.jwt_audience.clone(),
-        )?);
+        if settings.jwt_hs256_secret.is_some() && !public_keys.is_empty() {
+            tracing::warn!("CAREVAULT_JWT_HS256_SECRET and CAREVAULT_JWKS_FILE are both set: tokens signed with the shared secret are accepted beside the JWKS keys");
+        }
+        let verifier = Arc::new(
+            TokenVerifier::new(
+                secret.as_ref().map(Hs256Secret::expose),
+                public_keys,
+                settings.jwt_issuer.clone(),
+                settings.jwt_audience.clone(),
+            )?
+            .with_max_ttl(settings.max_token_ttl),
+        );
         let services = services(settings, settings.db_pool_size)?;
         tracing::info!(database = %settings.database_url, "database ready");
         let state = web::Data::new(AppState {

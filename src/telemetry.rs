@@ -16,9 +16,14 @@ pub struct TelemetryGuard {
     _stdout: WorkerGuard,
 }
 
-/// Installs the global subscriber. `RUST_LOG` overrides the default `info` level.
+/// Installs the global subscriber. `RUST_LOG` overrides the default `info` level. The log
+/// directory is made private (0700) and existing log files 0600: they name patients' ids.
+/// New files take the process umask, which `cli` sets to 0077.
 pub fn init(log_dir: &Path) -> std::io::Result<TelemetryGuard> {
-    std::fs::create_dir_all(log_dir)?;
+    crate::store::files::private_dir(log_dir, true)?;
+    for entry in std::fs::read_dir(log_dir)? {
+        crate::store::files::private_file(&entry?.path())?;
+    }
     let appender = tracing_appender::rolling::Builder::new()
         .rotation(tracing_appender::rolling::Rotation::DAILY)
         .filename_prefix("carevault")

@@ -69,6 +69,9 @@ impl ApiError {
                 ServiceError::NotFound => one(IssueCode::NotFound, "resource not found"),
                 ServiceError::Gone => one(IssueCode::Deleted, "resource has been deleted"),
                 ServiceError::Forbidden => one(IssueCode::Forbidden, "access denied"),
+                ServiceError::BreakGlassRefused => {
+                    one(IssueCode::Forbidden, "X-Break-Glass refused: none of the caller's roles may break the glass")
+                }
                 ServiceError::VersionConflict { current } if *current > 0 => one(
                     IssueCode::Conflict,
                     &format!("version conflict: the current version is {current}"),
@@ -87,6 +90,12 @@ impl ApiError {
             ApiError::Unauthorized(TokenError::Missing) => one(IssueCode::Login, "a bearer token is required"),
             ApiError::Unauthorized(TokenError::Expired) => one(IssueCode::Login, "the bearer token has expired"),
             ApiError::Unauthorized(TokenError::Invalid) => one(IssueCode::Login, "the bearer token is not valid"),
+            ApiError::Unauthorized(TokenError::NotYetValid) => {
+                one(IssueCode::Login, "the bearer token is not valid yet (nbf or iat lies in the future)")
+            }
+            ApiError::Unauthorized(TokenError::TooLong) => {
+                one(IssueCode::Login, "the bearer token lives longer than this server accepts")
+            }
             ApiError::RateLimited { .. } => one(IssueCode::Throttled, "too many requests"),
             ApiError::PayloadTooLarge { limit } => {
                 one(IssueCode::TooCostly, &format!("request body exceeds the limit of {limit} bytes"))
@@ -113,7 +122,7 @@ impl ResponseError for ApiError {
             ApiError::Service(e) => match e {
                 ServiceError::NotFound => StatusCode::NOT_FOUND,
                 ServiceError::Gone => StatusCode::GONE,
-                ServiceError::Forbidden => StatusCode::FORBIDDEN,
+                ServiceError::Forbidden | ServiceError::BreakGlassRefused => StatusCode::FORBIDDEN,
                 ServiceError::VersionConflict { current } if *current > 0 => StatusCode::PRECONDITION_FAILED,
                 ServiceError::VersionConflict { .. } | ServiceError::Conflict(_) => StatusCode::CONFLICT,
                 ServiceError::BadRequest(_) => StatusCode::BAD_REQUEST,

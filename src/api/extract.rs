@@ -1,4 +1,6 @@
 //! Extractors: the authenticated caller (token, rate limit, break-glass, purpose of use).
+//! A caller whose roles may not break the glass and who sends `X-Break-Glass` is refused
+//! here, for every route, and the attempt is ledgered.
 
 use actix_web::dev::Payload;
 use futures_util::future::LocalBoxFuture;
@@ -6,9 +8,9 @@ use actix_web::{FromRequest, HttpMessage, HttpRequest, web};
 
 use crate::api::{ApiError, AppState};
 use crate::auth::TokenError;
-use crate::domain::PurposeOfUse;
+use crate::domain::{PurposeOfUse, ResourceId, ResourceType};
 use crate::fhir::IssueCode;
-use crate::service::Caller;
+use crate::service::{Caller, ServiceError};
 
 /// The request id set by the request-context middleware.
 #[derive(Debug, Clone)]
@@ -60,6 +62,11 @@ fn caller(req: &HttpRequest) -> Result<Caller, ApiError> {
         .map_err(|retry_after_secs| ApiError::RateLimited { retry_after_secs })?;
     let break_glass = match header(req, "x-break-glass")? {
         None => None,
+        // Refused whatever the reason says (see `from_request`); kept as given, within bounds,
+        // for the ledger entry of the attempt.
+        Some(reason) if !state.services.policy.may_break_glass(&principal) => {
+            Some(reason.trim().chars().take(BREAK_GLASS_MAX).collect())
+        }
         Some(reason) => {
             let reason = reason.trim();
             let n = reason.chars().count();
@@ -83,13 +90,58 @@ fn caller(req: &HttpRequest) -> Result<Caller, ApiError> {
     Ok(Caller { principal, break_glass, purpose, request_id, client })
 }
 
+/// What a request asks for, as far as its route tells: the ledger action, and for a FHIR
+/// record the `Type/ID` (`Type/ID/_history/N`) and its patient. Names only what parses as
+/// a served type and a FHIR id.
+fn attempt(req: &HttpRequest) -> (&'static str, Option<String>, Option<String>) {
+    let pattern = req.match_pattern().unwrap_or_default();
+    let get = req.method() == actix_web::http::Method::GET;
+    let action = match pattern.as_str() {
+        "/fhir/{type}" if get => "search",
+        "/fhir/{type}" => "create",
+        "/fhir/{type}/_search" => "search",
+        "/fhir/{type}/{id}" if get => "read",
+        "/fhir/{type}/{id}" if req.method() == actix_web::http::Method::DELETE => "delete",
+        "/fhir/{type}/{id}" => "update",
+        "/fhir/{type}/{id}/_history" => "history",
+        "/fhir/{type}/{id}/_history/{vid}" => "vread",
+        "/audit/export" => "export",
+        p if p == "/sync" || p.starts_with("/sync/") => "sync",
+        _ => "read",
+    };
+    let info = req.match_info();
+    let record = info
+        .get("type")
+        .and_then(ResourceType::from_name)
+        .zip(info.get("id").and_then(|id| ResourceId::parse(id).ok()));
+    let Some((rtype, id)) = record else { return (action, None, None) };
+    let resource = match info.get("vid").and_then(|v| v.parse::<i64>().ok()) {
+        Some(version) => format!("{}/{id}/_history/{version}", rtype.name()),
+        None => format!("{}/{id}", rtype.name()),
+    };
+    let patient = (rtype == ResourceType::Patient).then(|| format!("Patient/{id}"));
+    (action, Some(resource), patient)
+}
+
 impl FromRequest for Caller {
     type Error = ApiError;
     type Future = LocalBoxFuture<'static, Result<Self, Self::Error>>;
 
-    /// A missing or refused token is ledgered (`login`, `denied`) before the 401 goes out.
+    /// A missing or refused token is ledgered (`login`, `denied`) before the 401 goes out;
+    /// so is `X-Break-Glass` from a caller whose roles may not break the glass, before its 403.
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
         let result = caller(req);
+        if let (Ok(who), Some(state)) = (&result, req.app_data::<web::Data<AppState>>())
+            && who.break_glass.is_some()
+            && !state.services.policy.may_break_glass(&who.principal)
+        {
+            let (services, caller) = (state.services.clone(), who.clone());
+            let (action, resource, patient) = attempt(req);
+            return Box::pin(async move {
+                crate::api::blocking(move || Ok(services.refuse_break_glass(&caller, action, resource, patient)?)).await?;
+                Err(ApiError::Service(ServiceError::BreakGlassRefused))
+            });
+        }
         let Err(ApiError::Unauthorized(reason)) = result else {
             return Box::pin(std::future::ready(result));
         };

@@ -13,7 +13,14 @@ use zeroize::Zeroizing;
 
 use crate::domain::{Principal, Reference, Role, TenantId};
 
-/// Claims CareVault reads from a token.
+/// How long a token may live when `CAREVAULT_MAX_TOKEN_TTL` does not say: 24 hours.
+pub const DEFAULT_MAX_TTL_SECS: u64 = 86_400;
+
+/// Clock skew tolerated on `exp`, `nbf` and `iat`, in seconds.
+pub const LEEWAY_SECS: u64 = 30;
+
+/// Claims CareVault reads from a token. `nbf` is checked by the verifier on the token
+/// itself; nothing downstream needs it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Claims {
     pub sub: String,
@@ -28,7 +35,27 @@ pub struct Claims {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iss: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub aud: Option<String>,
+    pub aud: Option<Audience>,
+}
+
+/// The `aud` claim: one audience or several (RFC 7519, section 4.1.3).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Audience {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl From<&str> for Audience {
+    fn from(aud: &str) -> Self {
+        Audience::One(aud.to_owned())
+    }
+}
+
+impl From<String> for Audience {
+    fn from(aud: String) -> Self {
+        Audience::One(aud)
+    }
 }
 
 /// Why a token was refused. Shown to clients as a plain 401; never carries the token.
@@ -38,6 +65,12 @@ pub enum TokenError {
     Missing,
     #[error("token has expired")]
     Expired,
+    /// `nbf` or `iat` lies in the future (beyond the leeway).
+    #[error("token is not yet valid")]
+    NotYetValid,
+    /// `exp` lies further ahead than the maximum lifetime, or `exp - iat` exceeds it.
+    #[error("token lifetime exceeds the maximum")]
+    TooLong,
     #[error("token is not valid")]
     Invalid,
 }
@@ -68,6 +101,8 @@ pub struct TokenVerifier {
     public: Vec<PublicKey>,
     issuer: Option<String>,
     audience: Option<String>,
+    /// Longest accepted lifetime in seconds (`exp` from now, and `exp - iat`).
+    max_ttl: u64,
 }
 
 impl fmt::Debug for TokenVerifier {
@@ -77,6 +112,7 @@ impl fmt::Debug for TokenVerifier {
             .field("public_keys", &self.public.len())
             .field("issuer", &self.issuer)
             .field("audience", &self.audience)
+            .field("max_ttl", &self.max_ttl)
             .finish()
     }
 }
@@ -130,12 +166,20 @@ impl TokenVerifier {
                 .collect(),
             issuer,
             audience,
+            max_ttl: DEFAULT_MAX_TTL_SECS,
         })
+    }
+
+    /// Sets the longest lifetime a token may have, in seconds.
+    pub fn with_max_ttl(mut self, secs: u64) -> Self {
+        self.max_ttl = secs;
+        self
     }
 
     fn validation(&self, alg: Algorithm) -> Validation {
         let mut v = Validation::new(alg);
-        v.leeway = 30;
+        v.leeway = LEEWAY_SECS;
+        v.validate_nbf = true;
         // A configured issuer or audience must be present, not merely match when present.
         let mut required = vec!["exp", "sub"];
         required.extend(self.issuer.as_ref().map(|_| "iss"));
@@ -152,7 +196,8 @@ impl TokenVerifier {
         v
     }
 
-    /// Verifies signature, expiry, issuer and audience, then parses the claims into a
+    /// Verifies signature, expiry, `nbf`, lifetime, issuer and audience (a string, or an
+    /// array that must contain the configured audience), then parses the claims into a
     /// principal. Unknown roles are dropped (they grant nothing).
     pub fn verify(&self, token: &str) -> Result<Principal, TokenError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Invalid)?;
@@ -173,10 +218,28 @@ impl TokenVerifier {
         let data = jsonwebtoken::decode::<Claims>(token, key, &self.validation(header.alg)).map_err(|e| {
             match e.kind() {
                 jsonwebtoken::errors::ErrorKind::ExpiredSignature => TokenError::Expired,
+                jsonwebtoken::errors::ErrorKind::ImmatureSignature => TokenError::NotYetValid,
                 _ => TokenError::Invalid,
             }
         })?;
+        self.check_lifetime(&data.claims, jsonwebtoken::get_current_timestamp())?;
         principal_from(data.claims)
+    }
+
+    /// A token may not be issued in the future, nor live longer than the maximum: counted
+    /// from now (so a far-future `exp` without `iat` is refused too) and from its `iat`.
+    fn check_lifetime(&self, claims: &Claims, now: u64) -> Result<(), TokenError> {
+        if claims.iat.is_some_and(|iat| iat > now.saturating_add(LEEWAY_SECS)) {
+            return Err(TokenError::NotYetValid);
+        }
+        if claims.exp > now.saturating_add(self.max_ttl).saturating_add(LEEWAY_SECS) {
+            return Err(TokenError::TooLong);
+        }
+        match claims.iat {
+            Some(iat) if claims.exp < iat => Err(TokenError::Invalid),
+            Some(iat) if claims.exp - iat > self.max_ttl => Err(TokenError::TooLong),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -257,6 +320,43 @@ mod tests {
         let good = mint_hs256(&secret, &claims(60)).unwrap();
         let unsigned = format!("{}.", good.rsplit_once('.').unwrap().0.replacen("HS256", "none", 1));
         assert_eq!(v.verify(&unsigned), Err(TokenError::Invalid));
+    }
+
+    #[test]
+    fn lifetimes_beyond_the_maximum_or_issued_in_the_future_fail() {
+        let secret = Hs256Secret::new(vec![7; 32]);
+        let v = TokenVerifier::new(Some(secret.expose()), vec![], None, None).unwrap().with_max_ttl(3600);
+        let now = jsonwebtoken::get_current_timestamp();
+        let verify = |exp: u64, iat: Option<u64>| v.verify(&mint_hs256(&secret, &Claims { exp, iat, ..claims(0) }).unwrap()).map(|_| ());
+        assert_eq!(verify(now + 3600, Some(now)), Ok(()));
+        assert_eq!(verify(now + 3600 + LEEWAY_SECS, None), Ok(()), "within the leeway");
+        assert_eq!(verify(now + 7200, None), Err(TokenError::TooLong));
+        assert_eq!(verify(32_503_680_000, Some(now)), Err(TokenError::TooLong), "year 3000");
+        assert_eq!(verify(now + 600, Some(now - 3600)), Err(TokenError::TooLong), "exp - iat over the maximum");
+        assert_eq!(verify(now + 1200, Some(now + 600)), Err(TokenError::NotYetValid));
+        assert_eq!(verify(now + 600, Some(now + 700)), Err(TokenError::NotYetValid));
+        assert_eq!(verify(now + 600, Some(now + LEEWAY_SECS)), Ok(()), "iat within the leeway");
+    }
+
+    #[test]
+    fn nbf_is_honoured_and_aud_may_be_an_array() {
+        let secret = Hs256Secret::new(vec![7; 32]);
+        let v = TokenVerifier::new(Some(secret.expose()), vec![], None, Some("carevault".into())).unwrap();
+        let now = jsonwebtoken::get_current_timestamp();
+        let mint = |claims: serde_json::Value| {
+            jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret.expose())).unwrap()
+        };
+        let base = serde_json::json!({"sub": "dr-a", "tenant": "clinic-a", "roles": ["clinician"], "exp": now + 600, "aud": "carevault"});
+        assert!(v.verify(&mint(base.clone())).is_ok());
+        let mut later = base.clone();
+        later["nbf"] = (now + 300).into();
+        assert_eq!(v.verify(&mint(later)), Err(TokenError::NotYetValid));
+        let mut many = base.clone();
+        many["aud"] = serde_json::json!(["billing", "carevault"]);
+        assert!(v.verify(&mint(many)).is_ok());
+        let mut others = base;
+        others["aud"] = serde_json::json!(["billing", "pharmacy"]);
+        assert_eq!(v.verify(&mint(others)), Err(TokenError::Invalid));
     }
 
     #[test]

@@ -114,6 +114,11 @@ pub enum SearchScope {
     All,
     /// Rows in the care of `care_of` or owned by `owner` (either may be absent, not both).
     Restricted { care_of: Option<Reference>, owner: Option<Reference> },
+    /// Any row, only because the caller broke the glass. SPEC section 2: such a search
+    /// must identify one patient, never page through the tenant; the service checks the
+    /// criteria, and ledgers as emergency access only the rows outside the caller's own
+    /// scope.
+    BreakGlass,
     Denied,
 }
 
@@ -202,12 +207,16 @@ impl AccessPolicy {
         self.policies(principal).any(|p| p.break_glass)
     }
 
-    /// The rows a search of `category` may return to this caller.
+    /// The rows a search of `category` may return to this caller. Break-glass widens a
+    /// search only for a caller whose own scope is narrower than the tenant.
     pub fn search_scope(&self, principal: &Principal, category: Category, break_glass: bool) -> SearchScope {
         let best = self.policies(principal).map(|p| p.grant(category).read);
         let scopes: BTreeSet<Scope> = best.collect();
-        if scopes.contains(&Scope::Tenant) || (break_glass && self.may_break_glass(principal)) {
+        if scopes.contains(&Scope::Tenant) {
             return SearchScope::All;
+        }
+        if break_glass && self.may_break_glass(principal) {
+            return SearchScope::BreakGlass;
         }
         let me = principal.fhir_user.clone();
         let care_of = me.clone().filter(|_| scopes.contains(&Scope::Care));
@@ -270,6 +279,10 @@ mod tests {
         }
         assert_eq!(policy.decide(&who(Role::Admin, None), Op::Write, &directory, false), Decision::Allow);
         assert_eq!(policy.decide(&doc, Op::Write, &directory, false), Decision::Deny);
+        assert_eq!(policy.search_scope(&doc, Category::Patient, true), SearchScope::BreakGlass);
+        assert_eq!(policy.search_scope(&who(Role::FrontDesk, None), Category::Patient, true), SearchScope::All);
+        assert_eq!(policy.search_scope(&doc, Category::Practitioner, true), SearchScope::All);
+        assert_eq!(policy.search_scope(&who(Role::Auditor, None), Category::Patient, true), SearchScope::Denied);
         assert!(policy.has_capability(&who(Role::Admin, None), Capability::Metrics));
         assert!(!policy.has_capability(&doc, Capability::Metrics));
     }

@@ -11,7 +11,9 @@ pub fn now() -> String {
 }
 
 impl Caller {
-    /// An entry for this caller; `seq` is assigned on append.
+    /// An entry for this caller; `seq` is assigned on append. It carries no break-glass
+    /// reason, even when the request had one: an access the caller's own scope allows is
+    /// an ordinary access (see [`Self::break_glass_entry`]).
     pub fn entry(&self, action: &str, resource: Option<String>, patient: Option<String>, outcome: &str) -> Entry {
         Entry {
             seq: 0,
@@ -27,10 +29,18 @@ impl Caller {
             patient,
             outcome: outcome.to_owned(),
             purpose_of_use: Some(self.purpose.as_str().to_owned()),
-            break_glass: self.break_glass.clone(),
+            break_glass: None,
             client: Some(self.client.clone()).filter(|c| !c.is_empty()),
             request_id: Some(self.request_id.clone()).filter(|r| !r.is_empty()),
         }
+    }
+
+    /// [`Self::entry`] with the caller's break-glass reason (if it gave one), for the two
+    /// kinds of entry that name it: an access allowed only because the caller broke the
+    /// glass (emergency access), and a refused attempt (outcome `denied`), so that a
+    /// reviewer sees what was claimed.
+    pub fn break_glass_entry(&self, action: &str, resource: Option<String>, patient: Option<String>, outcome: &str) -> Entry {
+        Entry { break_glass: self.break_glass.clone(), ..self.entry(action, resource, patient, outcome) }
     }
 }
 
@@ -64,6 +74,15 @@ impl Services {
             request_id: Some(request_id.to_owned()).filter(|r| !r.is_empty()),
         };
         self.record(vec![entry])
+    }
+
+    /// Refuses a request with `X-Break-Glass` from a caller none of whose roles may break
+    /// the glass (SPEC section 2: 403, whatever it asked for), after ledgering the attempt
+    /// (`denied`, with the reason it gave). `action`, `resource` and `patient` say what the
+    /// request was for, as far as its route tells.
+    pub fn refuse_break_glass(&self, caller: &Caller, action: &str, resource: Option<String>, patient: Option<String>) -> Result<(), ServiceError> {
+        tracing::info!(action, "break-glass refused: no role of the caller may break the glass");
+        self.record(vec![caller.break_glass_entry(action, resource, patient, "denied")])
     }
 }
 

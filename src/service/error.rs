@@ -11,6 +11,9 @@ pub enum ServiceError {
     Gone,
     #[error("access denied")]
     Forbidden,
+    /// `X-Break-Glass` from a caller none of whose roles may break the glass.
+    #[error("break-glass refused")]
+    BreakGlassRefused,
     #[error("version {current} is current; the request named another")]
     VersionConflict { current: i64 },
     /// The request conflicts with the state of the target (409), e.g. an already resolved

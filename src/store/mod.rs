@@ -4,6 +4,7 @@
 //! fenced in here. Uses only `domain`.
 
 pub mod changes;
+pub mod files;
 pub mod keys;
 pub mod ledger;
 pub mod resources;
@@ -198,10 +199,8 @@ impl Store {
     /// Connects (failing at once with the real cause if the database is unreachable),
     /// applies pending migrations and builds the pool.
     pub fn open(url: &DatabaseUrl, pool_size: u32) -> Result<Self, StoreError> {
-        if let DatabaseUrl::Sqlite(path) = url
-            && let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
-        {
-            std::fs::create_dir_all(dir)?;
+        if let DatabaseUrl::Sqlite(path) = url {
+            files::prepare_sqlite(path)?;
         }
         let manager = Manager { url: url.clone() };
         let mut first = manager.open().map_err(|e| StoreError::Connect(e.to_string()))?;

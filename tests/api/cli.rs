@@ -61,11 +61,16 @@ async fn token_checks_its_arguments() {
         &["token", "--sub", "a", "--tenant", "t", "--role", "astronaut"],
         &["token", "--sub", "a", "--tenant", "t", "--role", "clinician", "--fhir-user", "Organization/1"],
         &["token", "--sub", "a", "--tenant", "t"],
+        &["token", "--sub", "a", "--tenant", "t", "--role", "clinician", "--ttl", "86401"],
     ] {
         let out = carevault(args, &env);
         assert!(!out.status.success(), "{args:?} should fail");
         assert!(!out.stderr.is_empty());
     }
+    let short = [("CAREVAULT_DATA_DIR", data.as_str()), ("CAREVAULT_MAX_TOKEN_TTL", "600")];
+    let over = carevault(&["token", "--sub", "a", "--tenant", "t", "--role", "clinician", "--ttl", "601"], &short);
+    assert!(String::from_utf8_lossy(&over.stderr).contains("maximum token lifetime"), "{over:?}");
+    assert!(carevault(&["token", "--sub", "a", "--tenant", "t", "--role", "clinician"], &short).status.success(), "the default ttl fits the maximum");
 }
 
 #[tokio::test]

@@ -111,6 +111,76 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut BTreeMap<String, String>
     }
 }
 
+/// A fresh PostgreSQL schema (kept alive by the returned app) when the tests run against
+/// PostgreSQL, for a server process started by the test itself.
+pub async fn postgres_under_test() -> Option<TestApp> {
+    match std::env::var("CAREVAULT_TEST_POSTGRES_URL") {
+        Ok(url) if !url.is_empty() => Some(spawn_app().await),
+        _ => None,
+    }
+}
+
+/// `carevault serve`, the real binary in its own process (with its own logging and umask),
+/// on a port it picks. `env` is its whole environment besides `PATH`, the policies and the
+/// address.
+pub struct ServeProcess {
+    child: tokio::process::Child,
+    /// `http://ADDR`
+    pub base: String,
+    /// Standard output up to the `listening` line.
+    pub started: Vec<String>,
+    reader: tokio::task::JoinHandle<Vec<String>>,
+}
+
+impl ServeProcess {
+    pub async fn start(env: &[(&str, String)]) -> Self {
+        use tokio::io::{AsyncBufReadExt, BufReader};
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_carevault"));
+        command
+            .arg("serve")
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("CAREVAULT_ADDR", "127.0.0.1:0")
+            .env("CAREVAULT_POLICIES_DIR", concat!(env!("CARGO_MANIFEST_DIR"), "/policies"))
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = command.spawn().expect("start carevault serve");
+        let mut stdout = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let mut started = Vec::new();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let addr = loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let line = tokio::time::timeout(left, stdout.next_line()).await.expect("server reports its address in time");
+            let line = line.expect("read stdout").expect("server exited before listening");
+            started.push(line.clone());
+            let parsed: Value = serde_json::from_str(&line).unwrap_or_default();
+            if parsed["message"] == "listening" {
+                break parsed["addr"].as_str().expect("addr").to_owned();
+            }
+        };
+        let reader = tokio::spawn(async move {
+            let mut rest = Vec::new();
+            while let Ok(Some(line)) = stdout.next_line().await {
+                rest.push(line);
+            }
+            rest
+        });
+        Self { child, base: format!("http://{addr}"), started, reader }
+    }
+
+    /// Stops the server gracefully (SIGTERM, so the log writers flush) and returns all of
+    /// its standard output.
+    pub async fn stop(mut self) -> Vec<String> {
+        let pid = self.child.id().expect("running").to_string();
+        std::process::Command::new("kill").args(["-TERM", &pid]).status().expect("kill");
+        tokio::time::timeout(std::time::Duration::from_secs(30), self.child.wait()).await.expect("stops in time").expect("wait");
+        let mut all = self.started;
+        all.extend(self.reader.await.expect("stdout reader"));
+        all
+    }
+}
+
 /// A caller: a signed token plus the headers a request should carry.
 #[derive(Clone)]
 pub struct Who {
@@ -295,6 +365,17 @@ pub async fn expect_outcome(response: Response, status: StatusCode) -> Value {
     assert_eq!(body["resourceType"], "OperationOutcome", "{body}");
     assert!(content_type.starts_with(FHIR_JSON), "content type {content_type}");
     body
+}
+
+pub fn auditor(app: &TestApp) -> Who {
+    app.who(TENANT, &["auditor"], None)
+}
+
+/// The tenant's audit-ledger entries `from <= seq < to`, as an auditor reads them.
+pub async fn entries(app: &TestApp, from: u64, to: u64) -> Vec<Value> {
+    let r = app.get(&auditor(app), &format!("/audit/entries?from={from}&to={to}")).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    r.json::<Value>().await.expect("entries")["entries"].as_array().expect("entries array").clone()
 }
 
 /// Ids of the entries of a searchset Bundle.

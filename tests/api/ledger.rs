@@ -131,16 +131,6 @@ fn verify_note(note: &str, origin: &str, public_key: &[u8]) -> Option<(u64, [u8;
 
 // ---- helpers ----
 
-fn auditor(app: &TestApp) -> Who {
-    app.who(TENANT, &["auditor"], None)
-}
-
-async fn entries(app: &TestApp, from: u64, to: u64) -> Vec<Value> {
-    let r = app.get(&auditor(app), &format!("/audit/entries?from={from}&to={to}")).await;
-    assert_eq!(r.status(), StatusCode::OK);
-    r.json::<Value>().await.unwrap()["entries"].as_array().unwrap().clone()
-}
-
 async fn checkpoint(app: &TestApp) -> Value {
     let r = app.get(&auditor(app), "/audit/checkpoint").await;
     assert_eq!(r.status(), StatusCode::OK);

@@ -10,6 +10,7 @@ mod compliance;
 mod concurrency;
 mod crud;
 mod encryption;
+mod files;
 mod helpers;
 mod ledger;
 mod logs;

@@ -219,7 +219,7 @@ impl<'s> ResourceService<'s> {
             Decision::Deny => {
                 tracing::info!(resource_type = rtype.name(), resource_id = %id, op = ?op, "access denied");
                 let patient = patient_of(rtype, id.as_str(), owner.as_ref().filter(|o| o.resource_type == ResourceType::Patient).map(|o| o.id.as_str()));
-                self.services.record(vec![caller.entry(action, Some(resource_ref(rtype, id.as_str())), patient, "denied")])?;
+                self.services.record(vec![caller.break_glass_entry(action, Some(resource_ref(rtype, id.as_str())), patient, "denied")])?;
                 Err(ServiceError::Forbidden)
             }
             Decision::AllowBreakGlass => {
@@ -392,12 +392,12 @@ impl<'s> ResourceService<'s> {
     pub fn read(&self, caller: &Caller, rtype: ResourceType, id: &ResourceId) -> Result<Versioned, ServiceError> {
         let mut conn = self.conn()?;
         let Current { row, content, basis, .. } = self.load_current(&mut conn, caller, rtype, id)?;
-        self.authorize(caller, Op::Read, "read", rtype, id, basis.as_ref())?;
+        let decision = self.authorize(caller, Op::Read, "read", rtype, id, basis.as_ref())?;
         if content.is_none() {
             return Err(ServiceError::Gone);
         }
         let patient = patient_of(rtype, id.as_str(), row.patient_id.as_deref());
-        self.services.record(vec![caller.entry("read", Some(resource_ref(rtype, id.as_str())), patient, "success")])?;
+        self.services.record(vec![success_entry(caller, decision, "read", Some(resource_ref(rtype, id.as_str())), patient)])?;
         Ok(Versioned {
             resource_type: rtype,
             id: id.clone(),
@@ -411,7 +411,7 @@ impl<'s> ResourceService<'s> {
     pub fn vread(&self, caller: &Caller, rtype: ResourceType, id: &ResourceId, version: i64) -> Result<Versioned, ServiceError> {
         let mut conn = self.conn()?;
         let current = self.load_current(&mut conn, caller, rtype, id)?;
-        self.authorize(caller, Op::Read, "vread", rtype, id, current.basis.as_ref())?;
+        let decision = self.authorize(caller, Op::Read, "vread", rtype, id, current.basis.as_ref())?;
         let tenant = caller.principal.tenant.as_str();
         let row = rows::find_version(&mut conn, tenant, rtype.name(), id.as_str(), version)?;
         let version_row = row.as_ref().map(|r| self.versioned(caller, rtype, r, &current.keys, current.owner.as_ref())).transpose()?;
@@ -420,7 +420,7 @@ impl<'s> ResourceService<'s> {
             return Err(ServiceError::Gone);
         }
         let patient = patient_of(rtype, id.as_str(), current.row.patient_id.as_deref());
-        self.services.record(vec![caller.entry("vread", Some(version_ref(rtype, id.as_str(), version)), patient, "success")])?;
+        self.services.record(vec![success_entry(caller, decision, "vread", Some(version_ref(rtype, id.as_str(), version)), patient)])?;
         Ok(found)
     }
 
@@ -501,7 +501,7 @@ impl<'s> ResourceService<'s> {
         let paging = search_params::parse(rtype, &paging_only(params)?)?;
         let mut conn = self.conn()?;
         let current = self.load_current(&mut conn, caller, rtype, id)?;
-        self.authorize(caller, Op::Read, "history", rtype, id, current.basis.as_ref())?;
+        let decision = self.authorize(caller, Op::Read, "history", rtype, id, current.basis.as_ref())?;
         let tenant = caller.principal.tenant.as_str();
         let (rows, total) = rows::history(&mut conn, tenant, rtype.name(), id.as_str(), paging.count, paging.offset)?;
         let items = rows
@@ -509,7 +509,7 @@ impl<'s> ResourceService<'s> {
             .map(|r| self.versioned(caller, rtype, r, &current.keys, current.owner.as_ref()))
             .collect::<Result<Vec<_>, _>>()?;
         let patient = patient_of(rtype, id.as_str(), current.row.patient_id.as_deref());
-        self.services.record(vec![caller.entry("history", Some(resource_ref(rtype, id.as_str())), patient, "success")])?;
+        self.services.record(vec![success_entry(caller, decision, "history", Some(resource_ref(rtype, id.as_str())), patient)])?;
         Ok(Page { items, total, count: paging.count, offset: paging.offset, echo: paging.echo, unreadable: Vec::new() })
     }
 
@@ -521,16 +521,21 @@ impl<'s> ResourceService<'s> {
         let mut conn = self.conn()?;
         let codec = &self.services.codec;
         let tenant_keys = codec.keys().tenant(&mut conn, tenant.as_str())?;
-        let restrictions = match scope {
+        let restrictions = match &scope {
             SearchScope::All => None,
+            SearchScope::BreakGlass => {
+                identifies_one_patient(rtype, ids.as_deref(), &criteria)?;
+                tracing::warn!(op = "search", "break-glass search");
+                None
+            }
             SearchScope::Denied => {
                 tracing::info!(op = "search", "access denied");
-                self.services.record(vec![caller.entry("search", None, None, "denied")])?;
+                self.services.record(vec![caller.break_glass_entry("search", None, None, "denied")])?;
                 return Err(ServiceError::Forbidden);
             }
             SearchScope::Restricted { care_of, owner } => {
-                let care_token = care_of.map(|gp| codec.token(&tenant_keys, ResourceType::Patient, "general-practitioner", &gp.to_string()));
-                Some(restrictions_for(rtype.category(), care_token, owner))
+                let care_token = care_of.as_ref().map(|gp| codec.token(&tenant_keys, ResourceType::Patient, "general-practitioner", &gp.to_string()));
+                Some(restrictions_for(rtype.category(), care_token, owner.clone()))
             }
         };
         let criteria = criteria
@@ -560,8 +565,13 @@ impl<'s> ResourceService<'s> {
             let patient = patient_of(rtype, &row.id, row.patient_id.as_deref());
             match self.versioned(caller, rtype, &VersionRow::from(row), &keys, owner.as_ref()) {
                 Ok(v) => {
-                    // One entry per record returned (naming its patient).
-                    entries.push(caller.entry("search", Some(resource_ref(rtype, &row.id)), patient, "success"));
+                    // One entry per record returned (naming its patient). Under break-glass,
+                    // only records outside the caller's own scope are emergency access.
+                    let decision = match scope {
+                        SearchScope::BreakGlass => self.decision(caller, Op::Read, rtype, &v.id, v.resource.as_ref(), true).0,
+                        _ => Decision::Allow,
+                    };
+                    entries.push(success_entry(caller, decision, "search", Some(resource_ref(rtype, &row.id)), patient));
                     items.push(v);
                 }
                 // A shredded record awaiting its purge has no content left to return.
@@ -583,6 +593,37 @@ impl<'s> ResourceService<'s> {
         self.services.record(entries)?;
         tracing::info!(matches = items.len(), unreadable = unreadable.len(), total, "search done");
         Ok(Page { items, total, count, offset, echo, unreadable })
+    }
+}
+
+/// The entry of a successful access: emergency access, carrying the break-glass reason,
+/// only when the access was allowed because the caller broke the glass.
+fn success_entry(caller: &Caller, decision: Decision, action: &str, resource: Option<String>, patient: Option<String>) -> Entry {
+    match decision {
+        Decision::AllowBreakGlass => caller.break_glass_entry(action, resource, patient, "success"),
+        Decision::Allow | Decision::Deny => caller.entry(action, resource, patient, "success"),
+    }
+}
+
+/// What a break-glass search that does not identify one patient is told.
+const IDENTIFYING: &str = "a break-glass search must identify one patient: give one identifier, or one family or given name together with one birthdate (or a single _id)";
+
+/// SPEC section 2: a break-glass search must identify one patient, never page through the
+/// tenant. For Patients that is one `identifier`, or one `family` or `given` name with one
+/// `birthdate`, or a single `_id` (no wider than reading that record); each with a single
+/// value, since comma-separated values are alternatives. Other categories take only a
+/// single `_id`.
+fn identifies_one_patient(rtype: ResourceType, ids: Option<&[String]>, criteria: &[(String, Vec<String>)]) -> Result<(), ServiceError> {
+    let one = |name: &str| criteria.iter().any(|(param, tokens)| param == name && tokens.len() == 1);
+    let single_id = ids.is_some_and(|ids| ids.len() == 1);
+    let named = match rtype.category() {
+        Category::Patient => one("identifier") || ((one("family") || one("given")) && one("birthdate")),
+        Category::Clinical | Category::Practitioner => false,
+    };
+    if single_id || named {
+        Ok(())
+    } else {
+        Err(ServiceError::BadRequest(vec![Issue::new(IssueCode::Required, None, IDENTIFYING)]))
     }
 }
 
