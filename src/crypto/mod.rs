@@ -8,7 +8,7 @@ mod envelope;
 mod key;
 mod provider;
 
-pub use blind::BlindIndexKey;
+pub use blind::{BlindIndexKey, DeriveError};
 pub use envelope::{Aad, CryptoError, ENVELOPE_V1, Envelope};
 pub use key::Key;
 pub use provider::{KeyProvider, LocalKeyFile, MasterKey, ProviderError};

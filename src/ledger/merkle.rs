@@ -36,8 +36,9 @@ fn to_hash(bytes: &[u8]) -> Hash {
     out
 }
 
+/// Lowercase hex, as hashes appear in JSON.
 pub fn to_hex(hash: &Hash) -> String {
-    hash.iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(hash)
 }
 
 /// The largest power of two strictly below `n` (for `n >= 2`).
@@ -180,14 +181,9 @@ pub fn verify_inclusion(index: u64, size: u64, leaf: &Hash, path: &[Hash], root:
 }
 
 /// Parses a lowercase or uppercase hex SHA-256 hash.
-pub fn from_hex(hex: &str) -> Option<Hash> {
-    if hex.len() != 64 {
-        return None;
-    }
+pub fn from_hex(text: &str) -> Option<Hash> {
     let mut out = [0u8; 32];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
+    hex::decode_to_slice(text, &mut out).ok()?;
     Some(out)
 }
 

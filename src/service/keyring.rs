@@ -85,7 +85,10 @@ impl KeyRing {
         let wrapped = STANDARD.decode(&row.wrapped).map_err(|_| ServiceError::Integrity)?;
         let key = Envelope::unwrap_key(&master.key, u64::from(version), &tenant_aad(&row.tenant), &wrapped)
             .map_err(crypto_failure("tenant key"))?;
-        let index = BlindIndexKey::derive(&key, &row.tenant);
+        let index = BlindIndexKey::derive(&key, &row.tenant).map_err(|e| {
+            tracing::error!(error = %e, "blind-index key derivation failed");
+            ServiceError::Keys
+        })?;
         Ok(Arc::new(TenantKeys { key, index }))
     }
 
