@@ -7,6 +7,7 @@ pub(crate) mod audit;
 mod error;
 mod extract;
 mod fhir;
+mod json;
 mod metrics;
 mod middleware;
 mod openapi;
@@ -33,6 +34,9 @@ use crate::service::Services;
 /// Shared, read-only state of the HTTP layer.
 pub struct AppState {
     pub services: Services,
+    /// Public base URL without a trailing slash (`CAREVAULT_PUBLIC_URL`): the start of
+    /// every absolute URL in a response.
+    pub public_url: String,
     pub verifier: Arc<TokenVerifier>,
     pub limits: RateLimits,
     pub metrics: Metrics,

@@ -8,9 +8,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix_web::{HttpRequest, HttpResponse, web};
-use actix_ws::{AggregatedMessage, AggregatedMessageStream, CloseCode, CloseReason, Session};
+use actix_ws::{AggregatedMessage, AggregatedMessageStream, CloseCode, CloseReason, ProtocolError, Session};
 use serde_json::{Value, json};
 
+use crate::api::json::JsonError;
 use crate::api::{ApiError, AppState, blocking};
 use crate::fhir::IssueCode;
 use crate::service::Caller;
@@ -94,6 +95,7 @@ impl Connection {
                     heard = Instant::now();
                     match message {
                         Some(Ok(message)) => self.on_message(message).await,
+                        Some(Err(e)) if too_big(&e) => Err("message too big"),
                         Some(Err(_)) => Err("protocol error"),
                         None => Err("client went away"),
                     }
@@ -135,6 +137,8 @@ impl Connection {
         let code = match ended {
             "idle" | "stalled" | "token expired" => CloseCode::Policy,
             "feed unavailable" => CloseCode::Error,
+            "message too big" => CloseCode::Size,
+            "protocol error" => CloseCode::Protocol,
             "server shutting down" => CloseCode::Restart,
             _ => CloseCode::Normal,
         };
@@ -155,9 +159,11 @@ impl Connection {
 
     async fn on_message(&mut self, message: AggregatedMessage) -> Result<(), Ended> {
         match message {
-            AggregatedMessage::Text(text) => match serde_json::from_str::<Value>(&text) {
+            AggregatedMessage::Text(text) => match crate::api::json::parse(text.as_bytes()) {
                 Ok(value) => self.on_request(value).await,
-                Err(_) => self.send(&error("bad_message", "messages must be JSON objects with a type")).await,
+                Err(JsonError::DuplicateKey) => self.send(&error("bad_message", "the message has a duplicate key")).await,
+                Err(JsonError::Nul) => self.send(&error("bad_message", "the message contains a NUL character (U+0000)")).await,
+                Err(JsonError::Syntax { .. }) => self.send(&error("bad_message", "messages must be JSON objects with a type")).await,
             },
             AggregatedMessage::Binary(_) => self.send(&error("bad_message", "only text messages are accepted")).await,
             AggregatedMessage::Ping(bytes) => self.session.pong(&bytes).await.map_err(|_| "client went away"),
@@ -220,6 +226,16 @@ impl Connection {
             }
         }
         Ok(())
+    }
+}
+
+/// A frame over `max_frame_size`, or fragments adding up to more than
+/// `max_continuation_size` (which actix-ws reports as an I/O error with this text).
+fn too_big(e: &ProtocolError) -> bool {
+    match e {
+        ProtocolError::Overflow => true,
+        ProtocolError::Io(io) => io.to_string().contains("maximum continuation size"),
+        _ => false,
     }
 }
 

@@ -11,6 +11,7 @@ mod concurrency;
 mod crud;
 mod encryption;
 mod helpers;
+mod input;
 mod ledger;
 mod logs;
 mod ops;
