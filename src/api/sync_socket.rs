@@ -34,7 +34,8 @@ pub struct SyncTiming {
 #[utoipa::path(get, path = "/sync", tag = "sync",
     params(("access_token" = Option<String>, Query, description = "bearer token, for clients that cannot set Authorization on a WebSocket")),
     responses((status = 101, description = "WebSocket: subscribe / push / ping in, change / caught_up / push_result / pong / error out (SPEC §6)"),
-        (status = 401, description = "missing or invalid token")))]
+        (status = 400, description = "Not a WebSocket upgrade request (OperationOutcome)"),
+        (status = 401, description = "Missing or invalid token (OperationOutcome)")))]
 pub async fn socket(req: HttpRequest, body: web::Payload, state: web::Data<AppState>, caller: Caller) -> Result<HttpResponse, ApiError> {
     let (response, session, stream) = actix_ws::handle(&req, body)
         .map_err(|_| ApiError::bad_request(IssueCode::NotSupported, "GET /sync is a WebSocket endpoint: send an Upgrade request"))?;
