@@ -21,6 +21,7 @@ pub enum Environment {
 /// Every key the configuration accepts.
 const KEYS: &[&str] = &[
     "addr",
+    "public_url",
     "data_dir",
     "database_url",
     "env",
@@ -67,6 +68,11 @@ pub enum ConfigError {
 #[derive(Clone)]
 pub struct Settings {
     pub addr: SocketAddr,
+    /// The address clients reach the server at (`https://ehr.example/carevault`, no
+    /// trailing slash): every absolute URL the server writes starts with it. `None`: the
+    /// listen address ([`Settings::public_base`]). Request headers (`Host`,
+    /// `X-Forwarded-Host`, `Forwarded`) are never trusted for it.
+    pub public_url: Option<String>,
     pub data_dir: PathBuf,
     pub database_url: DatabaseUrl,
     pub env: Environment,
@@ -114,6 +120,7 @@ impl fmt::Debug for Settings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Settings")
             .field("addr", &self.addr)
+            .field("public_url", &self.public_url)
             .field("data_dir", &self.data_dir)
             .field("database_url", &self.database_url)
             .field("env", &self.env)
@@ -161,6 +168,7 @@ impl Settings {
             .unwrap_or("127.0.0.1:8080")
             .parse()
             .map_err(|_| ConfigError::Invalid("addr", "must be HOST:PORT with an IP address".into()))?;
+        let public_url = get("public_url").map(public_url).transpose().map_err(|why| ConfigError::Invalid("public_url", why.into()))?;
         let data_dir = PathBuf::from(get("data_dir").unwrap_or("./data"));
         let default_db = format!("sqlite://{}", data_dir.join("carevault.db").display());
         let database_url = DatabaseUrl::parse(get("database_url").unwrap_or(&default_db))
@@ -189,6 +197,7 @@ impl Settings {
         };
         let settings = Self {
             addr,
+            public_url,
             master_key_file: get("master_key_file").map(PathBuf::from).unwrap_or_else(|| data_dir.join("keys").join("master-keys.json")),
             ledger_key_file: get("ledger_key_file").map(PathBuf::from).unwrap_or_else(|| data_dir.join("keys").join("ledger-ed25519.pk8")),
             ledger_origin: match get("ledger_origin").unwrap_or("carevault.local/ledger") {
@@ -233,6 +242,41 @@ impl Settings {
         }
         Ok(settings)
     }
+
+    /// The public base URL: the configured one, else `http://` (`https://` with TLS) and
+    /// `bound`, the address the server actually listens on (port 0 resolved).
+    pub fn public_base(&self, bound: SocketAddr) -> String {
+        match &self.public_url {
+            Some(url) => url.clone(),
+            None => format!("{}://{bound}", if self.tls.is_some() { "https" } else { "http" }),
+        }
+    }
+}
+
+/// Checks `CAREVAULT_PUBLIC_URL`: `http(s)://HOST[:PORT][/PATH]`, nothing else (no
+/// credentials, query, fragment, spaces or control characters). Returned without a
+/// trailing slash, scheme and host in lower case.
+fn public_url(raw: &str) -> Result<String, &'static str> {
+    const WANT: &str = "must be an absolute http:// or https:// URL such as https://ehr.example.org/carevault, without query or fragment";
+    let lower = raw.to_ascii_lowercase();
+    let scheme = ["https://", "http://"].into_iter().find(|s| lower.starts_with(s)).ok_or(WANT)?;
+    let rest = &raw[scheme.len()..];
+    let (authority, path) = rest.find('/').map_or((rest, ""), |i| rest.split_at(i));
+    let (host, port) = match authority.rfind(':') {
+        Some(i) if !authority[i..].contains(']') => (&authority[..i], Some(&authority[i + 1..])),
+        _ => (authority, None),
+    };
+    let host_ok = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(v6) => v6.parse::<std::net::Ipv6Addr>().is_ok(),
+        None => !host.is_empty() && host.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-'),
+    };
+    let port_ok = port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.parse::<u16>().is_ok_and(|n| n > 0));
+    let path_ok = path.bytes().all(|b| b.is_ascii_graphic() && !matches!(b, b'?' | b'#' | b'\\'));
+    if !(host_ok && port_ok && path_ok) {
+        return Err(WANT);
+    }
+    let path = path.trim_end_matches('/');
+    Ok(format!("{scheme}{}{path}", authority.to_ascii_lowercase()))
 }
 
 fn read_file(path: &Path) -> Result<BTreeMap<String, String>, ConfigError> {
@@ -288,6 +332,37 @@ mod tests {
         assert!(Settings::from_map(&map(&[("tls_cert", "/x/cert.pem")])).is_err());
         let s = Settings::from_map(&map(&[("jwt_hs256_secret", "zz-test-secret-0123456789abcdefghijkl")])).unwrap();
         assert!(!format!("{s:?}").contains("zz-test-secret"));
+    }
+
+    #[test]
+    fn the_public_url_is_an_absolute_http_url_and_defaults_to_the_listen_address() {
+        let url = |v: &str| Settings::from_map(&map(&[("public_url", v)])).map(|s| s.public_url);
+        assert_eq!(url("https://EHR.Example.org/carevault/").unwrap().as_deref(), Some("https://ehr.example.org/carevault"));
+        assert_eq!(url("http://10.0.0.5:8443").unwrap().as_deref(), Some("http://10.0.0.5:8443"));
+        assert_eq!(url("https://[::1]:8443/").unwrap().as_deref(), Some("https://[::1]:8443"));
+        for bad in [
+            "ehr.example.org",
+            "ftp://ehr.example.org",
+            "https://",
+            "https:///path",
+            "https://ehr.example.org/?x=1",
+            "https://ehr.example.org/#top",
+            "https://user:pw@ehr.example.org",
+            "https://ehr.example.org:0",
+            "https://ehr.example.org:99999",
+            "https://ehr example.org",
+            "https://ehr.example.org/a b",
+            "https://[::1/",
+        ] {
+            assert!(url(bad).is_err(), "{bad}");
+        }
+        let bound: SocketAddr = "127.0.0.1:4321".parse().unwrap();
+        assert_eq!(Settings::from_map(&BTreeMap::new()).unwrap().public_base(bound), "http://127.0.0.1:4321");
+        let tls = Settings::from_map(&map(&[("tls_cert", "/x/c.pem"), ("tls_key", "/x/k.pem")])).unwrap();
+        assert_eq!(tls.public_base(bound), "https://127.0.0.1:4321");
+        let set = Settings::from_map(&map(&[("public_url", "https://ehr.example.org")])).unwrap();
+        assert_eq!(set.public_base(bound), "https://ehr.example.org");
+        assert!(format!("{set:?}").contains("https://ehr.example.org"));
     }
 
     #[test]

@@ -274,8 +274,11 @@ impl Application {
         );
         let services = services(settings, settings.db_pool_size)?;
         tracing::info!(database = %settings.database_url, "database ready");
+        let listener = TcpListener::bind(settings.addr).map_err(|e| StartupError::Listen(settings.addr, e))?;
+        let addr = listener.local_addr().map_err(|e| StartupError::Listen(settings.addr, e))?;
         let state = web::Data::new(AppState {
             services,
+            public_url: settings.public_base(addr),
             verifier,
             limits: RateLimits::new(settings.rate_limit),
             metrics: Metrics::new()?,
@@ -291,8 +294,6 @@ impl Application {
         let tls = settings.tls.as_ref().map(tls_config).transpose()?;
         spawn_checkpointer(state.services.clone());
         state.services.changes.watch_database(&state.services.store).map_err(StartupError::ChangeWatcher)?;
-        let listener = TcpListener::bind(settings.addr).map_err(|e| StartupError::Listen(settings.addr, e))?;
-        let addr = listener.local_addr().map_err(|e| StartupError::Listen(settings.addr, e))?;
         let http = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())

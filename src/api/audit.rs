@@ -31,7 +31,8 @@ pub async fn public_key(state: web::Data<AppState>) -> HttpResponse {
 
 #[utoipa::path(get, path = "/audit/checkpoint", tag = "audit",
     responses((status = 200, description = "`{origin, size, root_hash, timestamp, note}`; note is a C2SP signed note"),
-        (status = 403, description = "Not an auditor (OperationOutcome)")))]
+        (status = 403, description = "Not an auditor (OperationOutcome)"),
+        (status = 503, description = "Database or ledger unavailable; retry (OperationOutcome)")))]
 pub async fn checkpoint(state: web::Data<AppState>, caller: Caller) -> Result<HttpResponse, ApiError> {
     let services = state.services.clone();
     let row = blocking(move || Ok(services.ledger_checkpoint(&caller)?)).await?;
@@ -51,9 +52,12 @@ pub struct Range {
 }
 
 #[utoipa::path(get, path = "/audit/entries", tag = "audit",
-    params(("from" = i64, Query, description = "first seq"), ("to" = i64, Query, description = "end seq, exclusive; at most 1000 more than from")),
+    params(("from" = i64, Query, minimum = 0, description = "first seq"),
+        ("to" = i64, Query, minimum = 0, description = "end seq, exclusive; from <= to <= from + 1000")),
     responses((status = 200, description = "`{entries: [entry + leaf (base64 canonical bytes)]}` of the caller's tenant"),
-        (status = 400, description = "Bad range (OperationOutcome)")))]
+        (status = 400, description = "Missing or non-numeric from/to, or a range outside 0 <= from <= to <= from + 1000 (OperationOutcome)"),
+        (status = 403, description = "Not an auditor (OperationOutcome)"),
+        (status = 503, description = "Database unavailable; retry (OperationOutcome)")))]
 pub async fn entries(state: web::Data<AppState>, caller: Caller, range: web::Query<Range>) -> Result<HttpResponse, ApiError> {
     let Range { from, to } = range.into_inner();
     let services = state.services.clone();
@@ -76,8 +80,13 @@ pub struct InclusionQuery {
 }
 
 #[utoipa::path(get, path = "/audit/proof/inclusion", tag = "audit",
-    params(("seq" = u64, Query, description = "leaf index"), ("size" = u64, Query, description = "tree size")),
-    responses((status = 200, description = "`{leaf_index, tree_size, leaf_hash, audit_path}` (RFC 9162)")))]
+    params(("seq" = u64, Query, minimum = 0, description = "leaf index, below size"),
+        ("size" = u64, Query, minimum = 1, description = "tree size, at most the ledger's size")),
+    responses((status = 200, description = "`{leaf_index, tree_size, leaf_hash, audit_path}` (RFC 9162)"),
+        (status = 400, description = "Missing or non-numeric seq/size, or not seq < size <= the ledger's size (OperationOutcome)"),
+        (status = 403, description = "Not an auditor (OperationOutcome)"),
+        (status = 404, description = "No entry with this seq in the caller's tenant (OperationOutcome)"),
+        (status = 503, description = "Database or ledger unavailable; retry (OperationOutcome)")))]
 pub async fn inclusion(state: web::Data<AppState>, caller: Caller, q: web::Query<InclusionQuery>) -> Result<HttpResponse, ApiError> {
     let InclusionQuery { seq, size } = q.into_inner();
     let services = state.services.clone();
@@ -97,8 +106,12 @@ pub struct ConsistencyQuery {
 }
 
 #[utoipa::path(get, path = "/audit/proof/consistency", tag = "audit",
-    params(("from" = u64, Query, description = "older tree size"), ("to" = u64, Query, description = "newer tree size")),
-    responses((status = 200, description = "`{first, second, proof}` (RFC 9162)")))]
+    params(("from" = u64, Query, minimum = 0, description = "older tree size, at most to"),
+        ("to" = u64, Query, minimum = 0, description = "newer tree size, at most the ledger's size")),
+    responses((status = 200, description = "`{first, second, proof}` (RFC 9162)"),
+        (status = 400, description = "Missing or non-numeric from/to, or not from <= to <= the ledger's size (OperationOutcome)"),
+        (status = 403, description = "Not an auditor (OperationOutcome)"),
+        (status = 503, description = "Database or ledger unavailable; retry (OperationOutcome)")))]
 pub async fn consistency(state: web::Data<AppState>, caller: Caller, q: web::Query<ConsistencyQuery>) -> Result<HttpResponse, ApiError> {
     let ConsistencyQuery { from, to } = q.into_inner();
     let services = state.services.clone();
@@ -108,6 +121,18 @@ pub async fn consistency(state: web::Data<AppState>, caller: Caller, q: web::Que
         "second": to,
         "proof": proof.iter().map(to_hex).collect::<Vec<_>>(),
     })))
+}
+
+// The `format` values, for the OpenAPI document only (a plain comment: a doc comment would
+// become the schema's description): the handler reads the text itself, so that a wrong
+// value gets a message naming the choices.
+#[derive(utoipa::ToSchema)]
+#[schema(rename_all = "lowercase")]
+#[allow(dead_code)]
+pub enum ExportFormatName {
+    Ndjson,
+    Csv,
+    Fhir,
 }
 
 #[derive(Deserialize)]
@@ -123,10 +148,16 @@ pub struct ExportQuery {
 /// bounded channel (backpressure), led by the signed checkpoint that every entry's
 /// inclusion proof refers to.
 #[utoipa::path(get, path = "/audit/export", tag = "audit",
-    params(("from" = Option<String>, Query, description = "RFC 3339, inclusive"), ("to" = Option<String>, Query, description = "RFC 3339, exclusive"),
-        ("patient" = Option<String>, Query, description = "Patient/ID"), ("actor" = Option<String>, Query, description = "token subject"),
-        ("format" = Option<String>, Query, description = "ndjson (default), csv or fhir")),
-    responses((status = 200, description = "Streamed export led by a signed checkpoint, each entry with its inclusion proof")))]
+    params(("from" = Option<String>, Query, format = DateTime, description = "RFC 3339, inclusive"),
+        ("to" = Option<String>, Query, format = DateTime, description = "RFC 3339, exclusive"),
+        ("patient" = Option<String>, Query, pattern = r"^Patient/[A-Za-z0-9.\-]{1,64}$", description = "Patient/ID"),
+        ("actor" = Option<String>, Query, description = "token subject"),
+        ("format" = inline(Option<ExportFormatName>), Query, description = "ndjson (default), csv or fhir")),
+    responses((status = 200, description = "Streamed export led by a signed checkpoint, each entry with its inclusion proof",
+            content(("application/x-ndjson"), ("text/csv"), ("application/fhir+json"))),
+        (status = 400, description = "from/to not RFC 3339, patient not Patient/ID, or an unknown format (OperationOutcome)"),
+        (status = 403, description = "Not an auditor (OperationOutcome)"),
+        (status = 503, description = "Database or ledger unavailable; retry (OperationOutcome)")))]
 pub async fn export(state: web::Data<AppState>, caller: Caller, q: web::Query<ExportQuery>) -> Result<HttpResponse, ApiError> {
     let ExportQuery { from, to, patient, actor, format } = q.into_inner();
     let format = ExportFormat::parse(format.as_deref().unwrap_or("ndjson"))
@@ -157,8 +188,11 @@ pub struct DisclosureQuery {
 
 /// `GET /audit/disclosures?patient=Patient/ID`.
 #[utoipa::path(get, path = "/audit/disclosures", tag = "audit",
-    params(("patient" = String, Query, description = "Patient/ID")),
-    responses((status = 200, description = "Accounting of disclosures (45 CFR 164.528): date, recipient, purpose, description")))]
+    params(("patient" = String, Query, pattern = r"^Patient/[A-Za-z0-9.\-]{1,64}$", description = "Patient/ID")),
+    responses((status = 200, description = "Accounting of disclosures (45 CFR 164.528): date, recipient, purpose, description"),
+        (status = 400, description = "patient missing or not Patient/ID (OperationOutcome)"),
+        (status = 403, description = "Not an auditor (OperationOutcome)"),
+        (status = 503, description = "Database unavailable; retry (OperationOutcome)")))]
 pub async fn disclosures(state: web::Data<AppState>, caller: Caller, q: web::Query<DisclosureQuery>) -> Result<HttpResponse, ApiError> {
     let patient = q.into_inner().patient;
     let services = state.services.clone();

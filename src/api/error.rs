@@ -31,7 +31,7 @@ pub enum ApiError {
     #[error("not found")]
     NotFound(&'static str),
     #[error("method not allowed")]
-    MethodNotAllowed,
+    MethodNotAllowed { allow: &'static str },
     #[error("forbidden")]
     Forbidden,
     #[error("service unavailable")]
@@ -106,7 +106,7 @@ impl ApiError {
             ApiError::NotAcceptable => one(IssueCode::NotSupported, "only JSON (application/fhir+json) is served"),
             ApiError::BadRequest(issues) => issues.clone(),
             ApiError::NotFound(what) => one(IssueCode::NotFound, what),
-            ApiError::MethodNotAllowed => one(IssueCode::NotSupported, "method not allowed on this path"),
+            ApiError::MethodNotAllowed { .. } => one(IssueCode::NotSupported, "method not allowed on this path"),
             ApiError::Forbidden => one(IssueCode::Forbidden, "access denied"),
             ApiError::Unavailable(what) => one(IssueCode::Transient, what),
             ApiError::Internal => {
@@ -139,7 +139,7 @@ impl ResponseError for ApiError {
             ApiError::NotAcceptable => StatusCode::NOT_ACCEPTABLE,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Forbidden => StatusCode::FORBIDDEN,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -160,6 +160,9 @@ impl ResponseError for ApiError {
             }
             ApiError::RateLimited { retry_after_secs } => {
                 response.insert_header((header::RETRY_AFTER, retry_after_secs.to_string()));
+            }
+            ApiError::MethodNotAllowed { allow } => {
+                response.insert_header((header::ALLOW, *allow));
             }
             _ => {}
         }

@@ -8,12 +8,14 @@ use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 use serde_json::Value;
 
 use crate::api::error::FHIR_JSON;
+use crate::api::json::JsonError;
 use crate::api::{ApiError, AppState, blocking};
 use crate::domain::{ResourceId, ResourceType};
 use crate::fhir::bundle::{self, HistoryEntry, Link};
 use crate::fhir::{IssueCode, capability};
 use crate::service::Caller;
 use crate::service::resources::{Page, Versioned};
+use crate::service::MAX_OFFSET;
 
 fn resource_type(name: &str) -> Result<ResourceType, ApiError> {
     ResourceType::from_name(name).ok_or(ApiError::NotFound("resource type not supported"))
@@ -23,9 +25,10 @@ fn resource_id(raw: &str) -> Result<ResourceId, ApiError> {
     ResourceId::parse(raw).map_err(|_| ApiError::Service(crate::service::ServiceError::NotFound))
 }
 
-fn base_url(req: &HttpRequest) -> String {
-    let info = req.connection_info();
-    format!("{}://{}/fhir", info.scheme(), info.host())
+/// The FHIR base from the configured public URL, never from `Host` or forwarding
+/// headers a client controls.
+fn base_url(state: &AppState) -> String {
+    format!("{}/fhir", state.public_url)
 }
 
 fn is_json_type(media: &str) -> bool {
@@ -83,18 +86,16 @@ async fn read_body(req: &HttpRequest, mut payload: web::Payload, limit: usize) -
     Ok(body)
 }
 
-/// Reads a JSON body of at most `limit` bytes.
+/// Reads a JSON body of at most `limit` bytes (strictly: see [`crate::api::json`]).
 pub(crate) async fn read_json(req: &HttpRequest, payload: web::Payload, limit: usize) -> Result<Value, ApiError> {
     let media = content_type(req);
     if !is_json_type(media) || media.trim().eq_ignore_ascii_case("json") {
         return Err(ApiError::UnsupportedMediaType);
     }
     let body = read_body(req, payload, limit).await?;
-    serde_json::from_slice(&body).map_err(|e| {
-        ApiError::bad_request(
-            IssueCode::Structure,
-            format!("request body is not valid JSON (line {}, column {})", e.line(), e.column()),
-        )
+    crate::api::json::parse(&body).map_err(|e| {
+        let code = if e == JsonError::Nul { IssueCode::Value } else { IssueCode::Structure };
+        ApiError::bad_request(code, e.to_string())
     })
 }
 
@@ -164,7 +165,8 @@ fn encode(v: &str) -> String {
     utf8_percent_encode(v, NON_ALPHANUMERIC).to_string()
 }
 
-/// `self`, `previous` and `next` links for an offset-paged result.
+/// `self`, `previous` and `next` links for an offset-paged result. Every offset in a link
+/// is one the server accepts (0 to `MAX_OFFSET`): there is no `next` past it.
 fn page_links<T>(url: &str, page: &Page<T>) -> Vec<Link> {
     let with = |offset: i64| {
         let mut query: Vec<String> = page.echo.iter().map(|(k, v)| format!("{}={}", encode(k), encode(v))).collect();
@@ -172,19 +174,21 @@ fn page_links<T>(url: &str, page: &Page<T>) -> Vec<Link> {
         query.push(format!("_offset={offset}"));
         format!("{url}?{}", query.join("&"))
     };
-    let mut links = vec![Link { relation: "self", url: with(page.offset) }];
-    if page.offset > 0 {
-        links.push(Link { relation: "previous", url: with((page.offset - page.count).max(0)) });
+    let offset = page.offset.clamp(0, MAX_OFFSET);
+    let mut links = vec![Link { relation: "self", url: with(offset) }];
+    if offset > 0 {
+        links.push(Link { relation: "previous", url: with(offset.saturating_sub(page.count).max(0)) });
     }
-    if page.count > 0 && page.offset + page.count < page.total {
-        links.push(Link { relation: "next", url: with(page.offset + page.count) });
+    let next = offset.saturating_add(page.count);
+    if page.count > 0 && next < page.total && next <= MAX_OFFSET {
+        links.push(Link { relation: "next", url: with(next) });
     }
     links
 }
 
-pub async fn metadata(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+pub async fn metadata(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     negotiate(&req)?;
-    let body = capability::capability_statement(&base_url(&req), env!("CARGO_PKG_VERSION"), "2026-11-22");
+    let body = capability::capability_statement(&base_url(&state), env!("CARGO_PKG_VERSION"), "2026-11-22");
     Ok(bundle_response(body))
 }
 
@@ -272,7 +276,7 @@ pub async fn history(
     let services = state.services.clone();
     let rid = id.clone();
     let page = blocking(move || Ok(services.resources().history(&caller, rtype, &rid, &params)?)).await?;
-    let base = base_url(&req);
+    let base = base_url(&state);
     let full_url = format!("{base}/{}/{id}", rtype.name());
     let links = page_links(&format!("{full_url}/_history"), &page);
     let entries = page
@@ -301,14 +305,13 @@ pub async fn history(
 
 async fn run_search(
     state: web::Data<AppState>,
-    req: &HttpRequest,
     caller: Caller,
     rtype: ResourceType,
     params: Vec<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
     let services = state.services.clone();
     let page = blocking(move || Ok(services.resources().search(&caller, rtype, &params)?)).await?;
-    let base = base_url(req);
+    let base = base_url(&state);
     let links = page_links(&format!("{base}/{}", rtype.name()), &page);
     let entries = page
         .items
@@ -339,7 +342,7 @@ pub async fn search(
     let rtype = resource_type(&path)?;
     negotiate(&req)?;
     let params = query_pairs(&req)?;
-    run_search(state, &req, caller, rtype, params).await
+    run_search(state, caller, rtype, params).await
 }
 
 /// `POST /fhir/{type}/_search` with a form body keeps search values out of URLs and
@@ -358,11 +361,38 @@ pub async fn search_post(
     }
     let form = read_body(&req, payload, state.body_limit).await?;
     let text = std::str::from_utf8(&form).map_err(|_| ApiError::bad_request(IssueCode::Structure, "form body is not UTF-8"))?;
+    if crate::api::middleware::has_control(text) {
+        return Err(crate::api::middleware::control_refused());
+    }
     let mut params = query_pairs(&req)?;
     params.extend(
         web::Query::<Vec<(String, String)>>::from_query(text)
             .map_err(|_| ApiError::bad_request(IssueCode::Structure, "form body is not well-formed"))?
             .into_inner(),
     );
-    run_search(state, &req, caller, rtype, params).await
+    run_search(state, caller, rtype, params).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn offsets(offset: i64, count: i64, total: i64) -> Vec<(&'static str, i64)> {
+        let page = Page::<()> { items: Vec::new(), total, count, offset, echo: Vec::new(), unreadable: Vec::new() };
+        page_links("https://ehr.example.test/fhir/Patient", &page)
+            .iter()
+            .map(|l| (l.relation, l.url.rsplit_once("_offset=").unwrap().1.parse().unwrap()))
+            .collect()
+    }
+
+    #[test]
+    fn page_links_never_overflow_nor_leave_the_accepted_offsets() {
+        assert_eq!(offsets(50, 100, 1000), [("self", 50), ("previous", 0), ("next", 150)]);
+        assert_eq!(offsets(0, 0, 1000), [("self", 0)]);
+        let below = MAX_OFFSET - 100;
+        assert_eq!(offsets(below, 100, i64::MAX), [("self", below), ("previous", below - 100), ("next", MAX_OFFSET)]);
+        assert_eq!(offsets(MAX_OFFSET, 100, i64::MAX), [("self", MAX_OFFSET), ("previous", below)]);
+        assert_eq!(offsets(i64::MAX, 100, i64::MAX), [("self", MAX_OFFSET), ("previous", below)]);
+        assert_eq!(offsets(i64::MAX, i64::MAX, i64::MAX), [("self", MAX_OFFSET), ("previous", 0)]);
+    }
 }

@@ -1,7 +1,8 @@
 //! Request context: a request id on every log line (taken from a well-formed
-//! `X-Request-Id` or generated), the per-address rate limit, metrics by route pattern,
-//! and one completion log line. Only the method, the route pattern and the status are
-//! logged: paths and query strings can carry identifiers and search values.
+//! `X-Request-Id` or generated), the per-address rate limit, the refusal of control
+//! characters in paths and query strings, metrics by route pattern, and one completion
+//! log line. Only the method, the route pattern and the status are logged: paths and
+//! query strings can carry identifiers and search values.
 
 use std::time::Instant;
 
@@ -13,9 +14,21 @@ use actix_web::{HttpMessage, ResponseError, web};
 use tracing::Instrument;
 
 use crate::api::{ApiError, AppState, RequestId};
+use crate::fhir::IssueCode;
 
 fn well_formed(id: &str) -> bool {
     (8..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+}
+
+/// A C0 control character or DEL, raw or percent-encoded, in a URL part or form body. None
+/// has a meaning in an id, a search value or a filter, and U+0000 cannot even be stored as
+/// PostgreSQL text: such a request is refused before any handler sees it.
+pub(crate) fn has_control(raw: &str) -> bool {
+    percent_encoding::percent_decode_str(raw).any(|b| b.is_ascii_control())
+}
+
+pub(crate) fn control_refused() -> ApiError {
+    ApiError::bad_request(IssueCode::Value, "the request path, query string or form contains a control character (such as U+0000)")
 }
 
 pub async fn request_context(
@@ -38,10 +51,15 @@ pub async fn request_context(
         (Some(state), Some(peer)) => state.limits.check_address(peer.ip()).err(),
         _ => None,
     };
-    let mut response = match limited {
-        Some(retry_after_secs) => {
+    let refused = match limited {
+        Some(retry_after_secs) => Some(ApiError::RateLimited { retry_after_secs }),
+        None if has_control(req.path()) || has_control(req.query_string()) => Some(control_refused()),
+        None => None,
+    };
+    let mut response = match refused {
+        Some(error) => {
             let _enter = span.enter();
-            req.into_response(ApiError::RateLimited { retry_after_secs }.error_response()).map_into_right_body()
+            req.into_response(error.error_response()).map_into_right_body()
         }
         None => next.call(req).instrument(span.clone()).await?.map_into_left_body(),
     };

@@ -7,6 +7,7 @@ pub(crate) mod audit;
 mod error;
 mod extract;
 mod fhir;
+mod json;
 mod metrics;
 mod middleware;
 mod openapi;
@@ -33,6 +34,9 @@ use crate::service::Services;
 /// Shared, read-only state of the HTTP layer.
 pub struct AppState {
     pub services: Services,
+    /// Public base URL without a trailing slash (`CAREVAULT_PUBLIC_URL`): the start of
+    /// every absolute URL in a response.
+    pub public_url: String,
     pub verifier: Arc<TokenVerifier>,
     pub limits: RateLimits,
     pub metrics: Metrics,
@@ -55,53 +59,54 @@ where
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    let not_allowed = || web::to(ops::method_not_allowed);
-    cfg.service(web::resource("/healthz").route(web::get().to(ops::healthz)).default_service(not_allowed()))
-        .service(web::resource("/readyz").route(web::get().to(ops::readyz)).default_service(not_allowed()))
-        .service(web::resource("/metrics").route(web::get().to(ops::metrics)).default_service(not_allowed()))
+    // 405 names the methods the path has (`Allow`), as RFC 9110 asks.
+    let not_allowed = |allow: &'static str| web::to(move || ops::method_not_allowed(allow));
+    cfg.service(web::resource("/healthz").route(web::get().to(ops::healthz)).default_service(not_allowed("GET")))
+        .service(web::resource("/readyz").route(web::get().to(ops::readyz)).default_service(not_allowed("GET")))
+        .service(web::resource("/metrics").route(web::get().to(ops::metrics)).default_service(not_allowed("GET")))
         .service(
             web::scope("/audit")
-                .service(web::resource("/public-key").route(web::get().to(audit::public_key)).default_service(not_allowed()))
-                .service(web::resource("/checkpoint").route(web::get().to(audit::checkpoint)).default_service(not_allowed()))
-                .service(web::resource("/entries").route(web::get().to(audit::entries)).default_service(not_allowed()))
-                .service(web::resource("/proof/inclusion").route(web::get().to(audit::inclusion)).default_service(not_allowed()))
-                .service(web::resource("/proof/consistency").route(web::get().to(audit::consistency)).default_service(not_allowed()))
-                .service(web::resource("/export").route(web::get().to(audit::export)).default_service(not_allowed()))
-                .service(web::resource("/disclosures").route(web::get().to(audit::disclosures)).default_service(not_allowed())),
+                .service(web::resource("/public-key").route(web::get().to(audit::public_key)).default_service(not_allowed("GET")))
+                .service(web::resource("/checkpoint").route(web::get().to(audit::checkpoint)).default_service(not_allowed("GET")))
+                .service(web::resource("/entries").route(web::get().to(audit::entries)).default_service(not_allowed("GET")))
+                .service(web::resource("/proof/inclusion").route(web::get().to(audit::inclusion)).default_service(not_allowed("GET")))
+                .service(web::resource("/proof/consistency").route(web::get().to(audit::consistency)).default_service(not_allowed("GET")))
+                .service(web::resource("/export").route(web::get().to(audit::export)).default_service(not_allowed("GET")))
+                .service(web::resource("/disclosures").route(web::get().to(audit::disclosures)).default_service(not_allowed("GET"))),
         )
-        .service(web::resource("/sync").route(web::get().to(sync_socket::socket)).default_service(not_allowed()))
+        .service(web::resource("/sync").route(web::get().to(sync_socket::socket)).default_service(not_allowed("GET")))
         .service(
             web::scope("/sync")
-                .service(web::resource("/changes").route(web::get().to(sync::changes)).default_service(not_allowed()))
-                .service(web::resource("/push").route(web::post().to(sync::push)).default_service(not_allowed()))
-                .service(web::resource("/conflicts").route(web::get().to(sync::conflicts)).default_service(not_allowed()))
+                .service(web::resource("/changes").route(web::get().to(sync::changes)).default_service(not_allowed("GET")))
+                .service(web::resource("/push").route(web::post().to(sync::push)).default_service(not_allowed("POST")))
+                .service(web::resource("/conflicts").route(web::get().to(sync::conflicts)).default_service(not_allowed("GET")))
                 .service(
-                    web::resource("/conflicts/{id}/resolve").route(web::post().to(sync::resolve)).default_service(not_allowed()),
+                    web::resource("/conflicts/{id}/resolve").route(web::post().to(sync::resolve)).default_service(not_allowed("POST")),
                 ),
         )
-        .service(web::resource("/openapi.json").route(web::get().to(openapi::openapi_json)).default_service(not_allowed()))
+        .service(web::resource("/openapi.json").route(web::get().to(openapi::openapi_json)).default_service(not_allowed("GET")))
         .service(
             web::scope("/fhir")
-                .service(web::resource("/metadata").route(web::get().to(fhir::metadata)).default_service(not_allowed()))
+                .service(web::resource("/metadata").route(web::get().to(fhir::metadata)).default_service(not_allowed("GET")))
                 .service(
                     web::resource("/{type}")
                         .route(web::get().to(fhir::search))
                         .route(web::post().to(fhir::create))
-                        .default_service(not_allowed()),
+                        .default_service(not_allowed("GET, POST")),
                 )
                 .service(
-                    web::resource("/{type}/_search").route(web::post().to(fhir::search_post)).default_service(not_allowed()),
+                    web::resource("/{type}/_search").route(web::post().to(fhir::search_post)).default_service(not_allowed("POST")),
                 )
                 .service(
                     web::resource("/{type}/{id}")
                         .route(web::get().to(fhir::read))
                         .route(web::put().to(fhir::update))
                         .route(web::delete().to(fhir::delete))
-                        .default_service(not_allowed()),
+                        .default_service(not_allowed("GET, PUT, DELETE")),
                 )
-                .service(web::resource("/{type}/{id}/_history").route(web::get().to(fhir::history)).default_service(not_allowed()))
+                .service(web::resource("/{type}/{id}/_history").route(web::get().to(fhir::history)).default_service(not_allowed("GET")))
                 .service(
-                    web::resource("/{type}/{id}/_history/{vid}").route(web::get().to(fhir::vread)).default_service(not_allowed()),
+                    web::resource("/{type}/{id}/_history/{vid}").route(web::get().to(fhir::vread)).default_service(not_allowed("GET")),
                 ),
         )
         .default_service(web::to(ops::not_found))

@@ -3,7 +3,8 @@
 
 use actix_web::HttpResponse;
 use utoipa::OpenApi;
-use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::Response;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
 
 use crate::api::{ApiError, audit, ops, sync, sync_socket};
 use crate::service::Caller;
@@ -17,6 +18,35 @@ impl utoipa::Modify for BearerJwt {
             "bearer",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("JWT").build()),
         );
+    }
+}
+
+/// Answers that come from the edge rather than from a handler, added to every operation
+/// that does not describe them itself, so that none can forget them: 400 (the request
+/// context refuses control characters in paths and query strings; the query and header
+/// extractors refuse malformed values), 401 wherever a token is needed, and 429 (the
+/// per-address limit applies to every request, the per-principal one to every token).
+struct EdgeResponses;
+
+impl utoipa::Modify for EdgeResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let none = SecurityRequirement::default();
+        for item in openapi.paths.paths.values_mut() {
+            let operations = [&mut item.get, &mut item.put, &mut item.post, &mut item.delete, &mut item.patch];
+            for operation in operations.into_iter().flatten() {
+                let public = operation.security.as_ref().is_some_and(|s| s.iter().all(|r| *r == none));
+                let mut edge = vec![
+                    ("400", "Malformed request: a control character (such as U+0000) in the path or query string, or a query parameter or header outside its constraints (OperationOutcome)"),
+                    ("429", "Too many requests from this address or principal; see Retry-After (OperationOutcome)"),
+                ];
+                if !public {
+                    edge.push(("401", "Missing, expired or invalid bearer token (OperationOutcome)"));
+                }
+                for (status, description) in edge {
+                    operation.responses.responses.entry(status.to_owned()).or_insert_with(|| Response::new(description).into());
+                }
+            }
+        }
     }
 }
 
@@ -44,7 +74,7 @@ impl utoipa::Modify for BearerJwt {
         sync::resolve,
         sync_socket::socket
     ),
-    modifiers(&BearerJwt),
+    modifiers(&BearerJwt, &EdgeResponses),
     security(("bearer" = []))
 )]
 pub struct ApiDoc;

@@ -31,8 +31,10 @@ pub fn parse_cursor(raw: Option<&str>) -> Result<i64, &'static str> {
 
 #[utoipa::path(get, path = "/sync/changes", tag = "sync",
     params(("since" = Option<String>, Query, description = "cursor from a previous answer; absent for the beginning"),
-        ("limit" = Option<i64>, Query, description = "1 to 1000, default 100")),
-    responses((status = 200, description = "`{changes: [change], cursor}`: changes the caller may read, in commit order")))]
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 1000, description = "1 to 1000, default 100")),
+    responses((status = 200, description = "`{changes: [change], cursor}`: changes the caller may read, in commit order"),
+        (status = 400, description = "since is not a cursor from this server, or limit outside 1 to 1000 (OperationOutcome)"),
+        (status = 503, description = "Database or ledger unavailable; retry (OperationOutcome)")))]
 pub async fn changes(state: web::Data<AppState>, caller: Caller, q: web::Query<ChangesQuery>) -> Result<HttpResponse, ApiError> {
     let ChangesQuery { since, limit } = q.into_inner();
     let since = parse_cursor(since.as_deref()).map_err(|why| ApiError::bad_request(IssueCode::Value, why))?;
@@ -73,13 +75,28 @@ pub fn parse_push(body: Value) -> Result<Vec<Mutation>, String> {
 #[utoipa::path(post, path = "/sync/push", tag = "sync",
     request_body(description = "`{mutations: [{mutationId, op, resourceType, id, baseVersion, resource}]}`", content = Object),
     responses((status = 200, description = "`{type: push_result, results: [...]}`, one result per mutation, in order"),
-        (status = 400, description = "not a push body")))]
+        (status = 400, description = "Not a push body: not JSON, a duplicate key, U+0000 in a string, a wrong shape or more than 500 mutations (OperationOutcome)"),
+        (status = 413, description = "Body over the body limit (OperationOutcome)"),
+        (status = 415, description = "Body not application/json or application/fhir+json (OperationOutcome)"),
+        (status = 503, description = "Database or ledger unavailable; the mutations applied so far answer duplicate when sent again (OperationOutcome)")))]
 pub async fn push(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>, caller: Caller) -> Result<HttpResponse, ApiError> {
     let body = crate::api::fhir::read_json(&req, payload, state.body_limit).await?;
     let mutations = parse_push(body).map_err(|why| ApiError::bad_request(IssueCode::Structure, why))?;
     let services = state.services.clone();
     let results = blocking(move || Ok(services.resources().push(&caller, mutations)?)).await?;
     Ok(HttpResponse::Ok().json(json!({ "type": "push_result", "results": results })))
+}
+
+// The `status` values, for the OpenAPI document only (a plain comment: a doc comment would
+// become the schema's description): the handler reads the text itself, so that a wrong
+// value gets a message naming the choices.
+#[derive(utoipa::ToSchema)]
+#[schema(rename_all = "lowercase")]
+#[allow(dead_code)]
+pub enum ConflictStatusName {
+    Open,
+    Resolved,
+    All,
 }
 
 #[derive(Deserialize)]
@@ -89,9 +106,11 @@ pub struct ConflictsQuery {
 }
 
 #[utoipa::path(get, path = "/sync/conflicts", tag = "sync",
-    params(("status" = Option<String>, Query, description = "open (default), resolved or all"),
-        ("limit" = Option<i64>, Query, description = "1 to 500, default 100")),
-    responses((status = 200, description = "`{conflicts: [...]}` with base, server and client values of each element, oldest first")))]
+    params(("status" = inline(Option<ConflictStatusName>), Query, description = "open (default), resolved or all"),
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 500, description = "1 to 500, default 100")),
+    responses((status = 200, description = "`{conflicts: [...]}` with base, server and client values of each element, oldest first"),
+        (status = 400, description = "Unknown status, or limit outside 1 to 500 (OperationOutcome)"),
+        (status = 503, description = "Database or ledger unavailable; retry (OperationOutcome)")))]
 pub async fn conflicts(state: web::Data<AppState>, caller: Caller, q: web::Query<ConflictsQuery>) -> Result<HttpResponse, ApiError> {
     let ConflictsQuery { status, limit } = q.into_inner();
     let status = match status.as_deref().unwrap_or("open") {
@@ -113,8 +132,15 @@ pub async fn conflicts(state: web::Data<AppState>, caller: Caller, q: web::Query
     params(("id" = String, Path, description = "conflictId")),
     request_body(description = "`{choose: server|client}` or `{resource: {...}}`", content = Object),
     responses((status = 200, description = "`{conflictId, status: resolved, versionId}`"),
-        (status = 404, description = "no such conflict the caller may see"),
-        (status = 409, description = "already resolved")))]
+        (status = 400, description = "Not a resolution: not JSON, a duplicate key, U+0000 in a string, or not one of the three shapes (OperationOutcome)"),
+        (status = 403, description = "The caller may not write the record (OperationOutcome)"),
+        (status = 404, description = "No such conflict the caller may see (OperationOutcome)"),
+        (status = 409, description = "Already resolved (OperationOutcome)"),
+        (status = 410, description = "The record was deleted and the client side holds no value to restore (OperationOutcome)"),
+        (status = 413, description = "Body over the body limit (OperationOutcome)"),
+        (status = 415, description = "Body not application/json or application/fhir+json (OperationOutcome)"),
+        (status = 422, description = "The resulting resource is not valid FHIR R4 (OperationOutcome)"),
+        (status = 503, description = "Database or ledger unavailable; retry (OperationOutcome)")))]
 pub async fn resolve(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>, caller: Caller, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
     let id = path.into_inner();
     if id.len() > 64 {

@@ -9,9 +9,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use actix_web::{HttpRequest, HttpResponse, web};
-use actix_ws::{AggregatedMessage, AggregatedMessageStream, CloseCode, CloseReason, Session};
+use actix_ws::{AggregatedMessage, AggregatedMessageStream, CloseCode, CloseReason, ProtocolError, Session};
 use serde_json::{Value, json};
 
+use crate::api::json::JsonError;
 use crate::api::{ApiError, AppState, blocking};
 use crate::fhir::IssueCode;
 use crate::service::Caller;
@@ -75,8 +76,9 @@ pub struct SyncTiming {
 #[utoipa::path(get, path = "/sync", tag = "sync",
     params(("access_token" = Option<String>, Query, description = "bearer token, for clients that cannot set Authorization on a WebSocket")),
     responses((status = 101, description = "WebSocket: subscribe / push / ping in, change / caught_up / push_result / pong / error out (SPEC §6)"),
-        (status = 401, description = "missing or invalid token"),
-        (status = 429, description = "too many requests, or the principal already holds its maximum of open connections")))]
+        (status = 400, description = "Not a WebSocket upgrade request (OperationOutcome)"),
+        (status = 401, description = "Missing or invalid token (OperationOutcome)"),
+        (status = 429, description = "Too many requests, or the principal already holds its maximum of open connections (OperationOutcome)")))]
 pub async fn socket(req: HttpRequest, body: web::Payload, state: web::Data<AppState>, caller: Caller) -> Result<HttpResponse, ApiError> {
     let state = state.into_inner();
     let slot = SocketSlots::take(&state, caller.principal.tenant.as_str(), &caller.principal.sub).ok_or_else(|| {
@@ -142,6 +144,7 @@ impl Connection {
                     heard = Instant::now();
                     match message {
                         Some(Ok(message)) => self.on_message(message).await,
+                        Some(Err(e)) if too_big(&e) => Err("message too big"),
                         Some(Err(_)) => Err("protocol error"),
                         None => Err("client went away"),
                     }
@@ -183,6 +186,8 @@ impl Connection {
         let code = match ended {
             "idle" | "stalled" | "token expired" => CloseCode::Policy,
             "feed unavailable" => CloseCode::Error,
+            "message too big" => CloseCode::Size,
+            "protocol error" => CloseCode::Protocol,
             "server shutting down" => CloseCode::Restart,
             _ => CloseCode::Normal,
         };
@@ -213,9 +218,11 @@ impl Connection {
             }
         }
         match message {
-            AggregatedMessage::Text(text) => match serde_json::from_str::<Value>(&text) {
+            AggregatedMessage::Text(text) => match crate::api::json::parse(text.as_bytes()) {
                 Ok(value) => self.on_request(value).await,
-                Err(_) => self.send(&error("bad_message", "messages must be JSON objects with a type")).await,
+                Err(JsonError::DuplicateKey) => self.send(&error("bad_message", "the message has a duplicate key")).await,
+                Err(JsonError::Nul) => self.send(&error("bad_message", "the message contains a NUL character (U+0000)")).await,
+                Err(JsonError::Syntax { .. }) => self.send(&error("bad_message", "messages must be JSON objects with a type")).await,
             },
             AggregatedMessage::Binary(_) => self.send(&error("bad_message", "only text messages are accepted")).await,
             AggregatedMessage::Ping(bytes) => self.session.pong(&bytes).await.map_err(|_| "client went away"),
@@ -278,6 +285,16 @@ impl Connection {
             }
         }
         Ok(())
+    }
+}
+
+/// A frame over `max_frame_size`, or fragments adding up to more than
+/// `max_continuation_size` (which actix-ws reports as an I/O error with this text).
+fn too_big(e: &ProtocolError) -> bool {
+    match e {
+        ProtocolError::Overflow => true,
+        ProtocolError::Io(io) => io.to_string().contains("maximum continuation size"),
+        _ => false,
     }
 }
 

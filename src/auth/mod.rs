@@ -244,6 +244,12 @@ impl TokenVerifier {
 }
 
 fn principal_from(claims: Claims) -> Result<Principal, TokenError> {
+    // A control character (U+0000 above all, which PostgreSQL cannot store) has no place
+    // in an identity that the ledger records on every call.
+    let identity = [Some(&claims.sub), Some(&claims.tenant), claims.fhir_user.as_ref()];
+    if identity.into_iter().flatten().any(|s| s.chars().any(|c| c.is_ascii_control())) {
+        return Err(TokenError::Invalid);
+    }
     if claims.sub.is_empty() || claims.sub.len() > 256 {
         return Err(TokenError::Invalid);
     }

@@ -39,7 +39,7 @@ pub enum QueryValueError {
     Empty,
     #[error("uses a comparison prefix other than 'eq'; only exact matches are supported")]
     Prefix,
-    #[error("is not a FHIR date (YYYY, YYYY-MM or YYYY-MM-DD)")]
+    #[error("is not a calendar date (YYYY, YYYY-MM or YYYY-MM-DD)")]
     Date,
     #[error("is not a reference to the expected resource type")]
     Reference,
@@ -54,14 +54,27 @@ fn phone_digits(raw: &str) -> String {
     raw.chars().filter(char::is_ascii_digit).collect()
 }
 
+/// `YYYY`, `YYYY-MM` or `YYYY-MM-DD` naming a real calendar year (0001–9999), month and
+/// day: `1970-13-45` and `2023-02-29` are not dates.
 fn is_fhir_date(raw: &str) -> bool {
     let b = raw.as_bytes();
     let digits = |r: std::ops::Range<usize>| b[r].iter().all(u8::is_ascii_digit);
-    match b.len() {
+    let shape = match b.len() {
         4 => digits(0..4),
         7 => digits(0..4) && b[4] == b'-' && digits(5..7),
         10 => digits(0..4) && b[4] == b'-' && digits(5..7) && b[7] == b'-' && digits(8..10),
         _ => false,
+    };
+    if !shape {
+        return false;
+    }
+    // The shape guarantees the digits; a year of four digits fits any integer type.
+    let part = |r: std::ops::Range<usize>| raw[r].parse::<u32>().unwrap_or(0);
+    let year = part(0..4);
+    match b.len() {
+        4 => year >= 1,
+        7 => year >= 1 && (1..=12).contains(&part(5..7)),
+        _ => year >= 1 && chrono::NaiveDate::from_ymd_opt(year as i32, part(5..7), part(8..10)).is_some(),
     }
 }
 
@@ -210,6 +223,12 @@ mod tests {
     fn bad_query_values_are_refused() {
         assert_eq!(query_token(ParamKind::Date, "ge1970-01-01"), Err(QueryValueError::Prefix));
         assert_eq!(query_token(ParamKind::Date, "1970-1-1"), Err(QueryValueError::Date));
+        for not_a_date in ["1970-13-45", "1970-13", "1970-00", "1970-02-30", "1970-04-31", "2023-02-29", "0000", "1970-01-00"] {
+            assert_eq!(query_token(ParamKind::Date, not_a_date), Err(QueryValueError::Date), "{not_a_date}");
+        }
+        for date in ["1970", "1970-12", "2024-02-29", "eq1970-12-31", "0001-01-01"] {
+            assert!(query_token(ParamKind::Date, date).is_ok(), "{date}");
+        }
         assert_eq!(query_token(ParamKind::Family, "  "), Err(QueryValueError::Empty));
         assert_eq!(query_token(ParamKind::Identifier, "sys|"), Err(QueryValueError::Empty));
         assert_eq!(

@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 pub use audit::queries::{ExportRequest, PreparedExport};
 pub use error::ServiceError;
-pub use search_params::{MAX_COUNT, DEFAULT_COUNT};
+pub use search_params::{MAX_COUNT, DEFAULT_COUNT, MAX_OFFSET};
 
 use crate::authz::AccessPolicy;
 use crate::domain::{Principal, PurposeOfUse};

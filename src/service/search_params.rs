@@ -7,6 +7,9 @@ use crate::service::ServiceError;
 
 pub const DEFAULT_COUNT: i64 = 20;
 pub const MAX_COUNT: i64 = 100;
+/// Largest `_offset`: far past any page a person turns to, small enough that an offset
+/// scan stays bounded and that `_offset + _count` can never overflow.
+pub const MAX_OFFSET: i64 = 1_000_000;
 
 /// Parameters accepted and ignored: they do not change what is returned.
 const IGNORED: &[&str] = &["_format", "_pretty"];
@@ -82,8 +85,8 @@ pub fn parse(rtype: ResourceType, params: &[(String, String)]) -> Result<ParsedS
                 parsed.offset = value
                     .parse::<i64>()
                     .ok()
-                    .filter(|n| *n >= 0)
-                    .ok_or_else(|| bad(rtype, name, "must be a whole number".into()))?;
+                    .filter(|n| (0..=MAX_OFFSET).contains(n))
+                    .ok_or_else(|| bad(rtype, name, format!("must be a whole number from 0 to {MAX_OFFSET}")))?;
                 continue;
             }
             b if IGNORED.contains(&b) => continue,
@@ -137,6 +140,7 @@ mod tests {
         assert_eq!(s.criteria[1], ("given".into(), vec!["x,y".into()]));
         assert_eq!((s.count, s.offset), (MAX_COUNT, 40));
         assert_eq!(s.echo.len(), 2);
+        assert_eq!(p(&[("_offset", "1000000")]).unwrap().offset, MAX_OFFSET);
     }
 
     #[test]
@@ -146,6 +150,9 @@ mod tests {
             &[("family:contains", "SECRET")],
             &[("birthdate", "gt1970-01-01")],
             &[("_count", "many")],
+            &[("_offset", "9223372036854775807")],
+            &[("_offset", "1000001")],
+            &[("_offset", "-1")],
             &[("_sort", "family")],
         ] {
             let err = p(bad_params).unwrap_err();

@@ -12,6 +12,7 @@ mod crud;
 mod encryption;
 mod files;
 mod helpers;
+mod input;
 mod ledger;
 mod logs;
 mod ops;

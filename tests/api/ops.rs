@@ -1,5 +1,5 @@
 use reqwest::StatusCode;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::helpers::*;
 
@@ -102,4 +102,64 @@ async fn openapi_describes_the_operations_endpoints() {
         assert!(doc["paths"][path]["get"].is_object(), "{path} missing: {doc}");
     }
     assert_eq!(doc["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
+}
+
+#[tokio::test]
+async fn method_not_allowed_names_the_methods_of_the_path() {
+    let app = spawn_app().await;
+    let token = app.front_desk().token;
+    for (method, path, allow) in [
+        (reqwest::Method::PATCH, "/fhir/Patient/x", "GET, PUT, DELETE"),
+        (reqwest::Method::DELETE, "/fhir/Patient", "GET, POST"),
+        (reqwest::Method::GET, "/sync/push", "POST"),
+        (reqwest::Method::POST, "/audit/entries", "GET"),
+        (reqwest::Method::PUT, "/healthz", "GET"),
+    ] {
+        let response = app.client.request(method.clone(), app.url(path)).bearer_auth(&token).send().await.unwrap();
+        assert_eq!(response.headers().get("allow").map(|v| v.to_str().unwrap().to_owned()).as_deref(), Some(allow), "{method} {path}");
+        expect_outcome(response, StatusCode::METHOD_NOT_ALLOWED).await;
+    }
+}
+
+#[tokio::test]
+async fn openapi_documents_the_answers_and_constraints_of_every_operation() {
+    let app = spawn_app().await;
+    let doc: Value = app.get(&app.who(TENANT, &["auditor"], None), "/openapi.json").await.json().await.unwrap();
+    let operations: Vec<(String, String, &Value)> = doc["paths"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .flat_map(|(path, item)| item.as_object().unwrap().iter().map(move |(method, op)| (path.clone(), method.clone(), op)))
+        .collect();
+    assert!(operations.len() >= 16, "{doc}");
+    let public = ["/healthz", "/readyz", "/audit/public-key"];
+    for (path, method, op) in &operations {
+        let has = |status: &str| op["responses"][status].is_object();
+        assert!(has("400") && has("429"), "{method} {path}: {}", op["responses"]);
+        assert_eq!(has("401"), !public.contains(&path.as_str()), "{method} {path}: {}", op["responses"]);
+        if path.starts_with("/audit/") && path != "/audit/public-key" || path == "/metrics" {
+            assert!(has("403"), "{method} {path} checks a role");
+        }
+    }
+    let op = |path: &str, method: &str| doc["paths"][path][method].clone();
+    for (path, method) in [("/sync/conflicts/{id}/resolve", "post"), ("/audit/proof/inclusion", "get")] {
+        assert!(op(path, method)["responses"]["404"].is_object(), "{path} looks up an id");
+    }
+    let param = |path: &str, name: &str| {
+        op(path, "get")["parameters"].as_array().unwrap().iter().find(|p| p["name"] == name).unwrap()["schema"].clone()
+    };
+    let bounds = |schema: &Value| (schema["minimum"].as_i64(), schema["maximum"].as_i64());
+    assert_eq!(bounds(&param("/sync/changes", "limit")), (Some(1), Some(1000)));
+    assert_eq!(bounds(&param("/sync/conflicts", "limit")), (Some(1), Some(500)));
+    assert_eq!(bounds(&param("/audit/entries", "from")).0, Some(0));
+    assert_eq!(bounds(&param("/audit/entries", "to")).0, Some(0));
+    assert_eq!(bounds(&param("/audit/proof/inclusion", "seq")).0, Some(0));
+    assert_eq!(bounds(&param("/audit/proof/inclusion", "size")).0, Some(1));
+    assert_eq!(bounds(&param("/audit/proof/consistency", "to")).0, Some(0));
+    let values = |schema: Value| {
+        let list = schema["enum"].as_array().or_else(|| schema["oneOf"][0]["enum"].as_array()).cloned();
+        list.unwrap_or_else(|| panic!("no enum in {schema}"))
+    };
+    assert_eq!(values(param("/audit/export", "format")), [json!("ndjson"), json!("csv"), json!("fhir")]);
+    assert_eq!(values(param("/sync/conflicts", "status")), [json!("open"), json!("resolved"), json!("all")]);
 }
