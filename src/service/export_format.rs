@@ -69,7 +69,7 @@ pub fn csv_cell(value: &str) -> std::borrow::Cow<'_, str> {
 
 fn csv_row(fields: &[String]) -> Vec<u8> {
     let mut w = csv::Writer::from_writer(Vec::new());
-    let _ = w.write_record(fields.iter().map(|f| csv_cell(f).into_owned()));
+    let _ = w.write_record(fields);
     w.into_inner().unwrap_or_default()
 }
 
@@ -140,22 +140,25 @@ pub fn record(format: ExportFormat, r: &Record<'_>, first: bool) -> Vec<u8> {
             line.push(b'\n');
             line
         }
+        // The entry's own fields can carry what a client sent (a break-glass reason, a
+        // token's subject): those cells are neutralised. The proof columns are the
+        // server's base64 and hex, and stay exact for offline verification.
         ExportFormat::Csv => csv_row(&[
             "entry".into(),
             e.seq.to_string(),
             e.time.clone(),
-            opt(&e.tenant),
-            opt(&e.actor.sub),
-            e.actor.roles.join(" "),
-            opt(&e.actor.fhir_user),
+            csv_cell(&opt(&e.tenant)).into_owned(),
+            csv_cell(&opt(&e.actor.sub)).into_owned(),
+            csv_cell(&e.actor.roles.join(" ")).into_owned(),
+            csv_cell(&opt(&e.actor.fhir_user)).into_owned(),
             e.action.clone(),
-            opt(&e.resource),
-            opt(&e.patient),
+            csv_cell(&opt(&e.resource)).into_owned(),
+            csv_cell(&opt(&e.patient)).into_owned(),
             e.outcome.clone(),
-            opt(&e.purpose_of_use),
-            opt(&e.break_glass),
-            opt(&e.client),
-            opt(&e.request_id),
+            csv_cell(&opt(&e.purpose_of_use)).into_owned(),
+            csv_cell(&opt(&e.break_glass)).into_owned(),
+            csv_cell(&opt(&e.client)).into_owned(),
+            csv_cell(&opt(&e.request_id)).into_owned(),
             STANDARD.encode(r.leaf.as_bytes()),
             r.size.to_string(),
             r.path.join(" "),
