@@ -45,7 +45,7 @@ pub enum StartupError {
     #[error(transparent)]
     EncryptionPolicy(#[from] crate::service::encryption_policy::EncryptionPolicyError),
     #[error(transparent)]
-    ConflictPolicy(#[from] crate::service::merge::ConflictPolicyError),
+    ConflictPolicy(#[from] crate::service::sync::merge::ConflictPolicyError),
     #[error("master keys: {0}")]
     MasterKeys(String),
     #[error("cannot start the ledger writer: {0}")]
@@ -238,7 +238,7 @@ pub fn services(settings: &Settings, pool_size: u32) -> Result<Services, Startup
     let validator = Arc::new(FhirValidator::new().map_err(StartupError::Validator)?);
     let codec = codec(settings)?;
     let signer = ledger_signer(settings)?;
-    let conflicts = Arc::new(crate::service::merge::ConflictPolicy::load(&settings.policies_dir)?);
+    let conflicts = Arc::new(crate::service::sync::merge::ConflictPolicy::load(&settings.policies_dir)?);
     let store = Store::open(&settings.database_url, pool_size)?;
     Services::new(store, validator, policy, codec, signer, conflicts).map_err(StartupError::LedgerWriter)
 }

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use crate::api::{ApiError, AppState, blocking};
 use crate::fhir::IssueCode;
 use crate::service::Caller;
-use crate::service::resources::{FeedFilter, Mutation, Resolution};
+use crate::service::sync::{FeedFilter, Mutation, Resolution};
 
 const DEFAULT_LIMIT: i64 = 100;
 const MAX_LIMIT: i64 = 1000;
@@ -43,7 +43,7 @@ pub async fn changes(state: web::Data<AppState>, caller: Caller, q: web::Query<C
         return Err(ApiError::bad_request(IssueCode::Value, "limit must be 1 to 1000"));
     }
     let services = state.services.clone();
-    let page = blocking(move || Ok(services.resources().changes(&caller, since, limit, &FeedFilter::default())?)).await?;
+    let page = blocking(move || Ok(services.sync().changes(&caller, since, limit, &FeedFilter::default())?)).await?;
     Ok(HttpResponse::Ok().json(json!({ "changes": page.changes, "cursor": page.cursor.to_string() })))
 }
 
@@ -83,7 +83,7 @@ pub async fn push(req: HttpRequest, payload: web::Payload, state: web::Data<AppS
     let body = crate::api::fhir::read_json(&req, payload, state.body_limit).await?;
     let mutations = parse_push(body).map_err(|why| ApiError::bad_request(IssueCode::Structure, why))?;
     let services = state.services.clone();
-    let results = blocking(move || Ok(services.resources().push(&caller, mutations)?)).await?;
+    let results = blocking(move || Ok(services.sync().push(&caller, mutations)?)).await?;
     Ok(HttpResponse::Ok().json(json!({ "type": "push_result", "results": results })))
 }
 
@@ -120,11 +120,11 @@ pub async fn conflicts(state: web::Data<AppState>, caller: Caller, q: web::Query
         _ => return Err(ApiError::bad_request(IssueCode::Value, "status must be open, resolved or all")),
     };
     let limit = limit.unwrap_or(DEFAULT_LIMIT);
-    if !(1..=crate::service::resources::MAX_CONFLICTS).contains(&limit) {
+    if !(1..=crate::service::sync::MAX_CONFLICTS).contains(&limit) {
         return Err(ApiError::bad_request(IssueCode::Value, "limit must be 1 to 500"));
     }
     let services = state.services.clone();
-    let found = blocking(move || Ok(services.resources().conflicts(&caller, status, limit)?)).await?;
+    let found = blocking(move || Ok(services.sync().conflicts(&caller, status, limit)?)).await?;
     Ok(HttpResponse::Ok().json(json!({ "conflicts": found })))
 }
 
@@ -159,6 +159,6 @@ pub async fn resolve(req: HttpRequest, payload: web::Payload, state: web::Data<A
         }
     };
     let services = state.services.clone();
-    let done = blocking(move || Ok(services.resources().resolve(&caller, &id, resolution)?)).await?;
+    let done = blocking(move || Ok(services.sync().resolve(&caller, &id, resolution)?)).await?;
     Ok(HttpResponse::Ok().json(done))
 }

@@ -2,7 +2,7 @@
 //! from its own cursor, one bounded batch at a time, and only when the previous batch has
 //! been handed to the socket: a slow client simply falls behind on its cursor, so server
 //! memory per connection stays bounded whatever the write rate. Commits wake the readers
-//! ([`crate::service::change_signal::ChangeSignal`]); silent and stalled connections are closed.
+//! ([`crate::service::sync::change_signal::ChangeSignal`]); silent and stalled connections are closed.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -16,7 +16,7 @@ use crate::api::json::JsonError;
 use crate::api::{ApiError, AppState, blocking};
 use crate::fhir::IssueCode;
 use crate::service::Caller;
-use crate::service::resources::FeedFilter;
+use crate::service::sync::FeedFilter;
 
 /// Changes read per batch.
 const BATCH: i64 = 200;
@@ -248,7 +248,7 @@ impl Connection {
                 };
                 let services = self.state.services.clone();
                 let caller = self.caller.clone();
-                match blocking(move || Ok(services.resources().push(&caller, mutations)?)).await {
+                match blocking(move || Ok(services.sync().push(&caller, mutations)?)).await {
                     Ok(results) => self.send(&json!({ "type": "push_result", "results": results })).await,
                     Err(_) => self.send(&error("unavailable", "the push could not be completed; send it again (mutationIds make that safe)")).await,
                 }
@@ -264,7 +264,7 @@ impl Connection {
         let (since, filter) = (s.cursor, s.filter.clone());
         let services = self.state.services.clone();
         let caller = self.caller.clone();
-        let page = match blocking(move || Ok(services.resources().changes(&caller, since, BATCH, &filter)?)).await {
+        let page = match blocking(move || Ok(services.sync().changes(&caller, since, BATCH, &filter)?)).await {
             Ok(page) => page,
             Err(_) => {
                 self.send(&error("unavailable", "the change feed is unavailable; reconnect and resume from your cursor")).await?;

@@ -10,11 +10,10 @@ pub mod codec;
 pub mod encryption_policy;
 mod error;
 pub mod export_format;
-pub mod change_signal;
 mod group_commit;
 pub mod keyring;
-pub mod merge;
 pub mod resources;
+pub mod sync;
 mod search_params;
 
 use std::sync::Arc;
@@ -51,9 +50,9 @@ pub struct Services {
     /// Shared commits for audit entries outside a write's own transaction.
     ledger_writer: group_commit::LedgerWriter,
     /// Wakes change-feed subscribers when changes commit.
-    pub changes: change_signal::ChangeSignal,
+    pub changes: sync::change_signal::ChangeSignal,
     /// How offline edits that collide are resolved (`policies/conflicts.toml`).
-    pub conflicts: Arc<merge::ConflictPolicy>,
+    pub conflicts: Arc<sync::merge::ConflictPolicy>,
 }
 
 impl Services {
@@ -63,10 +62,10 @@ impl Services {
         policy: Arc<AccessPolicy>,
         codec: Arc<codec::Codec>,
         ledger_signer: Arc<crate::ledger::checkpoint::Signer>,
-        conflicts: Arc<merge::ConflictPolicy>,
+        conflicts: Arc<sync::merge::ConflictPolicy>,
     ) -> Result<Self, std::io::Error> {
         let ledger_writer = group_commit::LedgerWriter::start(&store)?;
-        let changes = change_signal::ChangeSignal::default();
+        let changes = sync::change_signal::ChangeSignal::default();
         Ok(Self { store, validator, policy, codec, ledger_signer, ledger_writer, changes, conflicts })
     }
 
@@ -87,5 +86,9 @@ impl Services {
 
     pub fn resources(&self) -> resources::ResourceService<'_> {
         resources::ResourceService::new(self)
+    }
+
+    pub fn sync(&self) -> sync::SyncService<'_> {
+        sync::SyncService::new(self)
     }
 }

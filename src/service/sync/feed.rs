@@ -5,8 +5,9 @@ use std::collections::{HashMap, HashSet};
 
 use serde_json::Value;
 
-use super::{ResourceService, patient_of, rows, version_ref};
-use crate::store::resources::CurrentRow;
+use super::SyncService;
+use crate::service::resources::{patient_of, version_ref};
+use crate::store::resources::{self as rows, CurrentRow};
 use crate::authz::{Decision, Op};
 use crate::domain::{Category, Reference, ResourceId, ResourceType};
 use crate::service::keyring::DataKey;
@@ -75,7 +76,7 @@ pub struct ChangePage {
 /// Opened versions of a batch's records, each opened at most once.
 type Opened = HashMap<(String, String, i64), Option<Value>>;
 
-impl ResourceService<'_> {
+impl SyncService<'_> {
     /// Changes of the caller's tenant after `since` that the filter admits, in cursor
     /// order. Each is judged by the decision a read would get *now* (the record's current
     /// relationship and the caller's current roles), never by the relationship the changed
@@ -160,7 +161,7 @@ impl ResourceService<'_> {
             if self.decision(caller, Op::Read, rtype, &id, judged.as_ref(), false).0 == Decision::Deny {
                 let mut was_related = false;
                 for v in [change.version_id, change.version_id - 1] {
-                    was_related |= Self::related(caller, rtype, &id, open(rtype, &id, owner.as_ref(), v)?.as_ref());
+                    was_related |= crate::service::resources::ResourceService::related(caller, rtype, &id, open(rtype, &id, owner.as_ref(), v)?.as_ref());
                 }
                 if was_related && revoked.insert((rtype, id.to_string())) {
                     out.push(serde_json::json!({

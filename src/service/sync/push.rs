@@ -1,25 +1,24 @@
 //! Offline edits (`push` / `POST /sync/push`): each mutation is applied at most once,
 //! merged per top-level element against the version it was made on, and whatever both
-//! sides changed is settled by `policies/conflicts.toml`. Conflicts keep the base, server
-//! and client values (sealed under the owner's data key) until a clinician resolves them.
+//! sides changed is settled by `policies/conflicts.toml`; collisions are stored as
+//! conflicts (see `conflicts`) with the mutation's effect.
 
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use super::{Current, ResourceService, Write, instant, now, patient_of, resource_ref, rows, version_ref};
+use super::conflicts::collisions_from;
+use super::merge::{Collision, Merged, Strategy, merge};
+use super::{SyncService, body_of};
 use crate::authz::Op;
 use crate::domain::{ResourceId, ResourceType};
-use crate::service::merge::{Collision, Merged, Strategy, merge};
-use crate::service::{Caller, ServiceError, audit, codec};
+use crate::service::resources::{Current, instant, now, patient_of, version_ref};
+use crate::service::{Caller, ServiceError, audit};
+use crate::store::resources as rows;
 use crate::store::sync::{self as sync_rows, ConflictRow, MutationRow};
 use crate::store::{DbConnection, is_unique_violation, write_transaction};
 
 /// How often a mutation is re-merged when another writer committed in between.
-const MERGE_RETRIES: usize = 5;
-/// The AAD label of sealed conflict values.
-const CONFLICT_RECORD: &str = "sync-conflict";
-/// Most conflicts listed at once.
-pub const MAX_CONFLICTS: i64 = 500;
+pub(super) const MERGE_RETRIES: usize = 5;
 
 /// One queued offline edit, as a device sends it.
 #[derive(Debug, Clone, Deserialize)]
@@ -36,16 +35,6 @@ pub struct Mutation {
     pub resource: Option<Value>,
 }
 
-/// How a clinician settles a conflict.
-#[derive(Debug, Clone)]
-pub enum Resolution {
-    /// Keep the server's values of the conflicting elements.
-    Server,
-    /// Take the offline edit's values of the conflicting elements.
-    Client,
-    /// A whole resource written by the clinician.
-    Resource(Value),
-}
 
 /// A mutation's answer before it is shaped for the client.
 struct Outcome {
@@ -91,29 +80,12 @@ fn answer(mutation_id: &str, status: &str, version: Option<i64>, collisions: &[C
     out
 }
 
-fn collision_json(c: &Collision) -> Value {
+pub(super) fn collision_json(c: &Collision) -> Value {
     let mut v = c.to_json();
     v["strategy"] = json!(c.strategy.as_str());
     v
 }
 
-fn collisions_from(detail: &Value) -> Vec<Collision> {
-    detail
-        .as_array()
-        .map(|items| {
-            items
-                .iter()
-                .map(|i| Collision {
-                    path: i["path"].as_str().unwrap_or_default().to_owned(),
-                    base: i["base"].clone(),
-                    server: i["server"].clone(),
-                    client: i["client"].clone(),
-                    strategy: if i["strategy"] == "manual" { Strategy::Manual } else { Strategy::LastWriterWins },
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
 
 fn valid_mutation_id(id: &str) -> bool {
     (1..=100).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
@@ -140,17 +112,11 @@ fn rejection(e: &ServiceError) -> Option<String> {
     }
 }
 
-/// Content without the server-owned `meta`, as merged and compared.
-fn body_of(content: &Value) -> Map<String, Value> {
-    let mut map = content.as_object().cloned().unwrap_or_default();
-    map.shift_remove("meta");
-    map
-}
 
 /// A conflict about to be stored with a mutation's effect.
-struct NewConflict {
-    row: ConflictRow,
-    detail: Value,
+pub(super) struct NewConflict {
+    pub(super) row: ConflictRow,
+    pub(super) detail: Value,
 }
 
 /// What a mutation leaves besides a version: its id with its answer, and any conflict.
@@ -160,7 +126,7 @@ struct Effect<'a> {
     conflict: Option<&'a NewConflict>,
 }
 
-impl ResourceService<'_> {
+impl SyncService<'_> {
     /// Applies a device's queued edits in order. Each one's answer is independent: a
     /// rejected mutation does not stop the rest. Infrastructure failures abort the batch;
     /// the mutations applied before it answer `duplicate` when the device sends it again.
@@ -236,16 +202,6 @@ impl ResourceService<'_> {
         }
     }
 
-    /// Stores a conflict's values sealed under the record owner's data key.
-    fn insert_conflict(&self, tx: &mut DbConnection, caller: &Caller, rtype: ResourceType, conflict: &NewConflict) -> Result<(), ServiceError> {
-        let tenant = &caller.principal.tenant;
-        let row = &conflict.row;
-        let owner = codec::owner(rtype, &row.resource_id, row.patient_id.as_deref()).ok_or(ServiceError::Corrupt)?;
-        let key = self.services.codec.keys().data_key_for_write(tx, tenant.as_str(), &owner)?;
-        let detail = self.services.codec.seal_record(tenant, CONFLICT_RECORD, &row.id, &key, &conflict.detail)?;
-        sync_rows::insert_conflict(tx, &ConflictRow { detail, ..row.clone() })?;
-        Ok(())
-    }
 
     #[allow(clippy::too_many_arguments)]
     fn new_conflict(caller: &Caller, m: &Mutation, rtype: ResourceType, current: &Current, base: Option<i64>, collisions: &[Collision], resolved_version: Option<i64>) -> NewConflict {
@@ -310,16 +266,9 @@ impl ResourceService<'_> {
         if rows::find_current(conn, caller.principal.tenant.as_str(), rtype.name(), id.as_str())?.is_some() {
             return Ok(Outcome::rejected("a resource with this id already exists"));
         }
-        let at = now();
-        let stamped = Self::stamp(resource, &id, 1, at);
-        self.authorize(caller, Op::Write, "create", rtype, &id, Some(&stamped))?;
-        let row = self.new_row(caller, rtype, &id, 1, Some(&stamped), at)?;
-        let tenant_keys = self.services.codec.keys().tenant(conn, caller.principal.tenant.as_str())?;
-        let tokens = self.services.codec.tokens_for(&tenant_keys, rtype, &stamped);
-        let entry = caller.entry("create", Some(version_ref(rtype, id.as_str(), 1)), patient_of(rtype, id.as_str(), row.patient_id.as_deref()), "success");
+        let write = self.first_version(conn, caller, rtype, &id, resource)?;
         let outcome = Outcome::done("applied", 1);
         let effect = Effect { mutation: m, outcome: &outcome, conflict: None };
-        let write = Write { row, resource: Some(stamped), expected: None, tokens, entry };
         self.commit_with(conn, caller, &write, |tx| self.store_effect(tx, caller, rtype, &effect))?;
         Ok(outcome)
     }
@@ -454,147 +403,7 @@ impl ResourceService<'_> {
         Ok(out)
     }
 
-    /// A conflict row with its opened values, if the caller may still read its record.
-    fn conflict_detail(&self, conn: &mut DbConnection, caller: &Caller, conflict_id: &str) -> Result<Option<(ConflictRow, Value)>, ServiceError> {
-        let tenant = &caller.principal.tenant;
-        let Some(row) = sync_rows::find_conflict(conn, tenant.as_str(), conflict_id)? else { return Ok(None) };
-        let (Some(rtype), Ok(id)) = (ResourceType::from_name(&row.resource_type), ResourceId::parse(&row.resource_id)) else {
-            return Err(ServiceError::Corrupt);
-        };
-        let current = match self.load_current(conn, caller, rtype, &id) {
-            Ok(current) => current,
-            // A shredded record's conflicts went with its key.
-            Err(ServiceError::Erased) => return Ok(None),
-            Err(e) => return Err(e),
-        };
-        if self.decision(caller, Op::Read, rtype, &id, current.basis.as_ref(), false).0 == crate::authz::Decision::Deny {
-            return Ok(None);
-        }
-        let key = current.owner.as_ref().and_then(|o| current.keys.get(o)).ok_or(ServiceError::Integrity)?;
-        let detail = match self.services.codec.open_record(tenant, CONFLICT_RECORD, &row.id, &row.detail, key) {
-            Ok(d) => d,
-            Err(ServiceError::Erased) => return Ok(None),
-            Err(e) => return Err(e),
-        };
-        Ok(Some((row, detail)))
-    }
 
-    /// Conflicts of the caller's tenant whose records the caller may read, oldest first:
-    /// `status` `open` (default), `resolved` or all. Each disclosure is ledgered (`read`).
-    #[tracing::instrument(skip_all)]
-    pub fn conflicts(&self, caller: &Caller, status: Option<&str>, limit: i64) -> Result<Vec<Value>, ServiceError> {
-        let mut conn = self.conn()?;
-        let rows = sync_rows::conflicts(&mut conn, caller.principal.tenant.as_str(), status, limit)?;
-        let mut out = Vec::new();
-        let mut entries = Vec::new();
-        for row in rows {
-            let Some((row, detail)) = self.conflict_detail(&mut conn, caller, &row.id)? else { continue };
-            let rtype = ResourceType::from_name(&row.resource_type).ok_or(ServiceError::Corrupt)?;
-            entries.push(caller.entry("read", Some(resource_ref(rtype, &row.resource_id)), patient_of(rtype, &row.resource_id, row.patient_id.as_deref()), "success"));
-            out.push(conflict_json(&row, detail));
-        }
-        if !entries.is_empty() {
-            self.services.record(entries)?;
-        }
-        Ok(out)
-    }
 
-    /// Settles an open conflict with a new version of its record (or, when the record
-    /// stays deleted, without one). The version, the resolution and the ledger entries
-    /// commit together; a conflict resolved concurrently answers 409.
-    #[tracing::instrument(skip_all)]
-    pub fn resolve(&self, caller: &Caller, conflict_id: &str, resolution: Resolution) -> Result<Value, ServiceError> {
-        let mut conn = self.conn()?;
-        let tenant = caller.principal.tenant.as_str();
-        let Some((row, detail)) = self.conflict_detail(&mut conn, caller, conflict_id)? else {
-            return Err(ServiceError::NotFound);
-        };
-        if row.status != "open" {
-            return Err(ServiceError::Conflict("this conflict is already resolved"));
-        }
-        let rtype = ResourceType::from_name(&row.resource_type).ok_or(ServiceError::Corrupt)?;
-        let id = ResourceId::parse(&row.resource_id).map_err(|_| ServiceError::Corrupt)?;
-        let collisions = collisions_from(&detail);
-        let whole = collisions.iter().find(|c| c.path == rtype.name());
-        let resource = match &resolution {
-            Resolution::Resource(v) => Some(self.parse_body(rtype, v.clone(), Some(&id))?),
-            _ => None,
-        };
-        for _ in 0..MERGE_RETRIES {
-            let current = self.load_current(&mut conn, caller, rtype, &id)?;
-            self.authorize(caller, Op::Write, "update", rtype, &id, current.basis.as_ref())?;
-            // `None` inside: the record ends up deleted; outer `None`: nothing to write.
-            let target: Option<Option<Map<String, Value>>> = match (&resolution, whole) {
-                (Resolution::Resource(_), _) => Some(resource.clone()),
-                (Resolution::Server, _) => current.content.as_ref().map(|c| Some(body_of(c))),
-                (Resolution::Client, Some(w)) => match &w.client {
-                    Value::Object(client) => Some(Some(client.clone())),
-                    _ if current.content.is_some() => Some(None),
-                    _ => None,
-                },
-                (Resolution::Client, None) => match current.content.as_ref() {
-                    None => return Err(ServiceError::Gone),
-                    Some(c) => {
-                        let mut body = body_of(c);
-                        for k in &collisions {
-                            match &k.client {
-                                Value::Null => body.shift_remove(&k.path),
-                                v => body.insert(k.path.clone(), v.clone()),
-                            };
-                        }
-                        Some(Some(body))
-                    }
-                },
-            };
-            if let Some(Some(body)) = &target {
-                let mut checked = body.clone();
-                checked.insert("id".into(), Value::String(id.to_string()));
-                self.services.validator.validate(rtype, &Value::Object(checked)).map_err(ServiceError::Invalid)?;
-            }
-            let by = caller.principal.sub.clone();
-            let at = instant(now());
-            let Some(content) = target else {
-                let entry = caller.entry("sync", Some(resource_ref(rtype, id.as_str())), patient_of(rtype, id.as_str(), row.patient_id.as_deref()), "success");
-                write_transaction(&mut conn, |tx| {
-                    if !sync_rows::mark_resolved(tx, tenant, conflict_id, &by, &at, None)? {
-                        return Err(ServiceError::Conflict("this conflict is already resolved"));
-                    }
-                    audit::append_in(tx, vec![entry])
-                })?;
-                return Ok(json!({ "conflictId": conflict_id, "status": "resolved", "versionId": current.row.version_id.to_string() }));
-            };
-            let version = current.row.version_id + 1;
-            let write = self.next_version(&mut conn, caller, rtype, &id, &current.row, content)?;
-            let written = self.commit_with(&mut conn, caller, &write, |tx| {
-                if !sync_rows::mark_resolved(tx, tenant, conflict_id, &by, &at, Some(version))? {
-                    return Err(ServiceError::Conflict("this conflict is already resolved"));
-                }
-                Ok(())
-            })?;
-            if written {
-                tracing::info!(version_id = version, "sync conflict resolved");
-                return Ok(json!({ "conflictId": conflict_id, "status": "resolved", "versionId": version.to_string() }));
-            }
-        }
-        Err(ServiceError::VersionConflict { current: -1 })
-    }
 }
 
-fn conflict_json(row: &ConflictRow, detail: Value) -> Value {
-    json!({
-        "conflictId": row.id,
-        "resourceType": row.resource_type,
-        "id": row.resource_id,
-        "mutationId": row.mutation_id,
-        "baseVersion": row.base_version.map(|v| v.to_string()),
-        "serverVersion": row.server_version.to_string(),
-        "strategy": row.strategy,
-        "status": row.status,
-        "createdBy": row.created_by,
-        "createdAt": row.created_at,
-        "resolvedBy": row.resolved_by,
-        "resolvedAt": row.resolved_at,
-        "resolvedVersion": row.resolved_version.map(|v| v.to_string()),
-        "conflicts": detail,
-    })
-}

@@ -1,0 +1,143 @@
+//! Create, read, vread, update, delete and history of one record.
+
+use serde_json::Value;
+
+use super::{Current, ResourceService, Versioned, Page, resource_ref, patient_of, version_ref, success_entry};
+use crate::authz::Op;
+use crate::domain::{ResourceId, ResourceType};
+use crate::fhir::{Issue, IssueCode};
+use crate::service::search_params;
+use crate::service::{Caller, ServiceError};
+use crate::store::resources as rows;
+
+/// How often a write without `If-Match` retries when another writer got there first.
+const UNCONDITIONAL_RETRIES: usize = 5;
+
+impl ResourceService<'_> {
+    #[tracing::instrument(skip_all, fields(resource_type = rtype.name()))]
+    pub fn create(&self, caller: &Caller, rtype: ResourceType, body: Value) -> Result<Versioned, ServiceError> {
+        let resource = self.parse_body(rtype, body, None)?;
+        let id = ResourceId::generate();
+        let mut conn = self.conn()?;
+        let write = self.first_version(&mut conn, caller, rtype, &id, resource)?;
+        self.commit(&mut conn, caller, &write)?;
+        tracing::info!(resource_id = %id, "resource created");
+        Ok(write.into_versioned(rtype, &id))
+    }
+
+    #[tracing::instrument(skip_all, fields(resource_type = rtype.name(), resource_id = %id))]
+    pub fn read(&self, caller: &Caller, rtype: ResourceType, id: &ResourceId) -> Result<Versioned, ServiceError> {
+        let mut conn = self.conn()?;
+        let Current { row, content, basis, .. } = self.load_current(&mut conn, caller, rtype, id)?;
+        let decision = self.authorize(caller, Op::Read, "read", rtype, id, basis.as_ref())?;
+        if content.is_none() {
+            return Err(ServiceError::Gone);
+        }
+        let patient = patient_of(rtype, id.as_str(), row.patient_id.as_deref());
+        self.services.record(vec![success_entry(caller, decision, "read", Some(resource_ref(rtype, id.as_str())), patient)])?;
+        Ok(Versioned {
+            resource_type: rtype,
+            id: id.clone(),
+            version_id: row.version_id,
+            last_updated: row.last_updated.and_utc(),
+            resource: content,
+        })
+    }
+
+    #[tracing::instrument(skip_all, fields(resource_type = rtype.name(), resource_id = %id, version_id = version))]
+    pub fn vread(&self, caller: &Caller, rtype: ResourceType, id: &ResourceId, version: i64) -> Result<Versioned, ServiceError> {
+        let mut conn = self.conn()?;
+        let current = self.load_current(&mut conn, caller, rtype, id)?;
+        let decision = self.authorize(caller, Op::Read, "vread", rtype, id, current.basis.as_ref())?;
+        let tenant = caller.principal.tenant.as_str();
+        let row = rows::find_version(&mut conn, tenant, rtype.name(), id.as_str(), version)?;
+        let version_row = row.as_ref().map(|r| self.versioned(caller, rtype, r, &current.keys, current.owner.as_ref())).transpose()?;
+        let found = version_row.ok_or(ServiceError::NotFound)?;
+        if found.resource.is_none() {
+            return Err(ServiceError::Gone);
+        }
+        let patient = patient_of(rtype, id.as_str(), current.row.patient_id.as_deref());
+        self.services.record(vec![success_entry(caller, decision, "vread", Some(version_ref(rtype, id.as_str(), version)), patient)])?;
+        Ok(found)
+    }
+
+    #[tracing::instrument(skip_all, fields(resource_type = rtype.name(), resource_id = %id))]
+    pub fn update(&self, caller: &Caller, rtype: ResourceType, id: &ResourceId, if_match: Option<i64>, body: Value) -> Result<Versioned, ServiceError> {
+        let resource = self.parse_body(rtype, body, Some(id))?;
+        let mut conn = self.conn()?;
+        for _ in 0..UNCONDITIONAL_RETRIES {
+            let Current { row: current, content, basis, .. } = self.load_current(&mut conn, caller, rtype, id)?;
+            self.authorize(caller, Op::Write, "update", rtype, id, basis.as_ref())?;
+            if content.is_none() {
+                return Err(ServiceError::Gone);
+            }
+            if let Some(expected) = if_match
+                && expected != current.version_id
+            {
+                return Err(ServiceError::VersionConflict { current: current.version_id });
+            }
+            let write = self.next_version(&mut conn, caller, rtype, id, &current, Some(resource.clone()))?;
+            if self.commit(&mut conn, caller, &write)? {
+                let version = write.row.version_id;
+                tracing::info!(version_id = version, "resource updated");
+                return Ok(Versioned { resource_type: rtype, id: id.clone(), version_id: version, last_updated: write.row.last_updated.and_utc(), resource: write.resource });
+            }
+            if if_match.is_some() {
+                let latest = rows::find_current(&mut conn, caller.principal.tenant.as_str(), rtype.name(), id.as_str())?;
+                return Err(ServiceError::VersionConflict { current: latest.map_or(current.version_id, |r| r.version_id) });
+            }
+        }
+        Err(ServiceError::VersionConflict { current: -1 })
+    }
+
+    /// Deletes the resource: a new, content-less version. Deleting a deleted resource succeeds.
+    #[tracing::instrument(skip_all, fields(resource_type = rtype.name(), resource_id = %id))]
+    pub fn delete(&self, caller: &Caller, rtype: ResourceType, id: &ResourceId) -> Result<(), ServiceError> {
+        let mut conn = self.conn()?;
+        for _ in 0..UNCONDITIONAL_RETRIES {
+            let Current { row: current, content, basis, .. } = self.load_current(&mut conn, caller, rtype, id)?;
+            self.authorize(caller, Op::Write, "delete", rtype, id, basis.as_ref())?;
+            if content.is_none() {
+                return Ok(());
+            }
+            let write = self.next_version(&mut conn, caller, rtype, id, &current, None)?;
+            if self.commit(&mut conn, caller, &write)? {
+                tracing::info!(version_id = write.row.version_id, "resource deleted");
+                return Ok(());
+            }
+        }
+        Err(ServiceError::VersionConflict { current: -1 })
+    }
+
+    #[tracing::instrument(skip_all, fields(resource_type = rtype.name(), resource_id = %id))]
+    pub fn history(&self, caller: &Caller, rtype: ResourceType, id: &ResourceId, params: &[(String, String)]) -> Result<Page<Versioned>, ServiceError> {
+        let paging = search_params::parse(rtype, &paging_only(params)?)?;
+        let mut conn = self.conn()?;
+        let current = self.load_current(&mut conn, caller, rtype, id)?;
+        let decision = self.authorize(caller, Op::Read, "history", rtype, id, current.basis.as_ref())?;
+        let tenant = caller.principal.tenant.as_str();
+        let (rows, total) = rows::history(&mut conn, tenant, rtype.name(), id.as_str(), paging.count, paging.offset)?;
+        let items = rows
+            .iter()
+            .map(|r| self.versioned(caller, rtype, r, &current.keys, current.owner.as_ref()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let patient = patient_of(rtype, id.as_str(), current.row.patient_id.as_deref());
+        self.services.record(vec![success_entry(caller, decision, "history", Some(resource_ref(rtype, id.as_str())), patient)])?;
+        Ok(Page { items, total, count: paging.count, offset: paging.offset, echo: paging.echo, unreadable: Vec::new() })
+    }
+}
+
+/// History takes only paging parameters.
+fn paging_only(params: &[(String, String)]) -> Result<Vec<(String, String)>, ServiceError> {
+    params
+        .iter()
+        .map(|(k, v)| match k.as_str() {
+            "_count" | "_offset" | "_format" | "_pretty" => Ok((k.clone(), v.clone())),
+            _ => Err(ServiceError::BadRequest(vec![Issue::new(
+                IssueCode::NotSupported,
+                None,
+                "history accepts only _count and _offset",
+            )])),
+        })
+        .collect()
+}

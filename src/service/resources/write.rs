@@ -1,0 +1,214 @@
+//! The one write path. A use case loads the record's current state ([`Current`]), builds
+//! the version to write ([`Write`]: the first version of a create, or the next version of
+//! an update or delete), and commits it: the resource rows, its search tokens, its audit
+//! entry and its change-log row in one transaction, with whatever rows of its own the use
+//! case adds (an offline mutation id, a conflict). Subscribers are woken after commit.
+
+use std::collections::HashMap;
+
+use chrono::{NaiveDateTime, SubsecRound, Utc};
+use serde_json::{Map, Value};
+
+use super::{ResourceService, Versioned, compartment_patient, patient_of, version_ref};
+use crate::authz::Op;
+use crate::domain::{ResourceId, ResourceType};
+use crate::ledger::entry::Entry;
+use crate::service::keyring::DataKey;
+use crate::service::{Caller, ServiceError, audit, codec};
+use crate::store::resources::{self as rows, CurrentRow};
+use crate::store::{DbConnection, write_transaction};
+
+/// A resource's current state as loaded for a use case.
+pub(in crate::service) struct Current {
+    pub(in crate::service) row: CurrentRow,
+    pub(in crate::service) content: Option<Value>,
+    pub(in crate::service) basis: Option<Value>,
+    /// The data key of the record's owner, for opening other versions.
+    pub(in crate::service) keys: HashMap<String, Result<DataKey, ServiceError>>,
+    pub(in crate::service) owner: Option<String>,
+}
+
+/// A version about to be written. `row.content` is filled in when the version is sealed,
+/// inside the transaction (where a new owner's data key is created).
+pub(in crate::service) struct Write {
+    pub(in crate::service) row: CurrentRow,
+    pub(in crate::service) resource: Option<Value>,
+    /// The version this write replaces; `None` for a create.
+    pub(in crate::service) expected: Option<i64>,
+    pub(in crate::service) tokens: Vec<(&'static str, String)>,
+    /// The audit entry of this write; it commits with it.
+    pub(in crate::service) entry: Entry,
+}
+
+impl Write {
+    /// What a committed write returns to the client.
+    pub(in crate::service) fn into_versioned(self, rtype: ResourceType, id: &ResourceId) -> Versioned {
+        Versioned { resource_type: rtype, id: id.clone(), version_id: self.row.version_id, last_updated: self.row.last_updated.and_utc(), resource: self.resource }
+    }
+}
+
+pub(in crate::service) fn now() -> NaiveDateTime {
+    Utc::now().trunc_subsecs(3).naive_utc()
+}
+
+pub(in crate::service) fn instant(t: NaiveDateTime) -> String {
+    t.and_utc().format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
+}
+
+impl ResourceService<'_> {
+    /// The current row, its content (`None` once deleted) and the content access is judged
+    /// by: the current content, or for a deleted resource its last live version, so that
+    /// whoever could read it still learns that it is gone (410) rather than 403.
+    pub(in crate::service) fn load_current(&self, conn: &mut DbConnection, caller: &Caller, rtype: ResourceType, id: &ResourceId) -> Result<Current, ServiceError> {
+        let tenant = &caller.principal.tenant;
+        let row = rows::find_current(conn, tenant.as_str(), rtype.name(), id.as_str())?.ok_or(ServiceError::NotFound)?;
+        let owner = codec::owner(rtype, id.as_str(), row.patient_id.as_deref());
+        let keys = self.keys_of(conn, caller, owner.iter().cloned().collect())?;
+        if row.deleted == 0 {
+            let content = self.open(caller, rtype, id.as_str(), &row.content, &keys, owner.as_ref())?;
+            return Ok(Current { row, content: Some(content.clone()), basis: Some(content), keys, owner });
+        }
+        let last_live = rows::find_version(conn, tenant.as_str(), rtype.name(), id.as_str(), row.version_id - 1)?;
+        let basis = match last_live.and_then(|v| v.content) {
+            Some(stored) => Some(self.open(caller, rtype, id.as_str(), &stored, &keys, owner.as_ref())?),
+            None => None,
+        };
+        Ok(Current { row, content: None, basis, keys, owner })
+    }
+
+    /// Sets `id`, `meta.versionId` and `meta.lastUpdated`, keeping the rest of `meta`.
+    fn stamp(mut resource: Map<String, Value>, id: &ResourceId, version: i64, at: NaiveDateTime) -> Value {
+        resource.insert("id".into(), Value::String(id.to_string()));
+        let mut meta = match resource.shift_remove("meta") {
+            Some(Value::Object(m)) => m,
+            _ => Map::new(),
+        };
+        meta.insert("versionId".into(), Value::String(version.to_string()));
+        meta.insert("lastUpdated".into(), Value::String(instant(at)));
+        // Put resourceType, id and meta first, as FHIR JSON conventionally reads.
+        let mut out = Map::new();
+        if let Some(rt) = resource.shift_remove("resourceType") {
+            out.insert("resourceType".into(), rt);
+        }
+        out.insert("id".into(), resource.shift_remove("id").unwrap_or(Value::Null));
+        out.insert("meta".into(), Value::Object(meta));
+        out.extend(resource);
+        Value::Object(out)
+    }
+
+    fn new_row(&self, caller: &Caller, rtype: ResourceType, id: &ResourceId, version: i64, resource: Option<&Value>, at: NaiveDateTime) -> Result<CurrentRow, ServiceError> {
+        let tenant = &caller.principal.tenant;
+        Ok(CurrentRow {
+            tenant: tenant.to_string(),
+            resource_type: rtype.name().to_owned(),
+            id: id.to_string(),
+            version_id: version,
+            deleted: i16::from(resource.is_none()),
+            last_updated: at,
+            patient_id: resource.and_then(|r| compartment_patient(rtype, id, r)),
+            content: String::new(),
+        })
+    }
+
+    /// The write of a record's first version: `body` stamped with `id`, version 1 and
+    /// the time, authorized as a create, with its search tokens and audit entry. Every
+    /// create (FHIR, offline push) is built here.
+    pub(in crate::service) fn first_version(&self, conn: &mut DbConnection, caller: &Caller, rtype: ResourceType, id: &ResourceId, body: Map<String, Value>) -> Result<Write, ServiceError> {
+        let at = now();
+        let stamped = Self::stamp(body, id, 1, at);
+        self.authorize(caller, Op::Write, "create", rtype, id, Some(&stamped))?;
+        let row = self.new_row(caller, rtype, id, 1, Some(&stamped), at)?;
+        let tenant_keys = self.services.codec.keys().tenant(conn, caller.principal.tenant.as_str())?;
+        let tokens = self.services.codec.tokens_for(&tenant_keys, rtype, &stamped);
+        let entry = caller.entry("create", Some(version_ref(rtype, id.as_str(), 1)), patient_of(rtype, id.as_str(), row.patient_id.as_deref()), "success");
+        Ok(Write { row, resource: Some(stamped), expected: None, tokens, entry })
+    }
+
+    /// The write of the version after `current`: `content` stamped with id and meta, or a
+    /// delete (a tombstone that stays in its patient's compartment, for the change feed and
+    /// retention) when `None`; with its search tokens and audit entry.
+    pub(in crate::service) fn next_version(&self, conn: &mut DbConnection, caller: &Caller, rtype: ResourceType, id: &ResourceId, current: &CurrentRow, content: Option<Map<String, Value>>) -> Result<Write, ServiceError> {
+        let version = current.version_id + 1;
+        let at = now();
+        let (row, resource, tokens, action) = match content {
+            Some(body) => {
+                let stamped = Self::stamp(body, id, version, at);
+                let row = self.new_row(caller, rtype, id, version, Some(&stamped), at)?;
+                let tenant_keys = self.services.codec.keys().tenant(conn, caller.principal.tenant.as_str())?;
+                let tokens = self.services.codec.tokens_for(&tenant_keys, rtype, &stamped);
+                (row, Some(stamped), tokens, "update")
+            }
+            None => {
+                let mut row = self.new_row(caller, rtype, id, version, None, at)?;
+                row.patient_id = current.patient_id.clone();
+                (row, None, Vec::new(), "delete")
+            }
+        };
+        let entry = caller.entry(action, Some(version_ref(rtype, id.as_str(), version)), patient_of(rtype, id.as_str(), row.patient_id.as_deref()), "success");
+        Ok(Write { row, resource, expected: Some(current.version_id), tokens, entry })
+    }
+
+    /// Writes one version in one transaction: the resource rows and their search tokens.
+    /// The audit-ledger entry and the change-log row of the write belong here too, so that
+    /// they commit or roll back with it. Returns `false` if `expected` was stale.
+    pub(in crate::service) fn commit(&self, conn: &mut DbConnection, caller: &Caller, write: &Write) -> Result<bool, ServiceError> {
+        self.commit_with(conn, caller, write, |_| Ok(()))
+    }
+
+    /// [`Self::commit`] with `also`: more rows that must commit with the version or not
+    /// at all (an offline mutation's id, a conflict record, a resolution). Wakes the
+    /// change-feed subscribers once committed.
+    pub(in crate::service) fn commit_with(
+        &self,
+        conn: &mut DbConnection,
+        caller: &Caller,
+        write: &Write,
+        also: impl FnOnce(&mut DbConnection) -> Result<(), ServiceError>,
+    ) -> Result<bool, ServiceError> {
+        let tenant = &caller.principal.tenant;
+        let rtype = ResourceType::from_name(&write.row.resource_type).ok_or(ServiceError::Corrupt)?;
+        let id = ResourceId::parse(&write.row.id).map_err(|_| ServiceError::Corrupt)?;
+        write_transaction(conn, |tx| {
+            let mut row = write.row.clone();
+            if let Some(resource) = &write.resource {
+                let owner = codec::owner(rtype, id.as_str(), row.patient_id.as_deref()).ok_or(ServiceError::Corrupt)?;
+                let key = self.services.codec.keys().data_key_for_write(tx, tenant.as_str(), &owner)?;
+                row.content = self.services.codec.seal(tenant, rtype, &id, &key, resource)?;
+            }
+            let row = &row;
+            match write.expected {
+                None => rows::insert_first(tx, row)?,
+                Some(expected) => {
+                    if !rows::advance(tx, row, expected)? {
+                        return Ok(None);
+                    }
+                }
+            }
+            rows::replace_tokens(tx, &row.tenant, &row.resource_type, &row.id, &write.tokens)?;
+            // The ledger append takes the append lock; the change row's cursor is allocated
+            // under it, so cursor order is commit order.
+            audit::append_in(tx, vec![write.entry.clone()])?;
+            let cursor = crate::store::changes::append(
+                tx,
+                crate::store::changes::ChangeRow {
+                    cursor: 0,
+                    tenant: row.tenant.clone(),
+                    resource_type: row.resource_type.clone(),
+                    resource_id: row.id.clone(),
+                    version_id: row.version_id,
+                    op: write.entry.action.clone(),
+                    patient_id: row.patient_id.clone(),
+                    committed_at: write.entry.time.clone(),
+                },
+            )?;
+            also(tx)?;
+            Ok(Some(cursor))
+        })
+        .map(|committed| {
+            if let Some(cursor) = committed {
+                self.services.changes.advance(cursor);
+            }
+            committed.is_some()
+        })
+    }
+}
