@@ -183,14 +183,22 @@ fn audit(settings: &Settings, command: AuditCommand) -> ExitCode {
         },
         None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
     };
-    let written = services.stream_export(&prepared, format, |chunk| sink.write_all(&chunk).is_ok());
-    match (written, sink.flush()) {
-        (Ok(n), Ok(())) => {
-            eprintln!("exported {n} entries");
+    let mut write_error = None;
+    let written = services.stream_export(&prepared, format, |chunk| match sink.write_all(&chunk) {
+        Ok(()) => true,
+        Err(e) => {
+            write_error = Some(e);
+            false
+        }
+    });
+    match (written, write_error, sink.flush()) {
+        (Err(e), ..) => fail(e),
+        (_, Some(e), _) | (_, None, Err(e)) => fail(format!("the export could not be written: {e}")),
+        (Ok(done), None, Ok(())) if !done.complete => fail("the export stopped before its end"),
+        (Ok(done), None, Ok(())) => {
+            eprintln!("exported {} entries", done.entries);
             ExitCode::SUCCESS
         }
-        (Err(e), _) => fail(e),
-        (_, Err(e)) => fail(e),
     }
 }
 

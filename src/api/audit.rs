@@ -8,10 +8,9 @@ use actix_web::{HttpResponse, web};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::api::{ApiError, AppState, blocking};
-use crate::ledger::merkle::to_hex;
 use crate::service::Caller;
 use crate::service::export_format::ExportFormat;
 
@@ -61,15 +60,7 @@ pub struct Range {
 pub async fn entries(state: web::Data<AppState>, caller: Caller, range: web::Query<Range>) -> Result<HttpResponse, ApiError> {
     let Range { from, to } = range.into_inner();
     let services = state.services.clone();
-    let rows = blocking(move || Ok(services.ledger_entries(&caller, from, to, MAX_ENTRIES)?)).await?;
-    let entries: Vec<Value> = rows
-        .iter()
-        .filter_map(|row| {
-            let mut entry: Value = serde_json::from_str(&row.leaf).ok()?;
-            entry["leaf"] = json!(STANDARD.encode(row.leaf.as_bytes()));
-            Some(entry)
-        })
-        .collect();
+    let entries = blocking(move || Ok(services.ledger_entries(&caller, from, to, MAX_ENTRIES)?)).await?;
     Ok(HttpResponse::Ok().json(json!({ "entries": entries })))
 }
 
@@ -95,7 +86,7 @@ pub async fn inclusion(state: web::Data<AppState>, caller: Caller, q: web::Query
         "leaf_index": seq,
         "tree_size": size,
         "leaf_hash": leaf_hash,
-        "audit_path": path.iter().map(to_hex).collect::<Vec<_>>(),
+        "audit_path": path,
     })))
 }
 
@@ -119,7 +110,7 @@ pub async fn consistency(state: web::Data<AppState>, caller: Caller, q: web::Que
     Ok(HttpResponse::Ok().json(json!({
         "first": from,
         "second": to,
-        "proof": proof.iter().map(to_hex).collect::<Vec<_>>(),
+        "proof": proof,
     })))
 }
 
@@ -165,19 +156,26 @@ pub async fn export(state: web::Data<AppState>, caller: Caller, q: web::Query<Ex
     let services = state.services.clone();
     let request = crate::service::ExportRequest { from, to, patient, actor };
     let prepared = blocking(move || Ok(services.prepare_export(&caller, request)?)).await?;
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<web::Bytes>(16);
+    // A failure mid-stream aborts the response (the client sees a broken transfer, never
+    // a short export that looks complete).
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<web::Bytes, std::io::Error>>(16);
     let services = state.services.clone();
     let span = tracing::Span::current();
     actix_web::rt::task::spawn_blocking(move || {
         span.in_scope(|| {
-            let sent = services.stream_export(&prepared, format, |chunk| tx.blocking_send(web::Bytes::from(chunk)).is_ok());
+            let sent = services.stream_export(&prepared, format, |chunk| tx.blocking_send(Ok(web::Bytes::from(chunk))).is_ok());
             match sent {
-                Ok(n) => tracing::info!(entries = n, "audit export streamed"),
-                Err(e) => tracing::error!(error = %e, "audit export stopped"),
+                Ok(done) if done.complete => tracing::info!(entries = done.entries, "audit export streamed"),
+                Ok(done) => tracing::info!(entries = done.entries, "audit export stopped: the reader went away"),
+                Err(e) => {
+                    tracing::error!(error = %e, cause = ?std::error::Error::source(&e).map(ToString::to_string), "audit export failed");
+                    // The reader may be gone already; then there is nobody left to tell.
+                    let _ = tx.blocking_send(Err(std::io::Error::other("audit export failed")));
+                }
             }
         })
     });
-    let body = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx).map(|o| o.map(Ok::<_, actix_web::Error>)));
+    let body = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
     Ok(HttpResponse::Ok().content_type(format.content_type()).streaming(body))
 }
 

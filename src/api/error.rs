@@ -62,31 +62,10 @@ pub fn outcome(issues: &[Issue]) -> Value {
 }
 
 impl ApiError {
-    fn issues(&self) -> Vec<Issue> {
+    pub(crate) fn issues(&self) -> Vec<Issue> {
         let one = |code, text: &str| vec![Issue::new(code, None, text)];
         match self {
-            ApiError::Service(e) => match e {
-                ServiceError::NotFound => one(IssueCode::NotFound, "resource not found"),
-                ServiceError::Gone => one(IssueCode::Deleted, "resource has been deleted"),
-                ServiceError::Forbidden => one(IssueCode::Forbidden, "access denied"),
-                ServiceError::BreakGlassRefused => {
-                    one(IssueCode::Forbidden, "X-Break-Glass refused: none of the caller's roles may break the glass")
-                }
-                ServiceError::VersionConflict { current } if *current > 0 => one(
-                    IssueCode::Conflict,
-                    &format!("version conflict: the current version is {current}"),
-                ),
-                ServiceError::VersionConflict { .. } => one(IssueCode::Conflict, "version conflict; retry"),
-                ServiceError::Conflict(what) => one(IssueCode::Conflict, what),
-                ServiceError::BadRequest(issues) | ServiceError::Invalid(issues) => issues.clone(),
-                ServiceError::Store(s) if s.is_unavailable() => one(IssueCode::Transient, "database busy; retry"),
-                ServiceError::Erased => one(IssueCode::Deleted, "record has been erased"),
-                ServiceError::Keys => one(IssueCode::Transient, "encryption keys unavailable; retry"),
-                ServiceError::Ledger => one(IssueCode::Transient, "audit ledger unavailable; nothing was done or returned"),
-                ServiceError::Store(_) | ServiceError::Corrupt | ServiceError::Integrity => {
-                    one(IssueCode::Exception, "internal error; quote the X-Request-Id response header when reporting it")
-                }
-            },
+            ApiError::Service(e) => e.outcome().1,
             ApiError::Unauthorized(TokenError::Missing) => one(IssueCode::Login, "a bearer token is required"),
             ApiError::Unauthorized(TokenError::Expired) => one(IssueCode::Login, "the bearer token has expired"),
             ApiError::Unauthorized(TokenError::Invalid) => one(IssueCode::Login, "the bearer token is not valid"),
@@ -119,19 +98,7 @@ impl ApiError {
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
-            ApiError::Service(e) => match e {
-                ServiceError::NotFound => StatusCode::NOT_FOUND,
-                ServiceError::Gone => StatusCode::GONE,
-                ServiceError::Forbidden | ServiceError::BreakGlassRefused => StatusCode::FORBIDDEN,
-                ServiceError::VersionConflict { current } if *current > 0 => StatusCode::PRECONDITION_FAILED,
-                ServiceError::VersionConflict { .. } | ServiceError::Conflict(_) => StatusCode::CONFLICT,
-                ServiceError::BadRequest(_) => StatusCode::BAD_REQUEST,
-                ServiceError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
-                ServiceError::Store(s) if s.is_unavailable() => StatusCode::SERVICE_UNAVAILABLE,
-                ServiceError::Erased => StatusCode::GONE,
-                ServiceError::Keys | ServiceError::Ledger => StatusCode::SERVICE_UNAVAILABLE,
-                ServiceError::Store(_) | ServiceError::Corrupt | ServiceError::Integrity => StatusCode::INTERNAL_SERVER_ERROR,
-            },
+            ApiError::Service(e) => StatusCode::from_u16(e.outcome().0).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,

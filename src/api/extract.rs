@@ -8,6 +8,7 @@ use actix_web::{FromRequest, HttpMessage, HttpRequest, web};
 
 use crate::api::{ApiError, AppState};
 use crate::auth::TokenError;
+use crate::domain::AuditAction;
 use crate::domain::{PurposeOfUse, ResourceId, ResourceType};
 use crate::fhir::IssueCode;
 use crate::service::{Caller, ServiceError};
@@ -93,21 +94,21 @@ fn caller(req: &HttpRequest) -> Result<Caller, ApiError> {
 /// What a request asks for, as far as its route tells: the ledger action, and for a FHIR
 /// record the `Type/ID` (`Type/ID/_history/N`) and its patient. Names only what parses as
 /// a served type and a FHIR id.
-fn attempt(req: &HttpRequest) -> (&'static str, Option<String>, Option<String>) {
+fn attempt(req: &HttpRequest) -> (AuditAction, Option<String>, Option<String>) {
     let pattern = req.match_pattern().unwrap_or_default();
     let get = req.method() == actix_web::http::Method::GET;
     let action = match pattern.as_str() {
-        "/fhir/{type}" if get => "search",
-        "/fhir/{type}" => "create",
-        "/fhir/{type}/_search" => "search",
-        "/fhir/{type}/{id}" if get => "read",
-        "/fhir/{type}/{id}" if req.method() == actix_web::http::Method::DELETE => "delete",
-        "/fhir/{type}/{id}" => "update",
-        "/fhir/{type}/{id}/_history" => "history",
-        "/fhir/{type}/{id}/_history/{vid}" => "vread",
-        "/audit/export" => "export",
-        p if p == "/sync" || p.starts_with("/sync/") => "sync",
-        _ => "read",
+        "/fhir/{type}" if get => AuditAction::Search,
+        "/fhir/{type}" => AuditAction::Create,
+        "/fhir/{type}/_search" => AuditAction::Search,
+        "/fhir/{type}/{id}" if get => AuditAction::Read,
+        "/fhir/{type}/{id}" if req.method() == actix_web::http::Method::DELETE => AuditAction::Delete,
+        "/fhir/{type}/{id}" => AuditAction::Update,
+        "/fhir/{type}/{id}/_history" => AuditAction::History,
+        "/fhir/{type}/{id}/_history/{vid}" => AuditAction::Vread,
+        "/audit/export" => AuditAction::Export,
+        p if p == "/sync" || p.starts_with("/sync/") => AuditAction::Sync,
+        _ => AuditAction::Read,
     };
     let info = req.match_info();
     let record = info

@@ -8,7 +8,8 @@ use serde_json::{Value, json};
 use crate::api::{ApiError, AppState, blocking};
 use crate::fhir::IssueCode;
 use crate::service::Caller;
-use crate::service::sync::{FeedFilter, Mutation, Resolution};
+use crate::domain::ConflictStatus;
+use crate::service::sync::{Change, Collision, Conflict, FeedFilter, Mutation, PushResult, Resolution, Resolved};
 
 const DEFAULT_LIMIT: i64 = 100;
 const MAX_LIMIT: i64 = 1000;
@@ -44,7 +45,8 @@ pub async fn changes(state: web::Data<AppState>, caller: Caller, q: web::Query<C
     }
     let services = state.services.clone();
     let page = blocking(move || Ok(services.sync().changes(&caller, since, limit, &FeedFilter::default())?)).await?;
-    Ok(HttpResponse::Ok().json(json!({ "changes": page.changes, "cursor": page.cursor.to_string() })))
+    let changes: Vec<Value> = page.changes.iter().map(change_json).collect();
+    Ok(HttpResponse::Ok().json(json!({ "changes": changes, "cursor": page.cursor.to_string() })))
 }
 
 /// What a push must look like; the only text a malformed push gets back (with the index
@@ -84,7 +86,7 @@ pub async fn push(req: HttpRequest, payload: web::Payload, state: web::Data<AppS
     let mutations = parse_push(body).map_err(|why| ApiError::bad_request(IssueCode::Structure, why))?;
     let services = state.services.clone();
     let results = blocking(move || Ok(services.sync().push(&caller, mutations)?)).await?;
-    Ok(HttpResponse::Ok().json(json!({ "type": "push_result", "results": results })))
+    Ok(HttpResponse::Ok().json(push_result_json(&results)))
 }
 
 // The `status` values, for the OpenAPI document only (a plain comment: a doc comment would
@@ -114,8 +116,8 @@ pub struct ConflictsQuery {
 pub async fn conflicts(state: web::Data<AppState>, caller: Caller, q: web::Query<ConflictsQuery>) -> Result<HttpResponse, ApiError> {
     let ConflictsQuery { status, limit } = q.into_inner();
     let status = match status.as_deref().unwrap_or("open") {
-        "open" => Some("open"),
-        "resolved" => Some("resolved"),
+        "open" => Some(ConflictStatus::Open),
+        "resolved" => Some(ConflictStatus::Resolved),
         "all" => None,
         _ => return Err(ApiError::bad_request(IssueCode::Value, "status must be open, resolved or all")),
     };
@@ -125,6 +127,7 @@ pub async fn conflicts(state: web::Data<AppState>, caller: Caller, q: web::Query
     }
     let services = state.services.clone();
     let found = blocking(move || Ok(services.sync().conflicts(&caller, status, limit)?)).await?;
+    let found: Vec<Value> = found.iter().map(conflict_json).collect();
     Ok(HttpResponse::Ok().json(json!({ "conflicts": found })))
 }
 
@@ -160,5 +163,71 @@ pub async fn resolve(req: HttpRequest, payload: web::Payload, state: web::Data<A
     };
     let services = state.services.clone();
     let done = blocking(move || Ok(services.sync().resolve(&caller, &id, resolution)?)).await?;
-    Ok(HttpResponse::Ok().json(done))
+    Ok(HttpResponse::Ok().json(resolved_json(&done)))
+}
+
+/// A `change` message (SPEC section 6), the same over REST and the WebSocket.
+pub fn change_json(c: &Change) -> Value {
+    json!({
+        "type": "change",
+        "cursor": c.cursor.to_string(),
+        "op": c.op.as_str(),
+        "resourceType": c.resource_type.name(),
+        "id": c.id.as_str(),
+        "versionId": c.version_id.to_string(),
+        "resource": c.resource,
+    })
+}
+
+fn collision_json(c: &Collision) -> Value {
+    json!({ "path": c.path, "base": c.base, "server": c.server, "client": c.client, "strategy": c.strategy.as_str() })
+}
+
+/// A `push_result` message, the same over REST and the WebSocket.
+pub fn push_result_json(results: &[PushResult]) -> Value {
+    let results: Vec<Value> = results
+        .iter()
+        .map(|r| {
+            let mut out = json!({
+                "mutationId": r.mutation_id,
+                "status": r.status.as_str(),
+                "versionId": r.version.map(|v| v.to_string()),
+                "conflicts": r.collisions.iter().map(collision_json).collect::<Vec<_>>(),
+            });
+            if let Some(id) = &r.conflict_id {
+                out["conflictId"] = json!(id);
+            }
+            if let Some(e) = &r.error {
+                out["error"] = json!(e);
+            }
+            if let Some(first) = r.first_status {
+                out["firstStatus"] = json!(first.as_str());
+            }
+            out
+        })
+        .collect();
+    json!({ "type": "push_result", "results": results })
+}
+
+fn conflict_json(c: &Conflict) -> Value {
+    json!({
+        "conflictId": c.conflict_id,
+        "resourceType": c.resource_type.name(),
+        "id": c.id,
+        "mutationId": c.mutation_id,
+        "baseVersion": c.base_version.map(|v| v.to_string()),
+        "serverVersion": c.server_version.to_string(),
+        "strategy": c.strategy.as_str(),
+        "status": c.status.as_str(),
+        "createdBy": c.created_by,
+        "createdAt": c.created_at,
+        "resolvedBy": c.resolved_by,
+        "resolvedAt": c.resolved_at,
+        "resolvedVersion": c.resolved_version.map(|v| v.to_string()),
+        "conflicts": c.collisions.iter().map(collision_json).collect::<Vec<_>>(),
+    })
+}
+
+fn resolved_json(r: &Resolved) -> Value {
+    json!({ "conflictId": r.conflict_id, "status": ConflictStatus::Resolved.as_str(), "versionId": r.version.to_string() })
 }

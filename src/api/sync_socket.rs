@@ -120,6 +120,21 @@ fn error(code: &str, message: &str) -> Value {
     json!({ "type": "error", "code": code, "message": message })
 }
 
+/// An `error` message for a failed use case, told as REST would tell it (the same
+/// status and OperationOutcome text, from [`ApiError`]'s one mapping), with what to do.
+fn failure(e: &ApiError, then: &str) -> Value {
+    use actix_web::ResponseError;
+    let status = e.status_code();
+    let code = if status.is_server_error() { "unavailable" } else { "refused" };
+    if status.is_server_error() {
+        tracing::error!(error = %e, cause = ?std::error::Error::source(e).map(ToString::to_string), "sync request failed");
+    }
+    let told: Vec<String> = e.issues().into_iter().map(|i| i.diagnostics).collect();
+    let mut out = error(code, &format!("{}; {then}", told.join("; ")));
+    out["status"] = json!(status.as_u16());
+    out
+}
+
 impl Connection {
     async fn run(mut self, mut stream: AggregatedMessageStream) -> Ended {
         let mut head = self.state.services.changes.subscribe();
@@ -249,8 +264,8 @@ impl Connection {
                 let services = self.state.services.clone();
                 let caller = self.caller.clone();
                 match blocking(move || Ok(services.sync().push(&caller, mutations)?)).await {
-                    Ok(results) => self.send(&json!({ "type": "push_result", "results": results })).await,
-                    Err(_) => self.send(&error("unavailable", "the push could not be completed; send it again (mutationIds make that safe)")).await,
+                    Ok(results) => self.send(&crate::api::sync::push_result_json(&results)).await,
+                    Err(e) => self.send(&failure(&e, "the push was not completed; send it again (mutationIds make that safe)")).await,
                 }
             }
             _ => self.send(&error("bad_message", "type must be subscribe, push or ping")).await,
@@ -266,13 +281,13 @@ impl Connection {
         let caller = self.caller.clone();
         let page = match blocking(move || Ok(services.sync().changes(&caller, since, BATCH, &filter)?)).await {
             Ok(page) => page,
-            Err(_) => {
-                self.send(&error("unavailable", "the change feed is unavailable; reconnect and resume from your cursor")).await?;
+            Err(e) => {
+                self.send(&failure(&e, "reconnect and resume from your cursor")).await?;
                 return Err("feed unavailable");
             }
         };
         for change in &page.changes {
-            self.send(change).await?;
+            self.send(&crate::api::sync::change_json(change)).await?;
         }
         let Some(s) = self.subscription.as_mut() else { return Ok(()) };
         s.cursor = page.cursor;

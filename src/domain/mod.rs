@@ -6,8 +6,10 @@
 mod ids;
 mod principal;
 mod resource_type;
+mod events;
 pub mod search;
 
+pub use events::{AuditAction, AuditOutcome, ChangeOp, ConflictStatus, MutationOp, PushStatus};
 pub use ids::{IdError, Reference, ResourceId, TenantId};
 pub use principal::{Principal, PurposeOfUse, Role};
 pub use resource_type::{Category, ResourceDef, ResourceType};

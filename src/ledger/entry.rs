@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::domain::{AuditAction, AuditOutcome};
+
 /// Who acted. `sub` is null for a rejected token (its claims are not trusted).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Actor {
@@ -19,10 +21,10 @@ pub struct Entry {
     pub time: String,
     pub actor: Actor,
     pub tenant: Option<String>,
-    pub action: String,
+    pub action: AuditAction,
     pub resource: Option<String>,
     pub patient: Option<String>,
-    pub outcome: String,
+    pub outcome: AuditOutcome,
     #[serde(rename = "purposeOfUse")]
     pub purpose_of_use: Option<String>,
     #[serde(rename = "breakGlass")]
@@ -52,10 +54,10 @@ mod tests {
             time: "2026-11-22T10:00:00.000Z".into(),
             actor: Actor { sub: Some("dr".into()), roles: vec!["clinician".into()], fhir_user: Some("Practitioner/1".into()) },
             tenant: Some("t".into()),
-            action: "read".into(),
+            action: AuditAction::Read,
             resource: Some("Patient/p".into()),
             patient: Some("Patient/p".into()),
-            outcome: "success".into(),
+            outcome: AuditOutcome::Success,
             purpose_of_use: Some("TREAT".into()),
             break_glass: None,
             client: Some("127.0.0.1".into()),

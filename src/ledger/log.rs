@@ -72,9 +72,9 @@ pub fn append(conn: &mut DbConnection, entries: &mut [Entry]) -> Result<(), Ledg
                 time: entry.time.clone(),
                 tenant: entry.tenant.clone(),
                 actor_sub: entry.actor.sub.clone(),
-                action: entry.action.clone(),
+                action: entry.action.as_str().to_owned(),
                 patient: entry.patient.clone(),
-                outcome: entry.outcome.clone(),
+                outcome: entry.outcome.as_str().to_owned(),
                 leaf: String::from_utf8(leaf).map_err(|_| TreeError::Range)?,
                 leaf_hash: merkle::to_hex(&hash),
         });

@@ -99,9 +99,9 @@ pub fn verify(conn: &mut DbConnection, origin: &str, public_key: &[u8]) -> Resul
                 && entry.time == row.time
                 && entry.tenant == row.tenant
                 && entry.actor.sub == row.actor_sub
-                && entry.action == row.action
+                && entry.action.as_str() == row.action
                 && entry.patient == row.patient
-                && entry.outcome == row.outcome;
+                && entry.outcome.as_str() == row.outcome;
             if !columns_match {
                 return Err(entry_error(seq, "stored columns differ from the leaf"));
             }

@@ -2,6 +2,7 @@
 //! the change's own transaction (writes) or through the group-commit writer, which
 //! commits them before any data is returned (reads, searches, denials): fail closed.
 
+use crate::domain::{AuditAction, AuditOutcome};
 use crate::ledger::entry::{Actor, Entry};
 use crate::service::{Caller, ServiceError, Services};
 use crate::store::DbConnection;
@@ -14,7 +15,7 @@ impl Caller {
     /// An entry for this caller; `seq` is assigned on append. It carries no break-glass
     /// reason, even when the request had one: an access the caller's own scope allows is
     /// an ordinary access (see [`Self::break_glass_entry`]).
-    pub fn entry(&self, action: &str, resource: Option<String>, patient: Option<String>, outcome: &str) -> Entry {
+    pub fn entry(&self, action: AuditAction, resource: Option<String>, patient: Option<String>, outcome: AuditOutcome) -> Entry {
         Entry {
             seq: 0,
             time: now(),
@@ -24,10 +25,10 @@ impl Caller {
                 fhir_user: self.principal.fhir_user.as_ref().map(ToString::to_string),
             },
             tenant: Some(self.principal.tenant.to_string()),
-            action: action.to_owned(),
+            action,
             resource,
             patient,
-            outcome: outcome.to_owned(),
+            outcome,
             purpose_of_use: Some(self.purpose.as_str().to_owned()),
             break_glass: None,
             client: Some(self.client.clone()).filter(|c| !c.is_empty()),
@@ -39,14 +40,14 @@ impl Caller {
     /// kinds of entry that name it: an access allowed only because the caller broke the
     /// glass (emergency access), and a refused attempt (outcome `denied`), so that a
     /// reviewer sees what was claimed.
-    pub fn break_glass_entry(&self, action: &str, resource: Option<String>, patient: Option<String>, outcome: &str) -> Entry {
+    pub fn break_glass_entry(&self, action: AuditAction, resource: Option<String>, patient: Option<String>, outcome: AuditOutcome) -> Entry {
         Entry { break_glass: self.break_glass.clone(), ..self.entry(action, resource, patient, outcome) }
     }
 }
 
 pub(crate) fn ledger_failure(e: crate::ledger::log::LedgerError) -> ServiceError {
     tracing::error!(error = %e, "audit ledger write failed");
-    ServiceError::Ledger
+    ServiceError::ledger("audit ledger read")
 }
 
 /// Appends entries inside an open write transaction.
@@ -64,10 +65,10 @@ impl Services {
             time: now(),
             actor: Actor { sub: None, roles: Vec::new(), fhir_user: None },
             tenant: None,
-            action: "login".into(),
+            action: AuditAction::Login,
             resource: None,
             patient: None,
-            outcome: "denied".into(),
+            outcome: AuditOutcome::Denied,
             purpose_of_use: None,
             break_glass: None,
             client: Some(client.to_owned()).filter(|c| !c.is_empty()),
@@ -80,21 +81,22 @@ impl Services {
     /// the glass (SPEC section 2: 403, whatever it asked for), after ledgering the attempt
     /// (`denied`, with the reason it gave). `action`, `resource` and `patient` say what the
     /// request was for, as far as its route tells.
-    pub fn refuse_break_glass(&self, caller: &Caller, action: &str, resource: Option<String>, patient: Option<String>) -> Result<(), ServiceError> {
-        tracing::info!(action, "break-glass refused: no role of the caller may break the glass");
-        self.record(vec![caller.break_glass_entry(action, resource, patient, "denied")])
+    pub fn refuse_break_glass(&self, caller: &Caller, action: AuditAction, resource: Option<String>, patient: Option<String>) -> Result<(), ServiceError> {
+        tracing::info!(action = action.as_str(), "break-glass refused: no role of the caller may break the glass");
+        self.record(vec![caller.break_glass_entry(action, resource, patient, AuditOutcome::Denied)])
     }
 }
 
 /// Ledger reads for auditors (the `audit` capability).
 pub mod queries {
     use crate::authz::Capability;
+    use crate::domain::{AuditAction, AuditOutcome};
     use crate::fhir::{Issue, IssueCode};
     use crate::ledger::log::{self, DbNodes, LedgerError};
-    use crate::ledger::merkle::{self, Hash, TreeError};
+    use crate::ledger::merkle::{self, TreeError};
     use crate::service::{Caller, ServiceError, Services};
     use crate::service::export_format::ExportFormat;
-    use crate::store::ledger::{self as rows, CheckpointRow, EntryFilter, EntryRow};
+    use crate::store::ledger::{self as rows, CheckpointRow, EntryFilter};
 
     /// Filters of `GET /audit/export` as the caller gave them.
     #[derive(Debug, Clone, Default)]
@@ -103,6 +105,14 @@ pub mod queries {
         pub to: Option<String>,
         pub patient: Option<String>,
         pub actor: Option<String>,
+    }
+
+    /// How a streamed export ended: `complete` is false when a write failed or the reader
+    /// went away before the end.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct Exported {
+        pub entries: u64,
+        pub complete: bool,
     }
 
     /// An export checked, ledgered and pinned to a checkpoint, ready to stream.
@@ -137,7 +147,7 @@ pub mod queries {
             LedgerError::Tree(TreeError::Range) => range_error("index or tree size out of range"),
             other => {
                 tracing::error!(error = %other, "ledger read failed");
-                ServiceError::Ledger
+                ServiceError::ledger("audit ledger read")
             }
         }
     }
@@ -146,36 +156,45 @@ pub mod queries {
         /// Lets auditors through; any other caller's attempt is ledgered as denied
         /// (`action`: `read` for the log itself, `export` for exports and disclosures)
         /// before the 403.
-        fn auditor(&self, caller: &Caller, action: &str) -> Result<(), ServiceError> {
+        fn auditor(&self, caller: &Caller, action: AuditAction) -> Result<(), ServiceError> {
             if self.policy.has_capability(&caller.principal, Capability::Audit) {
                 return Ok(());
             }
-            tracing::info!(action, "audit access denied");
-            self.record(vec![caller.entry(action, None, None, "denied")])?;
+            tracing::info!(action = action.as_str(), "audit access denied");
+            self.record(vec![caller.entry(action, None, None, AuditOutcome::Denied)])?;
             Err(ServiceError::Forbidden)
         }
 
         /// The latest signed checkpoint, signing one first if entries arrived since.
         pub fn ledger_checkpoint(&self, caller: &Caller) -> Result<CheckpointRow, ServiceError> {
-            self.auditor(caller, "read")?;
+            self.auditor(caller, AuditAction::Read)?;
             let mut conn = self.store.conn()?;
             log::checkpoint(&mut conn, &self.ledger_signer).map_err(read_failure)
         }
 
         /// The caller's tenant's entries with `from <= seq < to` (at most `max`).
-        pub fn ledger_entries(&self, caller: &Caller, from: i64, to: i64, max: i64) -> Result<Vec<EntryRow>, ServiceError> {
-            self.auditor(caller, "read")?;
+        /// Each entry as its JSON object with `leaf` (base64 canonical bytes) added; an
+        /// entry whose stored leaf does not parse is an error, never left out.
+        pub fn ledger_entries(&self, caller: &Caller, from: i64, to: i64, max: i64) -> Result<Vec<serde_json::Value>, ServiceError> {
+            self.auditor(caller, AuditAction::Read)?;
             if from < 0 || to < from || to - from > max {
                 return Err(range_error(&format!("need 0 <= from <= to with at most {max} entries")));
             }
             let mut conn = self.store.conn()?;
-            Ok(rows::entries(&mut conn, Some(caller.principal.tenant.as_str()), from, to)?)
+            rows::entries(&mut conn, Some(caller.principal.tenant.as_str()), from, to)?
+                .iter()
+                .map(|row| {
+                    let mut entry: serde_json::Value = serde_json::from_str(&row.leaf).map_err(ServiceError::corrupt_by("ledger entry leaf"))?;
+                    entry["leaf"] = serde_json::json!(base64::Engine::encode(&base64::engine::general_purpose::STANDARD, row.leaf.as_bytes()));
+                    Ok(entry)
+                })
+                .collect()
         }
 
         /// `(leaf hash hex, audit path)` for entry `seq` in the tree of `size`; only for
         /// entries of the caller's tenant.
-        pub fn ledger_inclusion(&self, caller: &Caller, seq: u64, size: u64) -> Result<(String, Vec<Hash>), ServiceError> {
-            self.auditor(caller, "read")?;
+        pub fn ledger_inclusion(&self, caller: &Caller, seq: u64, size: u64) -> Result<(String, Vec<String>), ServiceError> {
+            self.auditor(caller, AuditAction::Read)?;
             let mut conn = self.store.conn()?;
             let current = u64::try_from(rows::size(&mut conn)?).unwrap_or(0);
             if seq >= size || size > current {
@@ -185,12 +204,12 @@ pub mod queries {
             let entry = rows::entries(&mut conn, Some(caller.principal.tenant.as_str()), seq_i, seq_i + 1)?;
             let leaf_hash = entry.into_iter().next().ok_or(ServiceError::NotFound)?.leaf_hash;
             let path = merkle::inclusion_proof(&mut DbNodes::new(&mut conn), seq, size).map_err(|e| read_failure(e.into()))?;
-            Ok((leaf_hash, path))
+            Ok((leaf_hash, path.iter().map(merkle::to_hex).collect()))
         }
 
         /// Checks and ledgers an export, and signs the checkpoint its proofs will refer to.
         pub fn prepare_export(&self, caller: &Caller, req: ExportRequest) -> Result<PreparedExport, ServiceError> {
-            self.auditor(caller, "export")?;
+            self.auditor(caller, AuditAction::Export)?;
             let filter = EntryFilter {
                 tenant: caller.principal.tenant.to_string(),
                 time_from: req.from.as_deref().map(|t| rfc3339(t, "from")).transpose()?,
@@ -199,7 +218,7 @@ pub mod queries {
                 actor_sub: req.actor.filter(|a| !a.is_empty()),
                 outcome: None,
             };
-            self.record(vec![caller.entry("export", None, filter.patient.clone(), "success")])?;
+            self.record(vec![caller.entry(AuditAction::Export, None, filter.patient.clone(), AuditOutcome::Success)])?;
             let mut conn = self.store.conn()?;
             let checkpoint = log::checkpoint(&mut conn, &self.ledger_signer).map_err(read_failure)?;
             Ok(PreparedExport { filter, checkpoint })
@@ -207,14 +226,15 @@ pub mod queries {
 
         /// Streams a prepared export: the head with the signed checkpoint (and public key),
         /// then one record per matching entry with its leaf bytes and inclusion proof against
-        /// that checkpoint. `emit` returns false when the reader went away. Entries are read
-        /// in batches, so an export of any size never sits in memory.
-        pub fn stream_export(&self, export: &PreparedExport, format: ExportFormat, mut emit: impl FnMut(Vec<u8>) -> bool) -> Result<u64, ServiceError> {
+        /// that checkpoint. `emit` returns false when its write failed or the reader went
+        /// away: the export then stops and is reported incomplete, never as done. Entries
+        /// are read in batches, so an export of any size never sits in memory.
+        pub fn stream_export(&self, export: &PreparedExport, format: ExportFormat, mut emit: impl FnMut(Vec<u8>) -> bool) -> Result<Exported, ServiceError> {
             use crate::service::export_format::{Head, Record, head, record, tail};
             let cp = &export.checkpoint;
             let h = Head { origin: self.ledger_signer.origin(), public_key: self.ledger_signer.public_key(), checkpoint: cp };
-            if !emit(head(format, &h)) {
-                return Ok(0);
+            if !emit(head(format, &h)?) {
+                return Ok(Exported { entries: 0, complete: false });
             }
             let size = u64::try_from(cp.size).unwrap_or(0);
             let mut conn = self.store.conn()?;
@@ -227,21 +247,21 @@ pub mod queries {
                     let seq = u64::try_from(row.seq).unwrap_or(0);
                     let path = merkle::inclusion_proof(&mut DbNodes::new(&mut conn), seq, size).map_err(|e| read_failure(e.into()))?;
                     let path: Vec<String> = path.iter().map(merkle::to_hex).collect();
-                    let entry: crate::ledger::entry::Entry = serde_json::from_str(&row.leaf).map_err(|_| ServiceError::Corrupt)?;
-                    if !emit(record(format, &Record { entry: &entry, leaf: &row.leaf, size, path: &path }, count == 0)) {
-                        return Ok(count);
+                    let entry: crate::ledger::entry::Entry = serde_json::from_str(&row.leaf).map_err(ServiceError::corrupt_by("ledger entry leaf"))?;
+                    if !emit(record(format, &Record { entry: &entry, leaf: &row.leaf, size, path: &path }, count == 0)?) {
+                        return Ok(Exported { entries: count, complete: false });
                     }
                     count += 1;
                 }
             }
-            emit(tail(format));
-            Ok(count)
+            let complete = emit(tail(format));
+            Ok(Exported { entries: count, complete })
         }
 
         /// Accounting of disclosures (45 CFR 164.528) for one patient of the caller's
         /// tenant: every successful access to the patient's records, oldest first.
         pub fn disclosures(&self, caller: &Caller, patient: &str) -> Result<Vec<serde_json::Value>, ServiceError> {
-            self.auditor(caller, "export")?;
+            self.auditor(caller, AuditAction::Export)?;
             let filter = EntryFilter {
                 tenant: caller.principal.tenant.to_string(),
                 patient: Some(patient_ref(patient)?),
@@ -255,7 +275,7 @@ pub mod queries {
                 let Some(last) = batch.last() else { break };
                 after = last.seq + 1;
                 for row in batch.iter().filter(|r| r.action != "export") {
-                    let entry: crate::ledger::entry::Entry = serde_json::from_str(&row.leaf).map_err(|_| ServiceError::Corrupt)?;
+                    let entry: crate::ledger::entry::Entry = serde_json::from_str(&row.leaf).map_err(ServiceError::corrupt_by("ledger entry leaf"))?;
                     out.push(serde_json::json!({
                         "date": entry.time,
                         "recipient": entry.actor,
@@ -270,14 +290,15 @@ pub mod queries {
         }
 
         /// Consistency proof between the trees of `from` and `to` entries.
-        pub fn ledger_consistency(&self, caller: &Caller, from: u64, to: u64) -> Result<Vec<Hash>, ServiceError> {
-            self.auditor(caller, "read")?;
+        pub fn ledger_consistency(&self, caller: &Caller, from: u64, to: u64) -> Result<Vec<String>, ServiceError> {
+            self.auditor(caller, AuditAction::Read)?;
             let mut conn = self.store.conn()?;
             let current = u64::try_from(rows::size(&mut conn)?).unwrap_or(0);
             if from > to || to > current {
                 return Err(range_error("need from <= to <= the ledger's size"));
             }
-            merkle::consistency_proof(&mut DbNodes::new(&mut conn), from, to).map_err(|e| read_failure(e.into()))
+            let proof = merkle::consistency_proof(&mut DbNodes::new(&mut conn), from, to).map_err(|e| read_failure(e.into()))?;
+            Ok(proof.iter().map(merkle::to_hex).collect())
         }
     }
 }

@@ -54,27 +54,27 @@ impl Codec {
 
     /// The stored form of a version: sealed elements replaced by their envelopes.
     pub fn seal(&self, tenant: &TenantId, rtype: ResourceType, id: &ResourceId, key: &DataKey, resource: &Value) -> Result<String, ServiceError> {
-        let Value::Object(map) = resource else { return Err(ServiceError::Corrupt) };
+        let Value::Object(map) = resource else { return Err(ServiceError::corrupt("resource JSON")) };
         let mut out = Map::with_capacity(map.len());
         for (element, value) in map {
             if self.is_sealed(rtype, element) {
-                let plaintext = zeroize::Zeroizing::new(serde_json::to_vec(value).map_err(|_| ServiceError::Corrupt)?);
+                let plaintext = zeroize::Zeroizing::new(serde_json::to_vec(value).map_err(ServiceError::corrupt_by("resource JSON"))?);
                 let envelope = Envelope::seal(&key.key, key.key_id, &element_aad(tenant, rtype, id.as_str(), element), &plaintext)
-                    .map_err(|_| ServiceError::Keys)?;
+                    .map_err(ServiceError::keys_by("sealing under the data key"))?;
                 out.insert(element.clone(), json!({ SEALED: STANDARD.encode(envelope) }));
             } else {
                 out.insert(element.clone(), value.clone());
             }
         }
-        serde_json::to_string(&Value::Object(out)).map_err(|_| ServiceError::Corrupt)
+        serde_json::to_string(&Value::Object(out)).map_err(ServiceError::corrupt_by("resource JSON"))
     }
 
     /// Reads a stored version back, opening sealed elements with `key`. A sealed element
     /// that does not open (moved, tampered, wrong key) is an integrity error, never
     /// another record's data; a destroyed key makes the record `Erased`.
     pub fn open(&self, tenant: &TenantId, rtype: ResourceType, id: &str, stored: &str, key: Option<&Result<DataKey, ServiceError>>) -> Result<Value, ServiceError> {
-        let Value::Object(map) = serde_json::from_str(stored).map_err(|_| ServiceError::Corrupt)? else {
-            return Err(ServiceError::Corrupt);
+        let Value::Object(map) = serde_json::from_str(stored).map_err(ServiceError::corrupt_by("resource JSON"))? else {
+            return Err(ServiceError::corrupt("resource JSON"));
         };
         let mut out = Map::with_capacity(map.len());
         for (element, value) in map {
@@ -88,16 +88,16 @@ impl Codec {
                 Some(Err(ServiceError::Erased)) => return Err(ServiceError::Erased),
                 _ => {
                     tracing::error!(resource_type = rtype.name(), resource_id = id, "sealed element without a data key");
-                    return Err(ServiceError::Integrity);
+                    return Err(ServiceError::integrity("sealed element"));
                 }
             };
-            let envelope = STANDARD.decode(sealed).map_err(|_| ServiceError::Integrity)?;
+            let envelope = STANDARD.decode(sealed).map_err(ServiceError::integrity_by("sealed element"))?;
             let plaintext = Envelope::open(&key.key, key.key_id, &element_aad(tenant, rtype, id, &element), &envelope).map_err(|e| {
                 tracing::error!(resource_type = rtype.name(), resource_id = id, element = %element, error = %e, "sealed element failed to open");
-                ServiceError::Integrity
+                ServiceError::integrity("sealed element")
             })?;
             let plaintext = zeroize::Zeroizing::new(plaintext);
-            out.insert(element, serde_json::from_slice(&plaintext).map_err(|_| ServiceError::Integrity)?);
+            out.insert(element, serde_json::from_slice(&plaintext).map_err(ServiceError::integrity_by("sealed element"))?);
         }
         Ok(Value::Object(out))
     }
@@ -105,9 +105,9 @@ impl Codec {
     /// A whole JSON record (offline-edit conflict values) sealed under the owner's data
     /// key, bound to `(tenant, label, record id)`.
     pub fn seal_record(&self, tenant: &TenantId, label: &str, record_id: &str, key: &DataKey, value: &Value) -> Result<String, ServiceError> {
-        let plaintext = zeroize::Zeroizing::new(serde_json::to_vec(value).map_err(|_| ServiceError::Corrupt)?);
+        let plaintext = zeroize::Zeroizing::new(serde_json::to_vec(value).map_err(ServiceError::corrupt_by("resource JSON"))?);
         let aad = Aad::new("record", &[tenant.as_str(), label, record_id]);
-        let envelope = Envelope::seal(&key.key, key.key_id, &aad, &plaintext).map_err(|_| ServiceError::Keys)?;
+        let envelope = Envelope::seal(&key.key, key.key_id, &aad, &plaintext).map_err(ServiceError::keys_by("sealing under the data key"))?;
         Ok(STANDARD.encode(envelope))
     }
 
@@ -116,16 +116,16 @@ impl Codec {
         let key = match key {
             Ok(key) => key,
             Err(ServiceError::Erased) => return Err(ServiceError::Erased),
-            Err(_) => return Err(ServiceError::Integrity),
+            Err(_) => return Err(ServiceError::integrity("sealed element")),
         };
-        let envelope = STANDARD.decode(stored).map_err(|_| ServiceError::Integrity)?;
+        let envelope = STANDARD.decode(stored).map_err(ServiceError::integrity_by("sealed element"))?;
         let aad = Aad::new("record", &[tenant.as_str(), label, record_id]);
         let plaintext = Envelope::open(&key.key, key.key_id, &aad, &envelope).map_err(|e| {
             tracing::error!(record = label, error = %e, "sealed record failed to open");
-            ServiceError::Integrity
+            ServiceError::integrity("sealed element")
         })?;
         let plaintext = zeroize::Zeroizing::new(plaintext);
-        serde_json::from_slice(&plaintext).map_err(|_| ServiceError::Integrity)
+        serde_json::from_slice(&plaintext).map_err(ServiceError::integrity_by("sealed element"))
     }
 
     /// The stored (blind-index) form of a normalised query or index token.

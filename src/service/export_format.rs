@@ -1,6 +1,8 @@
 //! Audit export formats. Each writes a head (carrying the signed checkpoint), one record
 //! per entry (with its leaf bytes and inclusion proof) and a tail; all stream.
 
+use crate::service::ServiceError;
+use crate::domain::{AuditAction, AuditOutcome};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use serde_json::{Value, json};
@@ -67,17 +69,17 @@ pub fn csv_cell(value: &str) -> std::borrow::Cow<'_, str> {
     if value.starts_with(['=', '+', '-', '@', '\t', '\r']) { format!("'{value}").into() } else { value.into() }
 }
 
-fn csv_row(fields: &[String]) -> Vec<u8> {
+fn csv_row(fields: &[String]) -> Result<Vec<u8>, ServiceError> {
     let mut w = csv::Writer::from_writer(Vec::new());
-    let _ = w.write_record(fields);
-    w.into_inner().unwrap_or_default()
+    w.write_record(fields).map_err(ServiceError::corrupt_by("csv export row"))?;
+    w.into_inner().map_err(|e| ServiceError::corrupt_by("csv export row")(e.into_error()))
 }
 
 fn opt(v: &Option<String>) -> String {
     v.clone().unwrap_or_default()
 }
 
-pub fn head(format: ExportFormat, h: &Head<'_>) -> Vec<u8> {
+pub fn head(format: ExportFormat, h: &Head<'_>) -> Result<Vec<u8>, ServiceError> {
     let cp = h.checkpoint;
     let key = STANDARD.encode(h.public_key);
     match format {
@@ -89,10 +91,10 @@ pub fn head(format: ExportFormat, h: &Head<'_>) -> Vec<u8> {
             .to_string()
             .into_bytes();
             line.push(b'\n');
-            line
+            Ok(line)
         }
         ExportFormat::Csv => {
-            let mut out = csv_row(&CSV_COLUMNS.map(str::to_owned));
+            let mut out = csv_row(&CSV_COLUMNS.map(str::to_owned))?;
             let mut row = vec![String::new(); CSV_COLUMNS.len()];
             row[0] = "checkpoint".into();
             row[16] = cp.size.to_string();
@@ -101,8 +103,8 @@ pub fn head(format: ExportFormat, h: &Head<'_>) -> Vec<u8> {
             row[20] = cp.root_hash.clone();
             row[21] = cp.timestamp.clone();
             row[22] = cp.note.clone();
-            out.extend(csv_row(&row));
-            out
+            out.extend(csv_row(&row)?);
+            Ok(out)
         }
         ExportFormat::Fhir => {
             let bundle = json!({
@@ -121,16 +123,16 @@ pub fn head(format: ExportFormat, h: &Head<'_>) -> Vec<u8> {
             // Open the entry array: records follow, the tail closes it.
             let mut out = bundle.as_bytes()[..bundle.len() - 1].to_vec();
             out.extend_from_slice(b",\"entry\":[");
-            out
+            Ok(out)
         }
     }
 }
 
-pub fn record(format: ExportFormat, r: &Record<'_>, first: bool) -> Vec<u8> {
+pub fn record(format: ExportFormat, r: &Record<'_>, first: bool) -> Result<Vec<u8>, ServiceError> {
     let e = r.entry;
     match format {
         ExportFormat::Ndjson => {
-            let entry: Value = serde_json::from_str(r.leaf).unwrap_or(Value::Null);
+            let entry: Value = serde_json::from_str(r.leaf).map_err(ServiceError::corrupt_by("ledger entry leaf"))?;
             let mut line = json!({
                 "type": "entry", "entry": entry, "leaf": STANDARD.encode(r.leaf.as_bytes()),
                 "leaf_index": e.seq, "tree_size": r.size, "audit_path": r.path,
@@ -138,7 +140,7 @@ pub fn record(format: ExportFormat, r: &Record<'_>, first: bool) -> Vec<u8> {
             .to_string()
             .into_bytes();
             line.push(b'\n');
-            line
+            Ok(line)
         }
         // The entry's own fields can carry what a client sent (a break-glass reason, a
         // token's subject): those cells are neutralised. The proof columns are the
@@ -151,10 +153,10 @@ pub fn record(format: ExportFormat, r: &Record<'_>, first: bool) -> Vec<u8> {
             csv_cell(&opt(&e.actor.sub)).into_owned(),
             csv_cell(&e.actor.roles.join(" ")).into_owned(),
             csv_cell(&opt(&e.actor.fhir_user)).into_owned(),
-            e.action.clone(),
+            e.action.as_str().to_owned(),
             csv_cell(&opt(&e.resource)).into_owned(),
             csv_cell(&opt(&e.patient)).into_owned(),
-            e.outcome.clone(),
+            e.outcome.as_str().to_owned(),
             csv_cell(&opt(&e.purpose_of_use)).into_owned(),
             csv_cell(&opt(&e.break_glass)).into_owned(),
             csv_cell(&opt(&e.client)).into_owned(),
@@ -172,7 +174,7 @@ pub fn record(format: ExportFormat, r: &Record<'_>, first: bool) -> Vec<u8> {
             let mut out = if first { Vec::new() } else { b",".to_vec() };
             let resource = audit_event(r);
             out.extend(json!({"fullUrl": format!("urn:uuid:{}", uuid_for(e.seq)), "resource": resource}).to_string().into_bytes());
-            out
+            Ok(out)
         }
     }
 }
@@ -199,22 +201,22 @@ fn uuid_for(seq: u64) -> String {
 /// interaction as subtype, the CRUDE action, the agent, the observer, the entities.
 fn audit_event(r: &Record<'_>) -> Value {
     let e = r.entry;
-    let (subtype, action) = match e.action.as_str() {
-        "create" => ("create", "C"),
-        "read" => ("read", "R"),
-        "vread" => ("vread", "R"),
-        "history" => ("history-instance", "R"),
-        "search" => ("search-type", "E"),
-        "update" => ("update", "U"),
-        "delete" => ("delete", "D"),
-        other => (other, "E"),
+    let (subtype, action) = match e.action {
+        AuditAction::Create => ("create", "C"),
+        AuditAction::Read => ("read", "R"),
+        AuditAction::Vread => ("vread", "R"),
+        AuditAction::History => ("history-instance", "R"),
+        AuditAction::Search => ("search-type", "E"),
+        AuditAction::Update => ("update", "U"),
+        AuditAction::Delete => ("delete", "D"),
+        other => (other.as_str(), "E"),
     };
-    let outcome = match e.outcome.as_str() {
-        "success" => "0",
-        "denied" => "4",
-        _ => "8",
+    let outcome = match e.outcome {
+        AuditOutcome::Success => "0",
+        AuditOutcome::Denied => "4",
+        AuditOutcome::Error => "8",
     };
-    let event_type = if e.action == "login" {
+    let event_type = if e.action == AuditAction::Login {
         json!({"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "110114", "display": "User Authentication"})
     } else {
         json!({"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest", "display": "RESTful Operation"})

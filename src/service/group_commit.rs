@@ -46,10 +46,10 @@ impl LedgerWriter {
     /// Appends `entries` and returns once they are committed.
     pub fn record(&self, entries: Vec<Entry>) -> Result<(), ServiceError> {
         let (done, answer) = sync_channel(1);
-        self.jobs.send(Job { entries, done }).map_err(|_| ServiceError::Ledger)?;
+        self.jobs.send(Job { entries, done }).map_err(ServiceError::ledger_by("group-commit writer"))?;
         match answer.recv() {
             Ok(true) => Ok(()),
-            _ => Err(ServiceError::Ledger),
+            _ => Err(ServiceError::ledger("group-commit writer")),
         }
     }
 }

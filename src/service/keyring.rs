@@ -57,13 +57,13 @@ impl std::fmt::Debug for KeyRing {
 fn crypto_failure(what: &'static str) -> impl Fn(crate::crypto::CryptoError) -> ServiceError {
     move |e| {
         tracing::error!(error = %e, what, "key material failed to open");
-        ServiceError::Integrity
+        ServiceError::integrity("stored key material")
     }
 }
 
 fn provider_failure(e: crate::crypto::ProviderError) -> ServiceError {
     tracing::error!(error = %e, "key provider failed");
-    ServiceError::Keys
+    ServiceError::keys("key material")
 }
 
 fn tenant_aad(tenant: &str) -> Aad {
@@ -80,14 +80,14 @@ impl KeyRing {
     }
 
     fn unwrap_tenant(&self, row: &TenantKeyRow) -> Result<Arc<TenantKeys>, ServiceError> {
-        let version = u32::try_from(row.kek_version).map_err(|_| ServiceError::Integrity)?;
+        let version = u32::try_from(row.kek_version).map_err(ServiceError::integrity_by("stored key material"))?;
         let master = self.provider.version(version).map_err(provider_failure)?;
-        let wrapped = STANDARD.decode(&row.wrapped).map_err(|_| ServiceError::Integrity)?;
+        let wrapped = STANDARD.decode(&row.wrapped).map_err(ServiceError::integrity_by("stored key material"))?;
         let key = Envelope::unwrap_key(&master.key, u64::from(version), &tenant_aad(&row.tenant), &wrapped)
             .map_err(crypto_failure("tenant key"))?;
         let index = BlindIndexKey::derive(&key, &row.tenant).map_err(|e| {
             tracing::error!(error = %e, "blind-index key derivation failed");
-            ServiceError::Keys
+            ServiceError::keys("key material")
         })?;
         Ok(Arc::new(TenantKeys { key, index }))
     }
@@ -118,7 +118,7 @@ impl KeyRing {
                     Err(e) if crate::store::is_unique_violation(&e) => {}
                     Err(e) => return Err(e.into()),
                 }
-                rows::find_tenant_key(conn, tenant)?.ok_or(ServiceError::Keys)?
+                rows::find_tenant_key(conn, tenant)?.ok_or(ServiceError::keys("key material"))?
             }
         };
         let keys = self.unwrap_tenant(&row)?;
@@ -130,8 +130,8 @@ impl KeyRing {
 
     fn unwrap_data_key(&self, tenant_keys: &TenantKeys, row: &DataKeyRow) -> Result<DataKey, ServiceError> {
         let Some(wrapped) = &row.wrapped else { return Err(ServiceError::Erased) };
-        let key_id = u64::try_from(row.key_id).map_err(|_| ServiceError::Integrity)?;
-        let wrapped = STANDARD.decode(wrapped).map_err(|_| ServiceError::Integrity)?;
+        let key_id = u64::try_from(row.key_id).map_err(ServiceError::integrity_by("stored key material"))?;
+        let wrapped = STANDARD.decode(wrapped).map_err(ServiceError::integrity_by("stored key material"))?;
         let key = Envelope::unwrap_key(&tenant_keys.key, TENANT_KEY_ID, &data_key_aad(&row.tenant, &row.owner, key_id), &wrapped)
             .map_err(crypto_failure("data key"))?;
         Ok(DataKey { key_id, key })
@@ -155,7 +155,7 @@ impl KeyRing {
         // Random positive 63-bit ids: unique without a backend-specific sequence.
         let rng = ring::rand::SystemRandom::new();
         let key_id = loop {
-            let bytes: [u8; 8] = ring::rand::generate(&rng).map_err(|_| ServiceError::Keys)?.expose();
+            let bytes: [u8; 8] = ring::rand::generate(&rng).map_err(|_| ServiceError::keys("system random source failed"))?.expose();
             let candidate = u64::from_be_bytes(bytes) >> 1;
             if candidate != TENANT_KEY_ID {
                 break candidate;
@@ -166,7 +166,7 @@ impl KeyRing {
         rows::insert_data_key(
             conn,
             &DataKeyRow {
-                key_id: i64::try_from(key_id).map_err(|_| ServiceError::Keys)?,
+                key_id: i64::try_from(key_id).map_err(ServiceError::keys_by("key material"))?,
                 tenant: tenant.to_owned(),
                 owner: owner.to_owned(),
                 wrapped: Some(STANDARD.encode(wrapped)),

@@ -18,7 +18,7 @@ mod search_params;
 
 use std::sync::Arc;
 
-pub use audit::queries::{ExportRequest, PreparedExport};
+pub use audit::queries::{ExportRequest, Exported, PreparedExport};
 pub use error::ServiceError;
 pub use search_params::{MAX_COUNT, DEFAULT_COUNT, MAX_OFFSET};
 

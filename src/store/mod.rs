@@ -297,12 +297,18 @@ where
                 Ok(value) => match <DbConnection as Connection>::TransactionManager::commit_transaction(conn) {
                     Ok(()) => Ok(value),
                     Err(e) => {
-                        let _ = <DbConnection as Connection>::TransactionManager::rollback_transaction(conn);
+                        if let Err(rollback) = <DbConnection as Connection>::TransactionManager::rollback_transaction(conn) {
+                            tracing::error!(error = %rollback, "rollback after a failed commit failed too");
+                        }
                         Err(e.into())
                     }
                 },
+                // The work's own error is what the caller learns; a failed rollback is
+                // logged beside it, never in its place.
                 Err(e) => {
-                    <DbConnection as Connection>::TransactionManager::rollback_transaction(conn)?;
+                    if let Err(rollback) = <DbConnection as Connection>::TransactionManager::rollback_transaction(conn) {
+                        tracing::error!(error = %rollback, "rollback after a failed transaction failed too");
+                    }
                     Err(e)
                 }
             }

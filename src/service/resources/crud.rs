@@ -4,7 +4,7 @@ use serde_json::Value;
 
 use super::{Current, ResourceService, Versioned, Page, resource_ref, patient_of, version_ref, success_entry};
 use crate::authz::Op;
-use crate::domain::{ResourceId, ResourceType};
+use crate::domain::{AuditAction, ResourceId, ResourceType};
 use crate::fhir::{Issue, IssueCode};
 use crate::service::search_params;
 use crate::service::{Caller, ServiceError};
@@ -29,12 +29,12 @@ impl ResourceService<'_> {
     pub fn read(&self, caller: &Caller, rtype: ResourceType, id: &ResourceId) -> Result<Versioned, ServiceError> {
         let mut conn = self.conn()?;
         let Current { row, content, basis, .. } = self.load_current(&mut conn, caller, rtype, id)?;
-        let decision = self.authorize(caller, Op::Read, "read", rtype, id, basis.as_ref())?;
+        let decision = self.authorize(caller, Op::Read, AuditAction::Read, rtype, id, basis.as_ref())?;
         if content.is_none() {
             return Err(ServiceError::Gone);
         }
         let patient = patient_of(rtype, id.as_str(), row.patient_id.as_deref());
-        self.services.record(vec![success_entry(caller, decision, "read", Some(resource_ref(rtype, id.as_str())), patient)])?;
+        self.services.record(vec![success_entry(caller, decision, AuditAction::Read, Some(resource_ref(rtype, id.as_str())), patient)])?;
         Ok(Versioned {
             resource_type: rtype,
             id: id.clone(),
@@ -48,7 +48,7 @@ impl ResourceService<'_> {
     pub fn vread(&self, caller: &Caller, rtype: ResourceType, id: &ResourceId, version: i64) -> Result<Versioned, ServiceError> {
         let mut conn = self.conn()?;
         let current = self.load_current(&mut conn, caller, rtype, id)?;
-        let decision = self.authorize(caller, Op::Read, "vread", rtype, id, current.basis.as_ref())?;
+        let decision = self.authorize(caller, Op::Read, AuditAction::Vread, rtype, id, current.basis.as_ref())?;
         let tenant = caller.principal.tenant.as_str();
         let row = rows::find_version(&mut conn, tenant, rtype.name(), id.as_str(), version)?;
         let version_row = row.as_ref().map(|r| self.versioned(caller, rtype, r, &current.keys, current.owner.as_ref())).transpose()?;
@@ -57,7 +57,7 @@ impl ResourceService<'_> {
             return Err(ServiceError::Gone);
         }
         let patient = patient_of(rtype, id.as_str(), current.row.patient_id.as_deref());
-        self.services.record(vec![success_entry(caller, decision, "vread", Some(version_ref(rtype, id.as_str(), version)), patient)])?;
+        self.services.record(vec![success_entry(caller, decision, AuditAction::Vread, Some(version_ref(rtype, id.as_str(), version)), patient)])?;
         Ok(found)
     }
 
@@ -67,14 +67,14 @@ impl ResourceService<'_> {
         let mut conn = self.conn()?;
         for _ in 0..UNCONDITIONAL_RETRIES {
             let Current { row: current, content, basis, .. } = self.load_current(&mut conn, caller, rtype, id)?;
-            self.authorize(caller, Op::Write, "update", rtype, id, basis.as_ref())?;
+            self.authorize(caller, Op::Write, AuditAction::Update, rtype, id, basis.as_ref())?;
             if content.is_none() {
                 return Err(ServiceError::Gone);
             }
             if let Some(expected) = if_match
                 && expected != current.version_id
             {
-                return Err(ServiceError::VersionConflict { current: current.version_id });
+                return Err(ServiceError::VersionConflict { current: Some(current.version_id) });
             }
             let write = self.next_version(&mut conn, caller, rtype, id, &current, Some(resource.clone()))?;
             if self.commit(&mut conn, caller, &write)? {
@@ -84,10 +84,10 @@ impl ResourceService<'_> {
             }
             if if_match.is_some() {
                 let latest = rows::find_current(&mut conn, caller.principal.tenant.as_str(), rtype.name(), id.as_str())?;
-                return Err(ServiceError::VersionConflict { current: latest.map_or(current.version_id, |r| r.version_id) });
+                return Err(ServiceError::VersionConflict { current: Some(latest.map_or(current.version_id, |r| r.version_id)) });
             }
         }
-        Err(ServiceError::VersionConflict { current: -1 })
+        Err(ServiceError::VersionConflict { current: None })
     }
 
     /// Deletes the resource: a new, content-less version. Deleting a deleted resource succeeds.
@@ -96,7 +96,7 @@ impl ResourceService<'_> {
         let mut conn = self.conn()?;
         for _ in 0..UNCONDITIONAL_RETRIES {
             let Current { row: current, content, basis, .. } = self.load_current(&mut conn, caller, rtype, id)?;
-            self.authorize(caller, Op::Write, "delete", rtype, id, basis.as_ref())?;
+            self.authorize(caller, Op::Write, AuditAction::Delete, rtype, id, basis.as_ref())?;
             if content.is_none() {
                 return Ok(());
             }
@@ -106,7 +106,7 @@ impl ResourceService<'_> {
                 return Ok(());
             }
         }
-        Err(ServiceError::VersionConflict { current: -1 })
+        Err(ServiceError::VersionConflict { current: None })
     }
 
     #[tracing::instrument(skip_all, fields(resource_type = rtype.name(), resource_id = %id))]
@@ -114,7 +114,7 @@ impl ResourceService<'_> {
         let paging = search_params::parse(rtype, &paging_only(params)?)?;
         let mut conn = self.conn()?;
         let current = self.load_current(&mut conn, caller, rtype, id)?;
-        let decision = self.authorize(caller, Op::Read, "history", rtype, id, current.basis.as_ref())?;
+        let decision = self.authorize(caller, Op::Read, AuditAction::History, rtype, id, current.basis.as_ref())?;
         let tenant = caller.principal.tenant.as_str();
         let (rows, total) = rows::history(&mut conn, tenant, rtype.name(), id.as_str(), paging.count, paging.offset)?;
         let items = rows
@@ -122,7 +122,7 @@ impl ResourceService<'_> {
             .map(|r| self.versioned(caller, rtype, r, &current.keys, current.owner.as_ref()))
             .collect::<Result<Vec<_>, _>>()?;
         let patient = patient_of(rtype, id.as_str(), current.row.patient_id.as_deref());
-        self.services.record(vec![success_entry(caller, decision, "history", Some(resource_ref(rtype, id.as_str())), patient)])?;
+        self.services.record(vec![success_entry(caller, decision, AuditAction::History, Some(resource_ref(rtype, id.as_str())), patient)])?;
         Ok(Page { items, total, count: paging.count, offset: paging.offset, echo: paging.echo, unreadable: Vec::new() })
     }
 }

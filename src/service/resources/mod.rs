@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
 use crate::authz::{Decision, Op, Target};
-use crate::domain::{Category, Reference, ResourceId, ResourceType};
+use crate::domain::{AuditAction, AuditOutcome, Category, Reference, ResourceId, ResourceType};
 use crate::fhir::{Issue, IssueCode};
 use crate::ledger::entry::Entry;
 use crate::service::keyring::DataKey;
@@ -173,7 +173,7 @@ impl<'s> ResourceService<'s> {
         self.services.validator.validate(rtype, &value).map_err(ServiceError::Invalid)?;
         match value {
             Value::Object(resource) => Ok(resource),
-            _ => Err(ServiceError::Corrupt),
+            _ => Err(ServiceError::corrupt("resource row")),
         }
     }
 
@@ -192,13 +192,13 @@ impl<'s> ResourceService<'s> {
     }
 
     /// Authorizes `op` on a record and, when it is denied, ledgers the denied `action`.
-    pub(in crate::service) fn authorize(&self, caller: &Caller, op: Op, action: &str, rtype: ResourceType, id: &ResourceId, content: Option<&Value>) -> Result<Decision, ServiceError> {
+    pub(in crate::service) fn authorize(&self, caller: &Caller, op: Op, action: AuditAction, rtype: ResourceType, id: &ResourceId, content: Option<&Value>) -> Result<Decision, ServiceError> {
         let (decision, owner) = self.decision(caller, op, rtype, id, content, caller.break_glass.is_some());
         match decision {
             Decision::Deny => {
                 tracing::info!(resource_type = rtype.name(), resource_id = %id, op = ?op, "access denied");
                 let patient = patient_of(rtype, id.as_str(), owner.as_ref().filter(|o| o.resource_type == ResourceType::Patient).map(|o| o.id.as_str()));
-                self.services.record(vec![caller.break_glass_entry(action, Some(resource_ref(rtype, id.as_str())), patient, "denied")])?;
+                self.services.record(vec![caller.break_glass_entry(action, Some(resource_ref(rtype, id.as_str())), patient, AuditOutcome::Denied)])?;
                 Err(ServiceError::Forbidden)
             }
             Decision::AllowBreakGlass => {
@@ -223,7 +223,7 @@ impl<'s> ResourceService<'s> {
     pub(in crate::service) fn versioned(&self, caller: &Caller, rtype: ResourceType, row: &VersionRow, keys: &HashMap<String, Result<DataKey, ServiceError>>, owner: Option<&String>) -> Result<Versioned, ServiceError> {
         Ok(Versioned {
             resource_type: rtype,
-            id: ResourceId::parse(&row.id).map_err(|_| ServiceError::Corrupt)?,
+            id: ResourceId::parse(&row.id).map_err(ServiceError::corrupt_by("resource row"))?,
             version_id: row.version_id,
             last_updated: row.last_updated.and_utc(),
             resource: match &row.content {
@@ -248,10 +248,10 @@ impl<'s> ResourceService<'s> {
 
 /// The entry of a successful access: emergency access, carrying the break-glass reason,
 /// only when the access was allowed because the caller broke the glass.
-pub(in crate::service) fn success_entry(caller: &Caller, decision: Decision, action: &str, resource: Option<String>, patient: Option<String>) -> Entry {
+pub(in crate::service) fn success_entry(caller: &Caller, decision: Decision, action: AuditAction, resource: Option<String>, patient: Option<String>) -> Entry {
     match decision {
-        Decision::AllowBreakGlass => caller.break_glass_entry(action, resource, patient, "success"),
-        Decision::Allow | Decision::Deny => caller.entry(action, resource, patient, "success"),
+        Decision::AllowBreakGlass => caller.break_glass_entry(action, resource, patient, AuditOutcome::Success),
+        Decision::Allow | Decision::Deny => caller.entry(action, resource, patient, AuditOutcome::Success),
     }
 }
 

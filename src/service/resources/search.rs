@@ -4,7 +4,7 @@
 
 use super::{Page, ResourceService, Versioned, patient_of, resource_ref, success_entry};
 use crate::authz::{Decision, Op, SearchScope};
-use crate::domain::{Category, Reference, ResourceType};
+use crate::domain::{AuditAction, AuditOutcome, Category, Reference, ResourceType};
 use crate::fhir::{Issue, IssueCode};
 use crate::service::search_params::{self, ParsedSearch};
 use crate::service::{Caller, ServiceError, codec};
@@ -28,7 +28,7 @@ impl ResourceService<'_> {
             }
             SearchScope::Denied => {
                 tracing::info!(op = "search", "access denied");
-                self.services.record(vec![caller.break_glass_entry("search", None, None, "denied")])?;
+                self.services.record(vec![caller.break_glass_entry(AuditAction::Search, None, None, AuditOutcome::Denied)])?;
                 return Err(ServiceError::Forbidden);
             }
             SearchScope::Restricted { care_of, owner } => {
@@ -69,23 +69,23 @@ impl ResourceService<'_> {
                         SearchScope::BreakGlass => self.decision(caller, Op::Read, rtype, &v.id, v.resource.as_ref(), true).0,
                         _ => Decision::Allow,
                     };
-                    entries.push(success_entry(caller, decision, "search", Some(resource_ref(rtype, &row.id)), patient));
+                    entries.push(success_entry(caller, decision, AuditAction::Search, Some(resource_ref(rtype, &row.id)), patient));
                     items.push(v);
                 }
                 // A shredded record awaiting its purge has no content left to return.
                 Err(ServiceError::Erased) => {}
                 // One damaged row must neither leak nor take the search down: it is left
                 // out, reported by id, and its failed access ledgered as an error.
-                Err(e @ (ServiceError::Integrity | ServiceError::Corrupt)) => {
+                Err(e @ (ServiceError::Integrity { .. } | ServiceError::Corrupt { .. })) => {
                     tracing::error!(resource_type = rtype.name(), resource_id = %row.id, error = %e, "stored record failed to open; left out of search results");
-                    entries.push(caller.entry("search", Some(resource_ref(rtype, &row.id)), patient, "error"));
+                    entries.push(caller.entry(AuditAction::Search, Some(resource_ref(rtype, &row.id)), patient, AuditOutcome::Error));
                     unreadable.push(resource_ref(rtype, &row.id));
                 }
                 Err(e) => return Err(e),
             }
         }
         if entries.is_empty() {
-            entries.push(caller.entry("search", None, None, "success"));
+            entries.push(caller.entry(AuditAction::Search, None, None, AuditOutcome::Success));
         }
         // Durable before the page leaves.
         self.services.record(entries)?;

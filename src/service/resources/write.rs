@@ -11,7 +11,7 @@ use serde_json::{Map, Value};
 
 use super::{ResourceService, Versioned, compartment_patient, patient_of, version_ref};
 use crate::authz::Op;
-use crate::domain::{ResourceId, ResourceType};
+use crate::domain::{ChangeOp, AuditAction, AuditOutcome, ResourceId, ResourceType};
 use crate::ledger::entry::Entry;
 use crate::service::keyring::DataKey;
 use crate::service::{Caller, ServiceError, audit, codec};
@@ -36,6 +36,8 @@ pub(in crate::service) struct Write {
     /// The version this write replaces; `None` for a create.
     pub(in crate::service) expected: Option<i64>,
     pub(in crate::service) tokens: Vec<(&'static str, String)>,
+    /// What the change log records of this write.
+    pub(in crate::service) op: ChangeOp,
     /// The audit entry of this write; it commits with it.
     pub(in crate::service) entry: Entry,
 }
@@ -116,12 +118,12 @@ impl ResourceService<'_> {
     pub(in crate::service) fn first_version(&self, conn: &mut DbConnection, caller: &Caller, rtype: ResourceType, id: &ResourceId, body: Map<String, Value>) -> Result<Write, ServiceError> {
         let at = now();
         let stamped = Self::stamp(body, id, 1, at);
-        self.authorize(caller, Op::Write, "create", rtype, id, Some(&stamped))?;
+        self.authorize(caller, Op::Write, AuditAction::Create, rtype, id, Some(&stamped))?;
         let row = self.new_row(caller, rtype, id, 1, Some(&stamped), at)?;
         let tenant_keys = self.services.codec.keys().tenant(conn, caller.principal.tenant.as_str())?;
         let tokens = self.services.codec.tokens_for(&tenant_keys, rtype, &stamped);
-        let entry = caller.entry("create", Some(version_ref(rtype, id.as_str(), 1)), patient_of(rtype, id.as_str(), row.patient_id.as_deref()), "success");
-        Ok(Write { row, resource: Some(stamped), expected: None, tokens, entry })
+        let entry = caller.entry(AuditAction::Create, Some(version_ref(rtype, id.as_str(), 1)), patient_of(rtype, id.as_str(), row.patient_id.as_deref()), AuditOutcome::Success);
+        Ok(Write { row, resource: Some(stamped), expected: None, tokens, op: ChangeOp::Create, entry })
     }
 
     /// The write of the version after `current`: `content` stamped with id and meta, or a
@@ -136,16 +138,17 @@ impl ResourceService<'_> {
                 let row = self.new_row(caller, rtype, id, version, Some(&stamped), at)?;
                 let tenant_keys = self.services.codec.keys().tenant(conn, caller.principal.tenant.as_str())?;
                 let tokens = self.services.codec.tokens_for(&tenant_keys, rtype, &stamped);
-                (row, Some(stamped), tokens, "update")
+                (row, Some(stamped), tokens, AuditAction::Update)
             }
             None => {
                 let mut row = self.new_row(caller, rtype, id, version, None, at)?;
                 row.patient_id = current.patient_id.clone();
-                (row, None, Vec::new(), "delete")
+                (row, None, Vec::new(), AuditAction::Delete)
             }
         };
-        let entry = caller.entry(action, Some(version_ref(rtype, id.as_str(), version)), patient_of(rtype, id.as_str(), row.patient_id.as_deref()), "success");
-        Ok(Write { row, resource, expected: Some(current.version_id), tokens, entry })
+        let entry = caller.entry(action, Some(version_ref(rtype, id.as_str(), version)), patient_of(rtype, id.as_str(), row.patient_id.as_deref()), AuditOutcome::Success);
+        let op = if resource.is_some() { ChangeOp::Update } else { ChangeOp::Delete };
+        Ok(Write { row, resource, expected: Some(current.version_id), tokens, op, entry })
     }
 
     /// Writes one version in one transaction: the resource rows and their search tokens.
@@ -166,12 +169,12 @@ impl ResourceService<'_> {
         also: impl FnOnce(&mut DbConnection) -> Result<(), ServiceError>,
     ) -> Result<bool, ServiceError> {
         let tenant = &caller.principal.tenant;
-        let rtype = ResourceType::from_name(&write.row.resource_type).ok_or(ServiceError::Corrupt)?;
-        let id = ResourceId::parse(&write.row.id).map_err(|_| ServiceError::Corrupt)?;
+        let rtype = ResourceType::from_name(&write.row.resource_type).ok_or(ServiceError::corrupt("resource row"))?;
+        let id = ResourceId::parse(&write.row.id).map_err(ServiceError::corrupt_by("resource row"))?;
         write_transaction(conn, |tx| {
             let mut row = write.row.clone();
             if let Some(resource) = &write.resource {
-                let owner = codec::owner(rtype, id.as_str(), row.patient_id.as_deref()).ok_or(ServiceError::Corrupt)?;
+                let owner = codec::owner(rtype, id.as_str(), row.patient_id.as_deref()).ok_or(ServiceError::corrupt("resource row"))?;
                 let key = self.services.codec.keys().data_key_for_write(tx, tenant.as_str(), &owner)?;
                 row.content = self.services.codec.seal(tenant, rtype, &id, &key, resource)?;
             }
@@ -196,7 +199,7 @@ impl ResourceService<'_> {
                     resource_type: row.resource_type.clone(),
                     resource_id: row.id.clone(),
                     version_id: row.version_id,
-                    op: write.entry.action.clone(),
+                    op: write.op.as_str().to_owned(),
                     patient_id: row.patient_id.clone(),
                     committed_at: write.entry.time.clone(),
                 },

@@ -2,13 +2,13 @@
 //! key, listed to whoever may read the record, and resolved by a clinician into a new
 //! version (or none, when the record stays deleted) in one transaction.
 
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
 use super::merge::{Collision, Strategy};
 use super::push::{MERGE_RETRIES, NewConflict};
 use super::{SyncService, body_of};
 use crate::authz::Op;
-use crate::domain::{ResourceId, ResourceType};
+use crate::domain::{ConflictStatus, AuditAction, AuditOutcome, ResourceId, ResourceType};
 use crate::service::resources::{instant, now, patient_of, resource_ref};
 use crate::service::{Caller, ServiceError, audit, codec};
 use crate::store::sync::{self as sync_rows, ConflictRow};
@@ -30,22 +30,21 @@ pub enum Resolution {
     Resource(Value),
 }
 
-pub(super) fn collisions_from(detail: &Value) -> Vec<Collision> {
-    detail
-        .as_array()
-        .map(|items| {
-            items
-                .iter()
-                .map(|i| Collision {
-                    path: i["path"].as_str().unwrap_or_default().to_owned(),
-                    base: i["base"].clone(),
-                    server: i["server"].clone(),
-                    client: i["client"].clone(),
-                    strategy: if i["strategy"] == "manual" { Strategy::Manual } else { Strategy::LastWriterWins },
-                })
-                .collect()
+/// The collisions of an opened conflict record; a record of another shape is corrupt.
+pub(super) fn collisions_from(detail: &Value) -> Result<Vec<Collision>, ServiceError> {
+    let items = detail.as_array().ok_or(ServiceError::corrupt("sync conflict values"))?;
+    items
+        .iter()
+        .map(|i| {
+            Ok(Collision {
+                path: i["path"].as_str().ok_or(ServiceError::corrupt("sync conflict path"))?.to_owned(),
+                base: i["base"].clone(),
+                server: i["server"].clone(),
+                client: i["client"].clone(),
+                strategy: i["strategy"].as_str().and_then(Strategy::parse).ok_or(ServiceError::corrupt("sync conflict strategy"))?,
+            })
         })
-        .unwrap_or_default()
+        .collect()
 }
 
 impl SyncService<'_> {
@@ -53,7 +52,7 @@ impl SyncService<'_> {
     pub(super) fn insert_conflict(&self, tx: &mut DbConnection, caller: &Caller, rtype: ResourceType, conflict: &NewConflict) -> Result<(), ServiceError> {
         let tenant = &caller.principal.tenant;
         let row = &conflict.row;
-        let owner = codec::owner(rtype, &row.resource_id, row.patient_id.as_deref()).ok_or(ServiceError::Corrupt)?;
+        let owner = codec::owner(rtype, &row.resource_id, row.patient_id.as_deref()).ok_or(ServiceError::corrupt("sync conflict row"))?;
         let key = self.services.codec.keys().data_key_for_write(tx, tenant.as_str(), &owner)?;
         let detail = self.services.codec.seal_record(tenant, CONFLICT_RECORD, &row.id, &key, &conflict.detail)?;
         sync_rows::insert_conflict(tx, &ConflictRow { detail, ..row.clone() })?;
@@ -65,7 +64,7 @@ impl SyncService<'_> {
         let tenant = &caller.principal.tenant;
         let Some(row) = sync_rows::find_conflict(conn, tenant.as_str(), conflict_id)? else { return Ok(None) };
         let (Some(rtype), Ok(id)) = (ResourceType::from_name(&row.resource_type), ResourceId::parse(&row.resource_id)) else {
-            return Err(ServiceError::Corrupt);
+            return Err(ServiceError::corrupt("sync conflict row"));
         };
         let current = match self.load_current(conn, caller, rtype, &id) {
             Ok(current) => current,
@@ -76,7 +75,7 @@ impl SyncService<'_> {
         if self.decision(caller, Op::Read, rtype, &id, current.basis.as_ref(), false).0 == crate::authz::Decision::Deny {
             return Ok(None);
         }
-        let key = current.owner.as_ref().and_then(|o| current.keys.get(o)).ok_or(ServiceError::Integrity)?;
+        let key = current.owner.as_ref().and_then(|o| current.keys.get(o)).ok_or(ServiceError::integrity("data key of a conflict record"))?;
         let detail = match self.services.codec.open_record(tenant, CONFLICT_RECORD, &row.id, &row.detail, key) {
             Ok(d) => d,
             Err(ServiceError::Erased) => return Ok(None),
@@ -88,16 +87,16 @@ impl SyncService<'_> {
     /// Conflicts of the caller's tenant whose records the caller may read, oldest first:
     /// `status` `open` (default), `resolved` or all. Each disclosure is ledgered (`read`).
     #[tracing::instrument(skip_all)]
-    pub fn conflicts(&self, caller: &Caller, status: Option<&str>, limit: i64) -> Result<Vec<Value>, ServiceError> {
+    pub fn conflicts(&self, caller: &Caller, status: Option<ConflictStatus>, limit: i64) -> Result<Vec<Conflict>, ServiceError> {
         let mut conn = self.conn()?;
-        let rows = sync_rows::conflicts(&mut conn, caller.principal.tenant.as_str(), status, limit)?;
+        let rows = sync_rows::conflicts(&mut conn, caller.principal.tenant.as_str(), status.map(ConflictStatus::as_str), limit)?;
         let mut out = Vec::new();
         let mut entries = Vec::new();
         for row in rows {
             let Some((row, detail)) = self.conflict_detail(&mut conn, caller, &row.id)? else { continue };
-            let rtype = ResourceType::from_name(&row.resource_type).ok_or(ServiceError::Corrupt)?;
-            entries.push(caller.entry("read", Some(resource_ref(rtype, &row.resource_id)), patient_of(rtype, &row.resource_id, row.patient_id.as_deref()), "success"));
-            out.push(conflict_json(&row, detail));
+            let rtype = ResourceType::from_name(&row.resource_type).ok_or(ServiceError::corrupt("sync conflict row"))?;
+            entries.push(caller.entry(AuditAction::Read, Some(resource_ref(rtype, &row.resource_id)), patient_of(rtype, &row.resource_id, row.patient_id.as_deref()), AuditOutcome::Success));
+            out.push(conflict_of(row, &detail)?);
         }
         if !entries.is_empty() {
             self.services.record(entries)?;
@@ -109,18 +108,18 @@ impl SyncService<'_> {
     /// stays deleted, without one). The version, the resolution and the ledger entries
     /// commit together; a conflict resolved concurrently answers 409.
     #[tracing::instrument(skip_all)]
-    pub fn resolve(&self, caller: &Caller, conflict_id: &str, resolution: Resolution) -> Result<Value, ServiceError> {
+    pub fn resolve(&self, caller: &Caller, conflict_id: &str, resolution: Resolution) -> Result<Resolved, ServiceError> {
         let mut conn = self.conn()?;
         let tenant = caller.principal.tenant.as_str();
         let Some((row, detail)) = self.conflict_detail(&mut conn, caller, conflict_id)? else {
             return Err(ServiceError::NotFound);
         };
-        if row.status != "open" {
+        if ConflictStatus::parse(&row.status).ok_or(ServiceError::corrupt("sync conflict status"))? != ConflictStatus::Open {
             return Err(ServiceError::Conflict("this conflict is already resolved"));
         }
-        let rtype = ResourceType::from_name(&row.resource_type).ok_or(ServiceError::Corrupt)?;
-        let id = ResourceId::parse(&row.resource_id).map_err(|_| ServiceError::Corrupt)?;
-        let collisions = collisions_from(&detail);
+        let rtype = ResourceType::from_name(&row.resource_type).ok_or(ServiceError::corrupt("sync conflict row"))?;
+        let id = ResourceId::parse(&row.resource_id).map_err(ServiceError::corrupt_by("sync conflict row"))?;
+        let collisions = collisions_from(&detail)?;
         let whole = collisions.iter().find(|c| c.path == rtype.name());
         let resource = match &resolution {
             Resolution::Resource(v) => Some(self.parse_body(rtype, v.clone(), Some(&id))?),
@@ -128,7 +127,7 @@ impl SyncService<'_> {
         };
         for _ in 0..MERGE_RETRIES {
             let current = self.load_current(&mut conn, caller, rtype, &id)?;
-            self.authorize(caller, Op::Write, "update", rtype, &id, current.basis.as_ref())?;
+            self.authorize(caller, Op::Write, AuditAction::Update, rtype, &id, current.basis.as_ref())?;
             // `None` inside: the record ends up deleted; outer `None`: nothing to write.
             let target: Option<Option<Map<String, Value>>> = match (&resolution, whole) {
                 (Resolution::Resource(_), _) => Some(resource.clone()),
@@ -160,14 +159,14 @@ impl SyncService<'_> {
             let by = caller.principal.sub.clone();
             let at = instant(now());
             let Some(content) = target else {
-                let entry = caller.entry("sync", Some(resource_ref(rtype, id.as_str())), patient_of(rtype, id.as_str(), row.patient_id.as_deref()), "success");
+                let entry = caller.entry(AuditAction::Sync, Some(resource_ref(rtype, id.as_str())), patient_of(rtype, id.as_str(), row.patient_id.as_deref()), AuditOutcome::Success);
                 write_transaction(&mut conn, |tx| {
                     if !sync_rows::mark_resolved(tx, tenant, conflict_id, &by, &at, None)? {
                         return Err(ServiceError::Conflict("this conflict is already resolved"));
                     }
                     audit::append_in(tx, vec![entry])
                 })?;
-                return Ok(json!({ "conflictId": conflict_id, "status": "resolved", "versionId": current.row.version_id.to_string() }));
+                return Ok(Resolved { conflict_id: conflict_id.to_owned(), version: current.row.version_id });
             };
             let version = current.row.version_id + 1;
             let write = self.next_version(&mut conn, caller, rtype, &id, &current.row, content)?;
@@ -179,28 +178,54 @@ impl SyncService<'_> {
             })?;
             if written {
                 tracing::info!(version_id = version, "sync conflict resolved");
-                return Ok(json!({ "conflictId": conflict_id, "status": "resolved", "versionId": version.to_string() }));
+                return Ok(Resolved { conflict_id: conflict_id.to_owned(), version });
             }
         }
-        Err(ServiceError::VersionConflict { current: -1 })
+        Err(ServiceError::VersionConflict { current: None })
     }
 }
 
-fn conflict_json(row: &ConflictRow, detail: Value) -> Value {
-    json!({
-        "conflictId": row.id,
-        "resourceType": row.resource_type,
-        "id": row.resource_id,
-        "mutationId": row.mutation_id,
-        "baseVersion": row.base_version.map(|v| v.to_string()),
-        "serverVersion": row.server_version.to_string(),
-        "strategy": row.strategy,
-        "status": row.status,
-        "createdBy": row.created_by,
-        "createdAt": row.created_at,
-        "resolvedBy": row.resolved_by,
-        "resolvedAt": row.resolved_at,
-        "resolvedVersion": row.resolved_version.map(|v| v.to_string()),
-        "conflicts": detail,
+/// A stored conflict as the caller sees it, its values opened.
+#[derive(Debug, Clone)]
+pub struct Conflict {
+    pub conflict_id: String,
+    pub resource_type: ResourceType,
+    pub id: String,
+    pub mutation_id: String,
+    pub base_version: Option<i64>,
+    pub server_version: i64,
+    pub strategy: Strategy,
+    pub status: ConflictStatus,
+    pub created_by: String,
+    pub created_at: String,
+    pub resolved_by: Option<String>,
+    pub resolved_at: Option<String>,
+    pub resolved_version: Option<i64>,
+    pub collisions: Vec<Collision>,
+}
+
+/// A settled conflict: the version its record is now at.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    pub conflict_id: String,
+    pub version: i64,
+}
+
+fn conflict_of(row: ConflictRow, detail: &Value) -> Result<Conflict, ServiceError> {
+    Ok(Conflict {
+        resource_type: ResourceType::from_name(&row.resource_type).ok_or(ServiceError::corrupt("sync conflict type"))?,
+        strategy: Strategy::parse(&row.strategy).ok_or(ServiceError::corrupt("sync conflict strategy"))?,
+        status: ConflictStatus::parse(&row.status).ok_or(ServiceError::corrupt("sync conflict status"))?,
+        collisions: collisions_from(detail)?,
+        conflict_id: row.id,
+        id: row.resource_id,
+        mutation_id: row.mutation_id,
+        base_version: row.base_version,
+        server_version: row.server_version,
+        created_by: row.created_by,
+        created_at: row.created_at,
+        resolved_by: row.resolved_by,
+        resolved_at: row.resolved_at,
+        resolved_version: row.resolved_version,
     })
 }

@@ -9,7 +9,7 @@ use super::SyncService;
 use crate::service::resources::{patient_of, version_ref};
 use crate::store::resources::{self as rows, CurrentRow};
 use crate::authz::{Decision, Op};
-use crate::domain::{Category, Reference, ResourceId, ResourceType};
+use crate::domain::{ChangeOp, AuditAction, AuditOutcome, Category, Reference, ResourceId, ResourceType};
 use crate::service::keyring::DataKey;
 use crate::service::{Caller, ServiceError, codec};
 
@@ -61,11 +61,23 @@ impl FeedFilter {
     }
 }
 
+/// One change as a subscriber receives it.
+#[derive(Debug, Clone)]
+pub struct Change {
+    pub cursor: i64,
+    pub op: ChangeOp,
+    pub resource_type: ResourceType,
+    pub id: ResourceId,
+    pub version_id: i64,
+    /// The version's content; `None` for deletes, purges and revokes.
+    pub resource: Option<Value>,
+}
+
 /// One read of the feed.
 #[derive(Debug)]
 pub struct ChangePage {
-    /// `change` messages, in cursor order.
-    pub changes: Vec<Value>,
+    /// Changes for the subscriber, in cursor order.
+    pub changes: Vec<Change>,
     /// Where to resume: past every change read, including those filtered out.
     pub cursor: i64,
     /// How many change-log rows were read; fewer than the limit means the reader is at
@@ -90,21 +102,23 @@ impl SyncService<'_> {
         let tenant = caller.principal.tenant.as_str();
         let mut conn = self.conn()?;
         let batch = crate::store::changes::since(&mut conn, tenant, since, limit)?;
-        let admitted: Vec<_> = batch
-            .iter()
-            .filter_map(|change| {
-                let rtype = ResourceType::from_name(&change.resource_type)?;
-                let id = ResourceId::parse(&change.resource_id).ok()?;
-                filter.admits(change, rtype).then_some((change, rtype, id))
-            })
-            .collect();
+        // A log row that does not parse is corrupt: an error, never a silently skipped change.
+        let mut admitted = Vec::new();
+        for change in &batch {
+            let rtype = ResourceType::from_name(&change.resource_type).ok_or(ServiceError::corrupt("change-log row names no served type"))?;
+            let id = ResourceId::parse(&change.resource_id).map_err(ServiceError::corrupt_by("change-log row id"))?;
+            let op = ChangeOp::parse(&change.op).ok_or(ServiceError::corrupt("change-log row op"))?;
+            if filter.admits(change, rtype) {
+                admitted.push((change, rtype, id, op));
+            }
+        }
         // One round trip each for the batch's current rows, data keys and versions: the
         // version a change made and the one before it, and for a record deleted since, its
         // last live version (what access to it is judged by).
         let mut ids: Vec<String> = admitted.iter().map(|(c, ..)| c.resource_id.clone()).collect();
         ids.sort();
         ids.dedup();
-        let mut types: Vec<&str> = admitted.iter().map(|(_, t, _)| t.name()).collect();
+        let mut types: Vec<&str> = admitted.iter().map(|(_, t, ..)| t.name()).collect();
         types.sort_unstable();
         types.dedup();
         let currents: HashMap<(String, String), CurrentRow> = rows::currents_of(&mut conn, tenant, &types, &ids)?
@@ -113,7 +127,7 @@ impl SyncService<'_> {
             .collect();
         let mut owners: Vec<String> = admitted
             .iter()
-            .filter_map(|(c, t, id)| codec::owner(*t, id.as_str(), c.patient_id.as_deref()))
+            .filter_map(|(c, t, id, _)| codec::owner(*t, id.as_str(), c.patient_id.as_deref()))
             .chain(currents.values().filter_map(|r| codec::owner(ResourceType::from_name(&r.resource_type)?, &r.id, r.patient_id.as_deref())))
             .collect();
         owners.sort();
@@ -146,7 +160,7 @@ impl SyncService<'_> {
         let mut out = Vec::new();
         let mut entries = Vec::new();
         let mut revoked: HashSet<(ResourceType, String)> = HashSet::new();
-        for (change, rtype, id) in admitted {
+        for (change, rtype, id, op) in admitted {
             // A record purged since has nothing left to deliver.
             let Some(current) = currents.get(&(change.resource_type.clone(), change.resource_id.clone())) else { continue };
             let owner = codec::owner(rtype, id.as_str(), current.patient_id.as_deref());
@@ -156,38 +170,20 @@ impl SyncService<'_> {
                 Err(ServiceError::Erased) => continue,
                 Err(e) => return Err(e),
             };
-            let cursor = change.cursor.to_string();
-            let version = change.version_id.to_string();
             if self.decision(caller, Op::Read, rtype, &id, judged.as_ref(), false).0 == Decision::Deny {
                 let mut was_related = false;
                 for v in [change.version_id, change.version_id - 1] {
                     was_related |= crate::service::resources::ResourceService::related(caller, rtype, &id, open(rtype, &id, owner.as_ref(), v)?.as_ref());
                 }
                 if was_related && revoked.insert((rtype, id.to_string())) {
-                    out.push(serde_json::json!({
-                        "type": "change",
-                        "cursor": cursor,
-                        "op": "revoke",
-                        "resourceType": rtype.name(),
-                        "id": id.as_str(),
-                        "versionId": version,
-                        "resource": null,
-                    }));
+                    out.push(Change { cursor: change.cursor, op: ChangeOp::Revoke, resource_type: rtype, id, version_id: change.version_id, resource: None });
                 }
                 continue;
             }
             let content = open(rtype, &id, owner.as_ref(), change.version_id)?;
             let patient = patient_of(rtype, id.as_str(), change.patient_id.as_deref());
-            entries.push(caller.entry("sync", Some(version_ref(rtype, id.as_str(), change.version_id)), patient, "success"));
-            out.push(serde_json::json!({
-                "type": "change",
-                "cursor": cursor,
-                "op": change.op,
-                "resourceType": rtype.name(),
-                "id": id.as_str(),
-                "versionId": version,
-                "resource": content,
-            }));
+            entries.push(caller.entry(AuditAction::Sync, Some(version_ref(rtype, id.as_str(), change.version_id)), patient, AuditOutcome::Success));
+            out.push(Change { cursor: change.cursor, op, resource_type: rtype, id, version_id: change.version_id, resource: content });
         }
         if !entries.is_empty() {
             self.services.record(entries)?;

@@ -28,6 +28,11 @@ pub enum Strategy {
 }
 
 impl Strategy {
+    /// The strategy spelled `text` (as stored), if it is one.
+    pub fn parse(text: &str) -> Option<Self> {
+        [Strategy::Manual, Strategy::LastWriterWins].into_iter().find(|s| s.as_str() == text)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Strategy::Manual => "manual",

@@ -18,9 +18,10 @@ mod feed;
 pub mod merge;
 mod push;
 
-pub use conflicts::{MAX_CONFLICTS, Resolution};
-pub use feed::{ChangePage, FeedFilter};
-pub use push::Mutation;
+pub use conflicts::{Conflict, MAX_CONFLICTS, Resolution, Resolved};
+pub use feed::{Change, ChangePage, FeedFilter};
+pub use merge::{Collision, Strategy};
+pub use push::{Mutation, PushResult};
 
 /// Sync use cases for one request.
 pub struct SyncService<'s> {

@@ -10,7 +10,7 @@ use super::conflicts::collisions_from;
 use super::merge::{Collision, Merged, Strategy, merge};
 use super::{SyncService, body_of};
 use crate::authz::Op;
-use crate::domain::{ResourceId, ResourceType};
+use crate::domain::{ConflictStatus, MutationOp, PushStatus, AuditAction, AuditOutcome, ResourceId, ResourceType};
 use crate::service::resources::{Current, instant, now, patient_of, version_ref};
 use crate::service::{Caller, ServiceError, audit};
 use crate::store::resources as rows;
@@ -36,9 +36,24 @@ pub struct Mutation {
 }
 
 
-/// A mutation's answer before it is shaped for the client.
+/// A mutation's answer, shaped for clients by the API.
+#[derive(Debug, Clone)]
+pub struct PushResult {
+    pub mutation_id: String,
+    pub status: PushStatus,
+    pub version: Option<i64>,
+    /// Elements both sides changed, with base, server and client values.
+    pub collisions: Vec<Collision>,
+    pub conflict_id: Option<String>,
+    /// Why it was rejected, in words that carry no submitted value.
+    pub error: Option<String>,
+    /// For a `duplicate`: the status of the first answer.
+    pub first_status: Option<PushStatus>,
+}
+
+/// A mutation's answer as the use case builds it.
 struct Outcome {
-    status: &'static str,
+    status: PushStatus,
     version: Option<i64>,
     collisions: Vec<Collision>,
     conflict_id: Option<String>,
@@ -47,69 +62,56 @@ struct Outcome {
 
 impl Outcome {
     fn rejected(error: impl Into<String>) -> Self {
-        Self { status: "rejected", version: None, collisions: Vec::new(), conflict_id: None, error: Some(error.into()) }
+        Self { status: PushStatus::Rejected, version: None, collisions: Vec::new(), conflict_id: None, error: Some(error.into()) }
     }
 
-    fn done(status: &'static str, version: i64) -> Self {
+    fn done(status: PushStatus, version: i64) -> Self {
         Self { status, version: Some(version), collisions: Vec::new(), conflict_id: None, error: None }
     }
 
     /// What is kept for replays: no element values, only where to find them.
     fn stored(&self) -> String {
-        json!({ "status": self.status, "versionId": self.version, "conflictId": self.conflict_id, "error": self.error }).to_string()
+        json!({ "status": self.status.as_str(), "versionId": self.version, "conflictId": self.conflict_id, "error": self.error }).to_string()
     }
 
-    fn answer(&self, mutation_id: &str) -> Value {
-        answer(mutation_id, self.status, self.version, &self.collisions, self.conflict_id.as_deref(), self.error.as_deref())
+    fn answer(self, mutation_id: &str) -> PushResult {
+        PushResult {
+            mutation_id: mutation_id.to_owned(),
+            status: self.status,
+            version: self.version,
+            collisions: self.collisions,
+            conflict_id: self.conflict_id,
+            error: self.error,
+            first_status: None,
+        }
     }
 }
 
-fn answer(mutation_id: &str, status: &str, version: Option<i64>, collisions: &[Collision], conflict_id: Option<&str>, error: Option<&str>) -> Value {
-    let mut out = json!({
-        "mutationId": mutation_id,
-        "status": status,
-        "versionId": version.map(|v| v.to_string()),
-        "conflicts": collisions.iter().map(collision_json).collect::<Vec<_>>(),
-    });
-    if let Some(id) = conflict_id {
-        out["conflictId"] = json!(id);
-    }
-    if let Some(e) = error {
-        out["error"] = json!(e);
-    }
-    out
-}
-
+/// A collision as stored in a conflict record (values and strategy).
 pub(super) fn collision_json(c: &Collision) -> Value {
     let mut v = c.to_json();
     v["strategy"] = json!(c.strategy.as_str());
     v
 }
 
-
 fn valid_mutation_id(id: &str) -> bool {
     (1..=100).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
 }
 
-/// Why a mutation was rejected, in words that carry no submitted value.
+/// Why a mutation was rejected, in the words the API would answer the same error with
+/// ([`ServiceError::outcome`]); `None` for failures that are not the mutation's fault.
 fn rejection(e: &ServiceError) -> Option<String> {
-    match e {
-        ServiceError::Invalid(issues) | ServiceError::BadRequest(issues) => Some(
-            issues
-                .iter()
-                .map(|i| match &i.expression {
-                    Some(path) => format!("{path}: {}", i.diagnostics),
-                    None => i.diagnostics.clone(),
-                })
-                .collect::<Vec<_>>()
-                .join("; "),
-        ),
-        ServiceError::Forbidden => Some("access denied".into()),
-        ServiceError::NotFound => Some("resource not found".into()),
-        ServiceError::Erased => Some("record has been erased".into()),
-        ServiceError::Gone => Some("resource has been deleted".into()),
-        _ => None,
-    }
+    let (status, issues) = e.outcome();
+    (400..500).contains(&status).then(|| {
+        issues
+            .iter()
+            .map(|i| match &i.expression {
+                Some(path) => format!("{path}: {}", i.diagnostics),
+                None => i.diagnostics.clone(),
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    })
 }
 
 
@@ -131,11 +133,11 @@ impl SyncService<'_> {
     /// rejected mutation does not stop the rest. Infrastructure failures abort the batch;
     /// the mutations applied before it answer `duplicate` when the device sends it again.
     #[tracing::instrument(skip_all, fields(mutations = mutations.len()))]
-    pub fn push(&self, caller: &Caller, mutations: Vec<Mutation>) -> Result<Vec<Value>, ServiceError> {
+    pub fn push(&self, caller: &Caller, mutations: Vec<Mutation>) -> Result<Vec<PushResult>, ServiceError> {
         mutations.into_iter().map(|m| self.push_one(caller, m)).collect()
     }
 
-    fn push_one(&self, caller: &Caller, m: Mutation) -> Result<Value, ServiceError> {
+    fn push_one(&self, caller: &Caller, m: Mutation) -> Result<PushResult, ServiceError> {
         if !valid_mutation_id(&m.mutation_id) {
             return Ok(Outcome::rejected("mutationId must be 1 to 100 letters, digits or -_.:").answer(""));
         }
@@ -157,13 +159,13 @@ impl SyncService<'_> {
                 None => return Err(e),
             },
         };
-        if outcome.status == "rejected"
+        if outcome.status == PushStatus::Rejected
             && let Some(first) = sync_rows::find_mutation(&mut conn, caller.principal.tenant.as_str(), &m.mutation_id)?
         {
             // The same mutation committed concurrently (its effect is why this one failed).
             return self.replay(&mut conn, caller, &m.mutation_id, &first);
         }
-        tracing::info!(status = outcome.status, "offline mutation");
+        tracing::info!(status = outcome.status.as_str(), "offline mutation");
         Ok(outcome.answer(&m.mutation_id))
     }
 
@@ -181,14 +183,14 @@ impl SyncService<'_> {
             Some(_) => return Ok(Outcome::rejected("baseVersion must be a version id of the resource")),
             None => None,
         };
-        match (m.op.as_str(), id, base, &m.resource) {
-            ("create", id, None, Some(resource)) => self.push_create(conn, caller, m, rtype, id.unwrap_or_else(ResourceId::generate), resource.clone()),
-            ("create", ..) => Ok(Outcome::rejected("create needs a resource and no baseVersion")),
-            ("update", Some(id), Some(base), Some(resource)) => self.push_update(conn, caller, m, rtype, &id, base, resource.clone()),
-            ("update", ..) => Ok(Outcome::rejected("update needs id, baseVersion and resource")),
-            ("delete", Some(id), Some(base), None) => self.push_delete(conn, caller, m, rtype, &id, base),
-            ("delete", ..) => Ok(Outcome::rejected("delete needs id and baseVersion and no resource")),
-            _ => Ok(Outcome::rejected("op must be create, update or delete")),
+        let Some(op) = MutationOp::parse(&m.op) else { return Ok(Outcome::rejected("op must be create, update or delete")) };
+        match (op, id, base, &m.resource) {
+            (MutationOp::Create, id, None, Some(resource)) => self.push_create(conn, caller, m, rtype, id.unwrap_or_else(ResourceId::generate), resource.clone()),
+            (MutationOp::Create, ..) => Ok(Outcome::rejected("create needs a resource and no baseVersion")),
+            (MutationOp::Update, Some(id), Some(base), Some(resource)) => self.push_update(conn, caller, m, rtype, &id, base, resource.clone()),
+            (MutationOp::Update, ..) => Ok(Outcome::rejected("update needs id, baseVersion and resource")),
+            (MutationOp::Delete, Some(id), Some(base), None) => self.push_delete(conn, caller, m, rtype, &id, base),
+            (MutationOp::Delete, ..) => Ok(Outcome::rejected("delete needs id and baseVersion and no resource")),
         }
     }
 
@@ -218,7 +220,7 @@ impl SyncService<'_> {
                 base_version: base,
                 server_version: current.row.version_id,
                 strategy: if manual { Strategy::Manual } else { Strategy::LastWriterWins }.as_str().to_owned(),
-                status: if manual { "open" } else { "resolved" }.to_owned(),
+                status: if manual { ConflictStatus::Open } else { ConflictStatus::Resolved }.as_str().to_owned(),
                 detail: String::new(),
                 created_by: caller.principal.sub.clone(),
                 created_at: at.clone(),
@@ -242,7 +244,7 @@ impl SyncService<'_> {
     /// the sync activity on the record.
     fn record_only(&self, conn: &mut DbConnection, caller: &Caller, rtype: ResourceType, current: &Current, effect: &Effect<'_>) -> Result<(), ServiceError> {
         let id = &current.row.id;
-        let entry = caller.entry("sync", Some(version_ref(rtype, id, current.row.version_id)), patient_of(rtype, id, current.row.patient_id.as_deref()), "success");
+        let entry = caller.entry(AuditAction::Sync, Some(version_ref(rtype, id, current.row.version_id)), patient_of(rtype, id, current.row.patient_id.as_deref()), AuditOutcome::Success);
         write_transaction(conn, |tx| {
             self.store_effect(tx, caller, rtype, effect)?;
             audit::append_in(tx, vec![entry])
@@ -267,7 +269,7 @@ impl SyncService<'_> {
             return Ok(Outcome::rejected("a resource with this id already exists"));
         }
         let write = self.first_version(conn, caller, rtype, &id, resource)?;
-        let outcome = Outcome::done("applied", 1);
+        let outcome = Outcome::done(PushStatus::Applied, 1);
         let effect = Effect { mutation: m, outcome: &outcome, conflict: None };
         self.commit_with(conn, caller, &write, |tx| self.store_effect(tx, caller, rtype, &effect))?;
         Ok(outcome)
@@ -287,7 +289,7 @@ impl SyncService<'_> {
         let client = self.parse_body(rtype, resource, Some(id))?;
         for _ in 0..MERGE_RETRIES {
             let current = self.load_current(conn, caller, rtype, id)?;
-            self.authorize(caller, Op::Write, "update", rtype, id, current.basis.as_ref())?;
+            self.authorize(caller, Op::Write, AuditAction::Update, rtype, id, current.basis.as_ref())?;
             if base > current.row.version_id {
                 return Ok(Outcome::rejected("baseVersion is newer than the current version"));
             }
@@ -304,7 +306,7 @@ impl SyncService<'_> {
                     strategy: Strategy::Manual,
                 };
                 let conflict = Self::new_conflict(caller, m, rtype, &current, Some(base), std::slice::from_ref(&collision), None);
-                let outcome = Outcome { status: "conflict", version: Some(current.row.version_id), collisions: vec![collision], conflict_id: Some(conflict.row.id.clone()), error: None };
+                let outcome = Outcome { status: PushStatus::Conflict, version: Some(current.row.version_id), collisions: vec![collision], conflict_id: Some(conflict.row.id.clone()), error: None };
                 self.record_only(conn, caller, rtype, &current, &Effect { mutation: m, outcome: &outcome, conflict: Some(&conflict) })?;
                 return Ok(outcome);
             };
@@ -316,9 +318,9 @@ impl SyncService<'_> {
             };
             let manual = merged.collisions.iter().any(|c| c.strategy == Strategy::Manual);
             let status = match (manual, base == current.row.version_id) {
-                (true, _) => "conflict",
-                (false, true) => "applied",
-                (false, false) => "merged",
+                (true, _) => PushStatus::Conflict,
+                (false, true) => PushStatus::Applied,
+                (false, false) => PushStatus::Merged,
             };
             let changed = merged.resource != server;
             if changed {
@@ -343,22 +345,22 @@ impl SyncService<'_> {
                 return Ok(outcome);
             }
         }
-        Err(ServiceError::VersionConflict { current: -1 })
+        Err(ServiceError::VersionConflict { current: None })
     }
 
     fn push_delete(&self, conn: &mut DbConnection, caller: &Caller, m: &Mutation, rtype: ResourceType, id: &ResourceId, base: i64) -> Result<Outcome, ServiceError> {
         for _ in 0..MERGE_RETRIES {
             let current = self.load_current(conn, caller, rtype, id)?;
-            self.authorize(caller, Op::Write, "delete", rtype, id, current.basis.as_ref())?;
+            self.authorize(caller, Op::Write, AuditAction::Delete, rtype, id, current.basis.as_ref())?;
             if base > current.row.version_id {
                 return Ok(Outcome::rejected("baseVersion is newer than the current version"));
             }
             let Some(server) = current.content.clone() else {
-                let outcome = Outcome::done("applied", current.row.version_id);
+                let outcome = Outcome::done(PushStatus::Applied, current.row.version_id);
                 self.record_only(conn, caller, rtype, &current, &Effect { mutation: m, outcome: &outcome, conflict: None })?;
                 return Ok(outcome);
             };
-            let mut outcome = Outcome::done("applied", current.row.version_id + 1);
+            let mut outcome = Outcome::done(PushStatus::Applied, current.row.version_id + 1);
             let mut conflict = None;
             if base != current.row.version_id {
                 let base_content = self.base_content(conn, caller, rtype, &current, base)?.unwrap_or(Value::Null);
@@ -368,12 +370,12 @@ impl SyncService<'_> {
                 outcome.conflict_id = Some(kept.row.id.clone());
                 outcome.collisions = vec![collision];
                 if strategy == Strategy::Manual {
-                    outcome.status = "conflict";
+                    outcome.status = PushStatus::Conflict;
                     outcome.version = Some(current.row.version_id);
                     self.record_only(conn, caller, rtype, &current, &Effect { mutation: m, outcome: &outcome, conflict: Some(&kept) })?;
                     return Ok(outcome);
                 }
-                outcome.status = "merged";
+                outcome.status = PushStatus::Merged;
                 let mut kept = kept;
                 kept.row.resolved_version = Some(current.row.version_id + 1);
                 conflict = Some(kept);
@@ -382,25 +384,31 @@ impl SyncService<'_> {
                 return Ok(outcome);
             }
         }
-        Err(ServiceError::VersionConflict { current: -1 })
+        Err(ServiceError::VersionConflict { current: None })
     }
 
     /// A mutation id seen before: its first answer, marked `duplicate`. Only the device
     /// principal that sent it first may replay it.
-    fn replay(&self, conn: &mut DbConnection, caller: &Caller, mutation_id: &str, first: &MutationRow) -> Result<Value, ServiceError> {
+    fn replay(&self, conn: &mut DbConnection, caller: &Caller, mutation_id: &str, first: &MutationRow) -> Result<PushResult, ServiceError> {
         if first.principal != caller.principal.sub {
             return Ok(Outcome::rejected("mutationId was already used by another client").answer(mutation_id));
         }
-        let stored: Value = serde_json::from_str(&first.result).map_err(|_| ServiceError::Corrupt)?;
-        let version = stored["versionId"].as_i64();
-        let conflict_id = stored["conflictId"].as_str();
-        let collisions = match conflict_id {
-            Some(cid) => self.conflict_detail(conn, caller, cid)?.map(|(_, d)| collisions_from(&d)).unwrap_or_default(),
+        let stored: Value = serde_json::from_str(&first.result).map_err(ServiceError::corrupt_by("stored mutation result"))?;
+        let first_status = stored["status"].as_str().and_then(PushStatus::parse).ok_or(ServiceError::corrupt("stored mutation status"))?;
+        let conflict_id = stored["conflictId"].as_str().map(str::to_owned);
+        let collisions = match &conflict_id {
+            Some(cid) => self.conflict_detail(conn, caller, cid)?.map(|(_, d)| collisions_from(&d)).transpose()?.unwrap_or_default(),
             None => Vec::new(),
         };
-        let mut out = answer(mutation_id, "duplicate", version, &collisions, conflict_id, stored["error"].as_str());
-        out["firstStatus"] = stored["status"].clone();
-        Ok(out)
+        Ok(PushResult {
+            mutation_id: mutation_id.to_owned(),
+            status: PushStatus::Duplicate,
+            version: stored["versionId"].as_i64(),
+            collisions,
+            conflict_id,
+            error: stored["error"].as_str().map(str::to_owned),
+            first_status: Some(first_status),
+        })
     }
 
 
