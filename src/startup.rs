@@ -118,8 +118,7 @@ fn spawn_checkpointer(services: Services) {
             tick.tick().await;
             let services = services.clone();
             let signed = tokio::task::spawn_blocking(move || {
-                let mut conn = services.store.conn().map_err(|e| e.to_string())?;
-                crate::ledger::log::checkpoint(&mut conn, &services.ledger_signer).map(|_| ()).map_err(|e| e.to_string())
+                services.sign_checkpoint()
             })
             .await;
             if let Ok(Err(e)) = signed {
@@ -293,7 +292,7 @@ impl Application {
         });
         let tls = settings.tls.as_ref().map(tls_config).transpose()?;
         spawn_checkpointer(state.services.clone());
-        state.services.changes.watch_database(&state.services.store).map_err(StartupError::ChangeWatcher)?;
+        state.services.watch_database().map_err(StartupError::ChangeWatcher)?;
         let http = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())

@@ -20,11 +20,11 @@ const MAX_ENTRIES: i64 = 1000;
 #[utoipa::path(get, path = "/audit/public-key", tag = "audit", security(()),
     responses((status = 200, description = "`{origin, algorithm: \"Ed25519\", public_key: base64}`")))]
 pub async fn public_key(state: web::Data<AppState>) -> HttpResponse {
-    let signer = &state.services.ledger_signer;
+    let (origin, key) = state.services.ledger_public_key();
     HttpResponse::Ok().json(json!({
-        "origin": signer.origin(),
+        "origin": origin,
         "algorithm": "Ed25519",
-        "public_key": STANDARD.encode(signer.public_key()),
+        "public_key": STANDARD.encode(key),
     }))
 }
 
@@ -36,7 +36,7 @@ pub async fn checkpoint(state: web::Data<AppState>, caller: Caller) -> Result<Ht
     let services = state.services.clone();
     let row = blocking(move || Ok(services.ledger_checkpoint(&caller)?)).await?;
     Ok(HttpResponse::Ok().json(json!({
-        "origin": state.services.ledger_signer.origin(),
+        "origin": state.services.ledger_public_key().0,
         "size": row.size,
         "root_hash": row.root_hash,
         "timestamp": row.timestamp,

@@ -65,7 +65,7 @@ fn caller(req: &HttpRequest) -> Result<Caller, ApiError> {
         None => None,
         // Refused whatever the reason says (see `from_request`); kept as given, within bounds,
         // for the ledger entry of the attempt.
-        Some(reason) if !state.services.policy.may_break_glass(&principal) => {
+        Some(reason) if !state.services.may_break_glass(&principal) => {
             Some(reason.trim().chars().take(BREAK_GLASS_MAX).collect())
         }
         Some(reason) => {
@@ -134,7 +134,7 @@ impl FromRequest for Caller {
         let result = caller(req);
         if let (Ok(who), Some(state)) = (&result, req.app_data::<web::Data<AppState>>())
             && who.break_glass.is_some()
-            && !state.services.policy.may_break_glass(&who.principal)
+            && !state.services.may_break_glass(&who.principal)
         {
             let (services, caller) = (state.services.clone(), who.clone());
             let (action, resource, patient) = attempt(req);

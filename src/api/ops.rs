@@ -5,7 +5,6 @@ use actix_web::{HttpResponse, web};
 use serde_json::json;
 
 use crate::api::{ApiError, AppState, blocking};
-use crate::authz::Capability;
 use crate::service::Caller;
 
 /// Liveness: the process answers.
@@ -22,8 +21,8 @@ pub async fn healthz() -> HttpResponse {
         (status = 200, description = "Database and keys ready"),
         (status = 503, description = "Not ready (OperationOutcome)")))]
 pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let store = state.services.store.clone();
-    let db = blocking(move || Ok(store.ping())).await?;
+    let services = state.services.clone();
+    let db = blocking(move || Ok(services.ready())).await?;
     match db {
         Ok(()) => Ok(HttpResponse::Ok().json(json!({"status": "ready", "database": "ok", "keys": "ok"}))),
         Err(e) => {
@@ -40,11 +39,10 @@ pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
         (status = 401, description = "No valid token (OperationOutcome)"),
         (status = 403, description = "Token lacks the metrics capability (OperationOutcome)")))]
 pub async fn metrics(state: web::Data<AppState>, caller: Caller) -> Result<HttpResponse, ApiError> {
-    if !state.services.policy.has_capability(&caller.principal, Capability::Metrics) {
+    if !state.services.may_read_metrics(&caller) {
         return Err(ApiError::Forbidden);
     }
-    let pool = state.services.store.state();
-    let text = state.metrics.render((pool.connections, pool.idle, pool.max)).map_err(|_| ApiError::Internal)?;
+    let text = state.metrics.render(state.services.pool_state()).map_err(|_| ApiError::Internal)?;
     Ok(HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(text))
 }
 

@@ -137,7 +137,7 @@ fn failure(e: &ApiError, then: &str) -> Value {
 
 impl Connection {
     async fn run(mut self, mut stream: AggregatedMessageStream) -> Ended {
-        let mut head = self.state.services.changes.subscribe();
+        let mut head = self.state.services.subscribe_changes();
         // Server pings at this interval; any frame from the client is a sign of life.
         let timing = self.state.sync;
         let mut heartbeat = tokio::time::interval(timing.heartbeat);

@@ -46,12 +46,13 @@ impl NodeSource for DbNodes<'_> {
 }
 
 /// Appends `entries` in order, assigning dense `seq` numbers, inside the caller's open
-/// write transaction: the entries commit or roll back with the change they record.
-pub fn append(conn: &mut DbConnection, entries: &mut [Entry]) -> Result<(), LedgerError> {
+/// write transaction: the entries commit or roll back with the change they record. Returns
+/// the append lock, held until the transaction ends, which a change-log row needs.
+pub fn append(conn: &mut DbConnection, entries: &mut [Entry]) -> Result<rows::AppendLock, LedgerError> {
+    let lock = rows::lock_for_append(conn)?;
     if entries.is_empty() {
-        return Ok(());
+        return Ok(lock);
     }
-    rows::lock_for_append(conn)?;
     let first = u64::try_from(rows::size(conn)?).map_err(|_| TreeError::Range)?;
     let mut fresh: HashMap<(u32, u64), Hash> = HashMap::new();
     let mut entry_rows = Vec::with_capacity(entries.len());
@@ -86,7 +87,7 @@ pub fn append(conn: &mut DbConnection, entries: &mut [Entry]) -> Result<(), Ledg
     // Nodes of this batch are read from `fresh` above, so rows go in together at the end.
     rows::insert_entries(conn, &entry_rows)?;
     rows::insert_nodes(conn, &node_rows)?;
-    Ok(())
+    Ok(lock)
 }
 
 /// The latest checkpoint, signing a new one first when entries arrived since.

@@ -47,11 +47,12 @@ impl Caller {
 
 pub(crate) fn ledger_failure(e: crate::ledger::log::LedgerError) -> ServiceError {
     tracing::error!(error = %e, "audit ledger write failed");
-    ServiceError::ledger("audit ledger read")
+    ServiceError::ledger_by("append")(e)
 }
 
-/// Appends entries inside an open write transaction.
-pub(crate) fn append_in(tx: &mut DbConnection, mut entries: Vec<Entry>) -> Result<(), ServiceError> {
+/// Appends entries inside an open write transaction; returns the ledger's append lock,
+/// which the change-log row of the same transaction needs.
+pub(crate) fn append_in(tx: &mut DbConnection, mut entries: Vec<Entry>) -> Result<crate::store::ledger::AppendLock, ServiceError> {
     crate::ledger::log::append(tx, &mut entries).map_err(ledger_failure)
 }
 
@@ -147,7 +148,7 @@ pub mod queries {
             LedgerError::Tree(TreeError::Range) => range_error("index or tree size out of range"),
             other => {
                 tracing::error!(error = %other, "ledger read failed");
-                ServiceError::ledger("audit ledger read")
+                ServiceError::ledger_by("read")(other)
             }
         }
     }

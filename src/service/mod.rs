@@ -41,18 +41,18 @@ pub struct Caller {
 /// Everything the use cases need, cheap to clone into blocking tasks.
 #[derive(Debug, Clone)]
 pub struct Services {
-    pub store: Store,
-    pub validator: Arc<FhirValidator>,
-    pub policy: Arc<AccessPolicy>,
-    pub codec: Arc<codec::Codec>,
+    store: Store,
+    validator: Arc<FhirValidator>,
+    policy: Arc<AccessPolicy>,
+    codec: Arc<codec::Codec>,
     /// Signs audit-ledger checkpoints.
-    pub ledger_signer: Arc<crate::ledger::checkpoint::Signer>,
+    ledger_signer: Arc<crate::ledger::checkpoint::Signer>,
     /// Shared commits for audit entries outside a write's own transaction.
     ledger_writer: group_commit::LedgerWriter,
     /// Wakes change-feed subscribers when changes commit.
-    pub changes: sync::change_signal::ChangeSignal,
+    changes: sync::change_signal::ChangeSignal,
     /// How offline edits that collide are resolved (`policies/conflicts.toml`).
-    pub conflicts: Arc<sync::merge::ConflictPolicy>,
+    conflicts: Arc<sync::merge::ConflictPolicy>,
 }
 
 impl Services {
@@ -74,14 +74,77 @@ impl Services {
         self.ledger_writer.record(entries)
     }
 
-    /// Crypto-shredding of one owner (`Patient/ID` or `Practitioner/ID`) in a tenant:
-    /// destroys its data key, so every stored copy of its sealed elements becomes
-    /// unreadable. Retention purges call this; returns whether a live key was destroyed.
-    pub fn shred(&self, tenant: &crate::domain::TenantId, owner: &crate::domain::Reference) -> Result<bool, ServiceError> {
+    /// Crypto-shredding of one owner (`Patient/ID` or `Practitioner/ID`) of the caller's
+    /// tenant: destroys its data key, so every stored copy of its sealed elements becomes
+    /// unreadable. Needs the `keys` capability (admins; retention's own caller); the
+    /// attempt is ledgered (`purge`, naming the patient), a refusal as denied. Returns
+    /// whether a live key was destroyed (shredding twice destroys nothing more).
+    pub fn shred(&self, caller: &Caller, owner: &crate::domain::Reference) -> Result<bool, ServiceError> {
+        use crate::domain::{AuditAction, AuditOutcome, ResourceType};
+        let patient = (owner.resource_type == ResourceType::Patient).then(|| owner.to_string());
+        if !self.policy.has_capability(&caller.principal, crate::authz::Capability::Keys) {
+            tracing::info!("crypto-shredding refused: the caller lacks the keys capability");
+            self.record(vec![caller.entry(AuditAction::Purge, Some(owner.to_string()), patient, AuditOutcome::Denied)])?;
+            return Err(ServiceError::Forbidden);
+        }
         let mut conn = self.store.conn()?;
-        let destroyed = self.codec.keys().destroy(&mut conn, tenant.as_str(), &owner.to_string())?;
+        let entry = caller.entry(AuditAction::Purge, Some(owner.to_string()), patient, AuditOutcome::Success);
+        let tenant = caller.principal.tenant.as_str();
+        let destroyed = crate::store::write_transaction(&mut conn, |tx| {
+            let destroyed = self.codec.keys().destroy(tx, tenant, &owner.to_string())?;
+            audit::append_in(tx, vec![entry])?;
+            Ok::<_, ServiceError>(destroyed)
+        })?;
         tracing::warn!(owner = %owner, destroyed, "data key destroyed (crypto-shredding)");
         Ok(destroyed)
+    }
+
+    /// Whether any of the caller's roles may break the glass.
+    pub fn may_break_glass(&self, principal: &crate::domain::Principal) -> bool {
+        self.policy.may_break_glass(principal)
+    }
+
+    /// Whether the caller may read the metrics (the `metrics` capability).
+    pub fn may_read_metrics(&self, caller: &Caller) -> bool {
+        self.policy.has_capability(&caller.principal, crate::authz::Capability::Metrics)
+    }
+
+    /// Readiness: the database answers.
+    pub fn ready(&self) -> Result<(), crate::store::StoreError> {
+        self.store.ping()
+    }
+
+    /// `(open, idle, max)` connections of the pool.
+    pub fn pool_state(&self) -> (u32, u32, u32) {
+        let pool = self.store.state();
+        (pool.connections, pool.idle, pool.max)
+    }
+
+    /// The ledger's checkpoint origin and Ed25519 public key.
+    pub fn ledger_public_key(&self) -> (&str, &[u8]) {
+        (self.ledger_signer.origin(), self.ledger_signer.public_key())
+    }
+
+    /// Signs a checkpoint of the ledger if entries arrived since the last one.
+    pub fn sign_checkpoint(&self) -> Result<(), ServiceError> {
+        let mut conn = self.store.conn()?;
+        crate::ledger::log::checkpoint(&mut conn, &self.ledger_signer).map(drop).map_err(ServiceError::ledger_by("checkpoint signing"))
+    }
+
+    /// Wakes for change-feed subscribers: the newest committed cursor this process knows.
+    pub fn subscribe_changes(&self) -> tokio::sync::watch::Receiver<i64> {
+        self.changes.subscribe()
+    }
+
+    /// Starts watching the database for changes other processes commit.
+    pub fn watch_database(&self) -> std::io::Result<()> {
+        self.changes.watch_database(&self.store)
+    }
+
+    /// The sealing codec (key ring and encryption policy), for the operations that work on
+    /// stored rows directly: key rotation and status, and integrity checks.
+    pub fn codec(&self) -> &codec::Codec {
+        &self.codec
     }
 
     pub fn resources(&self) -> resources::ResourceService<'_> {

@@ -19,9 +19,10 @@ pub struct ChangeRow {
     pub committed_at: String,
 }
 
-/// Appends a change with the next cursor. Call inside a write transaction that holds the
-/// ledger's append lock (`store::ledger::lock_for_append`), which orders cursors by commit.
-pub fn append(conn: &mut DbConnection, mut row: ChangeRow) -> QueryResult<i64> {
+/// Appends a change with the next cursor, inside the write transaction that holds the
+/// ledger's append lock (`lock`, from `store::ledger::lock_for_append`), which orders
+/// cursors by commit.
+pub fn append(conn: &mut DbConnection, _lock: &crate::store::ledger::AppendLock, mut row: ChangeRow) -> QueryResult<i64> {
     let max: Option<i64> = change_log::table.select(diesel::dsl::max(change_log::cursor)).first(conn)?;
     row.cursor = max.map_or(1, |m| m + 1);
     diesel::insert_into(change_log::table).values(&row).execute(conn)?;

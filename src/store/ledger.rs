@@ -31,13 +31,19 @@ pub struct CheckpointRow {
     pub note: String,
 }
 
+/// Proof that the current write transaction holds the ledger's append lock. Only
+/// [`lock_for_append`] makes one, and the change log's append takes one, so a change row
+/// can never get its cursor outside the lock (cursor order is commit order because of it).
+#[derive(Debug)]
+pub struct AppendLock(());
+
 /// Serialises appenders until the transaction ends, so `seq` stays dense and in commit
 /// order: on SQLite the write transaction (`BEGIN IMMEDIATE`) already does; on PostgreSQL
-/// a transaction-scoped advisory lock.
-pub fn lock_for_append(conn: &mut DbConnection) -> QueryResult<()> {
+/// a transaction-scoped advisory lock. Call inside a write transaction.
+pub fn lock_for_append(conn: &mut DbConnection) -> QueryResult<AppendLock> {
     match conn {
-        DbConnection::Sqlite(_) => Ok(()),
-        DbConnection::Postgres(c) => c.batch_execute("SELECT pg_advisory_xact_lock(7417118)"),
+        DbConnection::Sqlite(_) => Ok(AppendLock(())),
+        DbConnection::Postgres(c) => c.batch_execute("SELECT pg_advisory_xact_lock(7417118)").map(|()| AppendLock(())),
     }
 }
 

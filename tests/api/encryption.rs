@@ -229,8 +229,19 @@ async fn crypto_shredding_makes_every_stored_copy_unreadable() {
     let services = app.services();
     let tenant = carevault::domain::TenantId::parse(TENANT).unwrap();
     let owner = carevault::domain::Reference::parse(&format!("Patient/{id}")).unwrap();
-    assert!(services.shred(&tenant, &owner).unwrap());
-    assert!(!services.shred(&tenant, &owner).unwrap(), "shredding twice destroys nothing more");
+    let clinician = service_caller(TENANT, "zz-dr", "clinician");
+    assert!(matches!(services.shred(&clinician, &owner), Err(carevault::service::ServiceError::Forbidden)), "shredding needs the keys capability");
+    let admin = service_caller(TENANT, "zz-admin", "admin");
+    assert!(services.shred(&admin, &owner).unwrap());
+    assert!(!services.shred(&admin, &owner).unwrap(), "shredding twice destroys nothing more");
+    let purges: Vec<(String, String)> = ledger_entries(&app)
+        .await
+        .iter()
+        .filter(|e| e["action"] == "purge")
+        .map(|e| (e["outcome"].as_str().unwrap().to_owned(), e["patient"].as_str().unwrap().to_owned()))
+        .collect();
+    let shredded = owner.to_string();
+    assert_eq!(purges, [("denied".to_owned(), shredded.clone()), ("success".to_owned(), shredded.clone()), ("success".to_owned(), shredded)], "each attempt is ledgered");
 
     for p in [path.clone(), format!("{path}/_history/1"), format!("{path}/_history/2"), format!("{path}/_history")] {
         let outcome = expect_outcome(app.get(&desk, &p).await, StatusCode::GONE).await;
@@ -240,10 +251,10 @@ async fn crypto_shredding_makes_every_stored_copy_unreadable() {
     assert_eq!(entry_ids(&found), vec![keep.clone()], "the shredded record is not returned");
     // The copies taken before can no longer be opened with any key the system holds.
     for stored in &backup {
-        let opened = services.codec.open(&tenant, carevault::domain::ResourceType::Patient, &id, stored, None);
+        let opened = services.codec().open(&tenant, carevault::domain::ResourceType::Patient, &id, stored, None);
         assert!(opened.is_err());
-        let keys = services.codec.keys().data_keys(&mut c, TENANT, &[owner.to_string()]).unwrap();
-        let with_ring = services.codec.open(&tenant, carevault::domain::ResourceType::Patient, &id, stored, keys.get(&owner.to_string()));
+        let keys = services.codec().keys().data_keys(&mut c, TENANT, &[owner.to_string()]).unwrap();
+        let with_ring = services.codec().open(&tenant, carevault::domain::ResourceType::Patient, &id, stored, keys.get(&owner.to_string()));
         assert!(matches!(with_ring, Err(carevault::service::ServiceError::Erased)));
     }
     assert_eq!(app.get(&desk, &format!("/fhir/Patient/{keep}")).await.status(), StatusCode::OK, "others are untouched");

@@ -385,3 +385,29 @@ pub fn entry_ids(bundle: &Value) -> Vec<String> {
         .map(|e| e.iter().map(|x| x["resource"]["id"].as_str().unwrap_or("").to_owned()).collect())
         .unwrap_or_default()
 }
+
+/// A use-case caller built directly (for tests that call the service layer, as the CLI
+/// and retention do): one role, no fhirUser.
+pub fn service_caller(tenant: &str, sub: &str, role: &str) -> carevault::service::Caller {
+    carevault::service::Caller {
+        principal: carevault::domain::Principal {
+            sub: sub.to_owned(),
+            tenant: carevault::domain::TenantId::parse(tenant).unwrap(),
+            roles: vec![carevault::domain::Role::parse(role).unwrap()],
+            fhir_user: None,
+            expires_at: None,
+        },
+        break_glass: None,
+        purpose: carevault::domain::PurposeOfUse::default(),
+        request_id: uuid::Uuid::new_v4().to_string(),
+        client: "test".into(),
+    }
+}
+
+/// The tenant's ledger entries as its auditor reads them (the first thousand of the log).
+pub async fn ledger_entries(app: &TestApp) -> Vec<Value> {
+    let auditor = app.who(TENANT, &["auditor"], None);
+    let r = app.get(&auditor, "/audit/entries?from=0&to=1000").await;
+    assert_eq!(r.status(), StatusCode::OK);
+    r.json::<Value>().await.unwrap()["entries"].as_array().unwrap().clone()
+}

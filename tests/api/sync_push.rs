@@ -291,6 +291,6 @@ async fn shredding_a_patient_erases_its_conflict_values() {
     assert_eq!(push(&app, &desk, json!([update(&mid(), &id, "1", &offline)])).await[0]["status"], "conflict");
     assert_eq!(conflicts(&app, &desk, "open").await.len(), 1);
     let owner = carevault::domain::Reference::parse(&format!("Patient/{id}")).unwrap();
-    assert!(app.services().shred(&carevault::domain::TenantId::parse(TENANT).unwrap(), &owner).unwrap());
+    assert!(app.services().shred(&service_caller(TENANT, "zz-admin", "admin"), &owner).unwrap());
     assert!(conflicts(&app, &desk, "all").await.is_empty());
 }

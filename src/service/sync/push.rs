@@ -247,7 +247,7 @@ impl SyncService<'_> {
         let entry = caller.entry(AuditAction::Sync, Some(version_ref(rtype, id, current.row.version_id)), patient_of(rtype, id, current.row.patient_id.as_deref()), AuditOutcome::Success);
         write_transaction(conn, |tx| {
             self.store_effect(tx, caller, rtype, effect)?;
-            audit::append_in(tx, vec![entry])
+            audit::append_in(tx, vec![entry]).map(drop)
         })
     }
 
