@@ -4,7 +4,6 @@
 //! never shows a secret.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -18,33 +17,6 @@ pub enum Environment {
     Production,
 }
 
-/// Every key the configuration accepts.
-const KEYS: &[&str] = &[
-    "addr",
-    "public_url",
-    "data_dir",
-    "database_url",
-    "env",
-    "jwt_hs256_secret",
-    "jwks_file",
-    "jwt_issuer",
-    "jwt_audience",
-    "max_token_ttl",
-    "policies_dir",
-    "log_dir",
-    "rate_limit",
-    "body_limit",
-    "db_pool_size",
-    "tls_cert",
-    "tls_key",
-    "master_key_file",
-    "ledger_key_file",
-    "ledger_origin",
-    "sync_heartbeat_secs",
-    "sync_idle_timeout_secs",
-    "sync_send_timeout_secs",
-    "sync_max_connections",
-];
 
 /// Bounds of `max_token_ttl` in seconds: one minute to 30 days.
 const MIN_TOKEN_TTL: u64 = 60;
@@ -56,16 +28,19 @@ pub enum ConfigError {
     Read(String, std::io::Error),
     #[error("config file {0} is not valid TOML: {1}")]
     Toml(String, String),
-    #[error("config file {0}: unknown key '{1}' (known: {known})", known = KEYS.join(", "))]
-    UnknownKey(String, String),
+    #[error("unknown key '{0}' (known: {known})", known = Settings::keys().join(", "))]
+    UnknownKey(String),
     #[error("config key '{0}' must be a string, integer or boolean")]
     KeyType(String),
     #[error("{0}: {1}")]
     Invalid(&'static str, String),
 }
 
-/// The server's settings.
-#[derive(Clone)]
+/// The server's settings. This struct and [`Settings::from_map`] are the one list of
+/// settings: the keys the environment and config files may set are the keys `from_map`
+/// reads ([`Settings::keys`]). `Debug` never shows a secret (the HS256 secret's own
+/// `Debug` is redacted).
+#[derive(Clone, Debug)]
 pub struct Settings {
     pub addr: SocketAddr,
     /// The address clients reach the server at (`https://ehr.example/carevault`, no
@@ -116,35 +91,6 @@ pub struct TlsPaths {
     pub key: PathBuf,
 }
 
-impl fmt::Debug for Settings {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Settings")
-            .field("addr", &self.addr)
-            .field("public_url", &self.public_url)
-            .field("data_dir", &self.data_dir)
-            .field("database_url", &self.database_url)
-            .field("env", &self.env)
-            .field("jwt_hs256_secret", &self.jwt_hs256_secret.as_ref().map(|_| "[redacted]"))
-            .field("jwks_file", &self.jwks_file)
-            .field("jwt_issuer", &self.jwt_issuer)
-            .field("jwt_audience", &self.jwt_audience)
-            .field("max_token_ttl", &self.max_token_ttl)
-            .field("policies_dir", &self.policies_dir)
-            .field("log_dir", &self.log_dir)
-            .field("rate_limit", &self.rate_limit)
-            .field("body_limit", &self.body_limit)
-            .field("db_pool_size", &self.db_pool_size)
-            .field("tls", &self.tls)
-            .field("master_key_file", &self.master_key_file)
-            .field("ledger_key_file", &self.ledger_key_file)
-            .field("ledger_origin", &self.ledger_origin)
-            .field("sync_heartbeat", &self.sync_heartbeat)
-            .field("sync_idle_timeout", &self.sync_idle_timeout)
-            .field("sync_send_timeout", &self.sync_send_timeout)
-            .field("sync_max_connections", &self.sync_max_connections)
-            .finish()
-    }
-}
 
 impl Settings {
     /// Reads `CAREVAULT_CONFIG` (if set) and the `CAREVAULT_*` environment.
@@ -153,17 +99,40 @@ impl Settings {
             Some(path) => read_file(Path::new(&path))?,
             None => BTreeMap::new(),
         };
-        for key in KEYS {
+        for key in Self::keys() {
             if let Ok(value) = std::env::var(format!("CAREVAULT_{}", key.to_uppercase())) {
-                raw.insert((*key).to_owned(), value);
+                raw.insert(key.to_owned(), value);
             }
         }
         Self::from_map(&raw)
     }
 
-    /// Builds settings from `key → value`; absent keys take their defaults.
+    /// Every key a setting can be given by (lower case; `CAREVAULT_` + upper case in the
+    /// environment): the keys [`Self::from_map`] reads.
+    pub fn keys() -> Vec<&'static str> {
+        let read = std::cell::RefCell::new(Vec::new());
+        // The defaults are valid, so every key is read.
+        let _ = Self::parse(&BTreeMap::new(), &read);
+        read.into_inner()
+    }
+
+    /// Builds settings from `key → value`; absent keys take their defaults, and a key no
+    /// setting reads is an error.
     pub fn from_map(raw: &BTreeMap<String, String>) -> Result<Self, ConfigError> {
-        let get = |k: &str| raw.get(k).map(|v| v.trim()).filter(|v| !v.is_empty());
+        let read = std::cell::RefCell::new(Vec::new());
+        let settings = Self::parse(raw, &read)?;
+        let read = read.into_inner();
+        if let Some(unknown) = raw.keys().find(|k| !read.contains(&k.as_str())) {
+            return Err(ConfigError::UnknownKey(unknown.clone()));
+        }
+        Ok(settings)
+    }
+
+    fn parse(raw: &BTreeMap<String, String>, read: &std::cell::RefCell<Vec<&'static str>>) -> Result<Self, ConfigError> {
+        let get = |k: &'static str| {
+            read.borrow_mut().push(k);
+            raw.get(k).map(|v| v.trim()).filter(|v| !v.is_empty())
+        };
         let addr = get("addr")
             .unwrap_or("127.0.0.1:8080")
             .parse()
@@ -285,9 +254,6 @@ fn read_file(path: &Path) -> Result<BTreeMap<String, String>, ConfigError> {
     let table: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::Toml(shown.clone(), e.message().to_owned()))?;
     let mut out = BTreeMap::new();
     for (key, value) in table {
-        if !KEYS.contains(&key.as_str()) {
-            return Err(ConfigError::UnknownKey(shown, key));
-        }
         let value = match value {
             toml::Value::String(s) => s,
             toml::Value::Integer(i) => i.to_string(),
@@ -366,6 +332,22 @@ mod tests {
     }
 
     #[test]
+    fn the_keys_are_what_from_map_reads_and_the_readme_documents() {
+        let keys = Settings::keys();
+        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+        for key in &keys {
+            assert!(readme.contains(&format!("CAREVAULT_{}", key.to_uppercase())), "README does not document {key}");
+        }
+        for expected in ["addr", "database_url", "rate_limit", "sync_max_connections", "tls_key", "max_token_ttl"] {
+            assert!(keys.contains(&expected), "{expected} missing from {keys:?}");
+        }
+        let mut sorted = keys.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(sorted.len(), keys.len(), "a key is read twice");
+    }
+
+    #[test]
     fn toml_files_use_the_same_keys() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.toml");
@@ -374,6 +356,6 @@ mod tests {
         assert_eq!(s.addr.port(), 9999);
         assert_eq!(s.rate_limit, 5);
         std::fs::write(&path, "adr = \"x\"\n").unwrap();
-        assert!(matches!(read_file(&path), Err(ConfigError::UnknownKey(_, _))));
+        assert!(matches!(Settings::from_map(&read_file(&path).unwrap()), Err(ConfigError::UnknownKey(k)) if k == "adr"));
     }
 }

@@ -1,8 +1,9 @@
 //! CareVault: a HIPAA-oriented FHIR R4 records backend.
 //!
-//! Layers, each importing only those below it: `domain` (types) ← `authz`, `fhir`,
-//! `auth`, `store` ← `service` (use cases) ← `api` (HTTP) ← `startup`, `cli`, `config`,
-//! `telemetry` (composition). `tests/api/architecture.rs` enforces the arrows.
+//! Layers, each importing only those below it: `domain` and `crypto` (nothing of the
+//! crate) ← `authz`, `auth`, `fhir`, `store` ← `ledger` ← `service` (use cases) ← `api`
+//! (HTTP) ← `startup`, `cli`, `config`, `telemetry` (composition). The arrows are the
+//! module table of ARCHITECTURE.md, which `tests/api/architecture.rs` reads and enforces.
 
 pub mod api;
 pub mod auth;

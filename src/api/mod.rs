@@ -1,7 +1,8 @@
 //! HTTP edge: routes, the authentication extractor, request context middleware, FHIR
 //! handlers and the mapping of errors to OperationOutcomes. Handlers parse, call one
-//! service function off the async workers, and shape the response. Uses `service`,
-//! `domain`, `fhir`, `auth` and `authz` types only.
+//! service function off the async workers, and shape the response (the JSON of every
+//! answer is built here, from the use cases' typed results). Uses `service`, `domain`,
+//! `fhir`, `auth` and `authz` only: never the store, the ledger or the keys directly.
 
 pub(crate) mod audit;
 mod error;

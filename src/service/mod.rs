@@ -1,9 +1,12 @@
 //! Use cases. Each one authorizes the caller, then does its work in one transaction;
-//! every write goes through [`resources::ResourceService::commit`], the single place where
-//! a resource version, its search tokens and (as they arrive) the ledger entry and the
-//! change-log row are written together. How a resource is stored and indexed is
-//! [`codec`]'s business, so field encryption changes that module and no caller.
-//! May use every module but `api`.
+//! every write goes through `resources::write` (`commit`), the single place where a
+//! resource version, its search tokens, its ledger entry and its change-log row are
+//! written together. `resources` holds CRUD and search, `sync` the change feed, offline
+//! pushes and conflicts, `audit` the ledger's entries and the auditors' queries. How a
+//! resource is stored and indexed is [`codec`]'s business, so field encryption changes
+//! that module and no caller. [`Services`] keeps its parts private: callers reach the
+//! store, the keys and the ledger only through use-case methods. May use every module
+//! but `api`.
 
 pub mod audit;
 pub mod codec;

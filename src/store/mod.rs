@@ -1,7 +1,9 @@
 //! The only place with SQL. One connection enum over SQLite and PostgreSQL, an r2d2 pool
-//! whose backend is chosen from the URL scheme, embedded migrations per backend, and the
-//! few backend-specific functions (connection set-up, write transactions, migration lock)
-//! fenced in here. Uses only `domain`.
+//! whose backend is chosen from the URL scheme, embedded migrations per backend, the few
+//! backend-specific functions (connection set-up, write transactions, the ledger's append
+//! lock, migration lock) fenced in here, and the private file modes of what it stores
+//! (`files`). Row structs hold strings; the service parses them into domain types at this
+//! edge. May use `domain`.
 
 pub mod changes;
 pub mod files;
