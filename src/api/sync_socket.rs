@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use actix_web::{HttpRequest, HttpResponse, web};
 use actix_ws::{AggregatedMessage, AggregatedMessageStream, CloseCode, CloseReason, ProtocolError, Session};
 use serde_json::{Value, json};
+use tokio::sync::watch;
 
 use crate::api::json::JsonError;
 use crate::api::{ApiError, AppState, blocking};
@@ -23,9 +24,17 @@ const BATCH: i64 = 200;
 
 /// Open connections per principal, capped so one token cannot hold an unbounded number
 /// of sockets. A [`Slot`] is held for a connection's lifetime and frees its place on drop.
-#[derive(Debug, Default)]
+/// [`Self::close_all`] closes every connection, open or opening, at shutdown.
+#[derive(Debug)]
 pub struct SocketSlots {
     open: Mutex<HashMap<(String, String), usize>>,
+    closing: watch::Sender<bool>,
+}
+
+impl Default for SocketSlots {
+    fn default() -> Self {
+        Self { open: Mutex::default(), closing: watch::channel(false).0 }
+    }
 }
 
 /// One connection's place in [`SocketSlots`].
@@ -57,6 +66,13 @@ impl SocketSlots {
         }
         *n += 1;
         Some(Slot { state: state.clone(), key })
+    }
+
+    /// Closes every connection with `1001 Going Away` (the server is stopping), and each
+    /// one opened after this at once: clients reconnect elsewhere or later and resume from
+    /// their cursors.
+    pub fn close_all(&self) {
+        self.closing.send_replace(true);
     }
 }
 
@@ -123,6 +139,7 @@ fn error(code: &str, message: &str) -> Value {
 impl Connection {
     async fn run(mut self, mut stream: AggregatedMessageStream) -> Ended {
         let mut head = self.state.services.changes.subscribe();
+        let mut closing = self.state.sockets.closing.subscribe();
         // Server pings at this interval; any frame from the client is a sign of life.
         let timing = self.state.sync;
         let mut heartbeat = tokio::time::interval(timing.heartbeat);
@@ -140,6 +157,8 @@ impl Connection {
             let subscribed = self.subscription.is_some();
             let step = tokio::select! {
                 biased;
+                // First, so that a busy connection cannot hold the server's stop.
+                _ = closing.wait_for(|&stopping| stopping) => Err("server shutting down"),
                 message = stream.recv() => {
                     heard = Instant::now();
                     match message {
@@ -188,7 +207,7 @@ impl Connection {
             "feed unavailable" => CloseCode::Error,
             "message too big" => CloseCode::Size,
             "protocol error" => CloseCode::Protocol,
-            "server shutting down" => CloseCode::Restart,
+            "server shutting down" => CloseCode::Away,
             _ => CloseCode::Normal,
         };
         // A stalled client may never take the close frame; do not wait for it.
