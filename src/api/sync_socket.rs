@@ -12,6 +12,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use actix_ws::{AggregatedMessage, AggregatedMessageStream, CloseCode, CloseReason, ProtocolError, Session};
 use serde_json::{Value, json};
 use tokio::sync::watch;
+use tracing::Instrument;
 
 use crate::api::json::JsonError;
 use crate::api::{ApiError, AppState, blocking};
@@ -105,12 +106,15 @@ pub async fn socket(req: HttpRequest, body: web::Payload, state: web::Data<AppSt
         .map_err(|_| ApiError::bad_request(IssueCode::NotSupported, "GET /sync is a WebSocket endpoint: send an Upgrade request"))?;
     let stream = stream.max_frame_size(state.body_limit).aggregate_continuations().max_continuation_size(state.body_limit);
     state.metrics.sync_connections.inc();
-    actix_web::rt::spawn(async move {
+    // The connection outlives this handler: it keeps the request's span, so its lines carry
+    // the request id of the upgrade.
+    let connection = async move {
         let reason = Connection { state: state.clone(), caller, session, subscription: None }.run(stream).await;
         drop(slot);
         state.metrics.sync_connections.dec();
         tracing::info!(reason, "sync connection closed");
-    });
+    };
+    actix_web::rt::spawn(connection.instrument(tracing::Span::current()));
     Ok(response)
 }
 
