@@ -317,7 +317,7 @@ async fn serve(settings: Settings) -> ExitCode {
             "development mode: mint a token with `cargo run --release -- token --sub dev --tenant demo --role clinician --fhir-user Practitioner/dev`"
         );
     }
-    match app.run_until_stopped().await {
+    match app.run_until_terminated().await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(e),
     }

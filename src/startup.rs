@@ -5,7 +5,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
 use std::sync::Arc;
 
-use actix_web::dev::Server;
+use actix_web::dev::{Server, ServerHandle};
 use actix_web::middleware::{DefaultHeaders, from_fn};
 use actix_web::{App, HttpServer, web};
 
@@ -14,7 +14,8 @@ use crate::auth::{Hs256Secret, TokenVerifier};
 use crate::authz::AccessPolicy;
 use crate::config::{Environment, Settings};
 use crate::fhir::FhirValidator;
-use crate::service::Services;
+use crate::service::sync::change_signal::ChangeWatcher;
+use crate::service::{Services, WriterThread};
 use crate::store::Store;
 
 /// File in the data directory holding the development HS256 secret.
@@ -110,22 +111,49 @@ pub fn ledger_signer(settings: &Settings) -> Result<Arc<crate::ledger::checkpoin
     Ok(Arc::new(signer))
 }
 
-/// Signs a checkpoint every second while entries arrive (a no-op when none did).
-fn spawn_checkpointer(services: Services) {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
-        loop {
-            tick.tick().await;
-            let services = services.clone();
-            let signed = tokio::task::spawn_blocking(move || {
-                services.sign_checkpoint()
-            })
-            .await;
-            if let Ok(Err(e)) = signed {
-                tracing::warn!(error = %e, "checkpoint signing failed; retrying");
+/// The checkpoint signer: signs a checkpoint every second while entries arrive (a no-op
+/// when none did). Stopping it, or dropping the handle, signs a last one for entries that
+/// arrived since.
+struct Checkpointer {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Checkpointer {
+    fn start(services: Services) -> Self {
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+            loop {
+                let last = tokio::select! {
+                    biased;
+                    _ = &mut stopped => true,
+                    _ = tick.tick() => false,
+                };
+                sign_checkpoint(services.clone()).await;
+                if last {
+                    return;
+                }
             }
+        });
+        Self { stop, task }
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        if self.task.await.is_err() {
+            tracing::error!("the checkpoint signer panicked");
         }
-    });
+    }
+}
+
+async fn sign_checkpoint(services: Services) {
+    let signed = tokio::task::spawn_blocking(move || services.sign_checkpoint()).await;
+    match signed {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "checkpoint signing failed; retrying"),
+        Err(_) => tracing::error!("checkpoint signing panicked; retrying"),
+    }
 }
 
 /// The codec: key ring over the master-key provider plus `policies/encryption.toml`.
@@ -231,8 +259,14 @@ pub fn private_paths(settings: &Settings) -> Result<(), StartupError> {
 }
 
 /// The use-case layer over the configured database, policies and keys, with a pool of
-/// `pool_size` connections: the server's, and that of commands acting without it.
+/// `pool_size` connections, for commands acting without the server. Their ledger writer
+/// ends with the process: recording returns only once committed, so nothing is queued.
 pub fn services(settings: &Settings, pool_size: u32) -> Result<Services, StartupError> {
+    Ok(services_with_writer(settings, pool_size)?.0)
+}
+
+/// [`services`] and the thread of their ledger writer, which the server stops last.
+fn services_with_writer(settings: &Settings, pool_size: u32) -> Result<(Services, WriterThread), StartupError> {
     let policy = Arc::new(AccessPolicy::load(&settings.policies_dir)?);
     let validator = Arc::new(FhirValidator::new().map_err(StartupError::Validator)?);
     let codec = codec(settings)?;
@@ -242,10 +276,51 @@ pub fn services(settings: &Settings, pool_size: u32) -> Result<Services, Startup
     Services::new(store, validator, policy, codec, signer, conflicts).map_err(StartupError::LedgerWriter)
 }
 
+/// The server's background work, stopped once HTTP has stopped.
+struct Workers {
+    ledger_writer: WriterThread,
+    checkpointer: Checkpointer,
+    change_watcher: ChangeWatcher,
+}
+
+impl Workers {
+    async fn stop(self) {
+        let Self { ledger_writer, checkpointer, change_watcher } = self;
+        // The entries of the last requests commit first, so the last checkpoint covers them.
+        if tokio::task::spawn_blocking(move || ledger_writer.stop()).await.is_err() {
+            tracing::error!("stopping the ledger writer panicked");
+        }
+        checkpointer.stop().await;
+        if tokio::task::spawn_blocking(move || change_watcher.stop()).await.is_err() {
+            tracing::error!("stopping the change watcher panicked");
+        }
+    }
+}
+
 pub struct Application {
     server: Server,
     addr: SocketAddr,
     tls: bool,
+    state: web::Data<AppState>,
+    workers: Workers,
+}
+
+/// Starts the graceful stop of a running [`Application`].
+#[derive(Clone)]
+pub struct ShutdownHandle {
+    server: ServerHandle,
+    state: web::Data<AppState>,
+}
+
+impl ShutdownHandle {
+    /// Stops accepting connections, lets the requests in flight finish (for at most the
+    /// shutdown timeout) and closes the sync WebSockets with `1001 Going Away` at once:
+    /// they are long-lived and would otherwise hold the stop for the whole timeout.
+    /// [`Application::run_until_stopped`] then stops the background workers and returns.
+    pub fn begin(&self) {
+        drop(self.server.stop(true));
+        self.state.sockets.close_all();
+    }
 }
 
 impl Application {
@@ -271,7 +346,7 @@ impl Application {
             )?
             .with_max_ttl(settings.max_token_ttl),
         );
-        let services = services(settings, settings.db_pool_size)?;
+        let (services, ledger_writer) = services_with_writer(settings, settings.db_pool_size)?;
         tracing::info!(database = %settings.database_url, "database ready");
         let listener = TcpListener::bind(settings.addr).map_err(|e| StartupError::Listen(settings.addr, e))?;
         let addr = listener.local_addr().map_err(|e| StartupError::Listen(settings.addr, e))?;
@@ -291,8 +366,9 @@ impl Application {
             sockets: crate::api::SocketSlots::default(),
         });
         let tls = settings.tls.as_ref().map(tls_config).transpose()?;
-        spawn_checkpointer(state.services.clone());
-        state.services.watch_database().map_err(StartupError::ChangeWatcher)?;
+        let change_watcher = state.services.watch_database().map_err(StartupError::ChangeWatcher)?;
+        let workers = Workers { ledger_writer, checkpointer: Checkpointer::start(state.services.clone()), change_watcher };
+        let app_state = state.clone();
         let http = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
@@ -309,13 +385,16 @@ impl Application {
                 .wrap(from_fn(crate::api::request_context))
                 .configure(crate::api::routes)
         })
+        // Signals are handled by `run_until_terminated`, which closes the sync sockets
+        // as the stop begins; actix's own handling would leave them open until the timeout.
+        .disable_signals()
         .shutdown_timeout(10);
         let http = match tls {
             Some(config) => http.listen_rustls_0_23(listener, config),
             None => http.listen(listener),
         };
         let server = http.map_err(|e| StartupError::Listen(addr, e))?.run();
-        Ok(Self { server, addr, tls: settings.tls.is_some() })
+        Ok(Self { server, addr, tls: settings.tls.is_some(), state: app_state, workers })
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -326,11 +405,60 @@ impl Application {
         self.tls
     }
 
-    pub fn handle(&self) -> actix_web::dev::ServerHandle {
+    pub fn handle(&self) -> ServerHandle {
         self.server.handle()
     }
 
-    pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        self.server.await
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle { server: self.server.handle(), state: self.state.clone() }
     }
+
+    /// Serves until stopped through [`Self::shutdown_handle`] (or [`Self::handle`]), then
+    /// stops the background workers: the ledger writer once it has committed everything
+    /// queued, the checkpoint signer after a last checkpoint, the change watcher.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let Self { server, state, workers, .. } = self;
+        let served = server.await;
+        state.sockets.close_all();
+        workers.stop().await;
+        tracing::info!("stopped");
+        served
+    }
+
+    /// [`Self::run_until_stopped`], beginning the graceful stop on SIGTERM or SIGINT.
+    pub async fn run_until_terminated(self) -> std::io::Result<()> {
+        let terminated = termination()?;
+        let shutdown = self.shutdown_handle();
+        let listener = tokio::spawn(async move {
+            let signal = terminated.await;
+            tracing::info!(signal, "stopping: no new connections, requests in flight finish, sync connections close");
+            shutdown.begin();
+        });
+        let served = self.run_until_stopped().await;
+        listener.abort();
+        served
+    }
+}
+
+/// Resolves with the name of the first termination signal received. The handlers are
+/// installed before this returns, so no signal is missed once serving starts.
+#[cfg(unix)]
+fn termination() -> std::io::Result<impl std::future::Future<Output = &'static str>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = terminate.recv() => "SIGTERM",
+            _ = interrupt.recv() => "SIGINT",
+        }
+    })
+}
+
+#[cfg(not(unix))]
+fn termination() -> std::io::Result<impl std::future::Future<Output = &'static str>> {
+    Ok(async {
+        let _ = tokio::signal::ctrl_c().await;
+        "Ctrl-C"
+    })
 }

@@ -1,6 +1,11 @@
 //! Logging: JSON lines to stdout and to daily-rolling files under the log directory,
 //! with the request id of the current request on every line. Events carry ids, routes,
 //! statuses and counts only, never resource content or search values.
+//!
+//! A line lists the spans it was written in, outermost first (`spans`): a line written
+//! while serving a request starts with the `request` span and its `request_id`, however
+//! deep the use case's own spans go (`{"spans":[{"name":"request","request_id":…},
+//! {"name":"search","resource_type":"Patient"}],…}`).
 
 use std::path::Path;
 
@@ -39,8 +44,10 @@ pub fn init(log_dir: &Path) -> std::io::Result<TelemetryGuard> {
         .with(
             fmt::layer()
                 .json()
-                .with_current_span(true)
-                .with_span_list(false)
+                // The current span alone would be the innermost one (a use case's), whose
+                // fields do not include the request id of the span around it.
+                .with_current_span(false)
+                .with_span_list(true)
                 .flatten_event(true)
                 .with_writer(stdout.and(file)),
         )

@@ -43,7 +43,9 @@ pub async fn request_context(
         .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned);
     req.extensions_mut().insert(RequestId(request_id.clone()));
     let method = req.method().to_string();
-    let span = tracing::info_span!("request", request_id = %request_id, method = %method);
+    // At ERROR level, so that the span (and the request id) is there whatever level the
+    // log is filtered to: an `info` span vanishes under `RUST_LOG=warn` with its fields.
+    let span = tracing::error_span!("request", request_id = %request_id, method = %method);
     let state = req.app_data::<web::Data<AppState>>().cloned();
     let started = Instant::now();
 
@@ -73,6 +75,8 @@ pub async fn request_context(
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert(HeaderName::from_static("x-request-id"), value);
     }
-    tracing::info!(parent: &span, route = %route, status, latency_ms = seconds * 1000.0, "request finished");
+    // Inside the span rather than naming it as `parent:`: the log's span list follows the
+    // span entered, and would be empty for this line otherwise.
+    span.in_scope(|| tracing::info!(route = %route, status, latency_ms = seconds * 1000.0, "request finished"));
     Ok(response)
 }

@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 use actix_web::{HttpRequest, HttpResponse, web};
 use actix_ws::{AggregatedMessage, AggregatedMessageStream, CloseCode, CloseReason, ProtocolError, Session};
 use serde_json::{Value, json};
+use tokio::sync::watch;
+use tracing::Instrument;
 
 use crate::api::json::JsonError;
 use crate::api::{ApiError, AppState, blocking};
@@ -23,9 +25,17 @@ const BATCH: i64 = 200;
 
 /// Open connections per principal, capped so one token cannot hold an unbounded number
 /// of sockets. A [`Slot`] is held for a connection's lifetime and frees its place on drop.
-#[derive(Debug, Default)]
+/// [`Self::close_all`] closes every connection, open or opening, at shutdown.
+#[derive(Debug)]
 pub struct SocketSlots {
     open: Mutex<HashMap<(String, String), usize>>,
+    closing: watch::Sender<bool>,
+}
+
+impl Default for SocketSlots {
+    fn default() -> Self {
+        Self { open: Mutex::default(), closing: watch::channel(false).0 }
+    }
 }
 
 /// One connection's place in [`SocketSlots`].
@@ -58,6 +68,13 @@ impl SocketSlots {
         *n += 1;
         Some(Slot { state: state.clone(), key })
     }
+
+    /// Closes every connection with `1001 Going Away` (the server is stopping), and each
+    /// one opened after this at once: clients reconnect elsewhere or later and resume from
+    /// their cursors.
+    pub fn close_all(&self) {
+        self.closing.send_replace(true);
+    }
 }
 
 /// Connection timing of the WebSocket feed.
@@ -89,12 +106,15 @@ pub async fn socket(req: HttpRequest, body: web::Payload, state: web::Data<AppSt
         .map_err(|_| ApiError::bad_request(IssueCode::NotSupported, "GET /sync is a WebSocket endpoint: send an Upgrade request"))?;
     let stream = stream.max_frame_size(state.body_limit).aggregate_continuations().max_continuation_size(state.body_limit);
     state.metrics.sync_connections.inc();
-    actix_web::rt::spawn(async move {
+    // The connection outlives this handler: it keeps the request's span, so its lines carry
+    // the request id of the upgrade.
+    let connection = async move {
         let reason = Connection { state: state.clone(), caller, session, subscription: None }.run(stream).await;
         drop(slot);
         state.metrics.sync_connections.dec();
         tracing::info!(reason, "sync connection closed");
-    });
+    };
+    actix_web::rt::spawn(connection.instrument(tracing::Span::current()));
     Ok(response)
 }
 
@@ -138,6 +158,7 @@ fn failure(e: &ApiError, then: &str) -> Value {
 impl Connection {
     async fn run(mut self, mut stream: AggregatedMessageStream) -> Ended {
         let mut head = self.state.services.subscribe_changes();
+        let mut closing = self.state.sockets.closing.subscribe();
         // Server pings at this interval; any frame from the client is a sign of life.
         let timing = self.state.sync;
         let mut heartbeat = tokio::time::interval(timing.heartbeat);
@@ -155,6 +176,8 @@ impl Connection {
             let subscribed = self.subscription.is_some();
             let step = tokio::select! {
                 biased;
+                // First, so that a busy connection cannot hold the server's stop.
+                _ = closing.wait_for(|&stopping| stopping) => Err("server shutting down"),
                 message = stream.recv() => {
                     heard = Instant::now();
                     match message {
@@ -203,7 +226,7 @@ impl Connection {
             "feed unavailable" => CloseCode::Error,
             "message too big" => CloseCode::Size,
             "protocol error" => CloseCode::Protocol,
-            "server shutting down" => CloseCode::Restart,
+            "server shutting down" => CloseCode::Away,
             _ => CloseCode::Normal,
         };
         // A stalled client may never take the close frame; do not wait for it.

@@ -23,6 +23,7 @@ use std::sync::Arc;
 
 pub use audit::queries::{ExportRequest, Exported, PreparedExport};
 pub use error::ServiceError;
+pub use group_commit::WriterThread;
 pub use search_params::{MAX_COUNT, DEFAULT_COUNT, MAX_OFFSET};
 
 use crate::authz::AccessPolicy;
@@ -59,6 +60,8 @@ pub struct Services {
 }
 
 impl Services {
+    /// The use cases, and the thread of their ledger writer: whoever serves them stops it
+    /// last ([`WriterThread::stop`] commits what is queued); dropping it leaves it running.
     pub fn new(
         store: Store,
         validator: Arc<FhirValidator>,
@@ -66,10 +69,10 @@ impl Services {
         codec: Arc<codec::Codec>,
         ledger_signer: Arc<crate::ledger::checkpoint::Signer>,
         conflicts: Arc<sync::merge::ConflictPolicy>,
-    ) -> Result<Self, std::io::Error> {
-        let ledger_writer = group_commit::LedgerWriter::start(&store)?;
+    ) -> Result<(Self, WriterThread), std::io::Error> {
+        let (ledger_writer, writer_thread) = group_commit::LedgerWriter::start(&store)?;
         let changes = sync::change_signal::ChangeSignal::default();
-        Ok(Self { store, validator, policy, codec, ledger_signer, ledger_writer, changes, conflicts })
+        Ok((Self { store, validator, policy, codec, ledger_signer, ledger_writer, changes, conflicts }, writer_thread))
     }
 
     /// Records audit entries through the group-commit writer; returns once durable.
@@ -139,8 +142,8 @@ impl Services {
         self.changes.subscribe()
     }
 
-    /// Starts watching the database for changes other processes commit.
-    pub fn watch_database(&self) -> std::io::Result<()> {
+    /// Starts watching the database for changes other processes commit; the handle stops it.
+    pub fn watch_database(&self) -> std::io::Result<sync::change_signal::ChangeWatcher> {
         self.changes.watch_database(&self.store)
     }
 

@@ -171,13 +171,20 @@ impl ServeProcess {
 
     /// Stops the server gracefully (SIGTERM, so the log writers flush) and returns all of
     /// its standard output.
-    pub async fn stop(mut self) -> Vec<String> {
+    pub async fn stop(self) -> Vec<String> {
+        let (status, all) = self.terminate().await;
+        assert!(status.success(), "carevault serve exited with {status}");
+        all
+    }
+
+    /// Sends SIGTERM and returns how the server exited and all of its standard output.
+    pub async fn terminate(mut self) -> (std::process::ExitStatus, Vec<String>) {
         let pid = self.child.id().expect("running").to_string();
         std::process::Command::new("kill").args(["-TERM", &pid]).status().expect("kill");
-        tokio::time::timeout(std::time::Duration::from_secs(30), self.child.wait()).await.expect("stops in time").expect("wait");
+        let status = tokio::time::timeout(std::time::Duration::from_secs(30), self.child.wait()).await.expect("stops in time").expect("wait");
         let mut all = self.started;
         all.extend(self.reader.await.expect("stdout reader"));
-        all
+        (status, all)
     }
 }
 

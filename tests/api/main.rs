@@ -18,6 +18,7 @@ mod logs;
 mod ops;
 mod search;
 mod security;
+mod shutdown;
 mod store;
 mod sync;
 mod sync_push;

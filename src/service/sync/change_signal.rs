@@ -3,6 +3,7 @@
 //! writes of this process, through PostgreSQL LISTEN/NOTIFY (plus a safety poll) for
 //! other processes on the same database, and through a poll of the log on SQLite.
 
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -40,11 +41,31 @@ impl ChangeSignal {
     }
 
     /// Watches the database for changes committed by other processes, on a thread that
-    /// ends once every clone of this signal is gone.
-    pub fn watch_database(&self, store: &Store) -> std::io::Result<()> {
+    /// ends when the returned handle is stopped or dropped, or once every clone of this
+    /// signal is gone.
+    pub fn watch_database(&self, store: &Store) -> std::io::Result<ChangeWatcher> {
         let head = Arc::downgrade(&self.head);
         let store = store.clone();
-        std::thread::Builder::new().name("change-watcher".into()).spawn(move || watch_loop(&head, &store)).map(drop)
+        let (stop, stopped) = channel();
+        let thread = std::thread::Builder::new().name("change-watcher".into()).spawn(move || watch_loop(&head, &store, &stopped))?;
+        Ok(ChangeWatcher { stop, thread })
+    }
+}
+
+/// The change watcher's thread. Dropping the handle ends the thread without waiting.
+#[derive(Debug)]
+pub struct ChangeWatcher {
+    stop: Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl ChangeWatcher {
+    /// Ends the watcher (its PostgreSQL listening session with it) and waits for it.
+    pub fn stop(self) {
+        let _ = self.stop.send(());
+        if self.thread.join().is_err() {
+            tracing::error!("the change watcher panicked");
+        }
     }
 }
 
@@ -69,7 +90,7 @@ fn read_head(store: &Store) -> Option<i64> {
     }
 }
 
-fn watch_loop(head: &Weak<watch::Sender<i64>>, store: &Store) {
+fn watch_loop(head: &Weak<watch::Sender<i64>>, store: &Store, stopped: &Receiver<()>) {
     let mut listener = None;
     let mut last_poll = Instant::now() - SAFETY_POLL;
     let mut last_connect = Instant::now() - SAFETY_POLL;
@@ -101,6 +122,10 @@ fn watch_loop(head: &Weak<watch::Sender<i64>>, store: &Store) {
             }
         }
         drop(sender);
-        std::thread::sleep(if postgres { LISTEN_POLL } else { SQLITE_POLL });
+        // Waiting on the stop channel rather than sleeping ends the thread at once.
+        match stopped.recv_timeout(if postgres { LISTEN_POLL } else { SQLITE_POLL }) {
+            Err(RecvTimeoutError::Timeout) => {}
+            Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
+        }
     }
 }
