@@ -15,6 +15,7 @@ mod helpers;
 mod ledger;
 mod logs;
 mod ops;
+mod schema;
 mod search;
 mod security;
 mod store;
