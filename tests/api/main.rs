@@ -11,6 +11,7 @@ mod concurrency;
 mod crud;
 mod encryption;
 mod files;
+mod healthcheck;
 mod helpers;
 mod ledger;
 mod logs;
