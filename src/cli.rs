@@ -9,6 +9,8 @@ use crate::config::{Environment, Settings};
 use crate::startup::{Application, hs256_secret};
 use crate::store::{DbConnection, run_migrations};
 
+mod healthcheck;
+
 #[derive(Debug, Parser)]
 #[command(name = "carevault", version, about = "CareVault: FHIR R4 records backend with field-level encryption and a verifiable audit ledger")]
 pub struct Cli {
@@ -56,6 +58,15 @@ pub enum Command {
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
+    },
+    /// Exit 0 when the configured server answers GET /healthz with 200, for a container
+    /// HEALTHCHECK. Reads the same configuration as `serve`: CAREVAULT_ADDR (0.0.0.0 or ::
+    /// mean this host's loopback), and TLS trusting the configured certificate when
+    /// CAREVAULT_TLS_CERT and CAREVAULT_TLS_KEY are set.
+    Healthcheck {
+        /// Seconds to wait for the connection and for each read and write.
+        #[arg(long, default_value_t = 2)]
+        timeout: u64,
     },
 }
 
@@ -142,6 +153,13 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Keys { command } => keys(&settings, command),
         Command::Ledger { command } => ledger(&settings, command),
         Command::Audit { command } => audit(&settings, command),
+        Command::Healthcheck { timeout } => match healthcheck::check(&settings, std::time::Duration::from_secs(timeout.max(1))) {
+            Ok(line) => {
+                println!("{line}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(format!("unhealthy: {e}")),
+        },
     }
 }
 
