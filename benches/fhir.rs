@@ -30,13 +30,9 @@ fn benches(c: &mut Criterion) {
     c.bench_function("validate typical Patient (R4 schema + dates)", |b| {
         b.iter(|| validator.validate(ResourceType::Patient, black_box(&patient)).unwrap())
     });
-    c.bench_function("parse typical Patient JSON", |b| {
-        b.iter(|| serde_json::from_str::<serde_json::Value>(black_box(&text)).unwrap())
-    });
+    c.bench_function("parse typical Patient JSON", |b| b.iter(|| serde_json::from_str::<serde_json::Value>(black_box(&text)).unwrap()));
     c.bench_function("normalised search tokens of typical Patient (7 parameters)", |b| {
-        b.iter(|| {
-            ResourceType::Patient.def().search.iter().map(|d| index_tokens(d, black_box(&patient)).len()).sum::<usize>()
-        })
+        b.iter(|| ResourceType::Patient.def().search.iter().map(|d| index_tokens(d, black_box(&patient)).len()).sum::<usize>())
     });
     c.bench_function("build the validator (start-up)", |b| b.iter(|| FhirValidator::new().unwrap()));
 }

@@ -28,11 +28,7 @@ struct Options {
 fn options() -> Options {
     let args: Vec<String> = std::env::args().collect();
     let get = |name: &str, default: u64| {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(default)
+        args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default)
     };
     Options {
         seconds: get("--seconds", 10),
@@ -165,7 +161,14 @@ async fn main() {
 
     let mut ids = Vec::new();
     for i in 0..opts.seed {
-        let r = client.post(format!("{base}/fhir/Patient")).bearer_auth(&token).header("content-type", "application/fhir+json").body(patient(i).to_string()).send().await.unwrap();
+        let r = client
+            .post(format!("{base}/fhir/Patient"))
+            .bearer_auth(&token)
+            .header("content-type", "application/fhir+json")
+            .body(patient(i).to_string())
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 201);
         ids.push(r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned());
     }
@@ -196,9 +199,14 @@ async fn main() {
         let (c, b, tk) = (c.clone(), b.clone(), tk.clone());
         let body = patient(1_000_000 + i).to_string();
         async move {
-            c.post(format!("{b}/fhir/Patient")).bearer_auth(tk).header("content-type", "application/fhir+json").body(body).send().await.is_ok_and(|r| r.status() == 201)
+            c.post(format!("{b}/fhir/Patient"))
+                .bearer_auth(tk)
+                .header("content-type", "application/fhir+json")
+                .body(body)
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 201)
         }
     })
     .await;
-
 }

@@ -75,7 +75,10 @@ fn main() {
         let seq = (i * 7919) % n;
         merkle::inclusion_proof(&mut DbNodes::new(&mut conn), seq, n).unwrap();
     }
-    println!("inclusion proof at size {n}: {:.2} ms each (from stored subtree hashes)", started.elapsed().as_secs_f64() * 1000.0 / probes as f64);
+    println!(
+        "inclusion proof at size {n}: {:.2} ms each (from stored subtree hashes)",
+        started.elapsed().as_secs_f64() * 1000.0 / probes as f64
+    );
     let started = Instant::now();
     for i in 1..=probes {
         merkle::consistency_proof(&mut DbNodes::new(&mut conn), (i * 4999) % n + 1, n).unwrap();

@@ -257,7 +257,13 @@ async fn resume(server: &Server, client: &reqwest::Client, opts: &Options) {
         let mutations: Vec<Value> = (written..written + n)
             .map(|i| json!({"mutationId": uuid::Uuid::new_v4().to_string(), "op": "create", "resourceType": "Patient", "resource": patient(i)}))
             .collect();
-        let r = client.post(format!("{}/sync/push", server.base)).bearer_auth(&server.token).json(&json!({"mutations": mutations})).send().await.unwrap();
+        let r = client
+            .post(format!("{}/sync/push", server.base))
+            .bearer_auth(&server.token)
+            .json(&json!({"mutations": mutations}))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 200);
         written += n;
         if written % 10_000 == 0 {

@@ -12,7 +12,11 @@ use crate::store::{DbConnection, run_migrations};
 mod healthcheck;
 
 #[derive(Debug, Parser)]
-#[command(name = "carevault", version, about = "CareVault: FHIR R4 records backend with field-level encryption and a verifiable audit ledger")]
+#[command(
+    name = "carevault",
+    version,
+    about = "CareVault: FHIR R4 records backend with field-level encryption and a verifiable audit ledger"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -304,7 +308,11 @@ fn keys(settings: &Settings, command: KeysCommand) -> ExitCode {
         },
         KeysCommand::Status => match codec.keys().status(&mut conn) {
             Ok(status) => {
-                println!("master keys: {} ({})", settings.master_key_file.display(), if status.development { "development" } else { "production" });
+                println!(
+                    "master keys: {} ({})",
+                    settings.master_key_file.display(),
+                    if status.development { "development" } else { "production" }
+                );
                 for (version, tenants) in &status.versions {
                     println!("  version {version}: wraps {tenants} tenant key(s)");
                 }
@@ -389,7 +397,10 @@ fn token(settings: &Settings, sub: String, tenant: String, roles: Vec<String>, f
     }
     let ttl = ttl.unwrap_or(3600.min(settings.max_token_ttl));
     if ttl > settings.max_token_ttl {
-        return fail(format!("--ttl {ttl} exceeds the maximum token lifetime of {} seconds (CAREVAULT_MAX_TOKEN_TTL)", settings.max_token_ttl));
+        return fail(format!(
+            "--ttl {ttl} exceeds the maximum token lifetime of {} seconds (CAREVAULT_MAX_TOKEN_TTL)",
+            settings.max_token_ttl
+        ));
     }
     let secret = match hs256_secret(settings) {
         Ok(Some(s)) => s,

@@ -17,7 +17,6 @@ pub enum Environment {
     Production,
 }
 
-
 /// Bounds of `max_token_ttl` in seconds: one minute to 30 days.
 const MIN_TOKEN_TTL: u64 = 60;
 const MAX_TOKEN_TTL_LIMIT: u64 = 30 * 86_400;
@@ -90,7 +89,6 @@ pub struct TlsPaths {
     pub cert: PathBuf,
     pub key: PathBuf,
 }
-
 
 impl Settings {
     /// Reads `CAREVAULT_CONFIG` (if set) and the `CAREVAULT_*` environment.

@@ -81,9 +81,8 @@ pub fn create_ledger_key(path: &Path) -> Result<(), StartupError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         crate::store::files::private_dir(dir, false).map_err(failed)?;
     }
-    let pkcs8 = zeroize::Zeroizing::new(
-        crate::ledger::checkpoint::Signer::generate_pkcs8().map_err(|e| StartupError::MasterKeys(e.to_string()))?,
-    );
+    let pkcs8 =
+        zeroize::Zeroizing::new(crate::ledger::checkpoint::Signer::generate_pkcs8().map_err(|e| StartupError::MasterKeys(e.to_string()))?);
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
@@ -105,7 +104,8 @@ pub fn ledger_signer(settings: &Settings) -> Result<Arc<crate::ledger::checkpoin
         create_ledger_key(path)?;
         tracing::warn!(file = %path.display(), "DEVELOPMENT LEDGER SIGNING KEY CREATED");
     }
-    let pkcs8 = zeroize::Zeroizing::new(std::fs::read(path).map_err(|e| StartupError::MasterKeys(format!("ledger key {}: {e}", path.display())))?);
+    let pkcs8 =
+        zeroize::Zeroizing::new(std::fs::read(path).map_err(|e| StartupError::MasterKeys(format!("ledger key {}: {e}", path.display())))?);
     let signer = crate::ledger::checkpoint::Signer::from_pkcs8(&settings.ledger_origin, &pkcs8)
         .map_err(|e| StartupError::MasterKeys(format!("ledger key {}: {e}", path.display())))?;
     Ok(Arc::new(signer))
@@ -335,7 +335,9 @@ impl Application {
             return Err(StartupError::Refused("production needs verification keys"));
         }
         if settings.jwt_hs256_secret.is_some() && !public_keys.is_empty() {
-            tracing::warn!("CAREVAULT_JWT_HS256_SECRET and CAREVAULT_JWKS_FILE are both set: tokens signed with the shared secret are accepted beside the JWKS keys");
+            tracing::warn!(
+                "CAREVAULT_JWT_HS256_SECRET and CAREVAULT_JWKS_FILE are both set: tokens signed with the shared secret are accepted beside the JWKS keys"
+            );
         }
         let verifier = Arc::new(
             TokenVerifier::new(

@@ -72,13 +72,9 @@ impl ApiError {
             ApiError::Unauthorized(TokenError::NotYetValid) => {
                 one(IssueCode::Login, "the bearer token is not valid yet (nbf or iat lies in the future)")
             }
-            ApiError::Unauthorized(TokenError::TooLong) => {
-                one(IssueCode::Login, "the bearer token lives longer than this server accepts")
-            }
+            ApiError::Unauthorized(TokenError::TooLong) => one(IssueCode::Login, "the bearer token lives longer than this server accepts"),
             ApiError::RateLimited { .. } => one(IssueCode::Throttled, "too many requests"),
-            ApiError::PayloadTooLarge { limit } => {
-                one(IssueCode::TooCostly, &format!("request body exceeds the limit of {limit} bytes"))
-            }
+            ApiError::PayloadTooLarge { limit } => one(IssueCode::TooCostly, &format!("request body exceeds the limit of {limit} bytes")),
             ApiError::UnsupportedMediaType => {
                 one(IssueCode::NotSupported, "request body must be application/fhir+json or application/json")
             }
@@ -88,9 +84,7 @@ impl ApiError {
             ApiError::MethodNotAllowed { .. } => one(IssueCode::NotSupported, "method not allowed on this path"),
             ApiError::Forbidden => one(IssueCode::Forbidden, "access denied"),
             ApiError::Unavailable(what) => one(IssueCode::Transient, what),
-            ApiError::Internal => {
-                one(IssueCode::Exception, "internal error; quote the X-Request-Id response header when reporting it")
-            }
+            ApiError::Internal => one(IssueCode::Exception, "internal error; quote the X-Request-Id response header when reporting it"),
         }
     }
 }

@@ -3,8 +3,8 @@
 //! here, for every route, and the attempt is ledgered.
 
 use actix_web::dev::Payload;
-use futures_util::future::LocalBoxFuture;
 use actix_web::{FromRequest, HttpMessage, HttpRequest, web};
+use futures_util::future::LocalBoxFuture;
 
 use crate::api::{ApiError, AppState};
 use crate::auth::TokenError;
@@ -43,10 +43,9 @@ fn query_token(req: &HttpRequest) -> Option<String> {
 fn header<'a>(req: &'a HttpRequest, name: &str) -> Result<Option<&'a str>, ApiError> {
     match req.headers().get(name) {
         None => Ok(None),
-        Some(v) => v
-            .to_str()
-            .map(Some)
-            .map_err(|_| ApiError::bad_request(IssueCode::Value, format!("header {name} must be visible ASCII"))),
+        Some(v) => {
+            v.to_str().map(Some).map_err(|_| ApiError::bad_request(IssueCode::Value, format!("header {name} must be visible ASCII")))
+        }
     }
 }
 
@@ -65,9 +64,7 @@ fn caller(req: &HttpRequest) -> Result<Caller, ApiError> {
         None => None,
         // Refused whatever the reason says (see `from_request`); kept as given, within bounds,
         // for the ledger entry of the attempt.
-        Some(reason) if !state.services.may_break_glass(&principal) => {
-            Some(reason.trim().chars().take(BREAK_GLASS_MAX).collect())
-        }
+        Some(reason) if !state.services.may_break_glass(&principal) => Some(reason.trim().chars().take(BREAK_GLASS_MAX).collect()),
         Some(reason) => {
             let reason = reason.trim();
             let n = reason.chars().count();
@@ -82,9 +79,8 @@ fn caller(req: &HttpRequest) -> Result<Caller, ApiError> {
     };
     let purpose = match header(req, "x-purpose-of-use")? {
         None => PurposeOfUse::default(),
-        Some(code) => PurposeOfUse::parse(code).ok_or_else(|| {
-            ApiError::bad_request(IssueCode::Value, "X-Purpose-Of-Use must be an HL7 PurposeOfUse code such as TREAT")
-        })?,
+        Some(code) => PurposeOfUse::parse(code)
+            .ok_or_else(|| ApiError::bad_request(IssueCode::Value, "X-Purpose-Of-Use must be an HL7 PurposeOfUse code such as TREAT"))?,
     };
     let request_id = req.extensions().get::<RequestId>().map(|r| r.0.clone()).unwrap_or_default();
     let client = req.peer_addr().map(|a| a.ip().to_string()).unwrap_or_default();
@@ -111,10 +107,7 @@ fn attempt(req: &HttpRequest) -> (AuditAction, Option<String>, Option<String>) {
         _ => AuditAction::Read,
     };
     let info = req.match_info();
-    let record = info
-        .get("type")
-        .and_then(ResourceType::from_name)
-        .zip(info.get("id").and_then(|id| ResourceId::parse(id).ok()));
+    let record = info.get("type").and_then(ResourceType::from_name).zip(info.get("id").and_then(|id| ResourceId::parse(id).ok()));
     let Some((rtype, id)) = record else { return (action, None, None) };
     let resource = match info.get("vid").and_then(|v| v.parse::<i64>().ok()) {
         Some(version) => format!("{}/{id}/_history/{version}", rtype.name()),

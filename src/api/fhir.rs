@@ -14,8 +14,8 @@ use crate::domain::{ResourceId, ResourceType};
 use crate::fhir::bundle::{self, HistoryEntry, Link};
 use crate::fhir::{IssueCode, capability};
 use crate::service::Caller;
-use crate::service::resources::{Page, Versioned};
 use crate::service::MAX_OFFSET;
+use crate::service::resources::{Page, Versioned};
 
 fn resource_type(name: &str) -> Result<ResourceType, ApiError> {
     ResourceType::from_name(name).ok_or(ApiError::NotFound("resource type not supported"))
@@ -67,11 +67,7 @@ fn content_type(req: &HttpRequest) -> &str {
 
 /// Reads a body of at most `limit` bytes, whether or not its length is declared.
 async fn read_body(req: &HttpRequest, mut payload: web::Payload, limit: usize) -> Result<web::BytesMut, ApiError> {
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
+    let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|n| n > limit) {
         return Err(ApiError::PayloadTooLarge { limit });
     }
@@ -253,11 +249,7 @@ pub async fn update(
     Ok(resource_response(&req, StatusCode::OK, &updated, true))
 }
 
-pub async fn delete(
-    state: web::Data<AppState>,
-    caller: Caller,
-    path: web::Path<(String, String)>,
-) -> Result<HttpResponse, ApiError> {
+pub async fn delete(state: web::Data<AppState>, caller: Caller, path: web::Path<(String, String)>) -> Result<HttpResponse, ApiError> {
     let (rtype, id) = (resource_type(&path.0)?, resource_id(&path.1)?);
     let services = state.services.clone();
     blocking(move || Ok(services.resources().delete(&caller, rtype, &id)?)).await?;
@@ -313,11 +305,7 @@ async fn run_search(
     let page = blocking(move || Ok(services.resources().search(&caller, rtype, &params)?)).await?;
     let base = base_url(&state);
     let links = page_links(&format!("{base}/{}", rtype.name()), &page);
-    let entries = page
-        .items
-        .iter()
-        .filter_map(|v| v.resource.clone().map(|r| (format!("{base}/{}/{}", rtype.name(), v.id), r)))
-        .collect();
+    let entries = page.items.iter().filter_map(|v| v.resource.clone().map(|r| (format!("{base}/{}/{}", rtype.name(), v.id), r))).collect();
     let outcome = (!page.unreadable.is_empty()).then(|| {
         state.metrics.unreadable_records.inc_by(page.unreadable.len() as u64);
         // Ids only: which matches could not be returned, never anything of their content.

@@ -32,7 +32,8 @@ impl Metrics {
         let pool_max = IntGauge::new("db_pool_max_connections", "Database pool size")?;
         let sync_connections = IntGauge::new("sync_connections", "Open WebSocket sync connections")?;
         registry.register(Box::new(sync_connections.clone()))?;
-        let unreadable_records = IntCounter::new("unreadable_records_total", "Stored records that failed to open when a search matched them")?;
+        let unreadable_records =
+            IntCounter::new("unreadable_records_total", "Stored records that failed to open when a search matched them")?;
         registry.register(Box::new(unreadable_records.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(latency.clone()))?;

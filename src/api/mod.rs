@@ -54,9 +54,7 @@ where
     T: Send + 'static,
 {
     let span = tracing::Span::current();
-    actix_web::rt::task::spawn_blocking(move || span.in_scope(work))
-        .await
-        .map_err(|_| ApiError::Internal)?
+    actix_web::rt::task::spawn_blocking(move || span.in_scope(work)).await.map_err(|_| ApiError::Internal)?
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -95,9 +93,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                         .route(web::post().to(fhir::create))
                         .default_service(not_allowed("GET, POST")),
                 )
-                .service(
-                    web::resource("/{type}/_search").route(web::post().to(fhir::search_post)).default_service(not_allowed("POST")),
-                )
+                .service(web::resource("/{type}/_search").route(web::post().to(fhir::search_post)).default_service(not_allowed("POST")))
                 .service(
                     web::resource("/{type}/{id}")
                         .route(web::get().to(fhir::read))

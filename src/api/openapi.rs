@@ -36,7 +36,10 @@ impl utoipa::Modify for EdgeResponses {
             for operation in operations.into_iter().flatten() {
                 let public = operation.security.as_ref().is_some_and(|s| s.iter().all(|r| *r == none));
                 let mut edge = vec![
-                    ("400", "Malformed request: a control character (such as U+0000) in the path or query string, or a query parameter or header outside its constraints (OperationOutcome)"),
+                    (
+                        "400",
+                        "Malformed request: a control character (such as U+0000) in the path or query string, or a query parameter or header outside its constraints (OperationOutcome)",
+                    ),
                     ("429", "Too many requests from this address or principal; see Retry-After (OperationOutcome)"),
                 ];
                 if !public {

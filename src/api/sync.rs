@@ -6,9 +6,9 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::api::{ApiError, AppState, blocking};
+use crate::domain::ConflictStatus;
 use crate::fhir::IssueCode;
 use crate::service::Caller;
-use crate::domain::ConflictStatus;
 use crate::service::sync::{Change, Collision, Conflict, FeedFilter, Mutation, PushResult, Resolution, Resolved};
 
 const DEFAULT_LIMIT: i64 = 100;
@@ -144,7 +144,13 @@ pub async fn conflicts(state: web::Data<AppState>, caller: Caller, q: web::Query
         (status = 415, description = "Body not application/json or application/fhir+json (OperationOutcome)"),
         (status = 422, description = "The resulting resource is not valid FHIR R4 (OperationOutcome)"),
         (status = 503, description = "Database or ledger unavailable; retry (OperationOutcome)")))]
-pub async fn resolve(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>, caller: Caller, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+pub async fn resolve(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+    caller: Caller,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     let id = path.into_inner();
     if id.len() > 64 {
         return Err(ApiError::NotFound("no such conflict"));

@@ -230,7 +230,9 @@ impl Connection {
             _ => CloseCode::Normal,
         };
         // A stalled client may never take the close frame; do not wait for it.
-        let _ = tokio::time::timeout(Duration::from_secs(1), self.session.close(Some(CloseReason { code, description: Some(ended.into()) }))).await;
+        let _ =
+            tokio::time::timeout(Duration::from_secs(1), self.session.close(Some(CloseReason { code, description: Some(ended.into()) })))
+                .await;
         ended
     }
 
@@ -351,7 +353,10 @@ fn subscription(request: &Value) -> Result<Subscription, &'static str> {
     let types: Option<Vec<String>> = match request.get("types") {
         None | Some(Value::Null) => None,
         Some(Value::Array(items)) => Some(
-            items.iter().map(|t| t.as_str().map(str::to_owned).ok_or("types must be a list of resource type names")).collect::<Result<_, _>>()?,
+            items
+                .iter()
+                .map(|t| t.as_str().map(str::to_owned).ok_or("types must be a list of resource type names"))
+                .collect::<Result<_, _>>()?,
         ),
         Some(_) => return Err("types must be a list of resource type names"),
     };

@@ -160,10 +160,7 @@ impl TokenVerifier {
         }
         Ok(Self {
             hs256: hs256_secret.map(DecodingKey::from_secret),
-            public: public_keys
-                .into_iter()
-                .map(|(kid, algorithm, key)| PublicKey { kid, algorithm, key })
-                .collect(),
+            public: public_keys.into_iter().map(|(kid, algorithm, key)| PublicKey { kid, algorithm, key }).collect(),
             issuer,
             audience,
             max_ttl: DEFAULT_MAX_TTL_SECS,
@@ -215,12 +212,10 @@ impl TokenVerifier {
                 &found.ok_or(TokenError::Invalid)?.key
             }
         };
-        let data = jsonwebtoken::decode::<Claims>(token, key, &self.validation(header.alg)).map_err(|e| {
-            match e.kind() {
-                jsonwebtoken::errors::ErrorKind::ExpiredSignature => TokenError::Expired,
-                jsonwebtoken::errors::ErrorKind::ImmatureSignature => TokenError::NotYetValid,
-                _ => TokenError::Invalid,
-            }
+        let data = jsonwebtoken::decode::<Claims>(token, key, &self.validation(header.alg)).map_err(|e| match e.kind() {
+            jsonwebtoken::errors::ErrorKind::ExpiredSignature => TokenError::Expired,
+            jsonwebtoken::errors::ErrorKind::ImmatureSignature => TokenError::NotYetValid,
+            _ => TokenError::Invalid,
         })?;
         self.check_lifetime(&data.claims, jsonwebtoken::get_current_timestamp())?;
         principal_from(data.claims)

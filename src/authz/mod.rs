@@ -113,7 +113,10 @@ pub enum Decision {
 pub enum SearchScope {
     All,
     /// Rows in the care of `care_of` or owned by `owner` (either may be absent, not both).
-    Restricted { care_of: Option<Reference>, owner: Option<Reference> },
+    Restricted {
+        care_of: Option<Reference>,
+        owner: Option<Reference>,
+    },
     /// Any row, only because the caller broke the glass. SPEC section 2: such a search
     /// must identify one patient, never page through the tenant; the service checks the
     /// criteria, and ledgers as emergency access only the rows outside the caller's own
@@ -131,8 +134,7 @@ pub struct AccessPolicy {
 impl AccessPolicy {
     pub fn load(dir: &Path) -> Result<Self, PolicyError> {
         let path = dir.join("access.toml");
-        let text = std::fs::read_to_string(&path)
-            .map_err(|source| PolicyError::Read { path: path.display().to_string(), source })?;
+        let text = std::fs::read_to_string(&path).map_err(|source| PolicyError::Read { path: path.display().to_string(), source })?;
         Self::from_toml(&text)
     }
 
@@ -221,11 +223,7 @@ impl AccessPolicy {
         let me = principal.fhir_user.clone();
         let care_of = me.clone().filter(|_| scopes.contains(&Scope::Care));
         let owner = me.filter(|_| scopes.contains(&Scope::Own));
-        if care_of.is_none() && owner.is_none() {
-            SearchScope::Denied
-        } else {
-            SearchScope::Restricted { care_of, owner }
-        }
+        if care_of.is_none() && owner.is_none() { SearchScope::Denied } else { SearchScope::Restricted { care_of, owner } }
     }
 
     pub fn has_capability(&self, principal: &Principal, capability: Capability) -> bool {

@@ -117,11 +117,7 @@ impl LocalKeyFile {
 
 fn new_entry(version: u32) -> Result<KeyFileEntry, ProviderError> {
     let key = Key::generate().map_err(|e| ProviderError::Other(e.to_string()))?;
-    Ok(KeyFileEntry {
-        version,
-        key: Zeroizing::new(STANDARD.encode(key.expose())),
-        created: chrono::Utc::now().to_rfc3339(),
-    })
+    Ok(KeyFileEntry { version, key: Zeroizing::new(STANDARD.encode(key.expose())), created: chrono::Utc::now().to_rfc3339() })
 }
 
 fn read_file(path: &Path) -> Result<(bool, Vec<Arc<MasterKey>>), ProviderError> {
@@ -130,7 +126,8 @@ fn read_file(path: &Path) -> Result<(bool, Vec<Arc<MasterKey>>), ProviderError> 
     let file: KeyFile = serde_json::from_str(&text).map_err(|_| ProviderError::Format(shown.clone(), "not the expected JSON"))?;
     let mut keys = Vec::new();
     for entry in &file.versions {
-        let bytes = Zeroizing::new(STANDARD.decode(entry.key.as_bytes()).map_err(|_| ProviderError::Format(shown.clone(), "a key is not base64"))?);
+        let bytes =
+            Zeroizing::new(STANDARD.decode(entry.key.as_bytes()).map_err(|_| ProviderError::Format(shown.clone(), "a key is not base64"))?);
         let key = Key::from_slice(&bytes).map_err(|_| ProviderError::Format(shown.clone(), "a key is not 32 bytes"))?;
         keys.push(Arc::new(MasterKey { version: entry.version, key }));
     }

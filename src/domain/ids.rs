@@ -20,11 +20,7 @@ pub struct TenantId(String);
 
 impl TenantId {
     pub fn parse(raw: &str) -> Result<Self, IdError> {
-        let ok = !raw.is_empty()
-            && raw.len() <= 64
-            && raw
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        let ok = !raw.is_empty() && raw.len() <= 64 && raw.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
         if ok { Ok(Self(raw.to_owned())) } else { Err(IdError::Tenant) }
     }
 
@@ -45,9 +41,7 @@ pub struct ResourceId(String);
 
 impl ResourceId {
     pub fn parse(raw: &str) -> Result<Self, IdError> {
-        let ok = !raw.is_empty()
-            && raw.len() <= 64
-            && raw.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.'));
+        let ok = !raw.is_empty() && raw.len() <= 64 && raw.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.'));
         if ok { Ok(Self(raw.to_owned())) } else { Err(IdError::ResourceId) }
     }
 

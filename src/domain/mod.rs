@@ -3,10 +3,10 @@
 //! so the rest of the crate never handles an unchecked string. This module imports nothing
 //! of the crate.
 
+mod events;
 mod ids;
 mod principal;
 mod resource_type;
-mod events;
 pub mod search;
 
 pub use events::{AuditAction, AuditOutcome, ChangeOp, ConflictStatus, MutationOp, PushStatus};

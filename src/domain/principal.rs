@@ -14,14 +14,7 @@ pub enum Role {
 }
 
 impl Role {
-    pub const ALL: [Role; 6] = [
-        Role::Clinician,
-        Role::Nurse,
-        Role::FrontDesk,
-        Role::Patient,
-        Role::Auditor,
-        Role::Admin,
-    ];
+    pub const ALL: [Role; 6] = [Role::Clinician, Role::Nurse, Role::FrontDesk, Role::Patient, Role::Auditor, Role::Admin];
 
     pub fn parse(raw: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|r| r.as_str() == raw)
@@ -72,13 +65,58 @@ pub struct PurposeOfUse(String);
 impl PurposeOfUse {
     /// Codes of the HL7 v3 PurposeOfUse value set (v3-ActReason, PurposeOfUse branch).
     const KNOWN: &'static [&'static str] = &[
-        "TREAT", "ETREAT", "CLINTRCH", "CLINTRL", "POPHLTH", "HRESCH", "HOPERAT", "CAREMGT",
-        "DONAT", "FRAUD", "GOV", "HACCRED", "HCOMPL", "HDECD", "HDIRECT", "HLEGAL", "HMARKT",
-        "HOUTCOMS", "HPRGRP", "HQUALIMP", "HSYSADMIN", "LABELING", "METAMGT", "MEMADMIN",
-        "MILCDM", "PATADMIN", "PATSFTY", "PERFMSR", "RECORDMGT", "SYSDEV", "HTEST", "TRAIN",
-        "HPAYMT", "CLMATTCH", "COVAUTH", "COVERAGE", "ELIGDTRM", "ELIGVER", "ENROLLM",
-        "REMITADV", "HRESCH", "PATRQT", "FAMRQT", "PWATRNY", "SUPNWK", "PUBHLTH", "DISASTER",
-        "THREAT", "BTG", "ERTREAT", "COC", "PUBLICHEALTH",
+        "TREAT",
+        "ETREAT",
+        "CLINTRCH",
+        "CLINTRL",
+        "POPHLTH",
+        "HRESCH",
+        "HOPERAT",
+        "CAREMGT",
+        "DONAT",
+        "FRAUD",
+        "GOV",
+        "HACCRED",
+        "HCOMPL",
+        "HDECD",
+        "HDIRECT",
+        "HLEGAL",
+        "HMARKT",
+        "HOUTCOMS",
+        "HPRGRP",
+        "HQUALIMP",
+        "HSYSADMIN",
+        "LABELING",
+        "METAMGT",
+        "MEMADMIN",
+        "MILCDM",
+        "PATADMIN",
+        "PATSFTY",
+        "PERFMSR",
+        "RECORDMGT",
+        "SYSDEV",
+        "HTEST",
+        "TRAIN",
+        "HPAYMT",
+        "CLMATTCH",
+        "COVAUTH",
+        "COVERAGE",
+        "ELIGDTRM",
+        "ELIGVER",
+        "ENROLLM",
+        "REMITADV",
+        "HRESCH",
+        "PATRQT",
+        "FAMRQT",
+        "PWATRNY",
+        "SUPNWK",
+        "PUBHLTH",
+        "DISASTER",
+        "THREAT",
+        "BTG",
+        "ERTREAT",
+        "COC",
+        "PUBLICHEALTH",
     ];
 
     pub fn parse(raw: &str) -> Option<Self> {

@@ -231,13 +231,7 @@ mod tests {
         }
         assert_eq!(query_token(ParamKind::Family, "  "), Err(QueryValueError::Empty));
         assert_eq!(query_token(ParamKind::Identifier, "sys|"), Err(QueryValueError::Empty));
-        assert_eq!(
-            query_token(ParamKind::Reference(ResourceType::Practitioner), "Patient/1"),
-            Err(QueryValueError::Reference)
-        );
-        assert_eq!(
-            query_token(ParamKind::Reference(ResourceType::Practitioner), "abc").unwrap(),
-            "Practitioner/abc"
-        );
+        assert_eq!(query_token(ParamKind::Reference(ResourceType::Practitioner), "Patient/1"), Err(QueryValueError::Reference));
+        assert_eq!(query_token(ParamKind::Reference(ResourceType::Practitioner), "abc").unwrap(), "Practitioner/abc");
     }
 }

@@ -149,10 +149,7 @@ impl FhirValidator {
             "$schema": "http://json-schema.org/draft-07/schema#",
             "allOf": branches,
         });
-        let validator = jsonschema::options()
-            .with_registry(&registry)
-            .build(&root)
-            .map_err(|e| format!("FHIR validator: {e}"))?;
+        let validator = jsonschema::options().with_registry(&registry).build(&root).map_err(|e| format!("FHIR validator: {e}"))?;
         Ok(Self { validator, known })
     }
 
@@ -163,7 +160,13 @@ impl FhirValidator {
             .validator
             .iter_errors(resource)
             .take(MAX_ISSUES)
-            .map(|error| schema_issue(element_path(root, error.instance_path().iter().map(|s| s.to_string()), &self.known), error.kind(), &self.known))
+            .map(|error| {
+                schema_issue(
+                    element_path(root, error.instance_path().iter().map(|s| s.to_string()), &self.known),
+                    error.kind(),
+                    &self.known,
+                )
+            })
             .collect();
         if issues.is_empty() { Ok(()) } else { Err(issues) }
     }
@@ -208,9 +211,7 @@ fn schema_issue(path: String, kind: &jsonschema::error::ValidationErrorKind, kno
         }
         K::Type { .. } => (IssueCode::Structure, "element has the wrong JSON type".to_owned()),
         K::Pattern { .. } => (IssueCode::Value, "value does not have the format FHIR R4 requires".to_owned()),
-        K::Enum { .. } | K::Constant { .. } => {
-            (IssueCode::Value, "value is not one of the codes FHIR R4 allows here".to_owned())
-        }
+        K::Enum { .. } | K::Constant { .. } => (IssueCode::Value, "value is not one of the codes FHIR R4 allows here".to_owned()),
         K::MinItems { .. } => (IssueCode::Structure, "array must not be empty".to_owned()),
         other => (IssueCode::Invalid, format!("fails the '{}' rule of the FHIR R4 schema", other.keyword())),
     };

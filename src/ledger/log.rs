@@ -17,7 +17,6 @@ pub enum LedgerError {
     Tree(#[from] TreeError),
 }
 
-
 /// Stored complete-subtree hashes, read through one connection.
 pub struct DbNodes<'c> {
     conn: &'c mut DbConnection,
@@ -69,18 +68,22 @@ pub fn append(conn: &mut DbConnection, entries: &mut [Entry]) -> Result<rows::Ap
             })?
         };
         entry_rows.push(EntryRow {
-                seq: i64::try_from(next).map_err(|_| TreeError::Range)?,
-                time: entry.time.clone(),
-                tenant: entry.tenant.clone(),
-                actor_sub: entry.actor.sub.clone(),
-                action: entry.action.as_str().to_owned(),
-                patient: entry.patient.clone(),
-                outcome: entry.outcome.as_str().to_owned(),
-                leaf: String::from_utf8(leaf).map_err(|_| TreeError::Range)?,
-                leaf_hash: merkle::to_hex(&hash),
+            seq: i64::try_from(next).map_err(|_| TreeError::Range)?,
+            time: entry.time.clone(),
+            tenant: entry.tenant.clone(),
+            actor_sub: entry.actor.sub.clone(),
+            action: entry.action.as_str().to_owned(),
+            patient: entry.patient.clone(),
+            outcome: entry.outcome.as_str().to_owned(),
+            leaf: String::from_utf8(leaf).map_err(|_| TreeError::Range)?,
+            leaf_hash: merkle::to_hex(&hash),
         });
         for (level, index, h) in completed {
-            node_rows.push(NodeRow { level: i64::from(level), idx: i64::try_from(index).map_err(|_| TreeError::Range)?, hash: merkle::to_hex(&h) });
+            node_rows.push(NodeRow {
+                level: i64::from(level),
+                idx: i64::try_from(index).map_err(|_| TreeError::Range)?,
+                hash: merkle::to_hex(&h),
+            });
             fresh.insert((level, index), h);
         }
     }

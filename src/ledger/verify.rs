@@ -130,7 +130,8 @@ pub fn verify(conn: &mut DbConnection, origin: &str, public_key: &[u8]) -> Resul
         for (level, expected) in by_level {
             let lo = expected.iter().map(|(i, _)| *i).min().unwrap_or(0);
             let hi = expected.iter().map(|(i, _)| *i).max().unwrap_or(0) + 1;
-            let stored: HashMap<i64, String> = rows::nodes_in(conn, i64::from(level), lo as i64, hi as i64).map_err(read)?.into_iter().collect();
+            let stored: HashMap<i64, String> =
+                rows::nodes_in(conn, i64::from(level), lo as i64, hi as i64).map_err(read)?.into_iter().collect();
             for (index, hash) in expected {
                 if stored.get(&(index as i64)) != Some(&to_hex(&hash)) {
                     return Err(Mismatch::Node { level, index });

@@ -40,7 +40,13 @@ impl Caller {
     /// kinds of entry that name it: an access allowed only because the caller broke the
     /// glass (emergency access), and a refused attempt (outcome `denied`), so that a
     /// reviewer sees what was claimed.
-    pub fn break_glass_entry(&self, action: AuditAction, resource: Option<String>, patient: Option<String>, outcome: AuditOutcome) -> Entry {
+    pub fn break_glass_entry(
+        &self,
+        action: AuditAction,
+        resource: Option<String>,
+        patient: Option<String>,
+        outcome: AuditOutcome,
+    ) -> Entry {
         Entry { break_glass: self.break_glass.clone(), ..self.entry(action, resource, patient, outcome) }
     }
 }
@@ -55,7 +61,6 @@ pub(crate) fn ledger_failure(e: crate::ledger::log::LedgerError) -> ServiceError
 pub(crate) fn append_in(tx: &mut DbConnection, mut entries: Vec<Entry>) -> Result<crate::store::ledger::AppendLock, ServiceError> {
     crate::ledger::log::append(tx, &mut entries).map_err(ledger_failure)
 }
-
 
 impl Services {
     /// Records a request whose token was missing or refused (`login`, `denied`). The
@@ -82,7 +87,13 @@ impl Services {
     /// the glass (SPEC section 2: 403, whatever it asked for), after ledgering the attempt
     /// (`denied`, with the reason it gave). `action`, `resource` and `patient` say what the
     /// request was for, as far as its route tells.
-    pub fn refuse_break_glass(&self, caller: &Caller, action: AuditAction, resource: Option<String>, patient: Option<String>) -> Result<(), ServiceError> {
+    pub fn refuse_break_glass(
+        &self,
+        caller: &Caller,
+        action: AuditAction,
+        resource: Option<String>,
+        patient: Option<String>,
+    ) -> Result<(), ServiceError> {
         tracing::info!(action = action.as_str(), "break-glass refused: no role of the caller may break the glass");
         self.record(vec![caller.break_glass_entry(action, resource, patient, AuditOutcome::Denied)])
     }
@@ -95,8 +106,8 @@ pub mod queries {
     use crate::fhir::{Issue, IssueCode};
     use crate::ledger::log::{self, DbNodes, LedgerError};
     use crate::ledger::merkle::{self, TreeError};
-    use crate::service::{Caller, ServiceError, Services};
     use crate::service::export_format::ExportFormat;
+    use crate::service::{Caller, ServiceError, Services};
     use crate::store::ledger::{self as rows, CheckpointRow, EntryFilter};
 
     /// Filters of `GET /audit/export` as the caller gave them.
@@ -185,8 +196,10 @@ pub mod queries {
             rows::entries(&mut conn, Some(caller.principal.tenant.as_str()), from, to)?
                 .iter()
                 .map(|row| {
-                    let mut entry: serde_json::Value = serde_json::from_str(&row.leaf).map_err(ServiceError::corrupt_by("ledger entry leaf"))?;
-                    entry["leaf"] = serde_json::json!(base64::Engine::encode(&base64::engine::general_purpose::STANDARD, row.leaf.as_bytes()));
+                    let mut entry: serde_json::Value =
+                        serde_json::from_str(&row.leaf).map_err(ServiceError::corrupt_by("ledger entry leaf"))?;
+                    entry["leaf"] =
+                        serde_json::json!(base64::Engine::encode(&base64::engine::general_purpose::STANDARD, row.leaf.as_bytes()));
                     Ok(entry)
                 })
                 .collect()
@@ -230,7 +243,12 @@ pub mod queries {
         /// that checkpoint. `emit` returns false when its write failed or the reader went
         /// away: the export then stops and is reported incomplete, never as done. Entries
         /// are read in batches, so an export of any size never sits in memory.
-        pub fn stream_export(&self, export: &PreparedExport, format: ExportFormat, mut emit: impl FnMut(Vec<u8>) -> bool) -> Result<Exported, ServiceError> {
+        pub fn stream_export(
+            &self,
+            export: &PreparedExport,
+            format: ExportFormat,
+            mut emit: impl FnMut(Vec<u8>) -> bool,
+        ) -> Result<Exported, ServiceError> {
             use crate::service::export_format::{Head, Record, head, record, tail};
             let cp = &export.checkpoint;
             let h = Head { origin: self.ledger_signer.origin(), public_key: self.ledger_signer.public_key(), checkpoint: cp };
@@ -248,7 +266,8 @@ pub mod queries {
                     let seq = u64::try_from(row.seq).unwrap_or(0);
                     let path = merkle::inclusion_proof(&mut DbNodes::new(&mut conn), seq, size).map_err(|e| read_failure(e.into()))?;
                     let path: Vec<String> = path.iter().map(merkle::to_hex).collect();
-                    let entry: crate::ledger::entry::Entry = serde_json::from_str(&row.leaf).map_err(ServiceError::corrupt_by("ledger entry leaf"))?;
+                    let entry: crate::ledger::entry::Entry =
+                        serde_json::from_str(&row.leaf).map_err(ServiceError::corrupt_by("ledger entry leaf"))?;
                     if !emit(record(format, &Record { entry: &entry, leaf: &row.leaf, size, path: &path }, count == 0)?) {
                         return Ok(Exported { entries: count, complete: false });
                     }
@@ -276,7 +295,8 @@ pub mod queries {
                 let Some(last) = batch.last() else { break };
                 after = last.seq + 1;
                 for row in batch.iter().filter(|r| r.action != "export") {
-                    let entry: crate::ledger::entry::Entry = serde_json::from_str(&row.leaf).map_err(ServiceError::corrupt_by("ledger entry leaf"))?;
+                    let entry: crate::ledger::entry::Entry =
+                        serde_json::from_str(&row.leaf).map_err(ServiceError::corrupt_by("ledger entry leaf"))?;
                     out.push(serde_json::json!({
                         "date": entry.time,
                         "recipient": entry.actor,

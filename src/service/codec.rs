@@ -53,7 +53,14 @@ impl Codec {
     }
 
     /// The stored form of a version: sealed elements replaced by their envelopes.
-    pub fn seal(&self, tenant: &TenantId, rtype: ResourceType, id: &ResourceId, key: &DataKey, resource: &Value) -> Result<String, ServiceError> {
+    pub fn seal(
+        &self,
+        tenant: &TenantId,
+        rtype: ResourceType,
+        id: &ResourceId,
+        key: &DataKey,
+        resource: &Value,
+    ) -> Result<String, ServiceError> {
         let Value::Object(map) = resource else { return Err(ServiceError::corrupt("resource JSON")) };
         let mut out = Map::with_capacity(map.len());
         for (element, value) in map {
@@ -72,7 +79,14 @@ impl Codec {
     /// Reads a stored version back, opening sealed elements with `key`. A sealed element
     /// that does not open (moved, tampered, wrong key) is an integrity error, never
     /// another record's data; a destroyed key makes the record `Erased`.
-    pub fn open(&self, tenant: &TenantId, rtype: ResourceType, id: &str, stored: &str, key: Option<&Result<DataKey, ServiceError>>) -> Result<Value, ServiceError> {
+    pub fn open(
+        &self,
+        tenant: &TenantId,
+        rtype: ResourceType,
+        id: &str,
+        stored: &str,
+        key: Option<&Result<DataKey, ServiceError>>,
+    ) -> Result<Value, ServiceError> {
         let Value::Object(map) = serde_json::from_str(stored).map_err(ServiceError::corrupt_by("resource JSON"))? else {
             return Err(ServiceError::corrupt("resource JSON"));
         };
@@ -104,15 +118,30 @@ impl Codec {
 
     /// A whole JSON record (offline-edit conflict values) sealed under the owner's data
     /// key, bound to `(tenant, label, record id)`.
-    pub fn seal_record(&self, tenant: &TenantId, label: &str, record_id: &str, key: &DataKey, value: &Value) -> Result<String, ServiceError> {
+    pub fn seal_record(
+        &self,
+        tenant: &TenantId,
+        label: &str,
+        record_id: &str,
+        key: &DataKey,
+        value: &Value,
+    ) -> Result<String, ServiceError> {
         let plaintext = zeroize::Zeroizing::new(serde_json::to_vec(value).map_err(ServiceError::corrupt_by("resource JSON"))?);
         let aad = Aad::new("record", &[tenant.as_str(), label, record_id]);
-        let envelope = Envelope::seal(&key.key, key.key_id, &aad, &plaintext).map_err(ServiceError::keys_by("sealing under the data key"))?;
+        let envelope =
+            Envelope::seal(&key.key, key.key_id, &aad, &plaintext).map_err(ServiceError::keys_by("sealing under the data key"))?;
         Ok(STANDARD.encode(envelope))
     }
 
     /// Opens a record sealed by [`Codec::seal_record`]; a destroyed key makes it `Erased`.
-    pub fn open_record(&self, tenant: &TenantId, label: &str, record_id: &str, stored: &str, key: &Result<DataKey, ServiceError>) -> Result<Value, ServiceError> {
+    pub fn open_record(
+        &self,
+        tenant: &TenantId,
+        label: &str,
+        record_id: &str,
+        stored: &str,
+        key: &Result<DataKey, ServiceError>,
+    ) -> Result<Value, ServiceError> {
         let key = match key {
             Ok(key) => key,
             Err(ServiceError::Erased) => return Err(ServiceError::Erased),

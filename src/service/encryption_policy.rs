@@ -46,8 +46,8 @@ impl EncryptionPolicy {
         let file: PolicyFile = toml::from_str(text).map_err(|e| EncryptionPolicyError::Parse(e.message().to_owned()))?;
         let mut sealed = BTreeMap::new();
         for (name, policy) in file.types {
-            let rtype = ResourceType::from_name(&name)
-                .ok_or_else(|| EncryptionPolicyError::Invalid(format!("unknown resource type '{name}'")))?;
+            let rtype =
+                ResourceType::from_name(&name).ok_or_else(|| EncryptionPolicyError::Invalid(format!("unknown resource type '{name}'")))?;
             for element in &policy.elements {
                 let plain = !element.is_empty() && element.len() <= 64 && element.bytes().all(|b| b.is_ascii_alphanumeric());
                 if !plain || !element.starts_with(|c: char| c.is_ascii_lowercase()) {

@@ -32,19 +32,35 @@ pub enum ServiceError {
     Store(#[from] StoreError),
     /// A stored row does not decode (`what` names the row or field, never its value).
     #[error("stored data could not be decoded: {what}")]
-    Corrupt { what: &'static str, #[source] source: Option<BoxError> },
+    Corrupt {
+        what: &'static str,
+        #[source]
+        source: Option<BoxError>,
+    },
     /// The record's data key was destroyed (crypto-shredding): its content is gone.
     #[error("record has been erased")]
     Erased,
     /// Stored ciphertext or key material failed authentication (tampered or moved).
     #[error("stored data failed an integrity check: {what}")]
-    Integrity { what: &'static str, #[source] source: Option<BoxError> },
+    Integrity {
+        what: &'static str,
+        #[source]
+        source: Option<BoxError>,
+    },
     /// The key provider could not supply a key.
     #[error("keys unavailable: {what}")]
-    Keys { what: &'static str, #[source] source: Option<BoxError> },
+    Keys {
+        what: &'static str,
+        #[source]
+        source: Option<BoxError>,
+    },
     /// The audit entry could not be written, so the access does not happen (fail closed).
     #[error("audit ledger unavailable: {what}")]
-    Ledger { what: &'static str, #[source] source: Option<BoxError> },
+    Ledger {
+        what: &'static str,
+        #[source]
+        source: Option<BoxError>,
+    },
 }
 
 /// The cause of an internal failure, kept for the log.

@@ -1,8 +1,8 @@
 //! Audit export formats. Each writes a head (carrying the signed checkpoint), one record
 //! per entry (with its leaf bytes and inclusion proof) and a tail; all stream.
 
-use crate::service::ServiceError;
 use crate::domain::{AuditAction, AuditOutcome};
+use crate::service::ServiceError;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use serde_json::{Value, json};
@@ -57,9 +57,29 @@ pub struct Record<'a> {
 }
 
 const CSV_COLUMNS: [&str; 23] = [
-    "record", "seq", "time", "tenant", "actor_sub", "actor_roles", "actor_fhir_user", "action", "resource", "patient",
-    "outcome", "purpose_of_use", "break_glass", "client", "request_id", "leaf", "tree_size", "audit_path", "origin",
-    "public_key", "root_hash", "timestamp", "note",
+    "record",
+    "seq",
+    "time",
+    "tenant",
+    "actor_sub",
+    "actor_roles",
+    "actor_fhir_user",
+    "action",
+    "resource",
+    "patient",
+    "outcome",
+    "purpose_of_use",
+    "break_glass",
+    "client",
+    "request_id",
+    "leaf",
+    "tree_size",
+    "audit_path",
+    "origin",
+    "public_key",
+    "root_hash",
+    "timestamp",
+    "note",
 ];
 
 /// A cell that a spreadsheet would not run as a formula (CWE-1236): text starting with

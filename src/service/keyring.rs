@@ -139,7 +139,12 @@ impl KeyRing {
 
     /// The data keys of `owners`; an owner without a key is absent, a destroyed key is
     /// `Err(Erased)`.
-    pub fn data_keys(&self, conn: &mut DbConnection, tenant: &str, owners: &[String]) -> Result<HashMap<String, Result<DataKey, ServiceError>>, ServiceError> {
+    pub fn data_keys(
+        &self,
+        conn: &mut DbConnection,
+        tenant: &str,
+        owners: &[String],
+    ) -> Result<HashMap<String, Result<DataKey, ServiceError>>, ServiceError> {
         let tenant_keys = self.tenant(conn, tenant)?;
         let found = rows::find_data_keys(conn, tenant, owners)?;
         Ok(found.into_iter().map(|row| (row.owner.clone(), self.unwrap_data_key(&tenant_keys, &row))).collect())
@@ -211,10 +216,7 @@ impl KeyRing {
         let (live, destroyed) = rows::data_key_counts(conn)?;
         Ok(KeyStatus {
             development: self.provider.is_development(),
-            versions: versions
-                .into_iter()
-                .map(|v| (v, tenant_rows.iter().filter(|r| r.kek_version == i64::from(v)).count()))
-                .collect(),
+            versions: versions.into_iter().map(|v| (v, tenant_rows.iter().filter(|r| r.kek_version == i64::from(v)).count())).collect(),
             data_keys_live: live,
             data_keys_destroyed: destroyed,
         })

@@ -16,15 +16,15 @@ pub mod export_format;
 mod group_commit;
 pub mod keyring;
 pub mod resources;
-pub mod sync;
 mod search_params;
+pub mod sync;
 
 use std::sync::Arc;
 
 pub use audit::queries::{ExportRequest, Exported, PreparedExport};
 pub use error::ServiceError;
 pub use group_commit::WriterThread;
-pub use search_params::{MAX_COUNT, DEFAULT_COUNT, MAX_OFFSET};
+pub use search_params::{DEFAULT_COUNT, MAX_COUNT, MAX_OFFSET};
 
 use crate::authz::AccessPolicy;
 use crate::domain::{Principal, PurposeOfUse};

@@ -103,9 +103,7 @@ pub fn parse(rtype: ResourceType, params: &[(String, String)]) -> Result<ParsedS
                 });
             }
             _ => {
-                let def = rtype
-                    .search_param(base)
-                    .ok_or_else(|| bad(rtype, name, format!("is not supported for {}", rtype.name())))?;
+                let def = rtype.search_param(base).ok_or_else(|| bad(rtype, name, format!("is not supported for {}", rtype.name())))?;
                 if let Some(m) = modifier
                     && m != "exact"
                 {

@@ -54,11 +54,7 @@ pub fn rewrap_tenant_key(conn: &mut DbConnection, tenant: &str, from_version: i6
 }
 
 pub fn find_data_keys(conn: &mut DbConnection, tenant: &str, owners: &[String]) -> QueryResult<Vec<DataKeyRow>> {
-    data_keys::table
-        .filter(data_keys::tenant.eq(tenant))
-        .filter(data_keys::owner.eq_any(owners))
-        .select(DataKeyRow::as_select())
-        .load(conn)
+    data_keys::table.filter(data_keys::tenant.eq(tenant)).filter(data_keys::owner.eq_any(owners)).select(DataKeyRow::as_select()).load(conn)
 }
 
 pub fn insert_data_key(conn: &mut DbConnection, row: &DataKeyRow) -> QueryResult<()> {
@@ -68,10 +64,7 @@ pub fn insert_data_key(conn: &mut DbConnection, row: &DataKeyRow) -> QueryResult
 /// Destroys an owner's data key (crypto-shredding). Returns whether a live key was destroyed.
 pub fn destroy_data_key(conn: &mut DbConnection, tenant: &str, owner: &str, at: NaiveDateTime) -> QueryResult<bool> {
     let n = diesel::update(
-        data_keys::table
-            .filter(data_keys::tenant.eq(tenant))
-            .filter(data_keys::owner.eq(owner))
-            .filter(data_keys::wrapped.is_not_null()),
+        data_keys::table.filter(data_keys::tenant.eq(tenant)).filter(data_keys::owner.eq(owner)).filter(data_keys::wrapped.is_not_null()),
     )
     .set((data_keys::wrapped.eq(None::<String>), data_keys::destroyed_at.eq(Some(at))))
     .execute(conn)?;

@@ -285,10 +285,7 @@ pub fn run_migrations(conn: &mut DbConnection) -> Result<Vec<String>, StoreError
 /// taking the write lock up front so concurrent writers wait on the busy timeout instead
 /// of failing when a read lock is upgraded; on PostgreSQL it is an ordinary transaction.
 /// Commits on `Ok`, rolls back on `Err`.
-pub fn write_transaction<T, E>(
-    conn: &mut DbConnection,
-    work: impl FnOnce(&mut DbConnection) -> Result<T, E>,
-) -> Result<T, E>
+pub fn write_transaction<T, E>(conn: &mut DbConnection, work: impl FnOnce(&mut DbConnection) -> Result<T, E>) -> Result<T, E>
 where
     E: From<diesel::result::Error>,
 {

@@ -56,11 +56,7 @@ impl From<&CurrentRow> for VersionRow {
 }
 
 pub fn find_current(conn: &mut DbConnection, tenant: &str, rtype: &str, id: &str) -> QueryResult<Option<CurrentRow>> {
-    resources::table
-        .find((tenant, rtype, id))
-        .select(CurrentRow::as_select())
-        .first(conn)
-        .optional()
+    resources::table.find((tenant, rtype, id)).select(CurrentRow::as_select()).first(conn).optional()
 }
 
 /// The current rows of `ids` of `types` (a superset of the pairs asked for when several
@@ -77,24 +73,20 @@ pub fn currents_of(conn: &mut DbConnection, tenant: &str, types: &[&str], ids: &
         .load(conn)
 }
 
-pub fn find_version(
-    conn: &mut DbConnection,
-    tenant: &str,
-    rtype: &str,
-    id: &str,
-    version: i64,
-) -> QueryResult<Option<VersionRow>> {
-    resource_versions::table
-        .find((tenant, rtype, id, version))
-        .select(VersionRow::as_select())
-        .first(conn)
-        .optional()
+pub fn find_version(conn: &mut DbConnection, tenant: &str, rtype: &str, id: &str, version: i64) -> QueryResult<Option<VersionRow>> {
+    resource_versions::table.find((tenant, rtype, id, version)).select(VersionRow::as_select()).first(conn).optional()
 }
 
 /// The versions of `ids` of `types` whose version id is in `versions`: a superset of the
 /// exact (type, id, version) triples a caller wants, read in one round trip along the
 /// primary key (planned with the actual arrays: see `Manager::open`).
-pub fn versions_of(conn: &mut DbConnection, tenant: &str, types: &[&str], ids: &[String], versions: &[i64]) -> QueryResult<Vec<VersionRow>> {
+pub fn versions_of(
+    conn: &mut DbConnection,
+    tenant: &str,
+    types: &[&str],
+    ids: &[String],
+    versions: &[i64],
+) -> QueryResult<Vec<VersionRow>> {
     if ids.is_empty() {
         return Ok(Vec::new());
     }
@@ -116,10 +108,8 @@ pub fn history(
     limit: i64,
     offset: i64,
 ) -> QueryResult<(Vec<VersionRow>, i64)> {
-    let of_resource = resource_versions::tenant
-        .eq(tenant)
-        .and(resource_versions::resource_type.eq(rtype))
-        .and(resource_versions::id.eq(id));
+    let of_resource =
+        resource_versions::tenant.eq(tenant).and(resource_versions::resource_type.eq(rtype)).and(resource_versions::id.eq(id));
     let total = resource_versions::table.filter(of_resource).select(count_star()).first(conn)?;
     let rows = resource_versions::table
         .filter(of_resource)
@@ -142,19 +132,16 @@ pub fn insert_first(conn: &mut DbConnection, row: &CurrentRow) -> QueryResult<()
 /// version. Returns `false`, writing nothing, when the current version is not `expected`:
 /// of two writers holding the same version, exactly one advances it.
 pub fn advance(conn: &mut DbConnection, row: &CurrentRow, expected: i64) -> QueryResult<bool> {
-    let updated = diesel::update(
-        resources::table
-            .find((&row.tenant, &row.resource_type, &row.id))
-            .filter(resources::version_id.eq(expected)),
-    )
-    .set((
-        resources::version_id.eq(row.version_id),
-        resources::deleted.eq(row.deleted),
-        resources::last_updated.eq(row.last_updated),
-        resources::patient_id.eq(&row.patient_id),
-        resources::content.eq(&row.content),
-    ))
-    .execute(conn)?;
+    let updated =
+        diesel::update(resources::table.find((&row.tenant, &row.resource_type, &row.id)).filter(resources::version_id.eq(expected)))
+            .set((
+                resources::version_id.eq(row.version_id),
+                resources::deleted.eq(row.deleted),
+                resources::last_updated.eq(row.last_updated),
+                resources::patient_id.eq(&row.patient_id),
+                resources::content.eq(&row.content),
+            ))
+            .execute(conn)?;
     if updated != 1 {
         return Ok(false);
     }
@@ -163,20 +150,10 @@ pub fn advance(conn: &mut DbConnection, row: &CurrentRow, expected: i64) -> Quer
 }
 
 /// Replaces the search tokens of a resource with `tokens` (`(param, token)` pairs).
-pub fn replace_tokens(
-    conn: &mut DbConnection,
-    tenant: &str,
-    rtype: &str,
-    id: &str,
-    tokens: &[(&str, String)],
-) -> QueryResult<()> {
+pub fn replace_tokens(conn: &mut DbConnection, tenant: &str, rtype: &str, id: &str, tokens: &[(&str, String)]) -> QueryResult<()> {
     diesel::delete(
-        search_tokens::table.filter(
-            search_tokens::tenant
-                .eq(tenant)
-                .and(search_tokens::resource_type.eq(rtype))
-                .and(search_tokens::resource_id.eq(id)),
-        ),
+        search_tokens::table
+            .filter(search_tokens::tenant.eq(tenant).and(search_tokens::resource_type.eq(rtype)).and(search_tokens::resource_id.eq(id))),
     )
     .execute(conn)?;
     let rows: Vec<_> = tokens
@@ -262,9 +239,7 @@ fn restriction(tenant: &str, r: &Restriction) -> Condition {
         Restriction::IdIs(id) => Box::new(resources::id.eq(id.clone())),
         Restriction::PatientInCareOf(gp) => Box::new(resources::id.eq_any(in_care_of(tenant, gp))),
         Restriction::CompartmentOf(pid) => Box::new(resources::patient_id.assume_not_null().eq(pid.clone())),
-        Restriction::CompartmentInCareOf(gp) => {
-            Box::new(resources::patient_id.assume_not_null().eq_any(in_care_of(tenant, gp)))
-        }
+        Restriction::CompartmentInCareOf(gp) => Box::new(resources::patient_id.assume_not_null().eq_any(in_care_of(tenant, gp))),
     }
 }
 
@@ -297,11 +272,6 @@ fn filtered(q: &SearchQuery) -> resources::BoxedQuery<'static, Db> {
 /// One page of matches ordered by id, and the total number of matches.
 pub fn search(conn: &mut DbConnection, q: &SearchQuery) -> QueryResult<(Vec<CurrentRow>, i64)> {
     let total = filtered(q).select(count_star()).first(conn)?;
-    let rows = filtered(q)
-        .order(resources::id.asc())
-        .limit(q.limit)
-        .offset(q.offset)
-        .select(CurrentRow::as_select())
-        .load(conn)?;
+    let rows = filtered(q).order(resources::id.asc()).limit(q.limit).offset(q.offset).select(CurrentRow::as_select()).load(conn)?;
     Ok((rows, total))
 }

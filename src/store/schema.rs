@@ -36,7 +36,19 @@ diesel::table! {
     }
 }
 
-diesel::allow_tables_to_appear_in_same_query!(resources, resource_versions, search_tokens, tenant_keys, data_keys, ledger_entries, ledger_nodes, ledger_checkpoints, change_log, sync_mutations, sync_conflicts);
+diesel::allow_tables_to_appear_in_same_query!(
+    resources,
+    resource_versions,
+    search_tokens,
+    tenant_keys,
+    data_keys,
+    ledger_entries,
+    ledger_nodes,
+    ledger_checkpoints,
+    change_log,
+    sync_mutations,
+    sync_conflicts
+);
 
 diesel::table! {
     tenant_keys (tenant) {

@@ -65,11 +65,7 @@ pub fn conflicts(conn: &mut DbConnection, tenant: &str, status: Option<&str>, li
     if let Some(status) = status {
         query = query.filter(sync_conflicts::status.eq(status.to_owned()));
     }
-    query
-        .order((sync_conflicts::created_at.asc(), sync_conflicts::id.asc()))
-        .limit(limit)
-        .select(ConflictRow::as_select())
-        .load(conn)
+    query.order((sync_conflicts::created_at.asc(), sync_conflicts::id.asc())).limit(limit).select(ConflictRow::as_select()).load(conn)
 }
 
 /// Marks an open conflict resolved; `false` if it was no longer open (resolved concurrently).

@@ -17,11 +17,7 @@ fn rules(architecture: &str) -> BTreeMap<String, Vec<String>> {
             continue;
         }
         let module = first.trim_matches('`').to_owned();
-        let allowed = if *last == "nothing of the crate" {
-            Vec::new()
-        } else {
-            last.split(',').map(|m| m.trim().to_owned()).collect()
-        };
+        let allowed = if *last == "nothing of the crate" { Vec::new() } else { last.split(',').map(|m| m.trim().to_owned()).collect() };
         out.insert(module, allowed);
     }
     out

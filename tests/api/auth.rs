@@ -145,7 +145,8 @@ async fn with_a_jwks_file_the_development_secret_does_not_verify() {
     let pkcs8 = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
     let pair = ring::signature::Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
     let jwks = keys.path().join("jwks.json");
-    let jwk = json!({"kty": "OKP", "crv": "Ed25519", "alg": "EdDSA", "kid": "ed-1", "x": URL_SAFE_NO_PAD.encode(pair.public_key().as_ref())});
+    let jwk =
+        json!({"kty": "OKP", "crv": "Ed25519", "alg": "EdDSA", "kid": "ed-1", "x": URL_SAFE_NO_PAD.encode(pair.public_key().as_ref())});
     std::fs::write(&jwks, json!({"keys": [jwk]}).to_string()).unwrap();
     let mut dev_secret = None;
     let app = spawn_app_with(|c| {

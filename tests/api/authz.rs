@@ -54,8 +54,16 @@ async fn break_glass_needs_a_reason_and_a_role_that_may_use_it() {
     // Break-glass opens reads, never writes.
     let mut body: Value = app.get_with(&dr2, &path, &reason).await.json().await.unwrap();
     body["gender"] = "other".into();
-    let write = app.client.put(app.url(&path)).bearer_auth(&dr2.token).header("x-break-glass", reason[0].1)
-        .header("content-type", FHIR_JSON).body(body.to_string()).send().await.unwrap();
+    let write = app
+        .client
+        .put(app.url(&path))
+        .bearer_auth(&dr2.token)
+        .header("x-break-glass", reason[0].1)
+        .header("content-type", FHIR_JSON)
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
     expect_outcome(write, StatusCode::FORBIDDEN).await;
     let admin = app.admin();
     expect_outcome(app.get(&admin, &path).await, StatusCode::FORBIDDEN).await;
@@ -82,7 +90,8 @@ async fn roles_that_may_not_break_the_glass_get_403_and_a_denied_entry() {
     let auditor = auditor(&app);
     assert_eq!(app.get(&desk, &path).await.status(), StatusCode::OK);
     assert_eq!(app.get(&me, &path).await.status(), StatusCode::OK);
-    for (who, url) in [(&desk, path.as_str()), (&me, path.as_str()), (&desk, "/fhir/Patient"), (&auditor, "/audit/entries?from=0&to=1000")] {
+    for (who, url) in [(&desk, path.as_str()), (&me, path.as_str()), (&desk, "/fhir/Patient"), (&auditor, "/audit/entries?from=0&to=1000")]
+    {
         let refused = expect_outcome(app.get_with(who, url, &glass).await, StatusCode::FORBIDDEN).await;
         assert!(refused["issue"][0]["diagnostics"].as_str().unwrap().contains("break the glass"), "{refused}");
     }

@@ -70,7 +70,10 @@ async fn token_checks_its_arguments() {
     let short = [("CAREVAULT_DATA_DIR", data.as_str()), ("CAREVAULT_MAX_TOKEN_TTL", "600")];
     let over = carevault(&["token", "--sub", "a", "--tenant", "t", "--role", "clinician", "--ttl", "601"], &short);
     assert!(String::from_utf8_lossy(&over.stderr).contains("maximum token lifetime"), "{over:?}");
-    assert!(carevault(&["token", "--sub", "a", "--tenant", "t", "--role", "clinician"], &short).status.success(), "the default ttl fits the maximum");
+    assert!(
+        carevault(&["token", "--sub", "a", "--tenant", "t", "--role", "clinician"], &short).status.success(),
+        "the default ttl fits the maximum"
+    );
 }
 
 #[tokio::test]
@@ -106,7 +109,16 @@ async fn bad_configuration_stops_the_start_with_a_clear_error() {
 
 #[tokio::test]
 async fn every_command_explains_itself() {
-    for args in [&["--help"][..], &["serve", "--help"], &["migrate", "--help"], &["token", "--help"], &["keys", "--help"], &["keys", "rotate", "--help"], &["keys", "status", "--help"], &["keys", "init", "--help"]] {
+    for args in [
+        &["--help"][..],
+        &["serve", "--help"],
+        &["migrate", "--help"],
+        &["token", "--help"],
+        &["keys", "--help"],
+        &["keys", "rotate", "--help"],
+        &["keys", "status", "--help"],
+        &["keys", "init", "--help"],
+    ] {
         let out = carevault(args, &[]);
         assert!(out.status.success(), "{args:?}");
         assert!(String::from_utf8_lossy(&out.stdout).contains("Usage"), "{args:?}");
@@ -182,7 +194,9 @@ async fn production_verifies_eddsa_and_rs256_tokens_from_a_jwks_file() {
     let hs = app.token_with(claims(TENANT));
     expect_outcome(app.get(&Who { token: hs }, "/fhir/Patient").await, StatusCode::UNAUTHORIZED).await;
     // The public key must not double as an HMAC secret (algorithm confusion).
-    let confused = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims(TENANT), &EncodingKey::from_secret(pair.public_key().as_ref())).unwrap();
+    let confused =
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims(TENANT), &EncodingKey::from_secret(pair.public_key().as_ref()))
+            .unwrap();
     expect_outcome(app.get(&Who { token: confused }, "/fhir/Patient").await, StatusCode::UNAUTHORIZED).await;
 
     {

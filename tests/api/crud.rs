@@ -169,7 +169,8 @@ async fn capability_statement_is_public_and_lists_the_served_types() {
     assert_eq!(cs["fhirVersion"], "4.0.1");
     let types: Vec<&str> = cs["rest"][0]["resource"].as_array().unwrap().iter().map(|r| r["type"].as_str().unwrap()).collect();
     assert_eq!(types, ["Patient", "Practitioner"]);
-    let params: Vec<&str> = cs["rest"][0]["resource"][0]["searchParam"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    let params: Vec<&str> =
+        cs["rest"][0]["resource"][0]["searchParam"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
     for p in ["identifier", "family", "given", "birthdate", "phone", "email"] {
         assert!(params.contains(&p), "{p} missing from {params:?}");
     }

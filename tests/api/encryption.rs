@@ -33,7 +33,8 @@ fn raw_database(app: &TestApp) -> Vec<u8> {
             bytes
         }
         TestDb::Postgres { admin_url, schema } => {
-            let out = std::process::Command::new("pg_dump").arg("--dbname").arg(admin_url).args(["--schema", schema]).output().expect("pg_dump");
+            let out =
+                std::process::Command::new("pg_dump").arg("--dbname").arg(admin_url).args(["--schema", schema]).output().expect("pg_dump");
             assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
             assert!(out.stdout.len() > 1000, "the dump holds the tables");
             out.stdout
@@ -67,7 +68,8 @@ async fn nothing_identifying_is_stored_in_the_clear() {
     assert_eq!(back["extension"][0]["valueString"], format!("Zz-Extension-{m}"));
     let found: Value = app.get(&desk, &format!("/fhir/Patient?family=ZZ-FAMILY-{}", m.to_lowercase())).await.json().await.unwrap();
     assert_eq!(entry_ids(&found), vec![id.clone()]);
-    let found: Value = app.get(&desk, &format!("/fhir/Practitioner?identifier=urn:test:npi|npi-{}", m.to_lowercase())).await.json().await.unwrap();
+    let found: Value =
+        app.get(&desk, &format!("/fhir/Practitioner?identifier=urn:test:npi|npi-{}", m.to_lowercase())).await.json().await.unwrap();
     assert_eq!(entry_ids(&found), vec![doc_id]);
 
     let raw = raw_database(&app);
@@ -198,7 +200,16 @@ async fn keys_rotate_while_serving_and_everything_reads_after_a_restart() {
         let r = app.client.get(format!("{address}/fhir/Patient/{id}")).bearer_auth(&who.token).send().await.unwrap();
         assert_eq!(r.status(), StatusCode::OK, "{id}");
     }
-    let found: Value = app.client.get(format!("{address}/fhir/Patient?birthdate=1913-07-19")).bearer_auth(&desk.token).send().await.unwrap().json().await.unwrap();
+    let found: Value = app
+        .client
+        .get(format!("{address}/fhir/Patient?birthdate=1913-07-19"))
+        .bearer_auth(&desk.token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(found["total"], 4);
     let status = carevault_cli(&app, &["keys", "status"]);
     assert!(status.contains("version 2: wraps 3 tenant key(s)"), "{status}");
@@ -230,7 +241,10 @@ async fn crypto_shredding_makes_every_stored_copy_unreadable() {
     let tenant = carevault::domain::TenantId::parse(TENANT).unwrap();
     let owner = carevault::domain::Reference::parse(&format!("Patient/{id}")).unwrap();
     let clinician = service_caller(TENANT, "zz-dr", "clinician");
-    assert!(matches!(services.shred(&clinician, &owner), Err(carevault::service::ServiceError::Forbidden)), "shredding needs the keys capability");
+    assert!(
+        matches!(services.shred(&clinician, &owner), Err(carevault::service::ServiceError::Forbidden)),
+        "shredding needs the keys capability"
+    );
     let admin = service_caller(TENANT, "zz-admin", "admin");
     assert!(services.shred(&admin, &owner).unwrap());
     assert!(!services.shred(&admin, &owner).unwrap(), "shredding twice destroys nothing more");
@@ -241,7 +255,11 @@ async fn crypto_shredding_makes_every_stored_copy_unreadable() {
         .map(|e| (e["outcome"].as_str().unwrap().to_owned(), e["patient"].as_str().unwrap().to_owned()))
         .collect();
     let shredded = owner.to_string();
-    assert_eq!(purges, [("denied".to_owned(), shredded.clone()), ("success".to_owned(), shredded.clone()), ("success".to_owned(), shredded)], "each attempt is ledgered");
+    assert_eq!(
+        purges,
+        [("denied".to_owned(), shredded.clone()), ("success".to_owned(), shredded.clone()), ("success".to_owned(), shredded)],
+        "each attempt is ledgered"
+    );
 
     for p in [path.clone(), format!("{path}/_history/1"), format!("{path}/_history/2"), format!("{path}/_history")] {
         let outcome = expect_outcome(app.get(&desk, &p).await, StatusCode::GONE).await;
@@ -267,10 +285,12 @@ async fn production_refuses_development_master_keys() {
     let app = spawn_app().await;
     let mut settings = app.settings.clone();
     settings.insert("env".into(), "production".into());
-    let refused = carevault::startup::Application::build(&carevault::config::Settings::from_map(&settings).unwrap()).err().expect("must refuse");
+    let refused =
+        carevault::startup::Application::build(&carevault::config::Settings::from_map(&settings).unwrap()).err().expect("must refuse");
     assert!(refused.to_string().contains("development master keys"), "{refused}");
     settings.insert("master_key_file".into(), format!("{}/none.json", app.settings["data_dir"]));
-    let missing = carevault::startup::Application::build(&carevault::config::Settings::from_map(&settings).unwrap()).err().expect("must refuse");
+    let missing =
+        carevault::startup::Application::build(&carevault::config::Settings::from_map(&settings).unwrap()).err().expect("must refuse");
     assert!(missing.to_string().contains("keys init"), "{missing}");
 }
 

@@ -69,7 +69,8 @@ async fn a_tls_server_is_checked_over_tls_trusting_its_configured_certificate() 
 
     // Another certificate configured than the one served: not trusted.
     let (other_cert, other_key) = self_signed(dir.path(), "other");
-    let (ok, _, stderr) = healthcheck(&[("CAREVAULT_ADDR", &addr), ("CAREVAULT_TLS_CERT", &other_cert), ("CAREVAULT_TLS_KEY", &other_key)]).await;
+    let (ok, _, stderr) =
+        healthcheck(&[("CAREVAULT_ADDR", &addr), ("CAREVAULT_TLS_CERT", &other_cert), ("CAREVAULT_TLS_KEY", &other_key)]).await;
     assert!(!ok);
     assert!(stderr.contains("unhealthy"), "{stderr}");
 

@@ -38,7 +38,6 @@ impl TestDb {
             }
         }
     }
-
 }
 
 impl Drop for TestDb {
@@ -181,7 +180,8 @@ impl ServeProcess {
     pub async fn terminate(mut self) -> (std::process::ExitStatus, Vec<String>) {
         let pid = self.child.id().expect("running").to_string();
         std::process::Command::new("kill").args(["-TERM", &pid]).status().expect("kill");
-        let status = tokio::time::timeout(std::time::Duration::from_secs(30), self.child.wait()).await.expect("stops in time").expect("wait");
+        let status =
+            tokio::time::timeout(std::time::Duration::from_secs(30), self.child.wait()).await.expect("stops in time").expect("wait");
         let mut all = self.started;
         all.extend(self.reader.await.expect("stdout reader"));
         (status, all)
@@ -307,12 +307,7 @@ impl TestApp {
     }
 
     pub async fn put(&self, who: &Who, path: &str, body: &Value, if_match: Option<&str>) -> Response {
-        let mut req = self
-            .client
-            .put(self.url(path))
-            .bearer_auth(&who.token)
-            .header("content-type", FHIR_JSON)
-            .body(body.to_string());
+        let mut req = self.client.put(self.url(path)).bearer_auth(&who.token).header("content-type", FHIR_JSON).body(body.to_string());
         if let Some(m) = if_match {
             req = req.header("if-match", m);
         }

@@ -32,14 +32,7 @@ fn offset_of(url: &str) -> i64 {
 }
 
 async fn post_text(app: &TestApp, who: &Who, path: &str, body: &str) -> reqwest::Response {
-    app.client
-        .post(app.url(path))
-        .bearer_auth(&who.token)
-        .header("content-type", FHIR_JSON)
-        .body(body.to_owned())
-        .send()
-        .await
-        .unwrap()
+    app.client.post(app.url(path)).bearer_auth(&who.token).header("content-type", FHIR_JSON).body(body.to_owned()).send().await.unwrap()
 }
 
 #[tokio::test]
@@ -299,10 +292,8 @@ async fn a_websocket_message_over_the_body_limit_closes_with_1009() {
     ws.send(Message::text(format!(r#"{{"type": "ping", "pad": "{}"}}"#, "z".repeat(900)))).await.unwrap();
     assert_eq!(next_json(&mut ws).await, json!({"type": "pong"}));
 
-    let oversized = [
-        vec![Message::text(format!(r#"{{"type": "ping", "pad": "{}"}}"#, "z".repeat(4096)))],
-        vec![Message::binary(vec![0u8; 2048])],
-    ];
+    let oversized =
+        [vec![Message::text(format!(r#"{{"type": "ping", "pad": "{}"}}"#, "z".repeat(4096)))], vec![Message::binary(vec![0u8; 2048])]];
     for frames in oversized {
         let mut ws = connect(&app, &clinician).await;
         for frame in frames {

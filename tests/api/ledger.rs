@@ -176,7 +176,8 @@ async fn each_access_is_ledgered_with_actor_action_outcome_and_patient() {
     let mut expected_search = vec![format!("Patient/{id}"), format!("Patient/{other}")];
     expected_search.sort();
     assert_eq!(searched, expected_search, "one search entry per patient returned");
-    let rest: Vec<_> = got.into_iter().filter(|g| g.0 != "search" && g.2.as_deref() != Some(&format!("Patient/{other}/_history/1"))).collect();
+    let rest: Vec<_> =
+        got.into_iter().filter(|g| g.0 != "search" && g.2.as_deref() != Some(&format!("Patient/{other}/_history/1"))).collect();
     let s = |a: &str, o: &str, r: String| (a.to_owned(), o.to_owned(), Some(r), p.clone());
     assert_eq!(
         rest,
@@ -315,7 +316,9 @@ async fn reads_and_writes_fail_closed_when_the_ledger_cannot_be_written() {
     let mut conn = app.db();
     let block = match app.db {
         TestDb::Sqlite(_) => "CREATE TRIGGER zz_block BEFORE INSERT ON ledger_entries BEGIN SELECT RAISE(ABORT, 'blocked'); END;",
-        TestDb::Postgres { .. } => "CREATE TRIGGER zz_block BEFORE INSERT ON ledger_entries FOR EACH ROW EXECUTE FUNCTION ledger_refuse_change();",
+        TestDb::Postgres { .. } => {
+            "CREATE TRIGGER zz_block BEFORE INSERT ON ledger_entries FOR EACH ROW EXECUTE FUNCTION ledger_refuse_change();"
+        }
     };
     diesel::sql_query(block).execute(&mut *conn).unwrap();
     let read = app.get(&desk, &format!("/fhir/Patient/{id}")).await;
@@ -394,7 +397,8 @@ async fn ledger_verify_names_the_first_entry_that_was_edited_deleted_or_truncate
     assert!(ok, "{out}");
 
     // 3. An entry deleted from the middle.
-    let saved: carevault::store::ledger::EntryRow = le::table.filter(le::seq.eq(4)).select(carevault::store::ledger::EntryRow::as_select()).first(&mut *conn).unwrap();
+    let saved: carevault::store::ledger::EntryRow =
+        le::table.filter(le::seq.eq(4)).select(carevault::store::ledger::EntryRow::as_select()).first(&mut *conn).unwrap();
     diesel::delete(le::table.filter(le::seq.eq(4))).execute(&mut *conn).unwrap();
     let (ok, out) = ledger_cli(&app, &["ledger", "verify"]);
     assert!(!ok && out.contains("entry 4: missing"), "{out}");
@@ -450,7 +454,8 @@ async fn exports_stream_with_proofs_verify_offline_and_disclosures_list_accesses
     // Offline: the public key alone.
     let key: Value = app.client.get(app.url("/audit/public-key")).send().await.unwrap().json().await.unwrap();
     let key = key["public_key"].as_str().unwrap().to_owned();
-    let (_, root) = verify_note(lines[0]["note"].as_str().unwrap(), lines[0]["origin"].as_str().unwrap(), &STANDARD.decode(&key).unwrap()).unwrap();
+    let (_, root) =
+        verify_note(lines[0]["note"].as_str().unwrap(), lines[0]["origin"].as_str().unwrap(), &STANDARD.decode(&key).unwrap()).unwrap();
     let size = lines[0]["size"].as_u64().unwrap();
     for l in &lines[1..] {
         let path: Vec<[u8; 32]> = l["audit_path"].as_array().unwrap().iter().map(|h| hex(h.as_str().unwrap())).collect();

@@ -48,16 +48,19 @@ async fn logs_carry_request_ids_and_no_phi_at_any_level() {
 
     let m = format!("PHIMARK{}", marker());
     let secret_hs = carevault::auth::Hs256Secret::new(secret.into_bytes());
-    let token = carevault::auth::mint_hs256(&secret_hs, &carevault::auth::Claims {
-        sub: "zz-logger".into(),
-        tenant: TENANT.into(),
-        roles: vec!["front_desk".into()],
-        fhir_user: None,
-        exp: now() + 600,
-        iat: None,
-        iss: None,
-        aud: None,
-    })
+    let token = carevault::auth::mint_hs256(
+        &secret_hs,
+        &carevault::auth::Claims {
+            sub: "zz-logger".into(),
+            tenant: TENANT.into(),
+            roles: vec!["front_desk".into()],
+            fhir_user: None,
+            exp: now() + 600,
+            iat: None,
+            iss: None,
+            aud: None,
+        },
+    )
     .unwrap();
     let client = reqwest::Client::new();
     let base = server.base.clone();
@@ -68,29 +71,46 @@ async fn logs_carry_request_ids_and_no_phi_at_any_level() {
     assert_eq!(created.status(), StatusCode::CREATED);
     let created_request = request_id(&created);
     let id = created.json::<serde_json::Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
-    let found = client.get(format!("{base}/fhir/Patient?family=zz-family-{m}&email=zz.{m}@example.test")).bearer_auth(&token).send().await.unwrap();
+    let found =
+        client.get(format!("{base}/fhir/Patient?family=zz-family-{m}&email=zz.{m}@example.test")).bearer_auth(&token).send().await.unwrap();
     assert_eq!(found.status(), StatusCode::OK);
     let search_request = request_id(&found);
     assert_eq!(client.get(format!("{base}/fhir/Patient/{id}")).bearer_auth(&token).send().await.unwrap().status(), StatusCode::OK);
     assert_eq!(post(json!({"resourceType": "Patient", "gender": m})).await.unwrap().status(), StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(post(json!({"resourceType": "Patient", "name": m})).await.unwrap().status(), StatusCode::UNPROCESSABLE_ENTITY);
-    let broken = client.post(format!("{base}/fhir/Patient")).bearer_auth(&token).header("content-type", FHIR_JSON).body(format!("{{\"x\":\"{m}")).send().await.unwrap();
+    let broken = client
+        .post(format!("{base}/fhir/Patient"))
+        .bearer_auth(&token)
+        .header("content-type", FHIR_JSON)
+        .body(format!("{{\"x\":\"{m}"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(broken.status(), StatusCode::BAD_REQUEST);
     assert_eq!(client.get(format!("{base}/fhir/Patient/{m}")).bearer_auth(&token).send().await.unwrap().status(), StatusCode::NOT_FOUND);
-    assert_eq!(client.get(format!("{base}/fhir/Patient?nickname={m}")).bearer_auth(&token).send().await.unwrap().status(), StatusCode::BAD_REQUEST);
-    assert_eq!(client.get(format!("{base}/fhir/Patient?family={m}")).bearer_auth(format!("{m}.{m}.{m}")).send().await.unwrap().status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        client.get(format!("{base}/fhir/Patient?nickname={m}")).bearer_auth(&token).send().await.unwrap().status(),
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        client.get(format!("{base}/fhir/Patient?family={m}")).bearer_auth(format!("{m}.{m}.{m}")).send().await.unwrap().status(),
+        StatusCode::UNAUTHORIZED
+    );
 
     // The export is streamed from a blocking task of its own, after the handler returned.
-    let auditor = carevault::auth::mint_hs256(&secret_hs, &carevault::auth::Claims {
-        sub: "zz-auditor".into(),
-        tenant: TENANT.into(),
-        roles: vec!["auditor".into()],
-        fhir_user: None,
-        exp: now() + 600,
-        iat: None,
-        iss: None,
-        aud: None,
-    })
+    let auditor = carevault::auth::mint_hs256(
+        &secret_hs,
+        &carevault::auth::Claims {
+            sub: "zz-auditor".into(),
+            tenant: TENANT.into(),
+            roles: vec!["auditor".into()],
+            fhir_user: None,
+            exp: now() + 600,
+            iat: None,
+            iss: None,
+            aud: None,
+        },
+    )
     .unwrap();
     let exported = client.get(format!("{base}/audit/export")).bearer_auth(&auditor).send().await.unwrap();
     assert_eq!(exported.status(), StatusCode::OK);
@@ -168,16 +188,19 @@ async fn filtered_to_warnings_lines_still_carry_the_request_id() {
     let server = ServeProcess::start(&env).await;
     let secret = carevault::auth::Hs256Secret::new(secret.into_bytes());
     let clinician = |sub: &str| {
-        carevault::auth::mint_hs256(&secret, &carevault::auth::Claims {
-            sub: sub.into(),
-            tenant: TENANT.into(),
-            roles: vec!["clinician".into()],
-            fhir_user: Some(format!("Practitioner/{sub}")),
-            exp: now() + 600,
-            iat: None,
-            iss: None,
-            aud: None,
-        })
+        carevault::auth::mint_hs256(
+            &secret,
+            &carevault::auth::Claims {
+                sub: sub.into(),
+                tenant: TENANT.into(),
+                roles: vec!["clinician".into()],
+                fhir_user: Some(format!("Practitioner/{sub}")),
+                exp: now() + 600,
+                iat: None,
+                iss: None,
+                aud: None,
+            },
+        )
         .unwrap()
     };
     let client = reqwest::Client::new();

@@ -132,14 +132,22 @@ fn compare(declared: &Tables, actual: &Tables, backend: Backend) -> Vec<String> 
             if accepted.is_empty() {
                 diff.push(format!("`{name}.{column}`: diesel type {} has no {backend:?} mapping in tests/api/schema.rs", w.ty));
             } else if !accepted.contains(&reported.as_str()) {
-                diff.push(format!("`{name}.{column}`: src/store/schema.rs says {}, the migrations make it {} (expected {})", w.ty, g.ty, accepted.join(" or ")));
+                diff.push(format!(
+                    "`{name}.{column}`: src/store/schema.rs says {}, the migrations make it {} (expected {})",
+                    w.ty,
+                    g.ty,
+                    accepted.join(" or ")
+                ));
             }
             if w.nullable != g.nullable {
                 diff.push(format!("`{name}.{column}`: src/store/schema.rs says {}, the migrations make it {}", shown(w), shown(g)));
             }
         }
         if want.primary_key != got.primary_key {
-            diff.push(format!("table `{name}`: src/store/schema.rs has primary key {:?}, the migrations {:?}", want.primary_key, got.primary_key));
+            diff.push(format!(
+                "table `{name}`: src/store/schema.rs has primary key {:?}, the migrations {:?}",
+                want.primary_key, got.primary_key
+            ));
         }
     }
     diff
@@ -369,6 +377,8 @@ fn the_comparison_names_each_difference() {
 #[test]
 fn a_diesel_type_without_a_mapping_is_reported_not_passed() {
     let declared = parse_schema_rs("diesel::table! {\n    t (id) {\n        id -> Uuid,\n    }\n}\n");
-    let actual: Tables = [("t".to_owned(), Table { columns: [("id".to_owned(), column("uuid", false))].into(), primary_key: ["id".to_owned()].into() })].into();
+    let actual: Tables =
+        [("t".to_owned(), Table { columns: [("id".to_owned(), column("uuid", false))].into(), primary_key: ["id".to_owned()].into() })]
+            .into();
     assert_eq!(compare(&declared, &actual, Backend::Postgres), ["`t.id`: diesel type Uuid has no Postgres mapping in tests/api/schema.rs"]);
 }

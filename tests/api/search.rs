@@ -61,10 +61,7 @@ async fn practitioner_identifier_and_family_search() {
     let m = marker();
     let id = app.create(&app.admin(), &practitioner(&m)).await;
     let nurse = app.who(TENANT, &["nurse"], None);
-    for query in [
-        format!("Practitioner?identifier=urn:test:npi|npi-{m}"),
-        format!("Practitioner?family=ZZ-DOC-{}", m.to_uppercase()),
-    ] {
+    for query in [format!("Practitioner?identifier=urn:test:npi|npi-{m}"), format!("Practitioner?family=ZZ-DOC-{}", m.to_uppercase())] {
         assert_eq!(entry_ids(&search(&app, &nurse, &query).await), vec![id.clone()], "{query}");
     }
 }
@@ -88,7 +85,8 @@ async fn paging_follows_next_links_through_every_match_once() {
         assert_eq!(bundle["total"], 7);
         seen.extend(entry_ids(&bundle));
         pages += 1;
-        let next = bundle["link"].as_array().unwrap().iter().find(|l| l["relation"] == "next").map(|l| l["url"].as_str().unwrap().to_owned());
+        let next =
+            bundle["link"].as_array().unwrap().iter().find(|l| l["relation"] == "next").map(|l| l["url"].as_str().unwrap().to_owned());
         match next {
             Some(n) => url = n,
             None => break,

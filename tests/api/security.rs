@@ -72,11 +72,8 @@ async fn a_moved_care_relationship_is_judged_now_and_revoked_on_resume() {
     move_care(&app, &id, "dr-c").await;
     assert!(changes(&app, &dr_a, &last).await.is_empty());
     // No sync delivery of the patient to dr-a was ledgered after the move.
-    let delivered: Vec<Value> = ledger(&app)
-        .await
-        .into_iter()
-        .filter(|e| e["action"] == "sync" && e["actor"]["fhirUser"] == "Practitioner/dr-a")
-        .collect();
+    let delivered: Vec<Value> =
+        ledger(&app).await.into_iter().filter(|e| e["action"] == "sync" && e["actor"]["fhirUser"] == "Practitioner/dr-a").collect();
     assert_eq!(delivered.len(), 1, "only the delivery before the move: {delivered:?}");
 }
 
@@ -214,7 +211,8 @@ async fn denied_attempts_on_the_audit_endpoints_are_ledgered() {
 async fn csv_exports_never_carry_a_live_formula() {
     let app = spawn_app().await;
     let a = app.create(&app.front_desk(), &patient(&marker(), "dr1")).await;
-    let reasons = ["=HYPERLINK(\"http://evil.example/x\",\"open\")", "+SUM(1,2) emergency", "@cmd emergency access", "-2+3 emergency reason"];
+    let reasons =
+        ["=HYPERLINK(\"http://evil.example/x\",\"open\")", "+SUM(1,2) emergency", "@cmd emergency access", "-2+3 emergency reason"];
     for reason in reasons {
         let r = app.get_with(&app.clinician("dr9"), &format!("/fhir/Patient/{a}"), &[("x-break-glass", reason)]).await;
         assert_eq!(r.status(), StatusCode::OK);
@@ -222,8 +220,7 @@ async fn csv_exports_never_carry_a_live_formula() {
     let text = app.get(&auditor(&app), &format!("/audit/export?patient=Patient/{a}&format=csv")).await.text().await.unwrap();
     let mut reader = csv::Reader::from_reader(text.as_bytes());
     let column = reader.headers().unwrap().iter().position(|h| h == "break_glass").unwrap();
-    let cells: Vec<String> =
-        reader.records().map(Result::unwrap).map(|r| r[column].to_owned()).filter(|c| !c.is_empty()).collect();
+    let cells: Vec<String> = reader.records().map(Result::unwrap).map(|r| r[column].to_owned()).filter(|c| !c.is_empty()).collect();
     let expected: Vec<String> = reasons.iter().map(|r| format!("'{r}")).collect();
     assert_eq!(cells, expected);
     // The ledger and the ndjson export keep the reason exactly as given.

@@ -50,16 +50,19 @@ async fn sigterm_closes_sockets_commits_the_ledger_and_exits_zero() {
         env.push(("CAREVAULT_DATABASE_URL", url.clone()));
     }
     let server = ServeProcess::start(&env).await;
-    let token = carevault::auth::mint_hs256(&carevault::auth::Hs256Secret::new(secret.into_bytes()), &carevault::auth::Claims {
-        sub: "zz-desk".into(),
-        tenant: TENANT.into(),
-        roles: vec!["front_desk".into()],
-        fhir_user: None,
-        exp: now() + 600,
-        iat: None,
-        iss: None,
-        aud: None,
-    })
+    let token = carevault::auth::mint_hs256(
+        &carevault::auth::Hs256Secret::new(secret.into_bytes()),
+        &carevault::auth::Claims {
+            sub: "zz-desk".into(),
+            tenant: TENANT.into(),
+            roles: vec!["front_desk".into()],
+            fhir_user: None,
+            exp: now() + 600,
+            iat: None,
+            iss: None,
+            aud: None,
+        },
+    )
     .unwrap();
 
     // A subscriber, in its connection loop once the backlog is sent.
@@ -126,7 +129,11 @@ async fn sigterm_closes_sockets_commits_the_ledger_and_exits_zero() {
     assert!(status.success(), "exit status {status}");
     // A WebSocket left open would hold the stop for the whole shutdown timeout (10 s).
     assert!(took < Duration::from_secs(5), "stopping took {took:?}");
-    let frame = tokio::time::timeout(Duration::from_secs(5), closed).await.expect("close frame in time").unwrap().expect("a close frame with a code");
+    let frame = tokio::time::timeout(Duration::from_secs(5), closed)
+        .await
+        .expect("close frame in time")
+        .unwrap()
+        .expect("a close frame with a code");
     assert_eq!(frame.code, CloseCode::Away, "{frame:?}");
     for race in racing {
         answered.extend(race.await.unwrap());

@@ -82,7 +82,11 @@ async fn a_missing_or_unsafe_access_policy_stops_the_start() {
     let missing = Application::build(&settings).err().expect("must fail").to_string();
     assert!(missing.contains("access.toml"), "{missing}");
     let shipped = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/policies/access.toml")).unwrap();
-    std::fs::write(dir.path().join("access.toml"), shipped.replace("[roles.patient]\npatient = { read = \"self\"", "[roles.patient]\npatient = { read = \"tenant\"")).unwrap();
+    std::fs::write(
+        dir.path().join("access.toml"),
+        shipped.replace("[roles.patient]\npatient = { read = \"self\"", "[roles.patient]\npatient = { read = \"tenant\""),
+    )
+    .unwrap();
     let unsafe_policy = Application::build(&settings).err().expect("must fail").to_string();
     assert!(unsafe_policy.contains("patient"), "{unsafe_policy}");
 }

@@ -101,7 +101,11 @@ async fn concurrent_writers_leave_no_gap_and_no_duplicate_for_a_live_reader() {
             let (mut got, mut cursor) = (Vec::<String>::new(), String::new());
             loop {
                 let finished = done.load(std::sync::atomic::Ordering::SeqCst);
-                let url = if cursor.is_empty() { format!("{base}/sync/changes?limit=50") } else { format!("{base}/sync/changes?since={cursor}&limit=50") };
+                let url = if cursor.is_empty() {
+                    format!("{base}/sync/changes?limit=50")
+                } else {
+                    format!("{base}/sync/changes?since={cursor}&limit=50")
+                };
                 let body: Value = client.get(url).bearer_auth(&token).send().await.unwrap().json().await.unwrap();
                 let batch = body["changes"].as_array().unwrap();
                 got.extend(batch.iter().map(|c| c["id"].as_str().unwrap().to_owned()));

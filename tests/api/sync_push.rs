@@ -93,7 +93,10 @@ async fn a_manual_element_changed_on_both_sides_keeps_the_server_value_until_res
     let open = conflicts(&app, &desk, "open").await;
     assert_eq!(open.len(), 1);
     let c = &open[0];
-    assert_eq!((c["id"].as_str(), c["mutationId"].as_str(), c["status"].as_str()), (Some(id.as_str()), Some(mutation.as_str()), Some("open")));
+    assert_eq!(
+        (c["id"].as_str(), c["mutationId"].as_str(), c["status"].as_str()),
+        (Some(id.as_str()), Some(mutation.as_str()), Some("open"))
+    );
     assert_eq!(c["conflicts"][0]["client"], "1901-02-05");
     assert_eq!(conflicts(&app, &app.clinician("dr1"), "open").await.len(), 1);
     assert!(conflicts(&app, &app.clinician("dr2"), "open").await.is_empty());

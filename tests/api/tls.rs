@@ -19,11 +19,34 @@ fn openssl(args: &[&str], dir: &std::path::Path) {
 
 /// A throw-away CA and a localhost server certificate it signed: (CA cert, leaf cert, leaf key).
 fn certificates(dir: &std::path::Path) -> (String, String, String) {
-    std::fs::write(dir.join("leaf.ext"), "basicConstraints=critical,CA:FALSE\nsubjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n").unwrap();
+    std::fs::write(
+        dir.join("leaf.ext"),
+        "basicConstraints=critical,CA:FALSE\nsubjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
     let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
     openssl(&[&["req", "-x509"][..], &ec, &["-days", "1", "-subj", "/CN=zz-test-ca", "-keyout", "ca.key", "-out", "ca.pem"]].concat(), dir);
     openssl(&[&["req"][..], &ec, &["-subj", "/CN=localhost", "-keyout", "key.pem", "-out", "leaf.csr"]].concat(), dir);
-    openssl(&["x509", "-req", "-in", "leaf.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-days", "1", "-extfile", "leaf.ext", "-out", "cert.pem"], dir);
+    openssl(
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "leaf.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            "leaf.ext",
+            "-out",
+            "cert.pem",
+        ],
+        dir,
+    );
     let p = |f: &str| dir.join(f).display().to_string();
     (p("ca.pem"), p("cert.pem"), p("key.pem"))
 }

@@ -6,14 +6,7 @@ use crate::helpers::*;
 const SECRET: &str = "ZZSECRETPHI";
 
 async fn post_raw(app: &TestApp, who: &Who, content_type: &str, body: String) -> reqwest::Response {
-    app.client
-        .post(app.url("/fhir/Patient"))
-        .bearer_auth(&who.token)
-        .header("content-type", content_type)
-        .body(body)
-        .send()
-        .await
-        .unwrap()
+    app.client.post(app.url("/fhir/Patient")).bearer_auth(&who.token).header("content-type", content_type).body(body).send().await.unwrap()
 }
 
 async fn patient_count(app: &TestApp, who: &Who) -> u64 {
@@ -32,7 +25,11 @@ async fn invalid_resources_name_the_element_and_never_echo_the_value() {
         (json!({"resourceType": "Patient", "birthDate": "1970-02-31"}), StatusCode::UNPROCESSABLE_ENTITY, "Patient.birthDate"),
         (json!({"resourceType": "Patient", "name": [{"family": 42}]}), StatusCode::UNPROCESSABLE_ENTITY, "Patient.name[0].family"),
         (json!({"resourceType": "Patient", "name": {"family": SECRET}}), StatusCode::UNPROCESSABLE_ENTITY, "Patient.name"),
-        (json!({"resourceType": "Patient", "telecom": [{"system": "telegraph", "value": SECRET}]}), StatusCode::UNPROCESSABLE_ENTITY, "Patient.telecom[0].system"),
+        (
+            json!({"resourceType": "Patient", "telecom": [{"system": "telegraph", "value": SECRET}]}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Patient.telecom[0].system",
+        ),
         (json!({"resourceType": "Patient", "nickname": SECRET}), StatusCode::UNPROCESSABLE_ENTITY, "Patient"),
         (json!({"resourceType": "Practitioner", "name": [{"family": SECRET}]}), StatusCode::BAD_REQUEST, "resourceType"),
         (json!({"name": [{"family": SECRET}]}), StatusCode::BAD_REQUEST, "resourceType"),

@@ -2,7 +2,7 @@
 
 use serde_json::Value;
 
-use super::{Current, ResourceService, Versioned, Page, resource_ref, patient_of, version_ref, success_entry};
+use super::{Current, Page, ResourceService, Versioned, patient_of, resource_ref, success_entry, version_ref};
 use crate::authz::Op;
 use crate::domain::{AuditAction, ResourceId, ResourceType};
 use crate::fhir::{Issue, IssueCode};
@@ -57,12 +57,25 @@ impl ResourceService<'_> {
             return Err(ServiceError::Gone);
         }
         let patient = patient_of(rtype, id.as_str(), current.row.patient_id.as_deref());
-        self.services.record(vec![success_entry(caller, decision, AuditAction::Vread, Some(version_ref(rtype, id.as_str(), version)), patient)])?;
+        self.services.record(vec![success_entry(
+            caller,
+            decision,
+            AuditAction::Vread,
+            Some(version_ref(rtype, id.as_str(), version)),
+            patient,
+        )])?;
         Ok(found)
     }
 
     #[tracing::instrument(skip_all, fields(resource_type = rtype.name(), resource_id = %id))]
-    pub fn update(&self, caller: &Caller, rtype: ResourceType, id: &ResourceId, if_match: Option<i64>, body: Value) -> Result<Versioned, ServiceError> {
+    pub fn update(
+        &self,
+        caller: &Caller,
+        rtype: ResourceType,
+        id: &ResourceId,
+        if_match: Option<i64>,
+        body: Value,
+    ) -> Result<Versioned, ServiceError> {
         let resource = self.parse_body(rtype, body, Some(id))?;
         let mut conn = self.conn()?;
         for _ in 0..UNCONDITIONAL_RETRIES {
@@ -80,7 +93,13 @@ impl ResourceService<'_> {
             if self.commit(&mut conn, caller, &write)? {
                 let version = write.row.version_id;
                 tracing::info!(version_id = version, "resource updated");
-                return Ok(Versioned { resource_type: rtype, id: id.clone(), version_id: version, last_updated: write.row.last_updated.and_utc(), resource: write.resource });
+                return Ok(Versioned {
+                    resource_type: rtype,
+                    id: id.clone(),
+                    version_id: version,
+                    last_updated: write.row.last_updated.and_utc(),
+                    resource: write.resource,
+                });
             }
             if if_match.is_some() {
                 let latest = rows::find_current(&mut conn, caller.principal.tenant.as_str(), rtype.name(), id.as_str())?;
@@ -110,19 +129,29 @@ impl ResourceService<'_> {
     }
 
     #[tracing::instrument(skip_all, fields(resource_type = rtype.name(), resource_id = %id))]
-    pub fn history(&self, caller: &Caller, rtype: ResourceType, id: &ResourceId, params: &[(String, String)]) -> Result<Page<Versioned>, ServiceError> {
+    pub fn history(
+        &self,
+        caller: &Caller,
+        rtype: ResourceType,
+        id: &ResourceId,
+        params: &[(String, String)],
+    ) -> Result<Page<Versioned>, ServiceError> {
         let paging = search_params::parse(rtype, &paging_only(params)?)?;
         let mut conn = self.conn()?;
         let current = self.load_current(&mut conn, caller, rtype, id)?;
         let decision = self.authorize(caller, Op::Read, AuditAction::History, rtype, id, current.basis.as_ref())?;
         let tenant = caller.principal.tenant.as_str();
         let (rows, total) = rows::history(&mut conn, tenant, rtype.name(), id.as_str(), paging.count, paging.offset)?;
-        let items = rows
-            .iter()
-            .map(|r| self.versioned(caller, rtype, r, &current.keys, current.owner.as_ref()))
-            .collect::<Result<Vec<_>, _>>()?;
+        let items =
+            rows.iter().map(|r| self.versioned(caller, rtype, r, &current.keys, current.owner.as_ref())).collect::<Result<Vec<_>, _>>()?;
         let patient = patient_of(rtype, id.as_str(), current.row.patient_id.as_deref());
-        self.services.record(vec![success_entry(caller, decision, AuditAction::History, Some(resource_ref(rtype, id.as_str())), patient)])?;
+        self.services.record(vec![success_entry(
+            caller,
+            decision,
+            AuditAction::History,
+            Some(resource_ref(rtype, id.as_str())),
+            patient,
+        )])?;
         Ok(Page { items, total, count: paging.count, offset: paging.offset, echo: paging.echo, unreadable: Vec::new() })
     }
 }
@@ -133,11 +162,7 @@ fn paging_only(params: &[(String, String)]) -> Result<Vec<(String, String)>, Ser
         .iter()
         .map(|(k, v)| match k.as_str() {
             "_count" | "_offset" | "_format" | "_pretty" => Ok((k.clone(), v.clone())),
-            _ => Err(ServiceError::BadRequest(vec![Issue::new(
-                IssueCode::NotSupported,
-                None,
-                "history accepts only _count and _offset",
-            )])),
+            _ => Err(ServiceError::BadRequest(vec![Issue::new(IssueCode::NotSupported, None, "history accepts only _count and _offset")])),
         })
         .collect()
 }

@@ -29,7 +29,6 @@ mod write;
 
 pub(in crate::service) use write::{Current, instant, now};
 
-
 /// One version of a resource as returned to a client.
 #[derive(Debug, Clone)]
 pub struct Versioned {
@@ -55,13 +54,9 @@ pub struct Page<T> {
     pub unreadable: Vec<String>,
 }
 
-
-
 pub struct ResourceService<'s> {
     pub(in crate::service) services: &'s Services,
 }
-
-
 
 pub(in crate::service) fn structure(expression: Option<String>, diagnostics: &str) -> ServiceError {
     ServiceError::BadRequest(vec![Issue::new(IssueCode::Structure, expression, diagnostics)])
@@ -73,10 +68,7 @@ pub(in crate::service) fn care_team(resource: Option<&Value>) -> Vec<Reference> 
         .and_then(|r| r.get("generalPractitioner"))
         .and_then(Value::as_array)
         .map(|refs| {
-            refs.iter()
-                .filter_map(|r| r.get("reference").and_then(Value::as_str))
-                .filter_map(|r| Reference::parse(r).ok())
-                .collect()
+            refs.iter().filter_map(|r| r.get("reference").and_then(Value::as_str)).filter_map(|r| Reference::parse(r).ok()).collect()
         })
         .unwrap_or_default()
 }
@@ -142,7 +134,12 @@ impl<'s> ResourceService<'s> {
     }
 
     /// Checks that `body` is a valid resource of `rtype` (and, for an update, carries `id`).
-    pub(in crate::service) fn parse_body(&self, rtype: ResourceType, body: Value, id: Option<&ResourceId>) -> Result<Map<String, Value>, ServiceError> {
+    pub(in crate::service) fn parse_body(
+        &self,
+        rtype: ResourceType,
+        body: Value,
+        id: Option<&ResourceId>,
+    ) -> Result<Map<String, Value>, ServiceError> {
         let Value::Object(mut resource) = body else {
             return Err(structure(None, "request body must be a JSON object holding one FHIR resource"));
         };
@@ -178,7 +175,15 @@ impl<'s> ResourceService<'s> {
     }
 
     /// The access decision for `op` on a record whose current content is `content`.
-    pub(in crate::service) fn decision(&self, caller: &Caller, op: Op, rtype: ResourceType, id: &ResourceId, content: Option<&Value>, break_glass: bool) -> (Decision, Option<Reference>) {
+    pub(in crate::service) fn decision(
+        &self,
+        caller: &Caller,
+        op: Op,
+        rtype: ResourceType,
+        id: &ResourceId,
+        content: Option<&Value>,
+        break_glass: bool,
+    ) -> (Decision, Option<Reference>) {
         let (owner, team) = access_target(rtype, id, content);
         let target = Target { category: rtype.category(), owner: owner.as_ref(), care_team: &team };
         (self.services.policy.decide(&caller.principal, op, &target, break_glass), owner)
@@ -188,17 +193,37 @@ impl<'s> ResourceService<'s> {
     /// content was `content` (see [`crate::authz::AccessPolicy::related`]).
     pub(in crate::service) fn related(caller: &Caller, rtype: ResourceType, id: &ResourceId, content: Option<&Value>) -> bool {
         let (owner, team) = access_target(rtype, id, content);
-        crate::authz::AccessPolicy::related(&caller.principal, &Target { category: rtype.category(), owner: owner.as_ref(), care_team: &team })
+        crate::authz::AccessPolicy::related(
+            &caller.principal,
+            &Target { category: rtype.category(), owner: owner.as_ref(), care_team: &team },
+        )
     }
 
     /// Authorizes `op` on a record and, when it is denied, ledgers the denied `action`.
-    pub(in crate::service) fn authorize(&self, caller: &Caller, op: Op, action: AuditAction, rtype: ResourceType, id: &ResourceId, content: Option<&Value>) -> Result<Decision, ServiceError> {
+    pub(in crate::service) fn authorize(
+        &self,
+        caller: &Caller,
+        op: Op,
+        action: AuditAction,
+        rtype: ResourceType,
+        id: &ResourceId,
+        content: Option<&Value>,
+    ) -> Result<Decision, ServiceError> {
         let (decision, owner) = self.decision(caller, op, rtype, id, content, caller.break_glass.is_some());
         match decision {
             Decision::Deny => {
                 tracing::info!(resource_type = rtype.name(), resource_id = %id, op = ?op, "access denied");
-                let patient = patient_of(rtype, id.as_str(), owner.as_ref().filter(|o| o.resource_type == ResourceType::Patient).map(|o| o.id.as_str()));
-                self.services.record(vec![caller.break_glass_entry(action, Some(resource_ref(rtype, id.as_str())), patient, AuditOutcome::Denied)])?;
+                let patient = patient_of(
+                    rtype,
+                    id.as_str(),
+                    owner.as_ref().filter(|o| o.resource_type == ResourceType::Patient).map(|o| o.id.as_str()),
+                );
+                self.services.record(vec![caller.break_glass_entry(
+                    action,
+                    Some(resource_ref(rtype, id.as_str())),
+                    patient,
+                    AuditOutcome::Denied,
+                )])?;
                 Err(ServiceError::Forbidden)
             }
             Decision::AllowBreakGlass => {
@@ -210,17 +235,36 @@ impl<'s> ResourceService<'s> {
     }
 
     /// The data keys of the given owners (absent owners have none).
-    pub(in crate::service) fn keys_of(&self, conn: &mut DbConnection, caller: &Caller, owners: Vec<String>) -> Result<HashMap<String, Result<DataKey, ServiceError>>, ServiceError> {
+    pub(in crate::service) fn keys_of(
+        &self,
+        conn: &mut DbConnection,
+        caller: &Caller,
+        owners: Vec<String>,
+    ) -> Result<HashMap<String, Result<DataKey, ServiceError>>, ServiceError> {
         self.services.codec.keys().data_keys(conn, caller.principal.tenant.as_str(), &owners)
     }
 
-    pub(in crate::service) fn open(&self, caller: &Caller, rtype: ResourceType, id: &str, stored: &str, keys: &HashMap<String, Result<DataKey, ServiceError>>, owner: Option<&String>) -> Result<Value, ServiceError> {
+    pub(in crate::service) fn open(
+        &self,
+        caller: &Caller,
+        rtype: ResourceType,
+        id: &str,
+        stored: &str,
+        keys: &HashMap<String, Result<DataKey, ServiceError>>,
+        owner: Option<&String>,
+    ) -> Result<Value, ServiceError> {
         let key = owner.and_then(|o| keys.get(o));
         self.services.codec.open(&caller.principal.tenant, rtype, id, stored, key)
     }
 
-
-    pub(in crate::service) fn versioned(&self, caller: &Caller, rtype: ResourceType, row: &VersionRow, keys: &HashMap<String, Result<DataKey, ServiceError>>, owner: Option<&String>) -> Result<Versioned, ServiceError> {
+    pub(in crate::service) fn versioned(
+        &self,
+        caller: &Caller,
+        rtype: ResourceType,
+        row: &VersionRow,
+        keys: &HashMap<String, Result<DataKey, ServiceError>>,
+        owner: Option<&String>,
+    ) -> Result<Versioned, ServiceError> {
         Ok(Versioned {
             resource_type: rtype,
             id: ResourceId::parse(&row.id).map_err(ServiceError::corrupt_by("resource row"))?,
@@ -232,29 +276,19 @@ impl<'s> ResourceService<'s> {
             },
         })
     }
-
-
-
-
-
-
-
-
-
-
-
-
 }
 
 /// The entry of a successful access: emergency access, carrying the break-glass reason,
 /// only when the access was allowed because the caller broke the glass.
-pub(in crate::service) fn success_entry(caller: &Caller, decision: Decision, action: AuditAction, resource: Option<String>, patient: Option<String>) -> Entry {
+pub(in crate::service) fn success_entry(
+    caller: &Caller,
+    decision: Decision,
+    action: AuditAction,
+    resource: Option<String>,
+    patient: Option<String>,
+) -> Entry {
     match decision {
         Decision::AllowBreakGlass => caller.break_glass_entry(action, resource, patient, AuditOutcome::Success),
         Decision::Allow | Decision::Deny => caller.entry(action, resource, patient, AuditOutcome::Success),
     }
 }
-
-
-
-

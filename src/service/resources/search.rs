@@ -32,7 +32,8 @@ impl ResourceService<'_> {
                 return Err(ServiceError::Forbidden);
             }
             SearchScope::Restricted { care_of, owner } => {
-                let care_token = care_of.as_ref().map(|gp| codec.token(&tenant_keys, ResourceType::Patient, "general-practitioner", &gp.to_string()));
+                let care_token =
+                    care_of.as_ref().map(|gp| codec.token(&tenant_keys, ResourceType::Patient, "general-practitioner", &gp.to_string()));
                 Some(restrictions_for(rtype.category(), care_token, owner.clone()))
             }
         };
@@ -109,11 +110,7 @@ fn identifies_one_patient(rtype: ResourceType, ids: Option<&[String]>, criteria:
         Category::Patient => one("identifier") || ((one("family") || one("given")) && one("birthdate")),
         Category::Clinical | Category::Practitioner => false,
     };
-    if single_id || named {
-        Ok(())
-    } else {
-        Err(ServiceError::BadRequest(vec![Issue::new(IssueCode::Required, None, IDENTIFYING)]))
-    }
+    if single_id || named { Ok(()) } else { Err(ServiceError::BadRequest(vec![Issue::new(IssueCode::Required, None, IDENTIFYING)])) }
 }
 
 /// `care_token` is the stored `general-practitioner` token of the caller's own reference.

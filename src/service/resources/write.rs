@@ -11,7 +11,7 @@ use serde_json::{Map, Value};
 
 use super::{ResourceService, Versioned, compartment_patient, patient_of, version_ref};
 use crate::authz::Op;
-use crate::domain::{ChangeOp, AuditAction, AuditOutcome, ResourceId, ResourceType};
+use crate::domain::{AuditAction, AuditOutcome, ChangeOp, ResourceId, ResourceType};
 use crate::ledger::entry::Entry;
 use crate::service::keyring::DataKey;
 use crate::service::{Caller, ServiceError, audit, codec};
@@ -45,7 +45,13 @@ pub(in crate::service) struct Write {
 impl Write {
     /// What a committed write returns to the client.
     pub(in crate::service) fn into_versioned(self, rtype: ResourceType, id: &ResourceId) -> Versioned {
-        Versioned { resource_type: rtype, id: id.clone(), version_id: self.row.version_id, last_updated: self.row.last_updated.and_utc(), resource: self.resource }
+        Versioned {
+            resource_type: rtype,
+            id: id.clone(),
+            version_id: self.row.version_id,
+            last_updated: self.row.last_updated.and_utc(),
+            resource: self.resource,
+        }
     }
 }
 
@@ -61,7 +67,13 @@ impl ResourceService<'_> {
     /// The current row, its content (`None` once deleted) and the content access is judged
     /// by: the current content, or for a deleted resource its last live version, so that
     /// whoever could read it still learns that it is gone (410) rather than 403.
-    pub(in crate::service) fn load_current(&self, conn: &mut DbConnection, caller: &Caller, rtype: ResourceType, id: &ResourceId) -> Result<Current, ServiceError> {
+    pub(in crate::service) fn load_current(
+        &self,
+        conn: &mut DbConnection,
+        caller: &Caller,
+        rtype: ResourceType,
+        id: &ResourceId,
+    ) -> Result<Current, ServiceError> {
         let tenant = &caller.principal.tenant;
         let row = rows::find_current(conn, tenant.as_str(), rtype.name(), id.as_str())?.ok_or(ServiceError::NotFound)?;
         let owner = codec::owner(rtype, id.as_str(), row.patient_id.as_deref());
@@ -98,7 +110,15 @@ impl ResourceService<'_> {
         Value::Object(out)
     }
 
-    fn new_row(&self, caller: &Caller, rtype: ResourceType, id: &ResourceId, version: i64, resource: Option<&Value>, at: NaiveDateTime) -> Result<CurrentRow, ServiceError> {
+    fn new_row(
+        &self,
+        caller: &Caller,
+        rtype: ResourceType,
+        id: &ResourceId,
+        version: i64,
+        resource: Option<&Value>,
+        at: NaiveDateTime,
+    ) -> Result<CurrentRow, ServiceError> {
         let tenant = &caller.principal.tenant;
         Ok(CurrentRow {
             tenant: tenant.to_string(),
@@ -115,21 +135,41 @@ impl ResourceService<'_> {
     /// The write of a record's first version: `body` stamped with `id`, version 1 and
     /// the time, authorized as a create, with its search tokens and audit entry. Every
     /// create (FHIR, offline push) is built here.
-    pub(in crate::service) fn first_version(&self, conn: &mut DbConnection, caller: &Caller, rtype: ResourceType, id: &ResourceId, body: Map<String, Value>) -> Result<Write, ServiceError> {
+    pub(in crate::service) fn first_version(
+        &self,
+        conn: &mut DbConnection,
+        caller: &Caller,
+        rtype: ResourceType,
+        id: &ResourceId,
+        body: Map<String, Value>,
+    ) -> Result<Write, ServiceError> {
         let at = now();
         let stamped = Self::stamp(body, id, 1, at);
         self.authorize(caller, Op::Write, AuditAction::Create, rtype, id, Some(&stamped))?;
         let row = self.new_row(caller, rtype, id, 1, Some(&stamped), at)?;
         let tenant_keys = self.services.codec.keys().tenant(conn, caller.principal.tenant.as_str())?;
         let tokens = self.services.codec.tokens_for(&tenant_keys, rtype, &stamped);
-        let entry = caller.entry(AuditAction::Create, Some(version_ref(rtype, id.as_str(), 1)), patient_of(rtype, id.as_str(), row.patient_id.as_deref()), AuditOutcome::Success);
+        let entry = caller.entry(
+            AuditAction::Create,
+            Some(version_ref(rtype, id.as_str(), 1)),
+            patient_of(rtype, id.as_str(), row.patient_id.as_deref()),
+            AuditOutcome::Success,
+        );
         Ok(Write { row, resource: Some(stamped), expected: None, tokens, op: ChangeOp::Create, entry })
     }
 
     /// The write of the version after `current`: `content` stamped with id and meta, or a
     /// delete (a tombstone that stays in its patient's compartment, for the change feed and
     /// retention) when `None`; with its search tokens and audit entry.
-    pub(in crate::service) fn next_version(&self, conn: &mut DbConnection, caller: &Caller, rtype: ResourceType, id: &ResourceId, current: &CurrentRow, content: Option<Map<String, Value>>) -> Result<Write, ServiceError> {
+    pub(in crate::service) fn next_version(
+        &self,
+        conn: &mut DbConnection,
+        caller: &Caller,
+        rtype: ResourceType,
+        id: &ResourceId,
+        current: &CurrentRow,
+        content: Option<Map<String, Value>>,
+    ) -> Result<Write, ServiceError> {
         let version = current.version_id + 1;
         let at = now();
         let (row, resource, tokens, action) = match content {
@@ -146,7 +186,12 @@ impl ResourceService<'_> {
                 (row, None, Vec::new(), AuditAction::Delete)
             }
         };
-        let entry = caller.entry(action, Some(version_ref(rtype, id.as_str(), version)), patient_of(rtype, id.as_str(), row.patient_id.as_deref()), AuditOutcome::Success);
+        let entry = caller.entry(
+            action,
+            Some(version_ref(rtype, id.as_str(), version)),
+            patient_of(rtype, id.as_str(), row.patient_id.as_deref()),
+            AuditOutcome::Success,
+        );
         let op = if resource.is_some() { ChangeOp::Update } else { ChangeOp::Delete };
         Ok(Write { row, resource, expected: Some(current.version_id), tokens, op, entry })
     }

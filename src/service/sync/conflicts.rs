@@ -8,7 +8,7 @@ use super::merge::{Collision, Strategy};
 use super::push::{MERGE_RETRIES, NewConflict};
 use super::{SyncService, body_of};
 use crate::authz::Op;
-use crate::domain::{ConflictStatus, AuditAction, AuditOutcome, ResourceId, ResourceType};
+use crate::domain::{AuditAction, AuditOutcome, ConflictStatus, ResourceId, ResourceType};
 use crate::service::resources::{instant, now, patient_of, resource_ref};
 use crate::service::{Caller, ServiceError, audit, codec};
 use crate::store::sync::{self as sync_rows, ConflictRow};
@@ -49,7 +49,13 @@ pub(super) fn collisions_from(detail: &Value) -> Result<Vec<Collision>, ServiceE
 
 impl SyncService<'_> {
     /// Stores a conflict's values sealed under the record owner's data key.
-    pub(super) fn insert_conflict(&self, tx: &mut DbConnection, caller: &Caller, rtype: ResourceType, conflict: &NewConflict) -> Result<(), ServiceError> {
+    pub(super) fn insert_conflict(
+        &self,
+        tx: &mut DbConnection,
+        caller: &Caller,
+        rtype: ResourceType,
+        conflict: &NewConflict,
+    ) -> Result<(), ServiceError> {
         let tenant = &caller.principal.tenant;
         let row = &conflict.row;
         let owner = codec::owner(rtype, &row.resource_id, row.patient_id.as_deref()).ok_or(ServiceError::corrupt("sync conflict row"))?;
@@ -60,7 +66,12 @@ impl SyncService<'_> {
     }
 
     /// A conflict row with its opened values, if the caller may still read its record.
-    pub(super) fn conflict_detail(&self, conn: &mut DbConnection, caller: &Caller, conflict_id: &str) -> Result<Option<(ConflictRow, Value)>, ServiceError> {
+    pub(super) fn conflict_detail(
+        &self,
+        conn: &mut DbConnection,
+        caller: &Caller,
+        conflict_id: &str,
+    ) -> Result<Option<(ConflictRow, Value)>, ServiceError> {
         let tenant = &caller.principal.tenant;
         let Some(row) = sync_rows::find_conflict(conn, tenant.as_str(), conflict_id)? else { return Ok(None) };
         let (Some(rtype), Ok(id)) = (ResourceType::from_name(&row.resource_type), ResourceId::parse(&row.resource_id)) else {
@@ -75,7 +86,8 @@ impl SyncService<'_> {
         if self.decision(caller, Op::Read, rtype, &id, current.basis.as_ref(), false).0 == crate::authz::Decision::Deny {
             return Ok(None);
         }
-        let key = current.owner.as_ref().and_then(|o| current.keys.get(o)).ok_or(ServiceError::integrity("data key of a conflict record"))?;
+        let key =
+            current.owner.as_ref().and_then(|o| current.keys.get(o)).ok_or(ServiceError::integrity("data key of a conflict record"))?;
         let detail = match self.services.codec.open_record(tenant, CONFLICT_RECORD, &row.id, &row.detail, key) {
             Ok(d) => d,
             Err(ServiceError::Erased) => return Ok(None),
@@ -95,7 +107,12 @@ impl SyncService<'_> {
         for row in rows {
             let Some((row, detail)) = self.conflict_detail(&mut conn, caller, &row.id)? else { continue };
             let rtype = ResourceType::from_name(&row.resource_type).ok_or(ServiceError::corrupt("sync conflict row"))?;
-            entries.push(caller.entry(AuditAction::Read, Some(resource_ref(rtype, &row.resource_id)), patient_of(rtype, &row.resource_id, row.patient_id.as_deref()), AuditOutcome::Success));
+            entries.push(caller.entry(
+                AuditAction::Read,
+                Some(resource_ref(rtype, &row.resource_id)),
+                patient_of(rtype, &row.resource_id, row.patient_id.as_deref()),
+                AuditOutcome::Success,
+            ));
             out.push(conflict_of(row, &detail)?);
         }
         if !entries.is_empty() {
@@ -159,7 +176,12 @@ impl SyncService<'_> {
             let by = caller.principal.sub.clone();
             let at = instant(now());
             let Some(content) = target else {
-                let entry = caller.entry(AuditAction::Sync, Some(resource_ref(rtype, id.as_str())), patient_of(rtype, id.as_str(), row.patient_id.as_deref()), AuditOutcome::Success);
+                let entry = caller.entry(
+                    AuditAction::Sync,
+                    Some(resource_ref(rtype, id.as_str())),
+                    patient_of(rtype, id.as_str(), row.patient_id.as_deref()),
+                    AuditOutcome::Success,
+                );
                 write_transaction(&mut conn, |tx| {
                     if !sync_rows::mark_resolved(tx, tenant, conflict_id, &by, &at, None)? {
                         return Err(ServiceError::Conflict("this conflict is already resolved"));

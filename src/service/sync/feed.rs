@@ -6,12 +6,12 @@ use std::collections::{HashMap, HashSet};
 use serde_json::Value;
 
 use super::SyncService;
-use crate::service::resources::{patient_of, version_ref};
-use crate::store::resources::{self as rows, CurrentRow};
 use crate::authz::{Decision, Op};
-use crate::domain::{ChangeOp, AuditAction, AuditOutcome, Category, Reference, ResourceId, ResourceType};
+use crate::domain::{AuditAction, AuditOutcome, Category, ChangeOp, Reference, ResourceId, ResourceType};
 use crate::service::keyring::DataKey;
+use crate::service::resources::{patient_of, version_ref};
 use crate::service::{Caller, ServiceError, codec};
+use crate::store::resources::{self as rows, CurrentRow};
 
 /// Which changes a subscriber asked for, on top of what it may read.
 #[derive(Debug, Clone, Default)]
@@ -105,7 +105,8 @@ impl SyncService<'_> {
         // A log row that does not parse is corrupt: an error, never a silently skipped change.
         let mut admitted = Vec::new();
         for change in &batch {
-            let rtype = ResourceType::from_name(&change.resource_type).ok_or(ServiceError::corrupt("change-log row names no served type"))?;
+            let rtype =
+                ResourceType::from_name(&change.resource_type).ok_or(ServiceError::corrupt("change-log row names no served type"))?;
             let id = ResourceId::parse(&change.resource_id).map_err(ServiceError::corrupt_by("change-log row id"))?;
             let op = ChangeOp::parse(&change.op).ok_or(ServiceError::corrupt("change-log row op"))?;
             if filter.admits(change, rtype) {
@@ -121,14 +122,14 @@ impl SyncService<'_> {
         let mut types: Vec<&str> = admitted.iter().map(|(_, t, ..)| t.name()).collect();
         types.sort_unstable();
         types.dedup();
-        let currents: HashMap<(String, String), CurrentRow> = rows::currents_of(&mut conn, tenant, &types, &ids)?
-            .into_iter()
-            .map(|r| ((r.resource_type.clone(), r.id.clone()), r))
-            .collect();
+        let currents: HashMap<(String, String), CurrentRow> =
+            rows::currents_of(&mut conn, tenant, &types, &ids)?.into_iter().map(|r| ((r.resource_type.clone(), r.id.clone()), r)).collect();
         let mut owners: Vec<String> = admitted
             .iter()
             .filter_map(|(c, t, id, _)| codec::owner(*t, id.as_str(), c.patient_id.as_deref()))
-            .chain(currents.values().filter_map(|r| codec::owner(ResourceType::from_name(&r.resource_type)?, &r.id, r.patient_id.as_deref())))
+            .chain(
+                currents.values().filter_map(|r| codec::owner(ResourceType::from_name(&r.resource_type)?, &r.id, r.patient_id.as_deref())),
+            )
             .collect();
         owners.sort();
         owners.dedup();
@@ -145,18 +146,19 @@ impl SyncService<'_> {
             .map(|v| ((v.resource_type, v.id, v.version_id), v.content))
             .collect();
         let mut opened = Opened::new();
-        let mut open = |rtype: ResourceType, id: &ResourceId, owner: Option<&String>, version: i64| -> Result<Option<Value>, ServiceError> {
-            let key = (rtype.name().to_owned(), id.to_string(), version);
-            if let Some(done) = opened.get(&key) {
-                return Ok(done.clone());
-            }
-            let content = match stored.get(&key).cloned().flatten() {
-                Some(sealed) => Some(self.open(caller, rtype, id.as_str(), &sealed, &keys, owner)?),
-                None => None,
+        let mut open =
+            |rtype: ResourceType, id: &ResourceId, owner: Option<&String>, version: i64| -> Result<Option<Value>, ServiceError> {
+                let key = (rtype.name().to_owned(), id.to_string(), version);
+                if let Some(done) = opened.get(&key) {
+                    return Ok(done.clone());
+                }
+                let content = match stored.get(&key).cloned().flatten() {
+                    Some(sealed) => Some(self.open(caller, rtype, id.as_str(), &sealed, &keys, owner)?),
+                    None => None,
+                };
+                opened.insert(key, content.clone());
+                Ok(content)
             };
-            opened.insert(key, content.clone());
-            Ok(content)
-        };
         let mut out = Vec::new();
         let mut entries = Vec::new();
         let mut revoked: HashSet<(ResourceType, String)> = HashSet::new();
@@ -164,25 +166,43 @@ impl SyncService<'_> {
             // A record purged since has nothing left to deliver.
             let Some(current) = currents.get(&(change.resource_type.clone(), change.resource_id.clone())) else { continue };
             let owner = codec::owner(rtype, id.as_str(), current.patient_id.as_deref());
-            let judged = match open(rtype, &id, owner.as_ref(), if current.deleted == 0 { current.version_id } else { current.version_id - 1 }) {
-                Ok(basis) => basis,
-                // A shredded record's changes have nothing left to deliver.
-                Err(ServiceError::Erased) => continue,
-                Err(e) => return Err(e),
-            };
+            let judged =
+                match open(rtype, &id, owner.as_ref(), if current.deleted == 0 { current.version_id } else { current.version_id - 1 }) {
+                    Ok(basis) => basis,
+                    // A shredded record's changes have nothing left to deliver.
+                    Err(ServiceError::Erased) => continue,
+                    Err(e) => return Err(e),
+                };
             if self.decision(caller, Op::Read, rtype, &id, judged.as_ref(), false).0 == Decision::Deny {
                 let mut was_related = false;
                 for v in [change.version_id, change.version_id - 1] {
-                    was_related |= crate::service::resources::ResourceService::related(caller, rtype, &id, open(rtype, &id, owner.as_ref(), v)?.as_ref());
+                    was_related |= crate::service::resources::ResourceService::related(
+                        caller,
+                        rtype,
+                        &id,
+                        open(rtype, &id, owner.as_ref(), v)?.as_ref(),
+                    );
                 }
                 if was_related && revoked.insert((rtype, id.to_string())) {
-                    out.push(Change { cursor: change.cursor, op: ChangeOp::Revoke, resource_type: rtype, id, version_id: change.version_id, resource: None });
+                    out.push(Change {
+                        cursor: change.cursor,
+                        op: ChangeOp::Revoke,
+                        resource_type: rtype,
+                        id,
+                        version_id: change.version_id,
+                        resource: None,
+                    });
                 }
                 continue;
             }
             let content = open(rtype, &id, owner.as_ref(), change.version_id)?;
             let patient = patient_of(rtype, id.as_str(), change.patient_id.as_deref());
-            entries.push(caller.entry(AuditAction::Sync, Some(version_ref(rtype, id.as_str(), change.version_id)), patient, AuditOutcome::Success));
+            entries.push(caller.entry(
+                AuditAction::Sync,
+                Some(version_ref(rtype, id.as_str(), change.version_id)),
+                patient,
+                AuditOutcome::Success,
+            ));
             out.push(Change { cursor: change.cursor, op, resource_type: rtype, id, version_id: change.version_id, resource: content });
         }
         if !entries.is_empty() {

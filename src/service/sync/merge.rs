@@ -225,7 +225,10 @@ mod tests {
         let m = merge(&base, &server, &client, policy);
         assert_eq!(Value::Object(m.resource), json!({"birthDate": "1970-01-02", "gender": "other"}));
         assert_eq!(m.collisions.len(), 2);
-        assert_eq!(m.collisions[0].to_json(), json!({"path": "birthDate", "base": "1970-01-01", "server": "1970-01-02", "client": "1970-01-03"}));
+        assert_eq!(
+            m.collisions[0].to_json(),
+            json!({"path": "birthDate", "base": "1970-01-01", "server": "1970-01-02", "client": "1970-01-03"})
+        );
         assert_eq!(m.collisions[1].server, json!("female"));
     }
 

@@ -10,7 +10,7 @@ use super::conflicts::collisions_from;
 use super::merge::{Collision, Merged, Strategy, merge};
 use super::{SyncService, body_of};
 use crate::authz::Op;
-use crate::domain::{ConflictStatus, MutationOp, PushStatus, AuditAction, AuditOutcome, ResourceId, ResourceType};
+use crate::domain::{AuditAction, AuditOutcome, ConflictStatus, MutationOp, PushStatus, ResourceId, ResourceType};
 use crate::service::resources::{Current, instant, now, patient_of, version_ref};
 use crate::service::{Caller, ServiceError, audit};
 use crate::store::resources as rows;
@@ -34,7 +34,6 @@ pub struct Mutation {
     #[serde(default)]
     pub resource: Option<Value>,
 }
-
 
 /// A mutation's answer, shaped for clients by the API.
 #[derive(Debug, Clone)]
@@ -71,7 +70,8 @@ impl Outcome {
 
     /// What is kept for replays: no element values, only where to find them.
     fn stored(&self) -> String {
-        json!({ "status": self.status.as_str(), "versionId": self.version, "conflictId": self.conflict_id, "error": self.error }).to_string()
+        json!({ "status": self.status.as_str(), "versionId": self.version, "conflictId": self.conflict_id, "error": self.error })
+            .to_string()
     }
 
     fn answer(self, mutation_id: &str) -> PushResult {
@@ -113,7 +113,6 @@ fn rejection(e: &ServiceError) -> Option<String> {
             .join("; ")
     })
 }
-
 
 /// A conflict about to be stored with a mutation's effect.
 pub(super) struct NewConflict {
@@ -185,9 +184,13 @@ impl SyncService<'_> {
         };
         let Some(op) = MutationOp::parse(&m.op) else { return Ok(Outcome::rejected("op must be create, update or delete")) };
         match (op, id, base, &m.resource) {
-            (MutationOp::Create, id, None, Some(resource)) => self.push_create(conn, caller, m, rtype, id.unwrap_or_else(ResourceId::generate), resource.clone()),
+            (MutationOp::Create, id, None, Some(resource)) => {
+                self.push_create(conn, caller, m, rtype, id.unwrap_or_else(ResourceId::generate), resource.clone())
+            }
             (MutationOp::Create, ..) => Ok(Outcome::rejected("create needs a resource and no baseVersion")),
-            (MutationOp::Update, Some(id), Some(base), Some(resource)) => self.push_update(conn, caller, m, rtype, &id, base, resource.clone()),
+            (MutationOp::Update, Some(id), Some(base), Some(resource)) => {
+                self.push_update(conn, caller, m, rtype, &id, base, resource.clone())
+            }
             (MutationOp::Update, ..) => Ok(Outcome::rejected("update needs id, baseVersion and resource")),
             (MutationOp::Delete, Some(id), Some(base), None) => self.push_delete(conn, caller, m, rtype, &id, base),
             (MutationOp::Delete, ..) => Ok(Outcome::rejected("delete needs id and baseVersion and no resource")),
@@ -204,9 +207,16 @@ impl SyncService<'_> {
         }
     }
 
-
     #[allow(clippy::too_many_arguments)]
-    fn new_conflict(caller: &Caller, m: &Mutation, rtype: ResourceType, current: &Current, base: Option<i64>, collisions: &[Collision], resolved_version: Option<i64>) -> NewConflict {
+    fn new_conflict(
+        caller: &Caller,
+        m: &Mutation,
+        rtype: ResourceType,
+        current: &Current,
+        base: Option<i64>,
+        collisions: &[Collision],
+        resolved_version: Option<i64>,
+    ) -> NewConflict {
         let manual = collisions.iter().any(|c| c.strategy == Strategy::Manual);
         let at = instant(now());
         NewConflict {
@@ -242,9 +252,21 @@ impl SyncService<'_> {
 
     /// Records the effect without a new version: the server value stays. The ledger notes
     /// the sync activity on the record.
-    fn record_only(&self, conn: &mut DbConnection, caller: &Caller, rtype: ResourceType, current: &Current, effect: &Effect<'_>) -> Result<(), ServiceError> {
+    fn record_only(
+        &self,
+        conn: &mut DbConnection,
+        caller: &Caller,
+        rtype: ResourceType,
+        current: &Current,
+        effect: &Effect<'_>,
+    ) -> Result<(), ServiceError> {
         let id = &current.row.id;
-        let entry = caller.entry(AuditAction::Sync, Some(version_ref(rtype, id, current.row.version_id)), patient_of(rtype, id, current.row.patient_id.as_deref()), AuditOutcome::Success);
+        let entry = caller.entry(
+            AuditAction::Sync,
+            Some(version_ref(rtype, id, current.row.version_id)),
+            patient_of(rtype, id, current.row.patient_id.as_deref()),
+            AuditOutcome::Success,
+        );
         write_transaction(conn, |tx| {
             self.store_effect(tx, caller, rtype, effect)?;
             audit::append_in(tx, vec![entry]).map(drop)
@@ -254,12 +276,29 @@ impl SyncService<'_> {
     /// Writes the effect's version (`content`, or a delete when `None`) after `current`
     /// with its rows; `false` if another writer got there first.
     #[allow(clippy::too_many_arguments)]
-    fn write_effect(&self, conn: &mut DbConnection, caller: &Caller, rtype: ResourceType, id: &ResourceId, current: &Current, content: Option<Map<String, Value>>, effect: &Effect<'_>) -> Result<bool, ServiceError> {
+    fn write_effect(
+        &self,
+        conn: &mut DbConnection,
+        caller: &Caller,
+        rtype: ResourceType,
+        id: &ResourceId,
+        current: &Current,
+        content: Option<Map<String, Value>>,
+        effect: &Effect<'_>,
+    ) -> Result<bool, ServiceError> {
         let write = self.next_version(conn, caller, rtype, id, &current.row, content)?;
         self.commit_with(conn, caller, &write, |tx| self.store_effect(tx, caller, rtype, effect))
     }
 
-    fn push_create(&self, conn: &mut DbConnection, caller: &Caller, m: &Mutation, rtype: ResourceType, id: ResourceId, resource: Value) -> Result<Outcome, ServiceError> {
+    fn push_create(
+        &self,
+        conn: &mut DbConnection,
+        caller: &Caller,
+        m: &Mutation,
+        rtype: ResourceType,
+        id: ResourceId,
+        resource: Value,
+    ) -> Result<Outcome, ServiceError> {
         let mut body = resource;
         if let Some(obj) = body.as_object_mut() {
             obj.entry("id").or_insert_with(|| Value::String(id.to_string()));
@@ -276,7 +315,14 @@ impl SyncService<'_> {
     }
 
     /// The content of version `base` of a record, if it is a live version.
-    fn base_content(&self, conn: &mut DbConnection, caller: &Caller, rtype: ResourceType, current: &Current, base: i64) -> Result<Option<Value>, ServiceError> {
+    fn base_content(
+        &self,
+        conn: &mut DbConnection,
+        caller: &Caller,
+        rtype: ResourceType,
+        current: &Current,
+        base: i64,
+    ) -> Result<Option<Value>, ServiceError> {
         let row = rows::find_version(conn, caller.principal.tenant.as_str(), rtype.name(), &current.row.id, base)?;
         match row.and_then(|r| if r.deleted == 0 { r.content } else { None }) {
             Some(stored) => Ok(Some(self.open(caller, rtype, &current.row.id, &stored, &current.keys, current.owner.as_ref())?)),
@@ -285,7 +331,16 @@ impl SyncService<'_> {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn push_update(&self, conn: &mut DbConnection, caller: &Caller, m: &Mutation, rtype: ResourceType, id: &ResourceId, base: i64, resource: Value) -> Result<Outcome, ServiceError> {
+    fn push_update(
+        &self,
+        conn: &mut DbConnection,
+        caller: &Caller,
+        m: &Mutation,
+        rtype: ResourceType,
+        id: &ResourceId,
+        base: i64,
+        resource: Value,
+    ) -> Result<Outcome, ServiceError> {
         let client = self.parse_body(rtype, resource, Some(id))?;
         for _ in 0..MERGE_RETRIES {
             let current = self.load_current(conn, caller, rtype, id)?;
@@ -306,7 +361,13 @@ impl SyncService<'_> {
                     strategy: Strategy::Manual,
                 };
                 let conflict = Self::new_conflict(caller, m, rtype, &current, Some(base), std::slice::from_ref(&collision), None);
-                let outcome = Outcome { status: PushStatus::Conflict, version: Some(current.row.version_id), collisions: vec![collision], conflict_id: Some(conflict.row.id.clone()), error: None };
+                let outcome = Outcome {
+                    status: PushStatus::Conflict,
+                    version: Some(current.row.version_id),
+                    collisions: vec![collision],
+                    conflict_id: Some(conflict.row.id.clone()),
+                    error: None,
+                };
                 self.record_only(conn, caller, rtype, &current, &Effect { mutation: m, outcome: &outcome, conflict: Some(&conflict) })?;
                 return Ok(outcome);
             };
@@ -348,7 +409,15 @@ impl SyncService<'_> {
         Err(ServiceError::VersionConflict { current: None })
     }
 
-    fn push_delete(&self, conn: &mut DbConnection, caller: &Caller, m: &Mutation, rtype: ResourceType, id: &ResourceId, base: i64) -> Result<Outcome, ServiceError> {
+    fn push_delete(
+        &self,
+        conn: &mut DbConnection,
+        caller: &Caller,
+        m: &Mutation,
+        rtype: ResourceType,
+        id: &ResourceId,
+        base: i64,
+    ) -> Result<Outcome, ServiceError> {
         for _ in 0..MERGE_RETRIES {
             let current = self.load_current(conn, caller, rtype, id)?;
             self.authorize(caller, Op::Write, AuditAction::Delete, rtype, id, current.basis.as_ref())?;
@@ -380,7 +449,15 @@ impl SyncService<'_> {
                 kept.row.resolved_version = Some(current.row.version_id + 1);
                 conflict = Some(kept);
             }
-            if self.write_effect(conn, caller, rtype, id, &current, None, &Effect { mutation: m, outcome: &outcome, conflict: conflict.as_ref() })? {
+            if self.write_effect(
+                conn,
+                caller,
+                rtype,
+                id,
+                &current,
+                None,
+                &Effect { mutation: m, outcome: &outcome, conflict: conflict.as_ref() },
+            )? {
                 return Ok(outcome);
             }
         }
@@ -410,8 +487,4 @@ impl SyncService<'_> {
             first_status: Some(first_status),
         })
     }
-
-
-
 }
-
