@@ -1,3 +1,5 @@
+//! The `carevault` binary: parses the command line and hands it to `cli::run`.
+
 use std::process::ExitCode;
 
 use clap::Parser;

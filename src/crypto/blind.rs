@@ -1,3 +1,6 @@
+//! Blind-index tokens: a per-tenant HMAC-SHA256 key derived from the tenant key (HKDF),
+//! and the tokens search matches on instead of plaintext.
+
 use base64::Engine;
 use ring::{hkdf, hmac};
 

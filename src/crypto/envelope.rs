@@ -1,3 +1,6 @@
+//! The AES-256-GCM envelope of one sealed element or wrapped key: format version, key id,
+//! fresh nonce, ciphertext and tag, bound by its AAD to where it belongs.
+
 use aes_gcm::aead::{Aead, Payload};
 use aes_gcm::{Aes256Gcm, KeyInit, Nonce};
 use ring::rand::{SecureRandom, SystemRandom};

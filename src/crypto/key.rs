@@ -1,3 +1,6 @@
+//! A 256-bit key in zeroizing memory: generated from the OS CSPRNG, compared in constant
+//! time, never shown by `Debug`.
+
 use std::fmt;
 
 use ring::rand::{SecureRandom, SystemRandom};

@@ -1,3 +1,6 @@
+//! Master-key providers: the `KeyProvider` trait and the local key file (versioned,
+//! 0600, atomic writes, re-read when another process rotates).
+
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};

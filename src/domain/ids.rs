@@ -1,3 +1,5 @@
+//! Identifiers parsed at the edge: tenants, FHIR resource ids and `Type/ID` references.
+
 use std::fmt;
 
 use crate::domain::ResourceType;

@@ -1,3 +1,6 @@
+//! Who is calling: the principal a verified token yields (subject, tenant, roles,
+//! `fhirUser`), its roles, and the purpose of use an access is made for.
+
 use std::fmt;
 
 use crate::domain::{Reference, TenantId};

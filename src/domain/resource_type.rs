@@ -1,3 +1,6 @@
+//! The served resource types, their category (patient, clinical, practitioner), patient
+//! compartment and search parameters.
+
 use crate::domain::search::{ParamKind, SearchParamDef};
 
 /// Resource types the server serves. Adding one is an entry in [`ResourceType::def`] (its

@@ -1,3 +1,7 @@
+//! Validation of resources against the official FHIR R4 JSON schema, plus the rules it
+//! cannot express (calendar dates, required primitives); issues name element paths and
+//! never a submitted value or a key FHIR does not define.
+
 use std::collections::HashSet;
 
 use serde_json::Value;

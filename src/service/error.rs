@@ -1,3 +1,6 @@
+//! What can go wrong in a use case ([`ServiceError`], causes kept for the log), and the
+//! one mapping of an error to the status and OperationOutcome a client is told.
+
 use crate::fhir::{Issue, IssueCode};
 use crate::store::StoreError;
 
