@@ -43,17 +43,7 @@ fn kept(data: &Path, sqlite: bool) -> Vec<(PathBuf, u32)> {
 }
 
 async fn write_something(server: &ServeProcess, secret: &str) {
-    let who = carevault::auth::Claims {
-        sub: "zz-desk".into(),
-        tenant: TENANT.into(),
-        roles: vec!["front_desk".into()],
-        fhir_user: None,
-        exp: now() + 600,
-        iat: None,
-        iss: None,
-        aud: None,
-    };
-    let token = carevault::auth::mint_hs256(&carevault::auth::Hs256Secret::new(secret.as_bytes().to_vec()), &who).unwrap();
+    let token = mint_with(&carevault::auth::Hs256Secret::new(secret.as_bytes().to_vec()), "zz-desk", "front_desk", None);
     let created = reqwest::Client::new()
         .post(format!("{}/fhir/Patient", server.base))
         .bearer_auth(token)

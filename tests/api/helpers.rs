@@ -413,3 +413,19 @@ pub async fn ledger_entries(app: &TestApp) -> Vec<Value> {
     assert_eq!(r.status(), StatusCode::OK);
     r.json::<Value>().await.unwrap()["entries"].as_array().unwrap().clone()
 }
+
+/// A token of this tenant signed with `secret` (for servers run as a separate process),
+/// living ten minutes.
+pub fn mint_with(secret: &Hs256Secret, sub: &str, role: &str, fhir_user: Option<String>) -> String {
+    let claims = Claims {
+        sub: sub.to_owned(),
+        tenant: TENANT.to_owned(),
+        roles: vec![role.to_owned()],
+        fhir_user,
+        exp: now() + 600,
+        iat: None,
+        iss: None,
+        aud: None,
+    };
+    mint_hs256(secret, &claims).expect("mint")
+}

@@ -48,20 +48,7 @@ async fn logs_carry_request_ids_and_no_phi_at_any_level() {
 
     let m = format!("PHIMARK{}", marker());
     let secret_hs = carevault::auth::Hs256Secret::new(secret.into_bytes());
-    let token = carevault::auth::mint_hs256(
-        &secret_hs,
-        &carevault::auth::Claims {
-            sub: "zz-logger".into(),
-            tenant: TENANT.into(),
-            roles: vec!["front_desk".into()],
-            fhir_user: None,
-            exp: now() + 600,
-            iat: None,
-            iss: None,
-            aud: None,
-        },
-    )
-    .unwrap();
+    let token = mint_with(&secret_hs, "zz-logger", "front_desk", None);
     let client = reqwest::Client::new();
     let base = server.base.clone();
     let post = |body: serde_json::Value| {
@@ -98,20 +85,7 @@ async fn logs_carry_request_ids_and_no_phi_at_any_level() {
     );
 
     // The export is streamed from a blocking task of its own, after the handler returned.
-    let auditor = carevault::auth::mint_hs256(
-        &secret_hs,
-        &carevault::auth::Claims {
-            sub: "zz-auditor".into(),
-            tenant: TENANT.into(),
-            roles: vec!["auditor".into()],
-            fhir_user: None,
-            exp: now() + 600,
-            iat: None,
-            iss: None,
-            aud: None,
-        },
-    )
-    .unwrap();
+    let auditor = mint_with(&secret_hs, "zz-auditor", "auditor", None);
     let exported = client.get(format!("{base}/audit/export")).bearer_auth(&auditor).send().await.unwrap();
     assert_eq!(exported.status(), StatusCode::OK);
     let export_request = request_id(&exported);
@@ -187,22 +161,7 @@ async fn filtered_to_warnings_lines_still_carry_the_request_id() {
     }
     let server = ServeProcess::start(&env).await;
     let secret = carevault::auth::Hs256Secret::new(secret.into_bytes());
-    let clinician = |sub: &str| {
-        carevault::auth::mint_hs256(
-            &secret,
-            &carevault::auth::Claims {
-                sub: sub.into(),
-                tenant: TENANT.into(),
-                roles: vec!["clinician".into()],
-                fhir_user: Some(format!("Practitioner/{sub}")),
-                exp: now() + 600,
-                iat: None,
-                iss: None,
-                aud: None,
-            },
-        )
-        .unwrap()
-    };
+    let clinician = |sub: &str| mint_with(&secret, sub, "clinician", Some(format!("Practitioner/{sub}")));
     let client = reqwest::Client::new();
     let base = server.base.clone();
     let created = client

@@ -50,20 +50,7 @@ async fn sigterm_closes_sockets_commits_the_ledger_and_exits_zero() {
         env.push(("CAREVAULT_DATABASE_URL", url.clone()));
     }
     let server = ServeProcess::start(&env).await;
-    let token = carevault::auth::mint_hs256(
-        &carevault::auth::Hs256Secret::new(secret.into_bytes()),
-        &carevault::auth::Claims {
-            sub: "zz-desk".into(),
-            tenant: TENANT.into(),
-            roles: vec!["front_desk".into()],
-            fhir_user: None,
-            exp: now() + 600,
-            iat: None,
-            iss: None,
-            aud: None,
-        },
-    )
-    .unwrap();
+    let token = mint_with(&carevault::auth::Hs256Secret::new(secret.into_bytes()), "zz-desk", "front_desk", None);
 
     // A subscriber, in its connection loop once the backlog is sent.
     let mut upgrade = format!("{}/sync", server.base.replacen("http://", "ws://", 1)).into_client_request().unwrap();
