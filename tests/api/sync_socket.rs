@@ -324,11 +324,12 @@ async fn a_stalled_client_is_disconnected_without_buffering_its_backlog() {
     for _ in 0..WRITES {
         app.create(&desk, &big(&marker())).await;
     }
-    let mut waited = 0;
+    // The stall itself is detected within the 2 s send timeout; the deadline is generous
+    // because a loaded 2-core machine running the whole suite delivers slowly.
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
     while open_connections(&app).await != 0 {
         tokio::time::sleep(Duration::from_millis(200)).await;
-        waited += 1;
-        assert!(waited < 150, "the stalled connection was not closed");
+        assert!(std::time::Instant::now() < deadline, "the stalled connection was not closed");
     }
     let delivered = deliveries_to(&app, "stalled-tablet").await;
     // What a stalled client can hold is the kernel's socket buffers (tcp_wmem tops out at
