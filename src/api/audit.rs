@@ -196,5 +196,18 @@ pub async fn disclosures(state: web::Data<AppState>, caller: Caller, q: web::Que
     let services = state.services.clone();
     let shown = patient.clone();
     let list = blocking(move || Ok(services.disclosures(&caller, &patient)?)).await?;
+    let list: Vec<serde_json::Value> = list.iter().map(disclosure_json).collect();
     Ok(HttpResponse::Ok().json(json!({ "patient": shown, "disclosures": list })))
+}
+
+/// One line of the accounting of disclosures (45 CFR 164.528).
+fn disclosure_json(d: &crate::service::Disclosure) -> serde_json::Value {
+    json!({
+        "date": d.date,
+        "recipient": {"sub": d.recipient_sub, "roles": d.recipient_roles, "fhirUser": d.recipient_fhir_user},
+        "purpose": d.purpose,
+        "description": format!("{} of {}", d.action, d.resource.as_deref().unwrap_or("records")),
+        "breakGlass": d.break_glass,
+        "seq": d.seq,
+    })
 }

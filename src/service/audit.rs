@@ -119,6 +119,21 @@ pub mod queries {
         pub actor: Option<String>,
     }
 
+    /// One access to a patient's records, as the accounting of disclosures lists it.
+    #[derive(Debug, Clone)]
+    pub struct Disclosure {
+        pub seq: u64,
+        pub date: String,
+        pub recipient_sub: Option<String>,
+        pub recipient_roles: Vec<String>,
+        pub recipient_fhir_user: Option<String>,
+        pub purpose: Option<String>,
+        pub action: AuditAction,
+        /// `Type/ID` (or `Type/ID/_history/N`); `None` for an access naming no one record.
+        pub resource: Option<String>,
+        pub break_glass: Option<String>,
+    }
+
     /// How a streamed export ended: `complete` is false when a write failed or the reader
     /// went away before the end.
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -280,12 +295,12 @@ pub mod queries {
 
         /// Accounting of disclosures (45 CFR 164.528) for one patient of the caller's
         /// tenant: every successful access to the patient's records, oldest first.
-        pub fn disclosures(&self, caller: &Caller, patient: &str) -> Result<Vec<serde_json::Value>, ServiceError> {
+        pub fn disclosures(&self, caller: &Caller, patient: &str) -> Result<Vec<Disclosure>, ServiceError> {
             self.auditor(caller, AuditAction::Export)?;
             let filter = EntryFilter {
                 tenant: caller.principal.tenant.to_string(),
                 patient: Some(patient_ref(patient)?),
-                outcome: Some("success".into()),
+                outcome: Some(AuditOutcome::Success.as_str().to_owned()),
                 ..EntryFilter::default()
             };
             let mut conn = self.store.conn()?;
@@ -294,17 +309,20 @@ pub mod queries {
                 let batch = rows::filtered_entries(&mut conn, &filter, after, i64::MAX, EXPORT_BATCH)?;
                 let Some(last) = batch.last() else { break };
                 after = last.seq + 1;
-                for row in batch.iter().filter(|r| r.action != "export") {
+                for row in batch.iter().filter(|r| r.action != AuditAction::Export.as_str()) {
                     let entry: crate::ledger::entry::Entry =
                         serde_json::from_str(&row.leaf).map_err(ServiceError::corrupt_by("ledger entry leaf"))?;
-                    out.push(serde_json::json!({
-                        "date": entry.time,
-                        "recipient": entry.actor,
-                        "purpose": entry.purpose_of_use,
-                        "description": format!("{} of {}", entry.action, entry.resource.as_deref().unwrap_or("records")),
-                        "breakGlass": entry.break_glass,
-                        "seq": entry.seq,
-                    }));
+                    out.push(Disclosure {
+                        seq: entry.seq,
+                        date: entry.time,
+                        recipient_sub: entry.actor.sub,
+                        recipient_roles: entry.actor.roles,
+                        recipient_fhir_user: entry.actor.fhir_user,
+                        purpose: entry.purpose_of_use,
+                        action: entry.action,
+                        resource: entry.resource,
+                        break_glass: entry.break_glass,
+                    });
                 }
             }
             Ok(out)
