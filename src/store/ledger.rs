@@ -39,11 +39,15 @@ pub struct AppendLock(());
 
 /// Serialises appenders until the transaction ends, so `seq` stays dense and in commit
 /// order: on SQLite the write transaction (`BEGIN IMMEDIATE`) already does; on PostgreSQL
-/// a transaction-scoped advisory lock. Call inside a write transaction.
+/// a transaction-scoped advisory lock keyed by the schema, so that CareVault databases in
+/// different schemas of one PostgreSQL database (tests do this) never wait on each other.
+/// Call inside a write transaction.
 pub fn lock_for_append(conn: &mut DbConnection) -> QueryResult<AppendLock> {
     match conn {
         DbConnection::Sqlite(_) => Ok(AppendLock(())),
-        DbConnection::Postgres(c) => c.batch_execute("SELECT pg_advisory_xact_lock(7417118)").map(|()| AppendLock(())),
+        DbConnection::Postgres(c) => {
+            c.batch_execute("SELECT pg_advisory_xact_lock(7417118, hashtext(current_schema()))").map(|()| AppendLock(()))
+        }
     }
 }
 
