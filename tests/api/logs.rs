@@ -29,25 +29,31 @@ fn assert_logged_in(lines: &[Value], message: &str, id: &str) {
     assert!(with.iter().any(|l| line_request_ids(l) == [id]), "no {message:?} line carries request id {id}: {with:?}");
 }
 
-#[tokio::test]
-async fn logs_carry_request_ids_and_no_phi_at_any_level() {
-    let dir = tempfile::tempdir().unwrap();
-    let log_dir = dir.path().join("logs");
+/// The real binary logging to `dir/logs` at `rust_log` on the backend under test, and the
+/// HS256 secret it verifies tokens with. On PostgreSQL the returned app owns the schema:
+/// keep it alive while the server runs.
+async fn logging_server(dir: &std::path::Path, rust_log: &str) -> (ServeProcess, carevault::auth::Hs256Secret, Option<TestApp>) {
     let secret = format!("zz-test-secret-{}", uuid::Uuid::new_v4().simple());
     let mut env = vec![
-        ("CAREVAULT_DATA_DIR", dir.path().display().to_string()),
-        ("CAREVAULT_LOG_DIR", log_dir.display().to_string()),
+        ("CAREVAULT_DATA_DIR", dir.display().to_string()),
+        ("CAREVAULT_LOG_DIR", dir.join("logs").display().to_string()),
         ("CAREVAULT_JWT_HS256_SECRET", secret.clone()),
-        ("RUST_LOG", "trace".to_owned()),
+        ("RUST_LOG", rust_log.to_owned()),
     ];
     let pg = postgres_under_test().await;
     if let Some(pg) = &pg {
         env.push(("CAREVAULT_DATABASE_URL", pg.database_url.clone()));
     }
-    let server = ServeProcess::start(&env).await;
+    (ServeProcess::start(&env).await, carevault::auth::Hs256Secret::new(secret.into_bytes()), pg)
+}
+
+#[tokio::test]
+async fn logs_carry_request_ids_and_no_phi_at_any_level() {
+    let dir = tempfile::tempdir().unwrap();
+    let log_dir = dir.path().join("logs");
+    let (server, secret_hs, _pg) = logging_server(dir.path(), "trace").await;
 
     let m = format!("PHIMARK{}", marker());
-    let secret_hs = carevault::auth::Hs256Secret::new(secret.into_bytes());
     let token = mint_with(&secret_hs, "zz-logger", "front_desk", None);
     let client = reqwest::Client::new();
     let base = server.base.clone();
@@ -147,20 +153,8 @@ async fn logs_carry_request_ids_and_no_phi_at_any_level() {
 async fn filtered_to_warnings_lines_still_carry_the_request_id() {
     let dir = tempfile::tempdir().unwrap();
     let log_dir = dir.path().join("logs");
-    let secret = format!("zz-test-secret-{}", uuid::Uuid::new_v4().simple());
-    let mut env = vec![
-        ("CAREVAULT_DATA_DIR", dir.path().display().to_string()),
-        ("CAREVAULT_LOG_DIR", log_dir.display().to_string()),
-        ("CAREVAULT_JWT_HS256_SECRET", secret.clone()),
-        // `carevault::cli` at info for the `listening` line the test reads the address from.
-        ("RUST_LOG", "warn,carevault::cli=info".to_owned()),
-    ];
-    let pg = postgres_under_test().await;
-    if let Some(pg) = &pg {
-        env.push(("CAREVAULT_DATABASE_URL", pg.database_url.clone()));
-    }
-    let server = ServeProcess::start(&env).await;
-    let secret = carevault::auth::Hs256Secret::new(secret.into_bytes());
+    // `carevault::cli` at info for the `listening` line the test reads the address from.
+    let (server, secret, _pg) = logging_server(dir.path(), "warn,carevault::cli=info").await;
     let clinician = |sub: &str| mint_with(&secret, sub, "clinician", Some(format!("Practitioner/{sub}")));
     let client = reqwest::Client::new();
     let base = server.base.clone();
