@@ -85,7 +85,7 @@ const CSV_COLUMNS: [&str; 23] = [
 /// A cell that a spreadsheet would not run as a formula (CWE-1236): text starting with
 /// `=`, `+`, `-`, `@`, a tab or a carriage return gets a leading `'`, which spreadsheets
 /// show as text. Ledger values such as a break-glass reason are free text.
-pub fn csv_cell(value: &str) -> std::borrow::Cow<'_, str> {
+fn csv_cell(value: &str) -> std::borrow::Cow<'_, str> {
     if value.starts_with(['=', '+', '-', '@', '\t', '\r']) { format!("'{value}").into() } else { value.into() }
 }
 

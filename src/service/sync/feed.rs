@@ -9,7 +9,7 @@ use super::SyncService;
 use crate::authz::{Decision, Op};
 use crate::domain::{AuditAction, AuditOutcome, Category, ChangeOp, Reference, ResourceId, ResourceType};
 use crate::service::keyring::DataKey;
-use crate::service::resources::{patient_of, version_ref};
+use crate::service::resources::{ResourceService, patient_of, version_ref};
 use crate::service::{Caller, ServiceError, codec};
 use crate::store::resources::{self as rows, CurrentRow};
 
@@ -165,7 +165,9 @@ impl SyncService<'_> {
         for (change, rtype, id, op) in admitted {
             // A record purged since has nothing left to deliver.
             let Some(current) = currents.get(&(change.resource_type.clone(), change.resource_id.clone())) else { continue };
+            // Each version opens with the key of the owner it was written for.
             let owner = codec::owner(rtype, id.as_str(), current.patient_id.as_deref());
+            let sealed_by = codec::owner(rtype, id.as_str(), change.patient_id.as_deref());
             let judged =
                 match open(rtype, &id, owner.as_ref(), if current.deleted == 0 { current.version_id } else { current.version_id - 1 }) {
                     Ok(basis) => basis,
@@ -174,15 +176,12 @@ impl SyncService<'_> {
                     Err(e) => return Err(e),
                 };
             if self.decision(caller, Op::Read, rtype, &id, judged.as_ref(), false).0 == Decision::Deny {
-                let mut was_related = false;
-                for v in [change.version_id, change.version_id - 1] {
-                    was_related |= crate::service::resources::ResourceService::related(
-                        caller,
-                        rtype,
-                        &id,
-                        open(rtype, &id, owner.as_ref(), v)?.as_ref(),
-                    );
-                }
+                // The changed version, else the one before it (opened only when needed).
+                let was_related = [change.version_id, change.version_id - 1].into_iter().try_fold(false, |found, v| {
+                    Ok::<_, ServiceError>(
+                        found || ResourceService::related(caller, rtype, &id, open(rtype, &id, sealed_by.as_ref(), v)?.as_ref()),
+                    )
+                })?;
                 if was_related && revoked.insert((rtype, id.to_string())) {
                     out.push(Change {
                         cursor: change.cursor,
@@ -195,7 +194,7 @@ impl SyncService<'_> {
                 }
                 continue;
             }
-            let content = open(rtype, &id, owner.as_ref(), change.version_id)?;
+            let content = open(rtype, &id, sealed_by.as_ref(), change.version_id)?;
             let patient = patient_of(rtype, id.as_str(), change.patient_id.as_deref());
             entries.push(caller.entry(
                 AuditAction::Sync,
