@@ -373,7 +373,7 @@ impl SyncService<'_> {
             };
             let server = body_of(server);
             let merged = if base == current.row.version_id {
-                Merged { resource: client.clone(), collisions: Vec::new() }
+                Merged { resource: client.clone(), collisions: Vec::new(), unions: Vec::new() }
             } else {
                 merge(&body_of(&base_content), &server, &client, |e| self.services.conflicts.strategy(rtype.name(), e))
             };
