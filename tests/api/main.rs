@@ -6,6 +6,7 @@ mod architecture;
 mod auth;
 mod authz;
 mod cli;
+mod clinic;
 mod compliance;
 mod concurrency;
 mod crud;
