@@ -306,7 +306,13 @@ async fn run_search(
     let base = base_url(&state);
     let links = page_links(&format!("{base}/{}", rtype.name()), &page);
     let entries = page.items.iter().filter_map(|v| v.resource.clone().map(|r| (format!("{base}/{}/{}", rtype.name(), v.id), r))).collect();
-    let outcome = (!page.unreadable.is_empty()).then(|| {
+    let outcome = unreadable_outcome(&state, &page);
+    Ok(bundle_response(bundle::searchset(page.total, &links, entries, outcome)))
+}
+
+/// The OperationOutcome a page carries when some of its matches could not be read.
+fn unreadable_outcome(state: &AppState, page: &Page<Versioned>) -> Option<Value> {
+    (!page.unreadable.is_empty()).then(|| {
         state.metrics.unreadable_records.inc_by(page.unreadable.len() as u64);
         // Ids only: which matches could not be returned, never anything of their content.
         serde_json::json!({
@@ -317,7 +323,31 @@ async fn run_search(
                 "diagnostics": format!("{r} matched but could not be read (its stored form failed an integrity check); it is left out of this page"),
             })).collect::<Vec<_>>(),
         })
-    });
+    })
+}
+
+/// `GET /fhir/Patient/{id}/$everything`: the Patient and its compartment, paged.
+pub async fn everything(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    caller: Caller,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let (type_name, raw_id) = path.into_inner();
+    if resource_type(&type_name)? != ResourceType::Patient {
+        return Err(ApiError::bad_request(crate::fhir::IssueCode::NotSupported, "$everything is served for Patient only"));
+    }
+    let id = resource_id(&raw_id)?;
+    negotiate(&req)?;
+    let params = query_pairs(&req)?;
+    let services = state.services.clone();
+    let page_of = id.clone();
+    let page = blocking(move || Ok(services.resources().everything(&caller, &page_of, &params)?)).await?;
+    let base = base_url(&state);
+    let links = page_links(&format!("{base}/Patient/{id}/$everything"), &page);
+    let entries =
+        page.items.iter().filter_map(|v| v.resource.clone().map(|r| (format!("{base}/{}/{}", v.resource_type.name(), v.id), r))).collect();
+    let outcome = unreadable_outcome(&state, &page);
     Ok(bundle_response(bundle::searchset(page.total, &links, entries, outcome)))
 }
 

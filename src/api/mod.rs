@@ -103,6 +103,9 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 )
                 .service(web::resource("/{type}/{id}/_history").route(web::get().to(fhir::history)).default_service(not_allowed("GET")))
                 .service(
+                    web::resource("/{type}/{id}/$everything").route(web::get().to(fhir::everything)).default_service(not_allowed("GET")),
+                )
+                .service(
                     web::resource("/{type}/{id}/_history/{vid}").route(web::get().to(fhir::vread)).default_service(not_allowed("GET")),
                 ),
         )

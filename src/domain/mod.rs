@@ -3,6 +3,7 @@
 //! so the rest of the crate never handles an unchecked string. This module imports nothing
 //! of the crate.
 
+pub mod dates;
 mod events;
 mod ids;
 mod principal;

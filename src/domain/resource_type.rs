@@ -10,6 +10,11 @@ use crate::domain::search::{ParamKind, SearchParamDef};
 pub enum ResourceType {
     Patient,
     Practitioner,
+    Encounter,
+    Observation,
+    Condition,
+    AllergyIntolerance,
+    MedicationRequest,
 }
 
 /// How access policy treats a type (see `policies/access.toml`).
@@ -31,8 +36,11 @@ pub struct ResourceDef {
     pub category: Category,
     /// Search parameters served for the type, besides `_id`.
     pub search: &'static [SearchParamDef],
-    /// Elements holding the patient-compartment reference (`subject`, `patient`).
-    pub compartment: &'static [&'static str],
+    /// The element holding the patient-compartment reference (`subject`, `patient`) of a
+    /// clinical type; it is required, and names a Patient of the same tenant.
+    pub compartment: Option<&'static str>,
+    /// The date search parameter `_sort` and `$everything` order by, if any.
+    pub date_param: Option<&'static str>,
 }
 
 const PATIENT: ResourceDef = ResourceDef {
@@ -52,7 +60,8 @@ const PATIENT: ResourceDef = ResourceDef {
             element: "generalPractitioner",
         },
     ],
-    compartment: &[],
+    compartment: None,
+    date_param: None,
 };
 
 const PRACTITIONER: ResourceDef = ResourceDef {
@@ -63,16 +72,142 @@ const PRACTITIONER: ResourceDef = ResourceDef {
         SearchParamDef { name: "identifier", kind: ParamKind::Identifier, element: "identifier" },
         SearchParamDef { name: "family", kind: ParamKind::Family, element: "name" },
     ],
-    compartment: &[],
+    compartment: None,
+    date_param: None,
+};
+
+/// `patient` and `subject` of a clinical type: its compartment, matched on the stored
+/// patient id.
+const fn compartment_params(element: &'static str) -> [SearchParamDef; 2] {
+    [
+        SearchParamDef { name: "patient", kind: ParamKind::Compartment, element },
+        SearchParamDef { name: "subject", kind: ParamKind::Compartment, element },
+    ]
+}
+
+const fn token(name: &'static str, element: &'static str) -> SearchParamDef {
+    SearchParamDef { name, kind: ParamKind::Token, element }
+}
+
+const fn date(name: &'static str, element: &'static str) -> SearchParamDef {
+    SearchParamDef { name, kind: ParamKind::DateSpan, element }
+}
+
+const SUBJECT: [SearchParamDef; 2] = compartment_params("subject");
+
+const ENCOUNTER: ResourceDef = ResourceDef {
+    resource_type: ResourceType::Encounter,
+    name: "Encounter",
+    category: Category::Clinical,
+    search: &[
+        SUBJECT[0],
+        SUBJECT[1],
+        date("date", "period"),
+        token("status", "status"),
+        token("type", "type"),
+        token("class", "class"),
+        SearchParamDef { name: "identifier", kind: ParamKind::Identifier, element: "identifier" },
+    ],
+    compartment: Some("subject"),
+    date_param: Some("date"),
+};
+
+const OBSERVATION: ResourceDef = ResourceDef {
+    resource_type: ResourceType::Observation,
+    name: "Observation",
+    category: Category::Clinical,
+    search: &[
+        SUBJECT[0],
+        SUBJECT[1],
+        token("category", "category"),
+        token("code", "code"),
+        date("date", "effective"),
+        token("status", "status"),
+    ],
+    compartment: Some("subject"),
+    date_param: Some("date"),
+};
+
+const CONDITION: ResourceDef = ResourceDef {
+    resource_type: ResourceType::Condition,
+    name: "Condition",
+    category: Category::Clinical,
+    search: &[
+        SUBJECT[0],
+        SUBJECT[1],
+        token("category", "category"),
+        token("clinical-status", "clinicalStatus"),
+        token("verification-status", "verificationStatus"),
+        token("code", "code"),
+        date("onset-date", "onset"),
+        date("recorded-date", "recordedDate"),
+    ],
+    compartment: Some("subject"),
+    date_param: Some("onset-date"),
+};
+
+const ALLERGY_PATIENT: [SearchParamDef; 2] = compartment_params("patient");
+
+const ALLERGY_INTOLERANCE: ResourceDef = ResourceDef {
+    resource_type: ResourceType::AllergyIntolerance,
+    name: "AllergyIntolerance",
+    category: Category::Clinical,
+    search: &[
+        ALLERGY_PATIENT[0],
+        token("clinical-status", "clinicalStatus"),
+        token("verification-status", "verificationStatus"),
+        token("code", "code"),
+        date("date", "recordedDate"),
+    ],
+    compartment: Some("patient"),
+    date_param: Some("date"),
+};
+
+const MEDICATION_REQUEST: ResourceDef = ResourceDef {
+    resource_type: ResourceType::MedicationRequest,
+    name: "MedicationRequest",
+    category: Category::Clinical,
+    search: &[
+        SUBJECT[0],
+        SUBJECT[1],
+        token("intent", "intent"),
+        token("status", "status"),
+        token("code", "medicationCodeableConcept"),
+        date("authoredon", "authoredOn"),
+    ],
+    compartment: Some("subject"),
+    date_param: Some("authoredon"),
 };
 
 impl ResourceType {
-    pub const ALL: [ResourceType; 2] = [ResourceType::Patient, ResourceType::Practitioner];
+    pub const ALL: [ResourceType; 7] = [
+        ResourceType::Patient,
+        ResourceType::Practitioner,
+        ResourceType::Encounter,
+        ResourceType::Observation,
+        ResourceType::Condition,
+        ResourceType::AllergyIntolerance,
+        ResourceType::MedicationRequest,
+    ];
+
+    /// The clinical types: the patient compartment besides the Patient itself.
+    pub const CLINICAL: [ResourceType; 5] = [
+        ResourceType::Encounter,
+        ResourceType::Observation,
+        ResourceType::Condition,
+        ResourceType::AllergyIntolerance,
+        ResourceType::MedicationRequest,
+    ];
 
     pub fn def(self) -> &'static ResourceDef {
         match self {
             ResourceType::Patient => &PATIENT,
             ResourceType::Practitioner => &PRACTITIONER,
+            ResourceType::Encounter => &ENCOUNTER,
+            ResourceType::Observation => &OBSERVATION,
+            ResourceType::Condition => &CONDITION,
+            ResourceType::AllergyIntolerance => &ALLERGY_INTOLERANCE,
+            ResourceType::MedicationRequest => &MEDICATION_REQUEST,
         }
     }
 

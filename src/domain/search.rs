@@ -22,9 +22,20 @@ pub enum ParamKind {
     Email,
     /// A literal reference to a resource of the given type.
     Reference(ResourceType),
+    /// A `code`, `Coding` or `CodeableConcept` (or a list of them): `[system]|[code]`,
+    /// `|[code]` (no system), `[system]|` (any code of the system) or `[code]`,
+    /// case-insensitively.
+    Token,
+    /// The patient-compartment reference of a clinical type (`patient`, `subject`):
+    /// matched on the record's stored patient id, not through an index.
+    Compartment,
+    /// A date, dateTime, instant or Period (the element and its choice-type variants,
+    /// `effective` → `effectiveDateTime`, `effectivePeriod`): compared by span with the
+    /// prefixes of `domain::dates`, on opened records of one patient.
+    DateSpan,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SearchParamDef {
     pub name: &'static str,
     pub kind: ParamKind,
@@ -82,6 +93,23 @@ fn non_empty(token: String) -> Option<String> {
     (!token.is_empty()).then_some(token)
 }
 
+/// The tokens of one coding: by code, by system and code (or as having no system), and by
+/// system alone.
+fn coding_tokens(system: Option<&str>, code: &str, tokens: &mut Vec<String>) {
+    let code = fold(code);
+    if code.is_empty() {
+        return;
+    }
+    tokens.push(format!("c:{code}"));
+    match system.map(fold).filter(|s| !s.is_empty()) {
+        Some(system) => {
+            tokens.push(format!("sc:{system}|{code}"));
+            tokens.push(format!("s:{system}"));
+        }
+        None => tokens.push(format!("nosys:{code}")),
+    }
+}
+
 /// Index tokens for one parameter of a resource. Several values give several tokens; a
 /// resource matches a query token when any of its tokens is equal to it.
 pub fn index_tokens(def: &SearchParamDef, resource: &Value) -> Vec<String> {
@@ -135,6 +163,23 @@ pub fn index_tokens(def: &SearchParamDef, resource: &Value) -> Vec<String> {
                     .filter(|r| r.resource_type == expected);
                 tokens.extend(parsed.map(|r| r.to_string()));
             }
+            ParamKind::Token => match item {
+                Value::String(code) => coding_tokens(None, code, &mut tokens),
+                Value::Object(concept) => {
+                    let codings = match concept.get("coding") {
+                        Some(Value::Array(codings)) => codings.iter().collect(),
+                        _ => vec![item],
+                    };
+                    for coding in codings {
+                        if let Some(code) = coding.get("code").and_then(Value::as_str) {
+                            coding_tokens(coding.get("system").and_then(Value::as_str), code, &mut tokens);
+                        }
+                    }
+                }
+                _ => {}
+            },
+            // Matched on the stored patient id and on opened dates, not through tokens.
+            ParamKind::Compartment | ParamKind::DateSpan => {}
         }
     }
     tokens.sort();
@@ -177,8 +222,23 @@ pub fn query_token(kind: ParamKind, raw: &str) -> Result<String, QueryValueError
             }
             r.to_string()
         }
+        ParamKind::Token => match raw.split_once('|') {
+            Some(("", code)) => format!("nosys:{}", fold(code)),
+            Some((system, "")) => format!("s:{}", fold(system)),
+            Some((system, code)) => format!("sc:{}|{}", fold(system), fold(code)),
+            None => format!("c:{}", fold(raw)),
+        },
+        // The patient id a compartment parameter names.
+        ParamKind::Compartment => {
+            let full = if raw.contains('/') { raw.to_owned() } else { format!("Patient/{raw}") };
+            match Reference::parse(&full) {
+                Ok(r) if r.resource_type == ResourceType::Patient => r.id.to_string(),
+                _ => return Err(QueryValueError::Reference),
+            }
+        }
+        ParamKind::DateSpan => return Err(QueryValueError::Date),
     };
-    if token.is_empty() || token.ends_with(':') || token.ends_with('|') {
+    if token.is_empty() || token.ends_with(':') || token.ends_with('|') || token == "nosys:" {
         return Err(QueryValueError::Empty);
     }
     Ok(token)
@@ -233,5 +293,33 @@ mod tests {
         assert_eq!(query_token(ParamKind::Identifier, "sys|"), Err(QueryValueError::Empty));
         assert_eq!(query_token(ParamKind::Reference(ResourceType::Practitioner), "Patient/1"), Err(QueryValueError::Reference));
         assert_eq!(query_token(ParamKind::Reference(ResourceType::Practitioner), "abc").unwrap(), "Practitioner/abc");
+        assert_eq!(query_token(ParamKind::Compartment, "Patient/p-1").unwrap(), "p-1");
+        assert_eq!(query_token(ParamKind::Compartment, "p-1").unwrap(), "p-1");
+        assert_eq!(query_token(ParamKind::Compartment, "Practitioner/p-1"), Err(QueryValueError::Reference));
+        assert_eq!(query_token(ParamKind::Token, "|"), Err(QueryValueError::Empty));
+    }
+
+    #[test]
+    fn tokens_match_codes_codings_and_codeable_concepts() {
+        let obs = json!({
+            "status": "final",
+            "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "vital-signs"}]}],
+            "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}, {"code": "HR"}], "text": "Heart rate"},
+        });
+        let has = |name: &str, q: &str| {
+            let d = ResourceType::Observation.search_param(name).unwrap();
+            index_tokens(d, &obs).contains(&query_token(d.kind, q).unwrap())
+        };
+        assert!(has("status", "final"));
+        assert!(has("status", "FINAL"));
+        assert!(!has("status", "amended"));
+        assert!(has("category", "vital-signs"));
+        assert!(has("category", "http://terminology.hl7.org/CodeSystem/observation-category|vital-signs"));
+        assert!(has("category", "http://terminology.hl7.org/CodeSystem/observation-category|"));
+        assert!(!has("category", "|vital-signs"));
+        assert!(has("code", "http://loinc.org|8867-4"));
+        assert!(has("code", "|hr"));
+        assert!(!has("code", "http://snomed.info/sct|8867-4"));
+        assert!(!has("code", "heart rate"), "text is not a code");
     }
 }

@@ -8,10 +8,23 @@ use crate::domain::search::ParamKind;
 
 fn param_type(kind: ParamKind) -> &'static str {
     match kind {
-        ParamKind::Identifier | ParamKind::Phone | ParamKind::Email => "token",
+        ParamKind::Identifier | ParamKind::Phone | ParamKind::Email | ParamKind::Token => "token",
         ParamKind::Family | ParamKind::Given => "string",
-        ParamKind::Date => "date",
-        ParamKind::Reference(_) => "reference",
+        ParamKind::Date | ParamKind::DateSpan => "date",
+        ParamKind::Reference(_) | ParamKind::Compartment => "reference",
+    }
+}
+
+fn param_doc(kind: ParamKind) -> &'static str {
+    match kind {
+        ParamKind::Token => {
+            "system|code, code, |code or system|, with comma-separated alternatives; case-insensitive, matched through blind indexes."
+        }
+        ParamKind::Compartment => "The patient (Patient/ID or ID). Clinical searches other than _id and identifier must name it.",
+        ParamKind::DateSpan => {
+            "Prefixes eq, ne, gt, ge, lt, le and partial dates. The element is encrypted: the search names exactly one patient and is filtered within that patient's records."
+        }
+        _ => "Exact match, case-insensitive for text; values are matched through blind indexes.",
     }
 }
 
@@ -19,15 +32,18 @@ pub fn capability_statement(base_url: &str, software_version: &str, published: &
     let resources: Vec<Value> = ResourceType::ALL
         .iter()
         .map(|t| {
-            let mut params = vec![json!({"name": "_id", "type": "token"})];
+            let mut params = vec![
+                json!({"name": "_id", "type": "token"}),
+                json!({"name": "_lastUpdated", "type": "date", "documentation": "Prefixes eq, ne, gt, ge, lt, le and partial dates."}),
+            ];
             params.extend(t.def().search.iter().map(|p| {
                 json!({
                     "name": p.name,
                     "type": param_type(p.kind),
-                    "documentation": "Exact match, case-insensitive for text; values are matched through blind indexes."
+                    "documentation": param_doc(p.kind),
                 })
             }));
-            json!({
+            let mut resource = json!({
                 "type": t.name(),
                 "interaction": [
                     {"code": "read"}, {"code": "vread"}, {"code": "update"}, {"code": "delete"},
@@ -40,7 +56,14 @@ pub fn capability_statement(base_url: &str, software_version: &str, published: &
                 "conditionalUpdate": false,
                 "conditionalDelete": "not-supported",
                 "searchParam": params,
-            })
+            });
+            if *t == ResourceType::Patient {
+                resource["operation"] = json!([{
+                    "name": "everything",
+                    "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"
+                }]);
+            }
+            resource
         })
         .collect();
     json!({

@@ -191,6 +191,8 @@ impl FhirValidator {
         issues.dedup();
         check_calendar_dates(root, resource, &self.known, &mut issues);
         check_required(rtype, resource, &mut issues);
+        check_bound_concepts(rtype, resource, &mut issues);
+        check_bound_codes(rtype, resource, &mut issues);
         issues.truncate(MAX_ISSUES);
         if issues.is_empty() { Ok(()) } else { Err(issues) }
     }
@@ -272,18 +274,108 @@ fn calendar_ok(s: &str) -> bool {
     }
 }
 
-/// Required primitive elements the schema leaves optional (it cannot require a primitive
-/// that may instead carry only an extension).
-fn check_required(rtype: ResourceType, resource: &Value, issues: &mut Vec<Issue>) {
-    let required: &[&str] = match rtype {
+/// Required elements (cardinality 1..1) of the served types: primitives the schema leaves
+/// optional (it cannot require a primitive that may instead carry only an extension) and
+/// the rest of R4's minimums. A choice element is named by its stem (`medication[x]`).
+fn required_elements(rtype: ResourceType) -> &'static [&'static str] {
+    match rtype {
         ResourceType::Patient | ResourceType::Practitioner => &[],
-    };
-    for element in required {
-        if resource.get(*element).is_none() {
+        ResourceType::Encounter => &["status", "class", "subject"],
+        ResourceType::Observation => &["status", "code", "subject"],
+        ResourceType::Condition => &["subject"],
+        ResourceType::AllergyIntolerance => &["patient"],
+        ResourceType::MedicationRequest => &["status", "intent", "medication[x]", "subject"],
+    }
+}
+
+fn check_required(rtype: ResourceType, resource: &Value, issues: &mut Vec<Issue>) {
+    let Some(map) = resource.as_object() else { return };
+    for element in required_elements(rtype) {
+        let present = match element.strip_suffix("[x]") {
+            Some(stem) => {
+                map.keys().any(|k| k.len() > stem.len() && k.starts_with(stem) && k[stem.len()..].starts_with(char::is_uppercase))
+            }
+            None => map.contains_key(*element) || map.contains_key(&format!("_{element}")),
+        };
+        let expression = format!("{}.{element}", rtype.name());
+        if !present && !issues.iter().any(|i| i.expression.as_deref() == Some(expression.as_str())) {
+            issues.push(Issue::new(IssueCode::Required, Some(expression), format!("required element '{element}' is missing")));
+        }
+    }
+}
+
+/// CodeableConcepts bound to a required value set (the schema cannot say which codes a
+/// CodeableConcept may hold): `(type, element, code system, codes)`.
+const REQUIRED_CONCEPTS: &[(ResourceType, &str, &str, &[&str])] = &[
+    (
+        ResourceType::Condition,
+        "clinicalStatus",
+        "http://terminology.hl7.org/CodeSystem/condition-clinical",
+        &["active", "recurrence", "relapse", "inactive", "remission", "resolved"],
+    ),
+    (
+        ResourceType::Condition,
+        "verificationStatus",
+        "http://terminology.hl7.org/CodeSystem/condition-ver-status",
+        &["unconfirmed", "provisional", "differential", "confirmed", "refuted", "entered-in-error"],
+    ),
+    (
+        ResourceType::AllergyIntolerance,
+        "clinicalStatus",
+        "http://terminology.hl7.org/CodeSystem/allergyintolerance-clinical",
+        &["active", "inactive", "resolved"],
+    ),
+    (
+        ResourceType::AllergyIntolerance,
+        "verificationStatus",
+        "http://terminology.hl7.org/CodeSystem/allergyintolerance-verification",
+        &["unconfirmed", "confirmed", "refuted", "entered-in-error"],
+    ),
+];
+
+/// `code` elements bound to a required value set that the schema leaves as any code.
+const REQUIRED_CODES: &[(ResourceType, &str, &[&str])] = &[
+    (
+        ResourceType::MedicationRequest,
+        "status",
+        &["active", "on-hold", "cancelled", "completed", "entered-in-error", "stopped", "draft", "unknown"],
+    ),
+    (
+        ResourceType::MedicationRequest,
+        "intent",
+        &["proposal", "plan", "order", "original-order", "reflex-order", "filler-order", "instance-order", "option"],
+    ),
+    (ResourceType::MedicationRequest, "priority", &["routine", "urgent", "asap", "stat"]),
+];
+
+fn check_bound_codes(rtype: ResourceType, resource: &Value, issues: &mut Vec<Issue>) {
+    for (_, element, codes) in REQUIRED_CODES.iter().filter(|(t, ..)| *t == rtype) {
+        let Some(value) = resource.get(*element) else { continue };
+        if !value.as_str().is_some_and(|code| codes.contains(&code)) {
             issues.push(Issue::new(
-                IssueCode::Required,
+                IssueCode::Value,
                 Some(format!("{}.{element}", rtype.name())),
-                format!("required element '{element}' is missing"),
+                format!("must be one of: {}", codes.join(", ")),
+            ));
+        }
+    }
+}
+
+/// A CodeableConcept with a required binding holds a coding of its code system with one of
+/// the value set's codes.
+fn check_bound_concepts(rtype: ResourceType, resource: &Value, issues: &mut Vec<Issue>) {
+    for (_, element, system, codes) in REQUIRED_CONCEPTS.iter().filter(|(t, ..)| *t == rtype) {
+        let Some(concept) = resource.get(*element) else { continue };
+        let codings = concept.get("coding").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+        let bound = codings.iter().any(|c| {
+            c.get("system").and_then(Value::as_str) == Some(*system)
+                && c.get("code").and_then(Value::as_str).is_some_and(|code| codes.contains(&code))
+        });
+        if !bound {
+            issues.push(Issue::new(
+                IssueCode::Value,
+                Some(format!("{}.{element}", rtype.name())),
+                format!("must hold a coding from {system} with one of: {}", codes.join(", ")),
             ));
         }
     }
@@ -359,6 +451,36 @@ mod tests {
         let issues = check(json!({"resourceType": "Patient", "birthDate": "1970-02-31"})).unwrap_err();
         assert_eq!(issues[0].expression.as_deref(), Some("Patient.birthDate"));
         assert!(check(json!({"resourceType": "Practitioner", "birthDate": "1970-02"})).is_ok());
+    }
+
+    #[test]
+    fn clinical_required_elements_and_bound_codes_are_checked() {
+        let issues = check(json!({"resourceType": "MedicationRequest", "intent": "order"})).unwrap_err();
+        let paths: Vec<_> = issues.iter().filter_map(|i| i.expression.clone()).collect();
+        for missing in ["MedicationRequest.status", "MedicationRequest.medication[x]", "MedicationRequest.subject"] {
+            assert!(paths.contains(&missing.to_owned()), "{paths:?}");
+        }
+        assert!(!paths.contains(&"MedicationRequest.intent".to_owned()), "{paths:?}");
+        let bad_intent = check(json!({
+            "resourceType": "MedicationRequest", "status": "active", "intent": "SECRET-INTENT",
+            "medicationCodeableConcept": {"text": "x"}, "subject": {"reference": "Patient/p1"}
+        }))
+        .unwrap_err();
+        assert!(bad_intent.iter().any(|i| i.expression.as_deref() == Some("MedicationRequest.intent")), "{bad_intent:?}");
+        assert!(!format!("{bad_intent:?}").contains("SECRET"));
+        let status = json!({"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "active"}]});
+        check(json!({"resourceType": "Condition", "subject": {"reference": "Patient/p1"}, "clinicalStatus": status})).unwrap();
+        let wrong = json!({"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "SECRET-STATUS"}]});
+        let issues =
+            check(json!({"resourceType": "Condition", "subject": {"reference": "Patient/p1"}, "clinicalStatus": wrong})).unwrap_err();
+        assert_eq!(issues[0].expression.as_deref(), Some("Condition.clinicalStatus"));
+        assert!(!format!("{issues:?}").contains("SECRET"));
+        check(json!({
+            "resourceType": "Observation", "status": "final", "code": {"text": "x"},
+            "subject": {"reference": "Patient/p1"}, "effectiveDateTime": "2026-03-05T10:00:00+02:00",
+            "valueQuantity": {"value": 72.50, "unit": "kg", "system": "http://unitsofmeasure.org", "code": "kg"}
+        }))
+        .unwrap();
     }
 
     #[test]

@@ -48,8 +48,7 @@ impl Codec {
     }
 
     fn is_sealed(&self, rtype: ResourceType, element: &str) -> bool {
-        let name = element.strip_prefix('_').unwrap_or(element);
-        self.policy.elements(rtype).iter().any(|e| e == name)
+        self.policy.seals(rtype, element)
     }
 
     /// The stored form of a version: sealed elements replaced by their envelopes.
@@ -64,7 +63,9 @@ impl Codec {
         let Value::Object(map) = resource else { return Err(ServiceError::corrupt("resource JSON")) };
         let mut out = Map::with_capacity(map.len());
         for (element, value) in map {
-            if self.is_sealed(rtype, element) {
+            if rtype.def().compartment == Some(element.as_str()) {
+                out.insert(element.clone(), self.seal_beside_reference(tenant, rtype, id, key, element, value)?);
+            } else if self.is_sealed(rtype, element) {
                 let plaintext = zeroize::Zeroizing::new(serde_json::to_vec(value).map_err(ServiceError::corrupt_by("resource JSON"))?);
                 let envelope = Envelope::seal(&key.key, key.key_id, &element_aad(tenant, rtype, id.as_str(), element), &plaintext)
                     .map_err(ServiceError::keys_by("sealing under the data key"))?;
@@ -74,6 +75,64 @@ impl Codec {
             }
         }
         serde_json::to_string(&Value::Object(out)).map_err(ServiceError::corrupt_by("resource JSON"))
+    }
+
+    /// The compartment reference stays readable (`reference`, the patient the record
+    /// belongs to, which the server needs without a key); anything else in it (`display`,
+    /// an `identifier`, extensions: often the patient's name) is sealed beside it as
+    /// `{"reference": ..., "$sealed": ...}`.
+    fn seal_beside_reference(
+        &self,
+        tenant: &TenantId,
+        rtype: ResourceType,
+        id: &ResourceId,
+        key: &DataKey,
+        element: &str,
+        value: &Value,
+    ) -> Result<Value, ServiceError> {
+        let Value::Object(members) = value else { return Ok(value.clone()) };
+        let mut rest = members.clone();
+        let reference = rest.shift_remove("reference");
+        if rest.is_empty() {
+            return Ok(value.clone());
+        }
+        let plaintext =
+            zeroize::Zeroizing::new(serde_json::to_vec(&Value::Object(rest)).map_err(ServiceError::corrupt_by("resource JSON"))?);
+        let envelope = Envelope::seal(&key.key, key.key_id, &element_aad(tenant, rtype, id.as_str(), element), &plaintext)
+            .map_err(ServiceError::keys_by("sealing under the data key"))?;
+        let mut out = Map::new();
+        if let Some(reference) = reference {
+            out.insert("reference".into(), reference);
+        }
+        out.insert(SEALED.into(), Value::String(STANDARD.encode(envelope)));
+        Ok(Value::Object(out))
+    }
+
+    /// Opens one sealed value of `element` with `key`.
+    fn open_value(
+        &self,
+        tenant: &TenantId,
+        rtype: ResourceType,
+        id: &str,
+        element: &str,
+        sealed: &str,
+        key: Option<&Result<DataKey, ServiceError>>,
+    ) -> Result<Value, ServiceError> {
+        let key = match key {
+            Some(Ok(key)) => key,
+            Some(Err(ServiceError::Erased)) => return Err(ServiceError::Erased),
+            _ => {
+                tracing::error!(resource_type = rtype.name(), resource_id = id, "sealed element without a data key");
+                return Err(ServiceError::integrity("sealed element"));
+            }
+        };
+        let envelope = STANDARD.decode(sealed).map_err(ServiceError::integrity_by("sealed element"))?;
+        let plaintext = Envelope::open(&key.key, key.key_id, &element_aad(tenant, rtype, id, element), &envelope).map_err(|e| {
+            tracing::error!(resource_type = rtype.name(), resource_id = id, element = %element, error = %e, "sealed element failed to open");
+            ServiceError::integrity("sealed element")
+        })?;
+        let plaintext = zeroize::Zeroizing::new(plaintext);
+        serde_json::from_slice(&plaintext).map_err(ServiceError::integrity_by("sealed element"))
     }
 
     /// Reads a stored version back, opening sealed elements with `key`. A sealed element
@@ -90,28 +149,57 @@ impl Codec {
         let Value::Object(map) = serde_json::from_str(stored).map_err(ServiceError::corrupt_by("resource JSON"))? else {
             return Err(ServiceError::corrupt("resource JSON"));
         };
+        self.open_map(tenant, rtype, id, map, key, |_| true)
+    }
+
+    /// Reads only the named top-level elements of a stored version (what a search filters
+    /// or sorts on), opening just those.
+    pub fn open_elements(
+        &self,
+        tenant: &TenantId,
+        rtype: ResourceType,
+        id: &str,
+        stored: &str,
+        key: Option<&Result<DataKey, ServiceError>>,
+        wanted: impl Fn(&str) -> bool,
+    ) -> Result<Value, ServiceError> {
+        let Value::Object(map) = serde_json::from_str(stored).map_err(ServiceError::corrupt_by("resource JSON"))? else {
+            return Err(ServiceError::corrupt("resource JSON"));
+        };
+        self.open_map(tenant, rtype, id, map, key, wanted)
+    }
+
+    fn open_map(
+        &self,
+        tenant: &TenantId,
+        rtype: ResourceType,
+        id: &str,
+        map: Map<String, Value>,
+        key: Option<&Result<DataKey, ServiceError>>,
+        wanted: impl Fn(&str) -> bool,
+    ) -> Result<Value, ServiceError> {
         let mut out = Map::with_capacity(map.len());
         for (element, value) in map {
-            let sealed = value.as_object().filter(|o| o.len() == 1).and_then(|o| o.get(SEALED)).and_then(Value::as_str);
-            let Some(sealed) = sealed else {
+            if !wanted(&element) {
+                continue;
+            }
+            let Value::Object(mut members) = value else {
                 out.insert(element, value);
                 continue;
             };
-            let key = match key {
-                Some(Ok(key)) => key,
-                Some(Err(ServiceError::Erased)) => return Err(ServiceError::Erased),
-                _ => {
-                    tracing::error!(resource_type = rtype.name(), resource_id = id, "sealed element without a data key");
-                    return Err(ServiceError::integrity("sealed element"));
-                }
+            let Some(Value::String(sealed)) = members.shift_remove(SEALED) else {
+                out.insert(element, Value::Object(members));
+                continue;
             };
-            let envelope = STANDARD.decode(sealed).map_err(ServiceError::integrity_by("sealed element"))?;
-            let plaintext = Envelope::open(&key.key, key.key_id, &element_aad(tenant, rtype, id, &element), &envelope).map_err(|e| {
-                tracing::error!(resource_type = rtype.name(), resource_id = id, element = %element, error = %e, "sealed element failed to open");
-                ServiceError::integrity("sealed element")
-            })?;
-            let plaintext = zeroize::Zeroizing::new(plaintext);
-            out.insert(element, serde_json::from_slice(&plaintext).map_err(ServiceError::integrity_by("sealed element"))?);
+            let opened = self.open_value(tenant, rtype, id, &element, &sealed, key)?;
+            if members.is_empty() {
+                out.insert(element, opened);
+            } else {
+                // A compartment reference: its sealed members go back beside `reference`.
+                let Value::Object(rest) = opened else { return Err(ServiceError::integrity("sealed element")) };
+                members.extend(rest);
+                out.insert(element, Value::Object(members));
+            }
         }
         Ok(Value::Object(out))
     }

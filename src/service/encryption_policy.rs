@@ -1,4 +1,5 @@
-//! `policies/encryption.toml`: which top-level elements of each type are sealed.
+//! `policies/encryption.toml`: which top-level elements of each type are sealed: a list
+//! (`elements`), or every element but a list (`all_except`), as clinical types use.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -20,7 +21,20 @@ pub enum EncryptionPolicyError {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct TypePolicy {
-    elements: Vec<String>,
+    elements: Option<Vec<String>>,
+    all_except: Option<Vec<String>>,
+}
+
+/// Elements the server needs in the clear, never sealed whatever the policy says.
+const NEVER_SEALED: [&str; 3] = ["id", "meta", "resourceType"];
+
+/// What is sealed of one type.
+#[derive(Debug, Clone)]
+enum Sealed {
+    /// These elements.
+    Only(Vec<String>),
+    /// Every element but these (and [`NEVER_SEALED`] and the compartment reference).
+    AllExcept(Vec<String>),
 }
 
 #[derive(Debug, Deserialize)]
@@ -32,7 +46,16 @@ struct PolicyFile {
 /// The sealed elements per served type.
 #[derive(Debug, Clone)]
 pub struct EncryptionPolicy {
-    sealed: BTreeMap<ResourceType, Vec<String>>,
+    sealed: BTreeMap<ResourceType, Sealed>,
+}
+
+fn check_name(rtype: ResourceType, element: &str) -> Result<(), EncryptionPolicyError> {
+    let name = rtype.name();
+    let plain = !element.is_empty() && element.len() <= 64 && element.bytes().all(|b| b.is_ascii_alphanumeric());
+    if !plain || !element.starts_with(|c: char| c.is_ascii_lowercase()) {
+        return Err(EncryptionPolicyError::Invalid(format!("{name}: '{element}' is not a top-level element name")));
+    }
+    Ok(())
 }
 
 impl EncryptionPolicy {
@@ -48,16 +71,25 @@ impl EncryptionPolicy {
         for (name, policy) in file.types {
             let rtype =
                 ResourceType::from_name(&name).ok_or_else(|| EncryptionPolicyError::Invalid(format!("unknown resource type '{name}'")))?;
-            for element in &policy.elements {
-                let plain = !element.is_empty() && element.len() <= 64 && element.bytes().all(|b| b.is_ascii_alphanumeric());
-                if !plain || !element.starts_with(|c: char| c.is_ascii_lowercase()) {
-                    return Err(EncryptionPolicyError::Invalid(format!("{name}: '{element}' is not a top-level element name")));
+            let rule = match (policy.elements, policy.all_except) {
+                (Some(elements), None) => {
+                    for element in &elements {
+                        check_name(rtype, element)?;
+                        if NEVER_SEALED.contains(&element.as_str()) || rtype.def().compartment == Some(element.as_str()) {
+                            return Err(EncryptionPolicyError::Invalid(format!("{name}: '{element}' cannot be sealed")));
+                        }
+                    }
+                    Sealed::Only(elements)
                 }
-                if ["id", "meta", "resourceType"].contains(&element.as_str()) || rtype.def().compartment.contains(&element.as_str()) {
-                    return Err(EncryptionPolicyError::Invalid(format!("{name}: '{element}' cannot be sealed")));
+                (None, Some(clear)) => {
+                    for element in &clear {
+                        check_name(rtype, element)?;
+                    }
+                    Sealed::AllExcept(clear)
                 }
-            }
-            sealed.insert(rtype, policy.elements);
+                _ => return Err(EncryptionPolicyError::Invalid(format!("{name}: give either `elements` or `all_except`"))),
+            };
+            sealed.insert(rtype, rule);
         }
         if let Some(missing) = ResourceType::ALL.iter().find(|t| !sealed.contains_key(t)) {
             return Err(EncryptionPolicyError::Invalid(format!("no entry for {}", missing.name())));
@@ -65,9 +97,18 @@ impl EncryptionPolicy {
         Ok(Self { sealed })
     }
 
-    /// The sealed elements of `rtype`.
-    pub fn elements(&self, rtype: ResourceType) -> &[String] {
-        self.sealed.get(&rtype).map(Vec::as_slice).unwrap_or(&[])
+    /// Whether the top-level `element` of `rtype` is sealed (a primitive's companion,
+    /// `_status`, is asked by its element's name).
+    pub fn seals(&self, rtype: ResourceType, element: &str) -> bool {
+        let element = element.strip_prefix('_').unwrap_or(element);
+        if NEVER_SEALED.contains(&element) || rtype.def().compartment == Some(element) {
+            return false;
+        }
+        match self.sealed.get(&rtype) {
+            Some(Sealed::Only(elements)) => elements.iter().any(|e| e == element),
+            Some(Sealed::AllExcept(clear)) => !clear.iter().any(|e| e == element),
+            None => false,
+        }
     }
 }
 
@@ -79,8 +120,21 @@ mod tests {
     fn shipped_policy_seals_the_spec_defaults_and_bad_ones_are_refused() {
         let policy = EncryptionPolicy::load(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/policies"))).unwrap();
         for e in ["identifier", "name", "telecom", "address", "birthDate", "contact", "photo", "text"] {
-            assert!(policy.elements(ResourceType::Patient).iter().any(|x| x == e), "{e}");
+            assert!(policy.seals(ResourceType::Patient, e), "{e}");
         }
+        assert!(!policy.seals(ResourceType::Patient, "gender"));
+        for rtype in ResourceType::CLINICAL {
+            for clear in ["id", "meta", "resourceType", rtype.def().compartment.unwrap()] {
+                assert!(!policy.seals(rtype, clear), "{} {clear}", rtype.name());
+            }
+            for sealed in ["code", "text", "note", "extension", "category", "identifier", "encounter", "valueQuantity"] {
+                assert!(policy.seals(rtype, sealed), "{} {sealed}", rtype.name());
+            }
+        }
+        for rtype in [ResourceType::Encounter, ResourceType::Observation, ResourceType::MedicationRequest] {
+            assert!(!policy.seals(rtype, "status") && !policy.seals(rtype, "_status"), "{}", rtype.name());
+        }
+        assert!(EncryptionPolicy::from_toml("[types.Patient]\nelements = [\"name\"]\nall_except = []").is_err());
         assert!(EncryptionPolicy::from_toml("[types.Patient]\nelements = [\"id\"]\n[types.Practitioner]\nelements = []").is_err());
         assert!(EncryptionPolicy::from_toml("[types.Patient]\nelements = [\"name\"]").is_err(), "Practitioner missing");
         assert!(EncryptionPolicy::from_toml("[types.Alien]\nelements = []").is_err());

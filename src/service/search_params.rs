@@ -1,6 +1,9 @@
-//! Parsing of search query parameters into index tokens.
+//! Parsing of search query parameters: index tokens (matched through blind indexes), the
+//! patient compartment, date criteria (matched on opened records), `_lastUpdated`,
+//! `_sort` and paging.
 
-use crate::domain::search::query_token;
+use crate::domain::dates::DateQuery;
+use crate::domain::search::{ParamKind, SearchParamDef, query_token};
 use crate::domain::{ResourceId, ResourceType};
 use crate::fhir::{Issue, IssueCode};
 use crate::service::ServiceError;
@@ -14,11 +17,33 @@ pub const MAX_OFFSET: i64 = 1_000_000;
 /// Parameters accepted and ignored: they do not change what is returned.
 const IGNORED: &[&str] = &["_format", "_pretty"];
 
+/// What a search orders by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SortBy {
+    LastUpdated,
+    /// A date parameter of the type, ordered on opened records.
+    Date(&'static SearchParamDef),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SortKey {
+    pub by: SortBy,
+    pub descending: bool,
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct ParsedSearch {
     pub ids: Option<Vec<String>>,
+    /// The patient compartment(s) searched (`patient`, `subject`): any of these ids.
+    pub patients: Option<Vec<String>>,
     /// `(param, normalised tokens)`: every entry must match, any token within one.
     pub criteria: Vec<(String, Vec<String>)>,
+    /// Date criteria matched on opened records: every entry must match, any value within one.
+    pub dates: Vec<(&'static SearchParamDef, Vec<DateQuery>)>,
+    /// `_lastUpdated` criteria: every one must match.
+    pub last_updated: Vec<DateQuery>,
+    /// `_sort` keys, most significant first; empty: by id.
+    pub sort: Vec<SortKey>,
     pub count: i64,
     pub offset: i64,
     /// The parameters that define the result set, for paging links.
@@ -29,7 +54,7 @@ pub struct ParsedSearch {
 /// client-chosen name, or a modifier, could carry PHI).
 fn shown(rtype: ResourceType, name: &str) -> String {
     let base = name.split_once(':').map_or(name, |(b, _)| b);
-    let known = ["_count", "_offset", "_id"].contains(&base) || rtype.search_param(base).is_some();
+    let known = ["_count", "_offset", "_id", "_sort", "_lastUpdated"].contains(&base) || rtype.search_param(base).is_some();
     if known { format!("'{base}'") } else { "an unknown parameter".to_owned() }
 }
 
@@ -39,6 +64,33 @@ fn bad(rtype: ResourceType, name: &str, diagnostics: String) -> ServiceError {
         None,
         format!("search parameter {} {diagnostics}", shown(rtype, name)),
     )])
+}
+
+fn no_modifier(rtype: ResourceType, name: &str, modifier: Option<&str>) -> Result<(), ServiceError> {
+    match modifier {
+        Some(_) => Err(bad(rtype, name, "takes no modifier".into())),
+        None => Ok(()),
+    }
+}
+
+/// One `_sort` key: `_lastUpdated` or a date parameter of the type, `-` for descending.
+fn sort_key(rtype: ResourceType, raw: &str) -> Result<SortKey, ServiceError> {
+    let (descending, name) = match raw.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, raw),
+    };
+    let by = match name {
+        "_lastUpdated" => SortBy::LastUpdated,
+        _ => match rtype.search_param(name) {
+            Some(def) if def.kind == ParamKind::DateSpan => SortBy::Date(def),
+            _ => {
+                let sortable: Vec<&str> =
+                    rtype.def().search.iter().filter(|d| d.kind == ParamKind::DateSpan).map(|d| d.name).chain(["_lastUpdated"]).collect();
+                return Err(bad(rtype, "_sort", format!("can order by {} only", sortable.join(", "))));
+            }
+        },
+    };
+    Ok(SortKey { by, descending })
 }
 
 /// Splits on commas not escaped with a backslash, unescaping `\,` and `\\`.
@@ -102,6 +154,20 @@ pub fn parse(rtype: ResourceType, params: &[(String, String)]) -> Result<ParsedS
                     Some(prev) => prev.into_iter().filter(|i| ids.contains(i)).collect(),
                 });
             }
+            "_lastUpdated" => {
+                no_modifier(rtype, name, modifier)?;
+                // Several values separated by commas are alternatives; FHIR gives
+                // `_lastUpdated` one value per parameter, so one is taken here.
+                let query = DateQuery::parse(value).map_err(|e| bad(rtype, name, format!("value {e}")))?;
+                parsed.last_updated.push(query);
+            }
+            "_sort" => {
+                no_modifier(rtype, name, modifier)?;
+                if !parsed.sort.is_empty() {
+                    return Err(bad(rtype, name, "may be given once (list several keys separated by commas)".into()));
+                }
+                parsed.sort = split_values(value).iter().map(|key| sort_key(rtype, key.trim())).collect::<Result<_, _>>()?;
+            }
             _ => {
                 let def = rtype.search_param(base).ok_or_else(|| bad(rtype, name, format!("is not supported for {}", rtype.name())))?;
                 if let Some(m) = modifier
@@ -109,12 +175,33 @@ pub fn parse(rtype: ResourceType, params: &[(String, String)]) -> Result<ParsedS
                 {
                     return Err(bad(rtype, name, "uses a modifier that is not supported (only ':exact')".into()));
                 }
-                let tokens = split_values(value)
-                    .iter()
-                    .map(|v| query_token(def.kind, v))
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| bad(rtype, name, format!("value {e}")))?;
-                parsed.criteria.push((def.name.to_owned(), tokens));
+                let values = split_values(value);
+                match def.kind {
+                    ParamKind::DateSpan => {
+                        let queries = values
+                            .iter()
+                            .map(|v| DateQuery::parse(v))
+                            .collect::<Result<Vec<_>, _>>()
+                            .map_err(|e| bad(rtype, name, format!("value {e}")))?;
+                        parsed.dates.push((def, queries));
+                    }
+                    kind => {
+                        let tokens = values
+                            .iter()
+                            .map(|v| query_token(kind, v))
+                            .collect::<Result<Vec<_>, _>>()
+                            .map_err(|e| bad(rtype, name, format!("value {e}")))?;
+                        if kind == ParamKind::Compartment {
+                            // `patient` and `subject` together must both hold: intersect.
+                            parsed.patients = Some(match parsed.patients.take() {
+                                None => tokens,
+                                Some(prev) => prev.into_iter().filter(|p| tokens.contains(p)).collect(),
+                            });
+                        } else {
+                            parsed.criteria.push((def.name.to_owned(), tokens));
+                        }
+                    }
+                }
             }
         }
         parsed.echo.push((name.clone(), value.clone()));
@@ -152,6 +239,8 @@ mod tests {
             &[("_offset", "1000001")],
             &[("_offset", "-1")],
             &[("_sort", "family")],
+            &[("_lastUpdated", "sa2026-01-01")],
+            &[("_lastUpdated:missing", "true")],
         ] {
             let err = p(bad_params).unwrap_err();
             assert!(!format!("{err:?}").contains("SECRET"));
@@ -161,5 +250,34 @@ mod tests {
         assert!(!err.contains("zz123456789") && err.contains("an unknown parameter"), "{err}");
         let err = format!("{:?}", p(&[("family:zz123456789", "1")]).unwrap_err());
         assert!(!err.contains("zz123456789") && err.contains("'family'"), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod clinical_tests {
+    use super::*;
+
+    fn p(rtype: ResourceType, pairs: &[(&str, &str)]) -> Result<ParsedSearch, ServiceError> {
+        let params: Vec<_> = pairs.iter().map(|(a, b)| ((*a).to_owned(), (*b).to_owned())).collect();
+        parse(rtype, &params)
+    }
+
+    #[test]
+    fn compartments_dates_and_sorts_are_parsed() {
+        let s = p(
+            ResourceType::Observation,
+            &[("patient", "Patient/p1"), ("subject", "p1,p2"), ("date", "ge2026-01,lt2025"), ("_sort", "-date,_lastUpdated")],
+        )
+        .unwrap();
+        assert_eq!(s.patients, Some(vec!["p1".to_owned()]));
+        assert_eq!(s.dates.len(), 1);
+        assert_eq!(s.dates[0].1.len(), 2);
+        assert_eq!(s.sort.len(), 2);
+        assert!(s.sort[0].descending && matches!(s.sort[0].by, SortBy::Date(d) if d.name == "date"));
+        assert_eq!(s.sort[1], SortKey { by: SortBy::LastUpdated, descending: false });
+        assert!(s.criteria.is_empty());
+        for refused in [&[("_sort", "code")][..], &[("date", "2026-13")], &[("patient", "Practitioner/x")], &[("date", "sa2026")]] {
+            assert!(matches!(p(ResourceType::Observation, refused), Err(ServiceError::BadRequest(_))), "{refused:?}");
+        }
     }
 }

@@ -188,6 +188,22 @@ pub enum Restriction {
     CompartmentInCareOf(String),
 }
 
+/// Instants `t` with `from <= t < until` (a side `None` is open), or, when `negate`, all
+/// others: one `_lastUpdated` criterion.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstantRange {
+    pub from: Option<NaiveDateTime>,
+    pub until: Option<NaiveDateTime>,
+    pub negate: bool,
+}
+
+/// The order of a page read in SQL (orders on sealed elements are applied after opening).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Order {
+    Id,
+    LastUpdated { descending: bool },
+}
+
 /// A search over the current, non-deleted resources of one type in one tenant.
 #[derive(Debug, Clone)]
 pub struct SearchQuery {
@@ -195,6 +211,11 @@ pub struct SearchQuery {
     pub resource_type: String,
     /// `_id` values (any of them).
     pub ids: Option<Vec<String>>,
+    /// Patient-compartment rows of any of these patient ids.
+    pub patients: Option<Vec<String>>,
+    /// Every range must hold for `last_updated`.
+    pub last_updated: Vec<InstantRange>,
+    pub order: Order,
     /// Every `(param, tokens)` must match; within one, any token.
     pub criteria: Vec<(String, Vec<String>)>,
     /// `None`: every row the other filters allow. `Some`: rows meeting any restriction.
@@ -252,6 +273,19 @@ fn filtered(q: &SearchQuery) -> resources::BoxedQuery<'static, Db> {
     if let Some(ids) = &q.ids {
         query = query.filter(resources::id.eq_any(ids.clone()));
     }
+    if let Some(patients) = &q.patients {
+        query = query.filter(resources::patient_id.assume_not_null().eq_any(patients.clone()));
+    }
+    for range in &q.last_updated {
+        let mut within: Condition = Box::new(diesel::dsl::sql::<Bool>("1 = 1"));
+        if let Some(from) = range.from {
+            within = Box::new(within.and(resources::last_updated.ge(from)));
+        }
+        if let Some(until) = range.until {
+            within = Box::new(within.and(resources::last_updated.lt(until)));
+        }
+        query = if range.negate { query.filter(diesel::dsl::not(within)) } else { query.filter(within) };
+    }
     for (param, tokens) in &q.criteria {
         let (tenant, rtype, param) = (q.tenant.clone(), q.resource_type.clone(), param.clone());
         query = match tokens.as_slice() {
@@ -269,9 +303,57 @@ fn filtered(q: &SearchQuery) -> resources::BoxedQuery<'static, Db> {
     query
 }
 
-/// One page of matches ordered by id, and the total number of matches.
+fn ordered(q: &SearchQuery) -> resources::BoxedQuery<'static, Db> {
+    match q.order {
+        Order::Id => filtered(q).order(resources::id.asc()),
+        Order::LastUpdated { descending: false } => filtered(q).order((resources::last_updated.asc(), resources::id.asc())),
+        Order::LastUpdated { descending: true } => filtered(q).order((resources::last_updated.desc(), resources::id.asc())),
+    }
+}
+
+/// One page of matches in `q.order`, and the total number of matches.
 pub fn search(conn: &mut DbConnection, q: &SearchQuery) -> QueryResult<(Vec<CurrentRow>, i64)> {
     let total = filtered(q).select(count_star()).first(conn)?;
-    let rows = filtered(q).order(resources::id.asc()).limit(q.limit).offset(q.offset).select(CurrentRow::as_select()).load(conn)?;
+    let rows = ordered(q).limit(q.limit).offset(q.offset).select(CurrentRow::as_select()).load(conn)?;
+    Ok((rows, total))
+}
+
+/// Every match in `q.order` (paging ignored), at most `cap` of them: the candidates of a
+/// search filtered or ordered after opening, within one patient's records.
+pub fn candidates(conn: &mut DbConnection, q: &SearchQuery, cap: i64) -> QueryResult<Vec<CurrentRow>> {
+    ordered(q).limit(cap).select(CurrentRow::as_select()).load(conn)
+}
+
+/// The live records of one patient's compartment (not the Patient itself) of `types`,
+/// changed at or after `since`, ordered by type and id; one page and the total.
+#[allow(clippy::too_many_arguments)]
+pub fn compartment(
+    conn: &mut DbConnection,
+    tenant: &str,
+    patient_id: &str,
+    types: &[&str],
+    since: Option<NaiveDateTime>,
+    limit: i64,
+    offset: i64,
+) -> QueryResult<(Vec<CurrentRow>, i64)> {
+    let query = || {
+        let mut q = resources::table
+            .filter(resources::tenant.eq(tenant.to_owned()))
+            .filter(resources::patient_id.eq(patient_id.to_owned()))
+            .filter(resources::resource_type.eq_any(types.iter().map(|t| (*t).to_owned()).collect::<Vec<_>>()))
+            .filter(resources::deleted.eq(0))
+            .into_boxed();
+        if let Some(since) = since {
+            q = q.filter(resources::last_updated.ge(since));
+        }
+        q
+    };
+    let total = query().select(count_star()).first(conn)?;
+    let rows = query()
+        .order((resources::resource_type.asc(), resources::id.asc()))
+        .limit(limit)
+        .offset(offset)
+        .select(CurrentRow::as_select())
+        .load(conn)?;
     Ok((rows, total))
 }

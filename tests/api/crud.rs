@@ -168,7 +168,7 @@ async fn capability_statement_is_public_and_lists_the_served_types() {
     assert_eq!(cs["resourceType"], "CapabilityStatement");
     assert_eq!(cs["fhirVersion"], "4.0.1");
     let types: Vec<&str> = cs["rest"][0]["resource"].as_array().unwrap().iter().map(|r| r["type"].as_str().unwrap()).collect();
-    assert_eq!(types, ["Patient", "Practitioner"]);
+    assert_eq!(types, ["Patient", "Practitioner", "Encounter", "Observation", "Condition", "AllergyIntolerance", "MedicationRequest"]);
     let params: Vec<&str> =
         cs["rest"][0]["resource"][0]["searchParam"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
     for p in ["identifier", "family", "given", "birthdate", "phone", "email"] {

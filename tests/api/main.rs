@@ -7,6 +7,7 @@ mod auth;
 mod authz;
 mod cli;
 mod clinic;
+mod clinical;
 mod compliance;
 mod concurrency;
 mod crud;

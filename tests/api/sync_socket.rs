@@ -144,7 +144,7 @@ async fn patient_and_type_filters_narrow_the_feed() {
     for (bad, code) in [
         (json!({"type": "subscribe", "since": "x"}), "bad_subscribe"),
         (json!({"type": "subscribe", "patient": "Practitioner/abc"}), "bad_subscribe"),
-        (json!({"type": "subscribe", "types": ["Observation"]}), "bad_subscribe"),
+        (json!({"type": "subscribe", "types": ["Medication"]}), "bad_subscribe"),
         (json!({"type": "unsubscribe"}), "bad_message"),
     ] {
         docs.send(bad).await;

@@ -28,8 +28,8 @@ impl ResourceService<'_> {
     #[tracing::instrument(skip_all, fields(resource_type = rtype.name(), resource_id = %id))]
     pub fn read(&self, caller: &Caller, rtype: ResourceType, id: &ResourceId) -> Result<Versioned, ServiceError> {
         let mut conn = self.conn()?;
-        let Current { row, content, basis, .. } = self.load_current(&mut conn, caller, rtype, id)?;
-        let decision = self.authorize(caller, Op::Read, AuditAction::Read, rtype, id, basis.as_ref())?;
+        let Current { row, content, basis, team, .. } = self.load_current(&mut conn, caller, rtype, id)?;
+        let decision = self.authorize(caller, Op::Read, AuditAction::Read, rtype, id, basis.as_ref(), &team)?;
         if content.is_none() {
             return Err(ServiceError::Gone);
         }
@@ -48,7 +48,7 @@ impl ResourceService<'_> {
     pub fn vread(&self, caller: &Caller, rtype: ResourceType, id: &ResourceId, version: i64) -> Result<Versioned, ServiceError> {
         let mut conn = self.conn()?;
         let current = self.load_current(&mut conn, caller, rtype, id)?;
-        let decision = self.authorize(caller, Op::Read, AuditAction::Vread, rtype, id, current.basis.as_ref())?;
+        let decision = self.authorize(caller, Op::Read, AuditAction::Vread, rtype, id, current.basis.as_ref(), &current.team)?;
         let tenant = caller.principal.tenant.as_str();
         let row = rows::find_version(&mut conn, tenant, rtype.name(), id.as_str(), version)?;
         let version_row = row.as_ref().map(|r| self.versioned(caller, rtype, r, &current.keys, current.owner.as_ref())).transpose()?;
@@ -79,8 +79,8 @@ impl ResourceService<'_> {
         let resource = self.parse_body(rtype, body, Some(id))?;
         let mut conn = self.conn()?;
         for _ in 0..UNCONDITIONAL_RETRIES {
-            let Current { row: current, content, basis, .. } = self.load_current(&mut conn, caller, rtype, id)?;
-            self.authorize(caller, Op::Write, AuditAction::Update, rtype, id, basis.as_ref())?;
+            let Current { row: current, content, basis, team, .. } = self.load_current(&mut conn, caller, rtype, id)?;
+            self.authorize(caller, Op::Write, AuditAction::Update, rtype, id, basis.as_ref(), &team)?;
             if content.is_none() {
                 return Err(ServiceError::Gone);
             }
@@ -114,8 +114,8 @@ impl ResourceService<'_> {
     pub fn delete(&self, caller: &Caller, rtype: ResourceType, id: &ResourceId) -> Result<(), ServiceError> {
         let mut conn = self.conn()?;
         for _ in 0..UNCONDITIONAL_RETRIES {
-            let Current { row: current, content, basis, .. } = self.load_current(&mut conn, caller, rtype, id)?;
-            self.authorize(caller, Op::Write, AuditAction::Delete, rtype, id, basis.as_ref())?;
+            let Current { row: current, content, basis, team, .. } = self.load_current(&mut conn, caller, rtype, id)?;
+            self.authorize(caller, Op::Write, AuditAction::Delete, rtype, id, basis.as_ref(), &team)?;
             if content.is_none() {
                 return Ok(());
             }
@@ -139,7 +139,7 @@ impl ResourceService<'_> {
         let paging = search_params::parse(rtype, &paging_only(params)?)?;
         let mut conn = self.conn()?;
         let current = self.load_current(&mut conn, caller, rtype, id)?;
-        let decision = self.authorize(caller, Op::Read, AuditAction::History, rtype, id, current.basis.as_ref())?;
+        let decision = self.authorize(caller, Op::Read, AuditAction::History, rtype, id, current.basis.as_ref(), &current.team)?;
         let tenant = caller.principal.tenant.as_str();
         let (rows, total) = rows::history(&mut conn, tenant, rtype.name(), id.as_str(), paging.count, paging.offset)?;
         let items =

@@ -5,7 +5,8 @@
 //!   version, commit data + ledger entry + change-log row in one transaction) that CRUD,
 //!   offline pushes and conflict resolutions all use;
 //! - `crud`: create, read, vread, update, delete, history;
-//! - `search`: search, its paging and the rows a caller's scope restricts it to.
+//! - `search`: search, its paging and the rows a caller's scope restricts it to;
+//! - `everything`: `Patient/{id}/$everything`, a patient's whole record.
 //!
 //! The sync wing (`service::sync`) builds on `write` for its effects.
 
@@ -24,6 +25,7 @@ use std::collections::HashMap;
 use crate::store::DbConnection;
 
 mod crud;
+mod everything;
 mod search;
 mod write;
 
@@ -90,26 +92,43 @@ pub(in crate::service) fn version_ref(rtype: ResourceType, id: &str, version: i6
     format!("{}/{id}/_history/{version}", rtype.name())
 }
 
-/// The compartment patient of a record: a Patient owns itself.
+/// The compartment patient of a record: a Patient owns itself; a clinical record belongs
+/// to the Patient its compartment element references (checked on write by
+/// [`compartment_reference`]).
 pub(in crate::service) fn compartment_patient(rtype: ResourceType, id: &ResourceId, resource: &Value) -> Option<String> {
     match rtype.category() {
         Category::Patient => Some(id.to_string()),
         Category::Practitioner => None,
-        Category::Clinical => rtype.def().compartment.iter().find_map(|element| {
-            resource
-                .get(*element)
-                .and_then(|r| r.get("reference"))
-                .and_then(Value::as_str)
-                .and_then(|r| Reference::parse(r).ok())
-                .filter(|r| r.resource_type == ResourceType::Patient)
-                .map(|r| r.id.to_string())
-        }),
+        Category::Clinical => compartment_reference(rtype, resource).ok().map(|p| p.to_string()),
+    }
+}
+
+/// The patient a clinical record references through its compartment element (`subject`,
+/// `patient`): a relative literal reference `Patient/ID`. Anything else (missing, another
+/// type, an absolute URL of another server, a logical or contained reference) is refused,
+/// naming the element and never its value.
+pub(in crate::service) fn compartment_reference(rtype: ResourceType, resource: &Value) -> Result<ResourceId, ServiceError> {
+    let Some(element) = rtype.def().compartment else { return Err(ServiceError::corrupt("compartment of a non-clinical type")) };
+    let refused = |diagnostics: &str| {
+        ServiceError::Invalid(vec![Issue::new(IssueCode::Invalid, Some(format!("{}.{element}", rtype.name())), diagnostics)])
+    };
+    let raw = resource.get(element).and_then(|r| r.get("reference")).and_then(Value::as_str);
+    let Some(raw) = raw else { return Err(refused("must reference the record's Patient as Patient/ID")) };
+    match Reference::parse(raw) {
+        Ok(r) if r.resource_type == ResourceType::Patient && !raw.contains("://") && raw.split('/').count() == 2 => Ok(r.id),
+        _ => Err(refused("must reference a Patient of this server as Patient/ID")),
     }
 }
 
 /// What access is judged by for a record whose content is `content`: its owner
-/// (`Patient/ID` for patient and clinical records) and, for a Patient, its care team.
-fn access_target(rtype: ResourceType, id: &ResourceId, content: Option<&Value>) -> (Option<Reference>, Vec<Reference>) {
+/// (`Patient/ID` for patient and clinical records) and its care team: a Patient's own
+/// `generalPractitioner`s, or for a clinical record `patient_team`, its patient's.
+fn access_target(
+    rtype: ResourceType,
+    id: &ResourceId,
+    content: Option<&Value>,
+    patient_team: &[Reference],
+) -> (Option<Reference>, Vec<Reference>) {
     let owner = match rtype.category() {
         Category::Patient | Category::Practitioner => Some(Reference::new(rtype, id.clone())),
         Category::Clinical => content
@@ -119,7 +138,8 @@ fn access_target(rtype: ResourceType, id: &ResourceId, content: Option<&Value>) 
     };
     let team = match rtype.category() {
         Category::Patient => care_team(content),
-        _ => Vec::new(),
+        Category::Clinical => patient_team.to_vec(),
+        Category::Practitioner => Vec::new(),
     };
     (owner, team)
 }
@@ -174,7 +194,9 @@ impl<'s> ResourceService<'s> {
         }
     }
 
-    /// The access decision for `op` on a record whose current content is `content`.
+    /// The access decision for `op` on a record whose current content is `content`;
+    /// `patient_team` is a clinical record's patient's care team (see [`Self::care_teams`]).
+    #[allow(clippy::too_many_arguments)]
     pub(in crate::service) fn decision(
         &self,
         caller: &Caller,
@@ -182,17 +204,24 @@ impl<'s> ResourceService<'s> {
         rtype: ResourceType,
         id: &ResourceId,
         content: Option<&Value>,
+        patient_team: &[Reference],
         break_glass: bool,
     ) -> (Decision, Option<Reference>) {
-        let (owner, team) = access_target(rtype, id, content);
+        let (owner, team) = access_target(rtype, id, content, patient_team);
         let target = Target { category: rtype.category(), owner: owner.as_ref(), care_team: &team };
         (self.services.policy.decide(&caller.principal, op, &target, break_glass), owner)
     }
 
     /// Whether the caller's `fhirUser` stood in a relationship with the record when its
     /// content was `content` (see [`crate::authz::AccessPolicy::related`]).
-    pub(in crate::service) fn related(caller: &Caller, rtype: ResourceType, id: &ResourceId, content: Option<&Value>) -> bool {
-        let (owner, team) = access_target(rtype, id, content);
+    pub(in crate::service) fn related(
+        caller: &Caller,
+        rtype: ResourceType,
+        id: &ResourceId,
+        content: Option<&Value>,
+        patient_team: &[Reference],
+    ) -> bool {
+        let (owner, team) = access_target(rtype, id, content, patient_team);
         crate::authz::AccessPolicy::related(
             &caller.principal,
             &Target { category: rtype.category(), owner: owner.as_ref(), care_team: &team },
@@ -200,6 +229,7 @@ impl<'s> ResourceService<'s> {
     }
 
     /// Authorizes `op` on a record and, when it is denied, ledgers the denied `action`.
+    #[allow(clippy::too_many_arguments)]
     pub(in crate::service) fn authorize(
         &self,
         caller: &Caller,
@@ -208,8 +238,9 @@ impl<'s> ResourceService<'s> {
         rtype: ResourceType,
         id: &ResourceId,
         content: Option<&Value>,
+        patient_team: &[Reference],
     ) -> Result<Decision, ServiceError> {
-        let (decision, owner) = self.decision(caller, op, rtype, id, content, caller.break_glass.is_some());
+        let (decision, owner) = self.decision(caller, op, rtype, id, content, patient_team, caller.break_glass.is_some());
         match decision {
             Decision::Deny => {
                 tracing::info!(resource_type = rtype.name(), resource_id = %id, op = ?op, "access denied");
@@ -232,6 +263,52 @@ impl<'s> ResourceService<'s> {
             }
             Decision::Allow => Ok(decision),
         }
+    }
+
+    /// The care teams (`generalPractitioner`) of the given patients as they stand now,
+    /// read from each live Patient's current version (only that element is opened). A
+    /// patient that does not exist in the caller's tenant, or is deleted, is absent.
+    pub(in crate::service) fn care_teams(
+        &self,
+        conn: &mut DbConnection,
+        caller: &Caller,
+        patients: &[String],
+    ) -> Result<HashMap<String, Vec<Reference>>, ServiceError> {
+        let tenant = caller.principal.tenant.as_str();
+        let mut ids = patients.to_vec();
+        ids.sort();
+        ids.dedup();
+        let rows = crate::store::resources::currents_of(conn, tenant, &[ResourceType::Patient.name()], &ids)?;
+        let live: Vec<_> = rows.into_iter().filter(|r| r.resource_type == ResourceType::Patient.name() && r.deleted == 0).collect();
+        let owners = live.iter().map(|r| format!("Patient/{}", r.id)).collect();
+        let keys = self.keys_of(conn, caller, owners)?;
+        let mut teams = HashMap::with_capacity(live.len());
+        for row in live {
+            let key = keys.get(&format!("Patient/{}", row.id));
+            let opened =
+                self.services.codec.open_elements(&caller.principal.tenant, ResourceType::Patient, &row.id, &row.content, key, |e| {
+                    e == "generalPractitioner"
+                });
+            let team = match opened {
+                Ok(patient) => care_team(Some(&patient)),
+                // A shredded patient has no care relationship left.
+                Err(ServiceError::Erased) => Vec::new(),
+                Err(e) => return Err(e),
+            };
+            teams.insert(row.id, team);
+        }
+        Ok(teams)
+    }
+
+    /// The care team of one patient, empty when it is unknown or deleted.
+    pub(in crate::service) fn care_team_of(
+        &self,
+        conn: &mut DbConnection,
+        caller: &Caller,
+        patient: Option<&str>,
+    ) -> Result<Vec<Reference>, ServiceError> {
+        let Some(patient) = patient else { return Ok(Vec::new()) };
+        Ok(self.care_teams(conn, caller, &[patient.to_owned()])?.remove(patient).unwrap_or_default())
     }
 
     /// The data keys of the given owners (absent owners have none).

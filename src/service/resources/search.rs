@@ -1,20 +1,45 @@
 //! Search: parameters to blind-index tokens, the rows the caller's scope allows (and, under
 //! break-glass, only a search that identifies one patient), one ledger entry per record
 //! returned, and damaged rows reported instead of failing the page.
+//!
+//! Criteria on sealed dates and `_sort` on them are applied after opening: only within one
+//! patient's compartment, whose records are read (at most [`MAX_CANDIDATES`]), opened
+//! element by element, filtered and ordered before the page is cut. A search across
+//! patients on such an element is refused, never run as a scan of the tenant.
+
+use std::cmp::Ordering;
+use std::collections::HashMap;
+
+use chrono::NaiveDateTime;
 
 use super::{Page, ResourceService, Versioned, patient_of, resource_ref, success_entry};
 use crate::authz::{Decision, Op, SearchScope};
+use crate::domain::dates::{DateQuery, Prefix, Span, spans_of};
+use crate::domain::search::SearchParamDef;
 use crate::domain::{AuditAction, AuditOutcome, Category, Reference, ResourceType};
 use crate::fhir::{Issue, IssueCode};
-use crate::service::search_params::{self, ParsedSearch};
+use crate::service::search_params::{self, ParsedSearch, SortBy, SortKey};
 use crate::service::{Caller, ServiceError, codec};
-use crate::store::resources::{self as rows, Restriction, SearchQuery, VersionRow};
+use crate::store::resources::{self as rows, CurrentRow, InstantRange, Order, Restriction, SearchQuery, VersionRow};
+
+/// The opened date spans of one record, per search parameter name.
+type Spans = HashMap<&'static str, Vec<Span>>;
+
+/// The most records of one patient a search filtered or ordered on opened dates reads.
+pub const MAX_CANDIDATES: i64 = 20_000;
+
+/// The token parameters a clinical search may use across patients (through the blind
+/// index, tenant-wide); every other criterion needs the patient.
+const ACROSS_PATIENTS: [&str; 1] = ["identifier"];
 
 impl ResourceService<'_> {
     #[tracing::instrument(skip_all, fields(resource_type = rtype.name()))]
     pub fn search(&self, caller: &Caller, rtype: ResourceType, params: &[(String, String)]) -> Result<Page<Versioned>, ServiceError> {
         let tenant = &caller.principal.tenant;
-        let ParsedSearch { ids, criteria, count, offset, echo } = search_params::parse(rtype, params)?;
+        let parsed = search_params::parse(rtype, params)?;
+        let opened_criteria = !parsed.dates.is_empty() || parsed.sort.iter().any(|k| matches!(k.by, SortBy::Date(_)));
+        check_patient_scoped(rtype, &parsed, opened_criteria)?;
+        let ParsedSearch { ids, patients, criteria, dates, last_updated, sort, count, offset, echo } = parsed;
         let scope = self.services.policy.search_scope(&caller.principal, rtype.category(), caller.break_glass.is_some());
         let mut conn = self.conn()?;
         let codec = &self.services.codec;
@@ -22,7 +47,7 @@ impl ResourceService<'_> {
         let restrictions = match &scope {
             SearchScope::All => None,
             SearchScope::BreakGlass => {
-                identifies_one_patient(rtype, ids.as_deref(), &criteria)?;
+                identifies_one_patient(rtype, ids.as_deref(), patients.as_deref(), &criteria)?;
                 tracing::warn!(op = "search", "break-glass search");
                 None
             }
@@ -44,18 +69,46 @@ impl ResourceService<'_> {
                 (param, stored)
             })
             .collect();
-        let query = SearchQuery {
+        let sql_order = match sort.first() {
+            Some(SortKey { by: SortBy::LastUpdated, descending }) if !opened_criteria => Order::LastUpdated { descending: *descending },
+            _ => Order::Id,
+        };
+        let mut query = SearchQuery {
             tenant: tenant.to_string(),
             resource_type: rtype.name().to_owned(),
             ids,
+            patients,
+            last_updated: last_updated.iter().map(instant_range).collect(),
+            order: sql_order,
             criteria,
             restrictions,
             limit: count,
             offset,
         };
-        let (rows, total) = rows::search(&mut conn, &query)?;
+        let (rows, total) = if opened_criteria {
+            query.order = Order::Id;
+            let candidates = rows::candidates(&mut conn, &query, MAX_CANDIDATES + 1)?;
+            if candidates.len() as i64 > MAX_CANDIDATES {
+                return Err(ServiceError::BadRequest(vec![Issue::new(
+                    IssueCode::TooCostly,
+                    None,
+                    format!("the search would open more than {MAX_CANDIDATES} records; narrow it (a code, a category or a date range)"),
+                )]));
+            }
+            self.filter_and_order_opened(caller, rtype, candidates, &dates, &sort, count, offset)?
+        } else {
+            rows::search(&mut conn, &query)?
+        };
         let owners: Vec<String> = rows.iter().filter_map(|r| codec::owner(rtype, &r.id, r.patient_id.as_deref())).collect();
         let keys = self.keys_of(&mut conn, caller, owners)?;
+        let teams = match (&scope, rtype.category()) {
+            (SearchScope::BreakGlass, Category::Clinical) => {
+                let patients: Vec<String> = rows.iter().filter_map(|r| r.patient_id.clone()).collect();
+                self.care_teams(&mut conn, caller, &patients)?
+            }
+            _ => HashMap::new(),
+        };
+        let no_team = Vec::new();
         let mut items = Vec::with_capacity(rows.len());
         let mut entries = Vec::with_capacity(rows.len());
         let mut unreadable = Vec::new();
@@ -67,7 +120,10 @@ impl ResourceService<'_> {
                     // One entry per record returned (naming its patient). Under break-glass,
                     // only records outside the caller's own scope are emergency access.
                     let decision = match scope {
-                        SearchScope::BreakGlass => self.decision(caller, Op::Read, rtype, &v.id, v.resource.as_ref(), true).0,
+                        SearchScope::BreakGlass => {
+                            let team = row.patient_id.as_ref().and_then(|p| teams.get(p)).unwrap_or(&no_team);
+                            self.decision(caller, Op::Read, rtype, &v.id, v.resource.as_ref(), team, true).0
+                        }
                         _ => Decision::Allow,
                     };
                     entries.push(success_entry(caller, decision, AuditAction::Search, Some(resource_ref(rtype, &row.id)), patient));
@@ -93,22 +149,154 @@ impl ResourceService<'_> {
         tracing::info!(matches = items.len(), unreadable = unreadable.len(), total, "search done");
         Ok(Page { items, total, count, offset, echo, unreadable })
     }
+
+    /// Opens the date elements the criteria and sort keys name in each candidate (one
+    /// patient's records, so one data key), keeps those matching every date criterion,
+    /// orders them and cuts the page. A candidate that fails to open is kept, unordered
+    /// at the end, so that the page reports it as unreadable rather than hiding it.
+    #[allow(clippy::too_many_arguments)]
+    fn filter_and_order_opened(
+        &self,
+        caller: &Caller,
+        rtype: ResourceType,
+        candidates: Vec<CurrentRow>,
+        dates: &[(&'static SearchParamDef, Vec<DateQuery>)],
+        sort: &[SortKey],
+        count: i64,
+        offset: i64,
+    ) -> Result<(Vec<CurrentRow>, i64), ServiceError> {
+        let mut defs: Vec<&'static SearchParamDef> = dates.iter().map(|(d, _)| *d).collect();
+        defs.extend(sort.iter().filter_map(|k| match k.by {
+            SortBy::Date(d) => Some(d),
+            SortBy::LastUpdated => None,
+        }));
+        let bases: Vec<&str> = defs.iter().map(|d| d.element).collect();
+        let wanted = |element: &str| {
+            bases.iter().any(|b| element.strip_prefix(b).is_some_and(|rest| rest.is_empty() || rest.starts_with(char::is_uppercase)))
+        };
+        let owners: Vec<String> = candidates.iter().filter_map(|r| codec::owner(rtype, &r.id, r.patient_id.as_deref())).collect();
+        let mut conn = self.conn()?;
+        let keys = self.keys_of(&mut conn, caller, owners)?;
+        drop(conn);
+        let mut kept: Vec<(CurrentRow, Option<Spans>)> = Vec::new();
+        for row in candidates {
+            let owner = codec::owner(rtype, &row.id, row.patient_id.as_deref());
+            let key = owner.as_ref().and_then(|o| keys.get(o));
+            match self.services.codec.open_elements(&caller.principal.tenant, rtype, &row.id, &row.content, key, wanted) {
+                Ok(opened) => {
+                    let spans: Spans = defs.iter().map(|d| (d.name, spans_of(&opened, d.element))).collect();
+                    let matches = dates.iter().all(|(def, queries)| {
+                        let spans = &spans[def.name];
+                        queries.iter().any(|q| spans.iter().any(|s| q.matches(s)))
+                    });
+                    if matches {
+                        kept.push((row, Some(spans)));
+                    }
+                }
+                Err(ServiceError::Erased) => {}
+                Err(ServiceError::Integrity { .. } | ServiceError::Corrupt { .. }) => kept.push((row, None)),
+                Err(e) => return Err(e),
+            }
+        }
+        kept.sort_by(|(a, a_spans), (b, b_spans)| match (a_spans, b_spans) {
+            (Some(x), Some(y)) => sort.iter().map(|k| compare_key(k, a, x, b, y)).find(|o| o.is_ne()).unwrap_or_else(|| a.id.cmp(&b.id)),
+            (Some(_), None) => Ordering::Less,
+            (None, Some(_)) => Ordering::Greater,
+            (None, None) => a.id.cmp(&b.id),
+        });
+        let total = kept.len() as i64;
+        let page = kept.into_iter().skip(offset as usize).take(count as usize).map(|(row, _)| row).collect();
+        Ok((page, total))
+    }
+}
+
+/// Orders two opened records by one sort key: by the earliest start of the element's
+/// spans ascending, by the latest end descending; records without the element last.
+fn compare_key(key: &SortKey, a: &CurrentRow, a_spans: &Spans, b: &CurrentRow, b_spans: &Spans) -> Ordering {
+    match key.by {
+        SortBy::LastUpdated if key.descending => b.last_updated.cmp(&a.last_updated),
+        SortBy::LastUpdated => a.last_updated.cmp(&b.last_updated),
+        SortBy::Date(def) => {
+            let point = |spans: &Spans| -> Option<NaiveDateTime> {
+                let spans = spans.get(def.name)?;
+                if key.descending {
+                    spans.iter().filter_map(|s| s.high.or(s.low)).max()
+                } else {
+                    spans.iter().filter_map(|s| s.low.or(s.high)).min()
+                }
+            };
+            match (point(a_spans), point(b_spans)) {
+                (Some(x), Some(y)) if key.descending => y.cmp(&x),
+                (Some(x), Some(y)) => x.cmp(&y),
+                (Some(_), None) => Ordering::Less,
+                (None, Some(_)) => Ordering::Greater,
+                (None, None) => Ordering::Equal,
+            }
+        }
+    }
+}
+
+/// The SQL form of one `_lastUpdated` criterion.
+fn instant_range(query: &DateQuery) -> InstantRange {
+    match query.instant_bounds() {
+        Some((from, until)) => InstantRange { from, until, negate: false },
+        // `ne`: everything outside the value's span.
+        None => {
+            let (from, until) = DateQuery { prefix: Prefix::Eq, span: query.span }.instant_bounds().unwrap_or((None, None));
+            InstantRange { from, until, negate: true }
+        }
+    }
+}
+
+/// Clinical searches are patient-scoped (SPEC section 3): every criterion but `_id` and
+/// `identifier` needs the patient, and criteria or orders applied after opening need
+/// exactly one.
+fn check_patient_scoped(rtype: ResourceType, parsed: &ParsedSearch, opened_criteria: bool) -> Result<(), ServiceError> {
+    if rtype.category() != Category::Clinical {
+        return Ok(());
+    }
+    let name = rtype.name();
+    let one_patient = parsed.patients.as_ref().is_some_and(|p| p.len() == 1);
+    if opened_criteria && !one_patient {
+        return Err(ServiceError::BadRequest(vec![Issue::new(
+            IssueCode::Required,
+            None,
+            format!(
+                "{name} dates are encrypted: a search or _sort on them must name exactly one patient (patient=Patient/ID); it is filtered within that patient's records"
+            ),
+        )]));
+    }
+    let across = parsed.criteria.iter().any(|(param, _)| !ACROSS_PATIENTS.contains(&param.as_str()));
+    if across && parsed.patients.is_none() {
+        return Err(ServiceError::BadRequest(vec![Issue::new(
+            IssueCode::Required,
+            None,
+            format!("{name} searches are scoped to a patient: add patient=Patient/ID (only _id and identifier search across patients)"),
+        )]));
+    }
+    Ok(())
 }
 
 /// What a break-glass search that does not identify one patient is told.
-const IDENTIFYING: &str = "a break-glass search must identify one patient: give one identifier, or one family or given name together with one birthdate (or a single _id)";
+const IDENTIFYING: &str = "a break-glass search must identify one patient: give one identifier, or one family or given name together with one birthdate (or a single _id); a clinical search, one patient";
 
 /// SPEC section 2: a break-glass search must identify one patient, never page through the
 /// tenant. For Patients that is one `identifier`, or one `family` or `given` name with one
 /// `birthdate`, or a single `_id` (no wider than reading that record); each with a single
-/// value, since comma-separated values are alternatives. Other categories take only a
-/// single `_id`.
-fn identifies_one_patient(rtype: ResourceType, ids: Option<&[String]>, criteria: &[(String, Vec<String>)]) -> Result<(), ServiceError> {
+/// value, since comma-separated values are alternatives. Clinical searches name one
+/// patient (its compartment) or a single `_id`; Practitioners only a single `_id`.
+fn identifies_one_patient(
+    rtype: ResourceType,
+    ids: Option<&[String]>,
+    patients: Option<&[String]>,
+    criteria: &[(String, Vec<String>)],
+) -> Result<(), ServiceError> {
     let one = |name: &str| criteria.iter().any(|(param, tokens)| param == name && tokens.len() == 1);
     let single_id = ids.is_some_and(|ids| ids.len() == 1);
     let named = match rtype.category() {
         Category::Patient => one("identifier") || ((one("family") || one("given")) && one("birthdate")),
-        Category::Clinical | Category::Practitioner => false,
+        Category::Clinical => patients.is_some_and(|p| p.len() == 1),
+        Category::Practitioner => false,
     };
     if single_id || named { Ok(()) } else { Err(ServiceError::BadRequest(vec![Issue::new(IssueCode::Required, None, IDENTIFYING)])) }
 }

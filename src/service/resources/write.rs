@@ -9,9 +9,10 @@ use std::collections::HashMap;
 use chrono::{NaiveDateTime, SubsecRound, Utc};
 use serde_json::{Map, Value};
 
-use super::{ResourceService, Versioned, compartment_patient, patient_of, version_ref};
+use super::{ResourceService, Versioned, compartment_patient, compartment_reference, patient_of, version_ref};
 use crate::authz::Op;
-use crate::domain::{AuditAction, AuditOutcome, ChangeOp, ResourceId, ResourceType};
+use crate::domain::{AuditAction, AuditOutcome, Category, ChangeOp, Reference, ResourceId, ResourceType};
+use crate::fhir::{Issue, IssueCode};
 use crate::ledger::entry::Entry;
 use crate::service::keyring::DataKey;
 use crate::service::{Caller, ServiceError, audit, codec};
@@ -26,6 +27,8 @@ pub(in crate::service) struct Current {
     /// The data key of the record's owner, for opening other versions.
     pub(in crate::service) keys: HashMap<String, Result<DataKey, ServiceError>>,
     pub(in crate::service) owner: Option<String>,
+    /// For a clinical record, its patient's care team now (what access is judged by).
+    pub(in crate::service) team: Vec<Reference>,
 }
 
 /// A version about to be written. `row.content` is filled in when the version is sealed,
@@ -78,16 +81,41 @@ impl ResourceService<'_> {
         let row = rows::find_current(conn, tenant.as_str(), rtype.name(), id.as_str())?.ok_or(ServiceError::NotFound)?;
         let owner = codec::owner(rtype, id.as_str(), row.patient_id.as_deref());
         let keys = self.keys_of(conn, caller, owner.iter().cloned().collect())?;
+        let team = match rtype.category() {
+            Category::Clinical => self.care_team_of(conn, caller, row.patient_id.as_deref())?,
+            Category::Patient | Category::Practitioner => Vec::new(),
+        };
         if row.deleted == 0 {
             let content = self.open(caller, rtype, id.as_str(), &row.content, &keys, owner.as_ref())?;
-            return Ok(Current { row, content: Some(content.clone()), basis: Some(content), keys, owner });
+            return Ok(Current { row, content: Some(content.clone()), basis: Some(content), keys, owner, team });
         }
         let last_live = rows::find_version(conn, tenant.as_str(), rtype.name(), id.as_str(), row.version_id - 1)?;
         let basis = match last_live.and_then(|v| v.content) {
             Some(stored) => Some(self.open(caller, rtype, id.as_str(), &stored, &keys, owner.as_ref())?),
             None => None,
         };
-        Ok(Current { row, content: None, basis, keys, owner })
+        Ok(Current { row, content: None, basis, keys, owner, team })
+    }
+
+    /// The care team of the Patient a new clinical record references, which must be a live
+    /// Patient of the caller's tenant (an unknown one, another tenant's, or a deleted one
+    /// get the same answer).
+    fn patient_to_write_for(
+        &self,
+        conn: &mut DbConnection,
+        caller: &Caller,
+        rtype: ResourceType,
+        resource: &Value,
+    ) -> Result<Vec<Reference>, ServiceError> {
+        let patient = compartment_reference(rtype, resource)?;
+        self.care_teams(conn, caller, &[patient.to_string()])?.remove(patient.as_str()).ok_or_else(|| {
+            let element = rtype.def().compartment.unwrap_or("subject");
+            ServiceError::Invalid(vec![Issue::new(
+                IssueCode::NotFound,
+                Some(format!("{}.{element}", rtype.name())),
+                "references no Patient of this tenant",
+            )])
+        })
     }
 
     /// Sets `id`, `meta.versionId` and `meta.lastUpdated`, keeping the rest of `meta`.
@@ -145,7 +173,11 @@ impl ResourceService<'_> {
     ) -> Result<Write, ServiceError> {
         let at = now();
         let stamped = Self::stamp(body, id, 1, at);
-        self.authorize(caller, Op::Write, AuditAction::Create, rtype, id, Some(&stamped))?;
+        let team = match rtype.category() {
+            Category::Clinical => self.patient_to_write_for(conn, caller, rtype, &stamped)?,
+            Category::Patient | Category::Practitioner => Vec::new(),
+        };
+        self.authorize(caller, Op::Write, AuditAction::Create, rtype, id, Some(&stamped), &team)?;
         let row = self.new_row(caller, rtype, id, 1, Some(&stamped), at)?;
         let tenant_keys = self.services.codec.keys().tenant(conn, caller.principal.tenant.as_str())?;
         let tokens = self.services.codec.tokens_for(&tenant_keys, rtype, &stamped);
@@ -175,6 +207,17 @@ impl ResourceService<'_> {
         let (row, resource, tokens, action) = match content {
             Some(body) => {
                 let stamped = Self::stamp(body, id, version, at);
+                if rtype.category() == Category::Clinical {
+                    let patient = compartment_reference(rtype, &stamped)?;
+                    if current.patient_id.as_deref() != Some(patient.as_str()) {
+                        let element = rtype.def().compartment.unwrap_or("subject");
+                        return Err(ServiceError::Invalid(vec![Issue::new(
+                            IssueCode::Invalid,
+                            Some(format!("{}.{element}", rtype.name())),
+                            "a record cannot move to another patient; create it for the other patient instead",
+                        )]));
+                    }
+                }
                 let row = self.new_row(caller, rtype, id, version, Some(&stamped), at)?;
                 let tenant_keys = self.services.codec.keys().tenant(conn, caller.principal.tenant.as_str())?;
                 let tokens = self.services.codec.tokens_for(&tenant_keys, rtype, &stamped);

@@ -83,7 +83,7 @@ impl SyncService<'_> {
             Err(ServiceError::Erased) => return Ok(None),
             Err(e) => return Err(e),
         };
-        if self.decision(caller, Op::Read, rtype, &id, current.basis.as_ref(), false).0 == crate::authz::Decision::Deny {
+        if self.decision(caller, Op::Read, rtype, &id, current.basis.as_ref(), &current.team, false).0 == crate::authz::Decision::Deny {
             return Ok(None);
         }
         let key =
@@ -144,7 +144,7 @@ impl SyncService<'_> {
         };
         for _ in 0..MERGE_RETRIES {
             let current = self.load_current(&mut conn, caller, rtype, &id)?;
-            self.authorize(caller, Op::Write, AuditAction::Update, rtype, &id, current.basis.as_ref())?;
+            self.authorize(caller, Op::Write, AuditAction::Update, rtype, &id, current.basis.as_ref(), &current.team)?;
             // `None` inside: the record ends up deleted; outer `None`: nothing to write.
             let target: Option<Option<Map<String, Value>>> = match (&resolution, whole) {
                 (Resolution::Resource(_), _) => Some(resource.clone()),

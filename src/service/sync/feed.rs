@@ -134,6 +134,14 @@ impl SyncService<'_> {
         owners.sort();
         owners.dedup();
         let keys: HashMap<String, Result<DataKey, ServiceError>> = self.keys_of(&mut conn, caller, owners)?;
+        // Clinical records are judged by their patient's care team as it stands now.
+        let patients: Vec<String> = currents
+            .values()
+            .filter(|r| ResourceType::from_name(&r.resource_type).is_some_and(|t| t.category() == Category::Clinical))
+            .filter_map(|r| r.patient_id.clone())
+            .collect();
+        let teams = self.care_teams(&mut conn, caller, &patients)?;
+        let no_team = Vec::new();
         let mut versions: Vec<i64> = admitted
             .iter()
             .flat_map(|(c, ..)| [c.version_id, c.version_id - 1])
@@ -175,11 +183,12 @@ impl SyncService<'_> {
                     Err(ServiceError::Erased) => continue,
                     Err(e) => return Err(e),
                 };
-            if self.decision(caller, Op::Read, rtype, &id, judged.as_ref(), false).0 == Decision::Deny {
+            let team = current.patient_id.as_ref().and_then(|p| teams.get(p)).unwrap_or(&no_team);
+            if self.decision(caller, Op::Read, rtype, &id, judged.as_ref(), team, false).0 == Decision::Deny {
                 // The changed version, else the one before it (opened only when needed).
                 let was_related = [change.version_id, change.version_id - 1].into_iter().try_fold(false, |found, v| {
                     Ok::<_, ServiceError>(
-                        found || ResourceService::related(caller, rtype, &id, open(rtype, &id, sealed_by.as_ref(), v)?.as_ref()),
+                        found || ResourceService::related(caller, rtype, &id, open(rtype, &id, sealed_by.as_ref(), v)?.as_ref(), team),
                     )
                 })?;
                 if was_related && revoked.insert((rtype, id.to_string())) {

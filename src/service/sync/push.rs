@@ -344,7 +344,7 @@ impl SyncService<'_> {
         let client = self.parse_body(rtype, resource, Some(id))?;
         for _ in 0..MERGE_RETRIES {
             let current = self.load_current(conn, caller, rtype, id)?;
-            self.authorize(caller, Op::Write, AuditAction::Update, rtype, id, current.basis.as_ref())?;
+            self.authorize(caller, Op::Write, AuditAction::Update, rtype, id, current.basis.as_ref(), &current.team)?;
             if base > current.row.version_id {
                 return Ok(Outcome::rejected("baseVersion is newer than the current version"));
             }
@@ -373,7 +373,7 @@ impl SyncService<'_> {
             };
             let server = body_of(server);
             let merged = if base == current.row.version_id {
-                Merged { resource: client.clone(), collisions: Vec::new() }
+                Merged { resource: client.clone(), collisions: Vec::new(), unions: Vec::new() }
             } else {
                 merge(&body_of(&base_content), &server, &client, |e| self.services.conflicts.strategy(rtype.name(), e))
             };
@@ -420,7 +420,7 @@ impl SyncService<'_> {
     ) -> Result<Outcome, ServiceError> {
         for _ in 0..MERGE_RETRIES {
             let current = self.load_current(conn, caller, rtype, id)?;
-            self.authorize(caller, Op::Write, AuditAction::Delete, rtype, id, current.basis.as_ref())?;
+            self.authorize(caller, Op::Write, AuditAction::Delete, rtype, id, current.basis.as_ref(), &current.team)?;
             if base > current.row.version_id {
                 return Ok(Outcome::rejected("baseVersion is newer than the current version"));
             }
