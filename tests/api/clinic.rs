@@ -272,7 +272,6 @@ fn seeded_practitioner(summary: &str, sub: &str) -> String {
 }
 
 #[tokio::test]
-#[ignore = "needs the clinical resource types"]
 async fn seed_loads_the_clinic_once_and_its_patients_read_back_as_their_gp() {
     let app = spawn_app().await;
     let (ok, summary) = app.cli(&["seed", "--tenant", TENANT]);
@@ -338,7 +337,6 @@ async fn seed_loads_the_clinic_once_and_its_patients_read_back_as_their_gp() {
 }
 
 #[tokio::test]
-#[ignore = "needs the clinical resource types"]
 async fn load_clinic_creates_every_record_over_http() {
     let app = spawn_app().await;
     let clinic = load_clinic(&app).await;
@@ -367,4 +365,19 @@ async fn load_clinic_creates_every_record_over_http() {
     let metformin: Value = metformin.json().await.unwrap();
     assert_eq!(metformin["requester"]["reference"], clinic.reference(SYNTHWELL));
     assert_eq!(metformin["reasonReference"][0]["reference"], clinic.reference("condition-juniper-diabetes"));
+
+    // The README's tables are what searches find.
+    let juniper = clinic.reference(JUNIPER);
+    for (query, expected) in [
+        (format!("/fhir/Encounter?patient={juniper}"), 3),
+        (format!("/fhir/Observation?patient={juniper}&category=vital-signs"), 8),
+        (format!("/fhir/Observation?patient={juniper}&date=2024"), 7),
+        (format!("/fhir/Observation?patient={juniper}&date=ge2025-01-01"), 5),
+        (format!("/fhir/MedicationRequest?patient={juniper}&status=active"), 2),
+    ] {
+        let response = app.get(&clinic.gp_token(&app, JUNIPER), &query).await;
+        assert_eq!(response.status(), StatusCode::OK, "{query}");
+        let bundle: Value = response.json().await.unwrap();
+        assert_eq!(entry_ids(&bundle).len(), expected, "{query}: {bundle}");
+    }
 }
