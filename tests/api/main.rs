@@ -6,6 +6,7 @@ mod architecture;
 mod auth;
 mod authz;
 mod cli;
+mod clinic;
 mod clinical;
 mod compliance;
 mod concurrency;
