@@ -64,6 +64,8 @@ pub struct Settings {
     pub rate_limit: u32,
     /// Largest accepted request body in bytes.
     pub body_limit: usize,
+    /// Largest accepted transaction or batch Bundle body in bytes.
+    pub bundle_limit: usize,
     pub db_pool_size: u32,
     /// PEM certificate chain and private key: serve HTTPS in-process when both are set.
     pub tls: Option<TlsPaths>,
@@ -190,6 +192,7 @@ impl Settings {
             policies_dir: PathBuf::from(get("policies_dir").unwrap_or("./policies")),
             rate_limit: number("rate_limit", 100, 1_000_000)? as u32,
             body_limit: number("body_limit", 1024 * 1024, 64 * 1024 * 1024)? as usize,
+            bundle_limit: number("bundle_limit", 16 * 1024 * 1024, 256 * 1024 * 1024)? as usize,
             db_pool_size: number("db_pool_size", 16, 512)?.max(1) as u32,
             sync_heartbeat: Duration::from_secs(number("sync_heartbeat_secs", 15, 3600)?.max(1)),
             sync_idle_timeout: Duration::from_secs(number("sync_idle_timeout_secs", 45, 86_400)?.max(1)),

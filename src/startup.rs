@@ -359,6 +359,7 @@ impl Application {
             limits: RateLimits::new(settings.rate_limit),
             metrics: Metrics::new()?,
             body_limit: settings.body_limit,
+            bundle_limit: settings.bundle_limit,
             sync: crate::api::SyncTiming {
                 heartbeat: settings.sync_heartbeat,
                 idle_timeout: settings.sync_idle_timeout,

@@ -15,7 +15,7 @@ use crate::fhir::bundle::{self, HistoryEntry, Link};
 use crate::fhir::{IssueCode, capability};
 use crate::service::Caller;
 use crate::service::MAX_OFFSET;
-use crate::service::resources::{Page, Versioned};
+use crate::service::resources::{BundleKind, BundleResult, Conditional, Page, Versioned};
 
 fn resource_type(name: &str) -> Result<ResourceType, ApiError> {
     ResourceType::from_name(name).ok_or(ApiError::NotFound("resource type not supported"))
@@ -197,13 +197,25 @@ pub async fn create(
 ) -> Result<HttpResponse, ApiError> {
     let rtype = resource_type(&path)?;
     negotiate(&req)?;
-    if req.headers().contains_key("if-none-exist") {
-        return Err(ApiError::bad_request(IssueCode::NotSupported, "conditional create (If-None-Exist) is not supported"));
-    }
+    let criteria =
+        match req.headers().get("if-none-exist") {
+            None => None,
+            Some(v) => Some(v.to_str().map(str::to_owned).map_err(|_| {
+                ApiError::bad_request(IssueCode::Value, "If-None-Exist must be search criteria such as identifier=sys|123")
+            })?),
+        };
     let body = read_json(&req, payload, state.body_limit).await?;
     let services = state.services.clone();
-    let created = blocking(move || Ok(services.resources().create(&caller, rtype, body)?)).await?;
-    Ok(resource_response(&req, StatusCode::CREATED, &created, true))
+    match criteria {
+        None => {
+            let created = blocking(move || Ok(services.resources().create(&caller, rtype, body)?)).await?;
+            Ok(resource_response(&req, StatusCode::CREATED, &created, true))
+        }
+        Some(criteria) => match blocking(move || Ok(services.resources().create_unless_exists(&caller, rtype, body, &criteria)?)).await? {
+            Conditional::Created(created) => Ok(resource_response(&req, StatusCode::CREATED, &created, true)),
+            Conditional::Existing(found) => Ok(resource_response(&req, StatusCode::OK, &found, false)),
+        },
+    }
 }
 
 pub async fn read(
@@ -389,6 +401,101 @@ pub async fn search_post(
             .into_inner(),
     );
     run_search(state, caller, rtype, params).await
+}
+
+/// `PUT /fhir/{type}?criteria`: conditional update (create when nothing matches).
+pub async fn update_where(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    caller: Caller,
+    path: web::Path<String>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let rtype = resource_type(&path)?;
+    negotiate(&req)?;
+    let criteria = req.query_string().to_owned();
+    if criteria.is_empty() {
+        return Err(ApiError::MethodNotAllowed { allow: "GET, POST" });
+    }
+    let expected = if_match(req.headers())?;
+    let body = read_json(&req, payload, state.body_limit).await?;
+    let services = state.services.clone();
+    let (written, created) = blocking(move || Ok(services.resources().update_where(&caller, rtype, &criteria, expected, body)?)).await?;
+    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    Ok(resource_response(&req, status, &written, true))
+}
+
+/// `PATCH /fhir/{type}/{id}` with a JSON Patch (`application/json-patch+json`).
+pub async fn patch(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    caller: Caller,
+    path: web::Path<(String, String)>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let (rtype, id) = (resource_type(&path.0)?, resource_id(&path.1)?);
+    negotiate(&req)?;
+    let media = content_type(&req).split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    if media != "application/json-patch+json" {
+        return Err(ApiError::UnsupportedMediaType);
+    }
+    let expected = if_match(req.headers())?;
+    let body = read_body(&req, payload, state.body_limit).await?;
+    let patch = crate::api::json::parse(&body).map_err(|e| {
+        let code = if e == JsonError::Nul { IssueCode::Value } else { IssueCode::Structure };
+        ApiError::bad_request(code, e.to_string())
+    })?;
+    let services = state.services.clone();
+    let patched = blocking(move || Ok(services.resources().patch(&caller, rtype, &id, expected, patch)?)).await?;
+    Ok(resource_response(&req, StatusCode::OK, &patched, true))
+}
+
+/// `POST /fhir` with a `transaction` or `batch` Bundle.
+pub async fn bundle(state: web::Data<AppState>, req: HttpRequest, caller: Caller, payload: web::Payload) -> Result<HttpResponse, ApiError> {
+    negotiate(&req)?;
+    if !req.query_string().is_empty() {
+        return Err(ApiError::bad_request(IssueCode::NotSupported, "POST /fhir takes no query parameters"));
+    }
+    let body = read_json(&req, payload, state.bundle_limit).await?;
+    let services = state.services.clone();
+    let result = blocking(move || Ok(services.resources().bundle(&caller, body)?)).await?;
+    Ok(bundle_response(response_bundle(&result)))
+}
+
+/// A `transaction-response` or `batch-response` Bundle: one entry per request entry, in
+/// order, with its status, location, ETag and the resource written or read.
+fn response_bundle(result: &BundleResult) -> Value {
+    let kind = match result.kind {
+        BundleKind::Transaction => "transaction-response",
+        BundleKind::Batch => "batch-response",
+    };
+    let status_line = |status: u16| {
+        let reason = StatusCode::from_u16(status).ok().and_then(|s| s.canonical_reason()).unwrap_or("");
+        format!("{status} {reason}").trim_end().to_owned()
+    };
+    let entries: Vec<Value> = result
+        .entries
+        .iter()
+        .map(|entry| {
+            let mut response = serde_json::json!({ "status": status_line(entry.status) });
+            let mut out = serde_json::Map::new();
+            if let Some(v) = &entry.version {
+                response["location"] = Value::String(format!("{}/{}/_history/{}", v.resource_type.name(), v.id, v.version_id));
+                response["etag"] = Value::String(etag(v.version_id));
+                response["lastModified"] = Value::String(v.last_updated.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string());
+                if let Some(resource) = &v.resource {
+                    out.insert("fullUrl".into(), Value::String(format!("{}/{}", v.resource_type.name(), v.id)));
+                    out.insert("resource".into(), resource.clone());
+                }
+            }
+            if let Some(issues) = &entry.outcome {
+                response["outcome"] = crate::api::error::outcome(issues);
+            }
+            out.insert("response".into(), response);
+            Value::Object(out)
+        })
+        .collect();
+    serde_json::json!({ "resourceType": "Bundle", "type": kind, "entry": entries })
 }
 
 #[cfg(test)]

@@ -42,6 +42,8 @@ pub struct AppState {
     pub limits: RateLimits,
     pub metrics: Metrics,
     pub body_limit: usize,
+    /// Largest transaction or batch Bundle body.
+    pub bundle_limit: usize,
     pub sync: SyncTiming,
     /// Open WebSocket connections per principal.
     pub sockets: SocketSlots,
@@ -87,11 +89,13 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(
             web::scope("/fhir")
                 .service(web::resource("/metadata").route(web::get().to(fhir::metadata)).default_service(not_allowed("GET")))
+                .service(web::resource(["", "/"]).route(web::post().to(fhir::bundle)).default_service(not_allowed("POST")))
                 .service(
                     web::resource("/{type}")
                         .route(web::get().to(fhir::search))
                         .route(web::post().to(fhir::create))
-                        .default_service(not_allowed("GET, POST")),
+                        .route(web::put().to(fhir::update_where))
+                        .default_service(not_allowed("GET, POST, PUT")),
                 )
                 .service(web::resource("/{type}/_search").route(web::post().to(fhir::search_post)).default_service(not_allowed("POST")))
                 .service(
@@ -99,7 +103,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                         .route(web::get().to(fhir::read))
                         .route(web::put().to(fhir::update))
                         .route(web::delete().to(fhir::delete))
-                        .default_service(not_allowed("GET, PUT, DELETE")),
+                        .route(web::patch().to(fhir::patch))
+                        .default_service(not_allowed("GET, PUT, PATCH, DELETE")),
                 )
                 .service(web::resource("/{type}/{id}/_history").route(web::get().to(fhir::history)).default_service(not_allowed("GET")))
                 .service(

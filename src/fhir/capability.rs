@@ -46,14 +46,14 @@ pub fn capability_statement(base_url: &str, software_version: &str, published: &
             let mut resource = json!({
                 "type": t.name(),
                 "interaction": [
-                    {"code": "read"}, {"code": "vread"}, {"code": "update"}, {"code": "delete"},
+                    {"code": "read"}, {"code": "vread"}, {"code": "update"}, {"code": "patch"}, {"code": "delete"},
                     {"code": "history-instance"}, {"code": "create"}, {"code": "search-type"}
                 ],
                 "versioning": "versioned-update",
                 "readHistory": true,
                 "updateCreate": false,
-                "conditionalCreate": false,
-                "conditionalUpdate": false,
+                "conditionalCreate": true,
+                "conditionalUpdate": true,
                 "conditionalDelete": "not-supported",
                 "searchParam": params,
             });
@@ -87,6 +87,7 @@ pub fn capability_statement(base_url: &str, software_version: &str, published: &
                 "description": "Bearer JWT (HS256 in development, RS256/EdDSA through a JWKS in production) with claims sub, tenant, roles, fhirUser, exp."
             },
             "resource": resources,
+            "interaction": [{"code": "transaction"}, {"code": "batch"}],
         }],
     })
 }

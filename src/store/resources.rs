@@ -357,3 +357,18 @@ pub fn compartment(
         .load(conn)?;
     Ok((rows, total))
 }
+
+/// Serialises conditional writes over the same criteria until the transaction ends, so
+/// that of two concurrent conditional creates of one identifier the second sees the
+/// first's record: on SQLite the write transaction (`BEGIN IMMEDIATE`) already does; on
+/// PostgreSQL a transaction-scoped advisory lock keyed by the schema and `key` (the
+/// criteria's blind-index tokens). Call inside a write transaction, before the search.
+pub fn lock_for_condition(conn: &mut DbConnection, key: &str) -> QueryResult<()> {
+    match conn {
+        DbConnection::Sqlite(_) => Ok(()),
+        DbConnection::Postgres(c) => diesel::sql_query("SELECT pg_advisory_xact_lock(7417119, hashtext(current_schema() || $1))")
+            .bind::<diesel::sql_types::Text, _>(key)
+            .execute(c)
+            .map(|_| ()),
+    }
+}

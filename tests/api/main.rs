@@ -16,6 +16,7 @@ mod files;
 mod healthcheck;
 mod helpers;
 mod input;
+mod interactions;
 mod ledger;
 mod logs;
 mod ops;

@@ -237,7 +237,7 @@ fn compare_key(key: &SortKey, a: &CurrentRow, a_spans: &Spans, b: &CurrentRow, b
 }
 
 /// The SQL form of one `_lastUpdated` criterion.
-fn instant_range(query: &DateQuery) -> InstantRange {
+pub(super) fn instant_range(query: &DateQuery) -> InstantRange {
     match query.instant_bounds() {
         Some((from, until)) => InstantRange { from, until, negate: false },
         // `ne`: everything outside the value's span.
