@@ -78,7 +78,9 @@ impl ApiError {
             ApiError::UnsupportedMediaType => {
                 one(IssueCode::NotSupported, "request body must be application/fhir+json or application/json")
             }
-            ApiError::NotAcceptable => one(IssueCode::NotSupported, "only JSON (application/fhir+json) is served"),
+            ApiError::NotAcceptable => {
+                one(IssueCode::NotSupported, "only FHIR R4 (fhirVersion 4.0) in JSON (application/fhir+json) is served")
+            }
             ApiError::BadRequest(issues) => issues.clone(),
             ApiError::NotFound(what) => one(IssueCode::NotFound, what),
             ApiError::MethodNotAllowed { .. } => one(IssueCode::NotSupported, "method not allowed on this path"),

@@ -16,6 +16,7 @@ use crate::fhir::{IssueCode, capability};
 use crate::service::Caller;
 use crate::service::MAX_OFFSET;
 use crate::service::resources::{BundleKind, BundleResult, Conditional, Page, Versioned};
+use crate::service::search_params::{self, Handling};
 
 fn resource_type(name: &str) -> Result<ResourceType, ApiError> {
     ResourceType::from_name(name).ok_or(ApiError::NotFound("resource type not supported"))
@@ -36,17 +37,17 @@ fn is_json_type(media: &str) -> bool {
     matches!(media.as_str(), "application/fhir+json" | "application/json" | "json" | "application/json+fhir")
 }
 
-/// Refuses requests that want something other than JSON.
+/// Refuses requests that want something other than JSON, or another FHIR version than R4.
 fn negotiate(req: &HttpRequest) -> Result<(), ApiError> {
     if let Some(format) = query_pairs(req)?.iter().find(|(k, _)| k == "_format").map(|(_, v)| v.clone())
-        && !is_json_type(&format)
+        && !(is_json_type(&format) && r4_or_unversioned(&format))
     {
         return Err(ApiError::NotAcceptable);
     }
     if let Some(accept) = req.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok()) {
-        let ok = accept.split(',').any(|m| {
-            let m = m.split(';').next().unwrap_or("").trim();
-            is_json_type(m) || m == "*/*" || m == "application/*"
+        let ok = accept.split(',').any(|range| {
+            let m = range.split(';').next().unwrap_or("").trim();
+            (is_json_type(m) || m == "*/*" || m == "application/*") && r4_or_unversioned(range)
         });
         if !ok {
             return Err(ApiError::NotAcceptable);
@@ -196,6 +197,7 @@ pub async fn create(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let rtype = resource_type(&path)?;
+    only_query(&req, rtype, "create", &[])?;
     negotiate(&req)?;
     let criteria =
         match req.headers().get("if-none-exist") {
@@ -226,8 +228,10 @@ pub async fn read(
 ) -> Result<HttpResponse, ApiError> {
     let (rtype, id) = (resource_type(&path.0)?, resource_id(&path.1)?);
     negotiate(&req)?;
+    let elements = elements_query(&req, rtype, "read")?;
     let services = state.services.clone();
-    let found = blocking(move || Ok(services.resources().read(&caller, rtype, &id)?)).await?;
+    let mut found = blocking(move || Ok(services.resources().read(&caller, rtype, &id)?)).await?;
+    subset_of(&mut found, elements.as_deref());
     Ok(resource_response(&req, StatusCode::OK, &found, false))
 }
 
@@ -240,8 +244,10 @@ pub async fn vread(
     let (rtype, id) = (resource_type(&path.0)?, resource_id(&path.1)?);
     let version = path.2.parse::<i64>().map_err(|_| ApiError::NotFound("version not found"))?;
     negotiate(&req)?;
+    let elements = elements_query(&req, rtype, "vread")?;
     let services = state.services.clone();
-    let found = blocking(move || Ok(services.resources().vread(&caller, rtype, &id, version)?)).await?;
+    let mut found = blocking(move || Ok(services.resources().vread(&caller, rtype, &id, version)?)).await?;
+    subset_of(&mut found, elements.as_deref());
     Ok(resource_response(&req, StatusCode::OK, &found, false))
 }
 
@@ -254,6 +260,7 @@ pub async fn update(
 ) -> Result<HttpResponse, ApiError> {
     let (rtype, id) = (resource_type(&path.0)?, resource_id(&path.1)?);
     negotiate(&req)?;
+    only_query(&req, rtype, "update", &[])?;
     let expected = if_match(req.headers())?;
     let body = read_json(&req, payload, state.body_limit).await?;
     let services = state.services.clone();
@@ -261,8 +268,14 @@ pub async fn update(
     Ok(resource_response(&req, StatusCode::OK, &updated, true))
 }
 
-pub async fn delete(state: web::Data<AppState>, caller: Caller, path: web::Path<(String, String)>) -> Result<HttpResponse, ApiError> {
+pub async fn delete(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    caller: Caller,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
     let (rtype, id) = (resource_type(&path.0)?, resource_id(&path.1)?);
+    only_query(&req, rtype, "delete", &[])?;
     let services = state.services.clone();
     blocking(move || Ok(services.resources().delete(&caller, rtype, &id)?)).await?;
     Ok(HttpResponse::NoContent().finish())
@@ -276,7 +289,7 @@ pub async fn history(
 ) -> Result<HttpResponse, ApiError> {
     let (rtype, id) = (resource_type(&path.0)?, resource_id(&path.1)?);
     negotiate(&req)?;
-    let params = query_pairs(&req)?;
+    let params = only_query(&req, rtype, "history", &["_count", "_offset"])?;
     let services = state.services.clone();
     let rid = id.clone();
     let page = blocking(move || Ok(services.resources().history(&caller, rtype, &rid, &params)?)).await?;
@@ -312,14 +325,21 @@ async fn run_search(
     caller: Caller,
     rtype: ResourceType,
     params: Vec<(String, String)>,
+    handling: Handling,
 ) -> Result<HttpResponse, ApiError> {
     let services = state.services.clone();
-    let page = blocking(move || Ok(services.resources().search(&caller, rtype, &params)?)).await?;
+    let results = blocking(move || Ok(services.resources().search_with(&caller, rtype, &params, handling)?)).await?;
+    let page = &results.page;
     let base = base_url(&state);
-    let links = page_links(&format!("{base}/{}", rtype.name()), &page);
-    let entries = page.items.iter().filter_map(|v| v.resource.clone().map(|r| (format!("{base}/{}/{}", rtype.name(), v.id), r))).collect();
-    let outcome = unreadable_outcome(&state, &page);
-    Ok(bundle_response(bundle::searchset(page.total, &links, entries, outcome)))
+    let mut links = page_links(&format!("{base}/{}", rtype.name()), page);
+    if results.count_only {
+        // A count has no pages to turn.
+        links.retain(|l| l.relation == "self");
+    }
+    let entries = (!results.count_only)
+        .then(|| page.items.iter().filter_map(|v| v.resource.clone().map(|r| (format!("{base}/{}/{}", rtype.name(), v.id), r))).collect());
+    let outcome = search_outcome(&state, page, &results.ignored);
+    Ok(bundle_response(bundle::searchset_with(results.total, &links, entries, outcome)))
 }
 
 /// The OperationOutcome a page carries when some of its matches could not be read.
@@ -372,7 +392,8 @@ pub async fn search(
     let rtype = resource_type(&path)?;
     negotiate(&req)?;
     let params = query_pairs(&req)?;
-    run_search(state, caller, rtype, params).await
+    let handling = handling(&req);
+    run_search(state, caller, rtype, params, handling).await
 }
 
 /// `POST /fhir/{type}/_search` with a form body keeps search values out of URLs and
@@ -400,7 +421,81 @@ pub async fn search_post(
             .map_err(|_| ApiError::bad_request(IssueCode::Structure, "form body is not well-formed"))?
             .into_inner(),
     );
-    run_search(state, caller, rtype, params).await
+    let handling = handling(&req);
+    run_search(state, caller, rtype, params, handling).await
+}
+
+/// Whether a media type's `fhirVersion` parameter, if it has one, names R4 (`4.0`, `4.0.1`).
+fn r4_or_unversioned(media: &str) -> bool {
+    media.split(';').skip(1).filter_map(|p| p.split_once('=')).filter(|(k, _)| k.trim().eq_ignore_ascii_case("fhirVersion")).all(
+        |(_, v)| {
+            let v = v.trim().trim_matches('"');
+            v == "4.0" || v.starts_with("4.0.")
+        },
+    )
+}
+
+/// Refuses any query parameter but `_format`, `_pretty` and `accepted`: a parameter an
+/// interaction does not act on is never ignored silently (a client that sent search
+/// parameters with a create expects them to matter). Only a name the server defines is
+/// repeated in the refusal.
+fn only_query(req: &HttpRequest, rtype: ResourceType, interaction: &str, accepted: &[&str]) -> Result<Vec<(String, String)>, ApiError> {
+    let pairs = query_pairs(req)?;
+    if let Some((name, _)) = pairs.iter().find(|(k, _)| !search_params::IGNORED.contains(&k.as_str()) && !accepted.contains(&k.as_str())) {
+        let allowed: Vec<&str> = accepted.iter().chain(search_params::IGNORED).copied().collect();
+        return Err(ApiError::bad_request(
+            IssueCode::NotSupported,
+            format!("{interaction} takes no query parameters but {}; {} was sent", allowed.join(", "), search_params::shown(rtype, name)),
+        ));
+    }
+    Ok(pairs)
+}
+
+/// The `_elements` of a read or vread (the only query parameter they take besides
+/// `_format` and `_pretty`).
+fn elements_query(req: &HttpRequest, rtype: ResourceType, interaction: &str) -> Result<Option<Vec<String>>, ApiError> {
+    let pairs = only_query(req, rtype, interaction, &["_elements"])?;
+    let mut values = pairs.iter().filter(|(k, _)| k == "_elements");
+    let Some((_, value)) = values.next() else { return Ok(None) };
+    if values.next().is_some() {
+        return Err(ApiError::bad_request(IssueCode::NotSupported, "_elements may be given once"));
+    }
+    Ok(Some(search_params::elements(value)?))
+}
+
+fn subset_of(found: &mut Versioned, elements: Option<&[String]>) {
+    if let (Some(elements), Some(resource)) = (elements, found.resource.as_mut()) {
+        search_params::subset(found.resource_type, resource, elements);
+    }
+}
+
+/// `Prefer: handling=lenient` or `handling=strict` (the default); the first `handling`
+/// preference counts (RFC 7240).
+fn handling(req: &HttpRequest) -> Handling {
+    let first = req
+        .headers()
+        .get_all("prefer")
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split([',', ';']))
+        .filter_map(|p| p.split_once('='))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case("handling"));
+    match first {
+        Some((_, v)) if v.trim().trim_matches('"').eq_ignore_ascii_case("lenient") => Handling::Lenient,
+        _ => Handling::Strict,
+    }
+}
+
+/// The OperationOutcome of a search page: parameters ignored under lenient handling
+/// (warnings) and matches that could not be read (errors).
+fn search_outcome(state: &AppState, page: &Page<Versioned>, ignored: &[String]) -> Option<Value> {
+    let mut issues: Vec<Value> = ignored
+        .iter()
+        .map(|diagnostics| serde_json::json!({"severity": "warning", "code": "not-supported", "diagnostics": diagnostics}))
+        .collect();
+    if let Some(unreadable) = unreadable_outcome(state, page) {
+        issues.extend(unreadable["issue"].as_array().cloned().unwrap_or_default());
+    }
+    (!issues.is_empty()).then(|| serde_json::json!({"resourceType": "OperationOutcome", "issue": issues}))
 }
 
 /// `PUT /fhir/{type}?criteria`: conditional update (create when nothing matches).
@@ -434,6 +529,7 @@ pub async fn patch(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let (rtype, id) = (resource_type(&path.0)?, resource_id(&path.1)?);
+    only_query(&req, rtype, "patch", &[])?;
     negotiate(&req)?;
     let media = content_type(&req).split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     if media != "application/json-patch+json" {
@@ -519,5 +615,39 @@ mod tests {
         assert_eq!(offsets(MAX_OFFSET, 100, i64::MAX), [("self", MAX_OFFSET), ("previous", below)]);
         assert_eq!(offsets(i64::MAX, 100, i64::MAX), [("self", MAX_OFFSET), ("previous", below)]);
         assert_eq!(offsets(i64::MAX, i64::MAX, i64::MAX), [("self", MAX_OFFSET), ("previous", 0)]);
+    }
+
+    #[test]
+    fn only_r4_is_served() {
+        for ok in ["application/fhir+json", "application/fhir+json; fhirVersion=4.0", "application/fhir+json;fhirversion=\"4.0.1\"", "*/*"]
+        {
+            assert!(r4_or_unversioned(ok), "{ok}");
+        }
+        for refused in
+            ["application/fhir+json; fhirVersion=3.0", "application/fhir+json; fhirVersion=4.3", "application/json;fhirVersion=5.0"]
+        {
+            assert!(!r4_or_unversioned(refused), "{refused}");
+        }
+        let accept = |value: &str| negotiate(&actix_web::test::TestRequest::default().insert_header(("accept", value)).to_http_request());
+        assert!(accept("application/fhir+json; fhirVersion=4.0").is_ok());
+        assert!(matches!(accept("application/fhir+json; fhirVersion=3.0"), Err(ApiError::NotAcceptable)));
+        assert!(accept("application/fhir+json; fhirVersion=3.0, application/fhir+json; fhirVersion=4.0").is_ok());
+    }
+
+    #[test]
+    fn prefer_handling_takes_the_first_handling_preference() {
+        let of = |values: &[&str]| {
+            let mut req = actix_web::test::TestRequest::default();
+            for v in values {
+                req = req.append_header(("prefer", *v));
+            }
+            handling(&req.to_http_request())
+        };
+        assert_eq!(of(&[]), Handling::Strict);
+        assert_eq!(of(&["handling=lenient"]), Handling::Lenient);
+        assert_eq!(of(&["return=minimal, Handling=Lenient"]), Handling::Lenient);
+        assert_eq!(of(&["handling=strict", "handling=lenient"]), Handling::Strict);
+        assert_eq!(of(&["handling=strict"]), Handling::Strict);
+        assert_eq!(of(&["respond-async; handling=lenient"]), Handling::Lenient);
     }
 }

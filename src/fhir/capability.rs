@@ -9,7 +9,7 @@ use crate::domain::search::ParamKind;
 fn param_type(kind: ParamKind) -> &'static str {
     match kind {
         ParamKind::Identifier | ParamKind::Phone | ParamKind::Email | ParamKind::Token => "token",
-        ParamKind::Family | ParamKind::Given => "string",
+        ParamKind::Family | ParamKind::Given | ParamKind::Name => "string",
         ParamKind::Date | ParamKind::DateSpan => "date",
         ParamKind::Reference(_) | ParamKind::Compartment => "reference",
     }
@@ -23,6 +23,9 @@ fn param_doc(kind: ParamKind) -> &'static str {
         ParamKind::Compartment => "The patient (Patient/ID or ID). Clinical searches other than _id and identifier must name it.",
         ParamKind::DateSpan => {
             "Prefixes eq, ne, gt, ge, lt, le and partial dates. The element is encrypted: the search names exactly one patient and is filtered within that patient's records."
+        }
+        ParamKind::Name => {
+            "Any part of any name (family, each given, prefix, suffix, text), matched whole and case-insensitively (not by prefix), through blind indexes."
         }
         _ => "Exact match, case-insensitive for text; values are matched through blind indexes.",
     }

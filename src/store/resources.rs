@@ -318,6 +318,16 @@ pub fn search(conn: &mut DbConnection, q: &SearchQuery) -> QueryResult<(Vec<Curr
     Ok((rows, total))
 }
 
+/// The number of matches only (`_summary=count`): no row is read.
+pub fn count(conn: &mut DbConnection, q: &SearchQuery) -> QueryResult<i64> {
+    filtered(q).select(count_star()).first(conn)
+}
+
+/// One page of matches in `q.order`, without counting them (`_total=none`).
+pub fn page(conn: &mut DbConnection, q: &SearchQuery) -> QueryResult<Vec<CurrentRow>> {
+    ordered(q).limit(q.limit).offset(q.offset).select(CurrentRow::as_select()).load(conn)
+}
+
 /// Every match in `q.order` (paging ignored), at most `cap` of them: the candidates of a
 /// search filtered or ordered after opening, within one patient's records.
 pub fn candidates(conn: &mut DbConnection, q: &SearchQuery, cap: i64) -> QueryResult<Vec<CurrentRow>> {

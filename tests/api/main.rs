@@ -22,6 +22,7 @@ mod logs;
 mod ops;
 mod schema;
 mod search;
+mod search_results;
 mod security;
 mod shutdown;
 mod store;
