@@ -124,6 +124,16 @@ fn sort_key(rtype: ResourceType, raw: &str) -> Result<SortKey, ServiceError> {
     Ok(SortKey { by, descending })
 }
 
+/// A `_count` value: a whole number, at most [`MAX_COUNT`] (more is taken as the maximum).
+pub fn count_value(raw: &str) -> Option<i64> {
+    raw.parse::<i64>().ok().filter(|n| *n >= 0).map(|n| n.min(MAX_COUNT))
+}
+
+/// An `_offset` value: a whole number from 0 to [`MAX_OFFSET`].
+pub fn offset_value(raw: &str) -> Option<i64> {
+    raw.parse::<i64>().ok().filter(|n| (0..=MAX_OFFSET).contains(n))
+}
+
 /// Splits on commas not escaped with a backslash, unescaping `\,` and `\\`.
 fn split_values(raw: &str) -> Vec<String> {
     let mut out = Vec::new();
@@ -181,20 +191,12 @@ pub fn parse_with(rtype: ResourceType, params: &[(String, String)], handling: Ha
         }
         match base {
             "_count" => {
-                parsed.count = value
-                    .parse::<i64>()
-                    .ok()
-                    .filter(|n| *n >= 0)
-                    .ok_or_else(|| bad(rtype, name, "must be a whole number".into()))?
-                    .min(MAX_COUNT);
+                parsed.count = count_value(value).ok_or_else(|| bad(rtype, name, "must be a whole number".into()))?;
                 continue;
             }
             "_offset" => {
-                parsed.offset = value
-                    .parse::<i64>()
-                    .ok()
-                    .filter(|n| (0..=MAX_OFFSET).contains(n))
-                    .ok_or_else(|| bad(rtype, name, format!("must be a whole number from 0 to {MAX_OFFSET}")))?;
+                parsed.offset =
+                    offset_value(value).ok_or_else(|| bad(rtype, name, format!("must be a whole number from 0 to {MAX_OFFSET}")))?;
                 continue;
             }
             b if IGNORED.contains(&b) => continue,
