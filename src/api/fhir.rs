@@ -197,12 +197,21 @@ pub async fn create(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let rtype = resource_type(&path)?;
-    only_query(&req, rtype, "create", &[])?;
     negotiate(&req)?;
+    // Search criteria in a create's query string are a conditional create, like
+    // `If-None-Exist` (what fhirpy's get_or_create sends): never ignored, never a duplicate.
+    let in_query = query_pairs(&req)?.iter().any(|(k, _)| !search_params::IGNORED.contains(&k.as_str()));
     let criteria =
-        match req.headers().get("if-none-exist") {
-            None => None,
-            Some(v) => Some(v.to_str().map(str::to_owned).map_err(|_| {
+        match (req.headers().get("if-none-exist"), in_query) {
+            (Some(_), true) => {
+                return Err(ApiError::bad_request(
+                    IssueCode::NotSupported,
+                    "give conditional-create criteria either in If-None-Exist or in the query string, not both",
+                ));
+            }
+            (None, true) => Some(req.query_string().to_owned()),
+            (None, false) => None,
+            (Some(v), false) => Some(v.to_str().map(str::to_owned).map_err(|_| {
                 ApiError::bad_request(IssueCode::Value, "If-None-Exist must be search criteria such as identifier=sys|123")
             })?),
         };
@@ -533,7 +542,7 @@ pub async fn patch(
     negotiate(&req)?;
     let media = content_type(&req).split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     if media != "application/json-patch+json" {
-        return Err(ApiError::UnsupportedMediaType);
+        return Err(ApiError::UnsupportedPatchType);
     }
     let expected = if_match(req.headers())?;
     let body = read_body(&req, payload, state.body_limit).await?;
@@ -555,12 +564,12 @@ pub async fn bundle(state: web::Data<AppState>, req: HttpRequest, caller: Caller
     let body = read_json(&req, payload, state.bundle_limit).await?;
     let services = state.services.clone();
     let result = blocking(move || Ok(services.resources().bundle(&caller, body)?)).await?;
-    Ok(bundle_response(response_bundle(&result)))
+    Ok(bundle_response(response_bundle(&base_url(&state), &result)))
 }
 
 /// A `transaction-response` or `batch-response` Bundle: one entry per request entry, in
 /// order, with its status, location, ETag and the resource written or read.
-fn response_bundle(result: &BundleResult) -> Value {
+fn response_bundle(base: &str, result: &BundleResult) -> Value {
     let kind = match result.kind {
         BundleKind::Transaction => "transaction-response",
         BundleKind::Batch => "batch-response",
@@ -580,7 +589,7 @@ fn response_bundle(result: &BundleResult) -> Value {
                 response["etag"] = Value::String(etag(v.version_id));
                 response["lastModified"] = Value::String(v.last_updated.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string());
                 if let Some(resource) = &v.resource {
-                    out.insert("fullUrl".into(), Value::String(format!("{}/{}", v.resource_type.name(), v.id)));
+                    out.insert("fullUrl".into(), Value::String(format!("{base}/{}/{}", v.resource_type.name(), v.id)));
                     out.insert("resource".into(), resource.clone());
                 }
             }

@@ -21,7 +21,8 @@ pub const IGNORED: &[&str] = &["_format", "_pretty"];
 
 /// The parameters the server defines for every type besides its search parameters; none
 /// takes a modifier.
-const CONTROL: &[&str] = &["_count", "_offset", "_id", "_sort", "_lastUpdated", "_summary", "_total", "_elements", "_format", "_pretty"];
+const CONTROL: &[&str] =
+    &["_count", "_offset", "_id", "_sort", "_lastUpdated", "_summary", "_total", "_totalMethod", "_elements", "_format", "_pretty"];
 
 /// The tag of a resource returned with only some of its elements (`_elements`).
 pub const SUBSETTED_SYSTEM: &str = "http://terminology.hl7.org/CodeSystem/v3-ObservationValue";
@@ -183,7 +184,7 @@ pub fn parse_with(rtype: ResourceType, params: &[(String, String)], handling: Ha
                 }
             }
         }
-        if ["_summary", "_total", "_elements"].contains(&base) {
+        if ["_summary", "_total", "_totalMethod", "_elements"].contains(&base) {
             if given_once.contains(&base) {
                 return Err(bad(rtype, name, "may be given once".into()));
             }
@@ -218,6 +219,15 @@ pub fn parse_with(rtype: ResourceType, params: &[(String, String)], handling: Ha
                     "none" => true,
                     "estimate" | "accurate" => false,
                     _ => return Err(bad(rtype, name, "must be 'none', 'estimate' or 'accurate'".into())),
+                };
+            }
+            // The spelling fhirpy's count() sends (with `_count=0`): `count` and
+            // `estimate` give the exact total, `none` none.
+            "_totalMethod" => {
+                parsed.omit_total = match value.as_str() {
+                    "none" => true,
+                    "count" | "estimate" => false,
+                    _ => return Err(bad(rtype, name, "must be 'count', 'estimate' or 'none'".into())),
                 };
             }
             "_elements" => parsed.elements = Some(elements(value)?),
