@@ -27,6 +27,7 @@ mod security;
 mod shutdown;
 mod store;
 mod sync;
+mod sync_clinical;
 mod sync_push;
 mod sync_socket;
 mod tls;
