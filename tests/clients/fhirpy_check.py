@@ -33,30 +33,7 @@ IDENTIFIER_SYSTEM = "urn:oid:2.16.840.1.113883.4.1"
 
 # Checks that fail today, each with the question it leaves open. They run and report on
 # every run; a check here that starts to pass fails the run until its mark is removed.
-KNOWN_FAILURES = {
-    "count": (
-        "fhirpy's SearchSet.count() sends `_count=0&_totalMethod=count`; `_totalMethod` is not "
-        "a FHIR R4 parameter and CareVault refuses unknown parameters (400) unless the client "
-        "sends `Prefer: handling=lenient` (R4 says servers SHOULD ignore them). To decide: "
-        "ignore `_totalMethod`, default to lenient, or keep strict (check `count-lenient`)"
-    ),
-    "get_or_create": (
-        "fhirpy's get_or_create() puts the criteria in the query string "
-        "(`POST /fhir/Patient?identifier=...`), not in R4's `If-None-Exist` header; CareVault "
-        "refuses query parameters on create (400) and writes nothing. To decide: accept the "
-        "query form as conditional create, or keep R4's header only (check `conditional-create`)"
-    ),
-    "patch-415-names-json-patch": (
-        "a PATCH with `Content-Type: application/json` is refused with 415 whose diagnostics "
-        "say `request body must be application/fhir+json or application/json`: it names the "
-        "type that was just refused and not the one PATCH takes (`application/json-patch+json`)"
-    ),
-    "transaction-fullurl-absolute": (
-        "`transaction-response` entries carry `fullUrl: Patient/ID` (relative); R4 defines "
-        "Bundle.entry.fullUrl as the absolute URL, and docs/fhir-api.md says fullUrl starts "
-        "with CAREVAULT_PUBLIC_URL (searchset and history Bundles do)"
-    ),
-}
+KNOWN_FAILURES: dict[str, str] = {}
 
 exchanges = []
 
