@@ -405,7 +405,10 @@ async fn a_type_filtered_subscriber_is_still_told_to_drop_a_patient_that_left_it
     edit(&app, &desk, &format!("/fhir/Patient/{a}"), |p| p["generalPractitioner"] = json!([{"reference": "Practitioner/dr2"}])).await;
     for feed in [&mut obs_only, &mut obs_of_a] {
         let revoke = change(feed).await;
-        assert_eq!(checked(std::slice::from_ref(&revoke)), vec![seen("revoke", "Patient", &a, 3)]);
+        // The revoke comes at the move (version 3), or at the gender edit (version 2) when
+        // the feed reads both in one batch: each change is judged by today's access.
+        let got = checked(std::slice::from_ref(&revoke));
+        assert!(got == vec![seen("revoke", "Patient", &a, 3)] || got == vec![seen("revoke", "Patient", &a, 2)], "{got:?}");
         assert!(!revoke.to_string().contains(&m), "a revoke carries no PHI: {revoke}");
     }
     app.create(&app.clinician("dr2"), &observation(&a, "laboratory", "4548-4", "2026-03-02T08:00:00Z", "final")).await;
