@@ -367,6 +367,7 @@ impl Application {
                 max_connections: settings.sync_max_connections,
             },
             sockets: crate::api::SocketSlots::default(),
+            smart: settings.smart.clone(),
         });
         let tls = settings.tls.as_ref().map(tls_config).transpose()?;
         let change_watcher = state.services.watch_database().map_err(StartupError::ChangeWatcher)?;

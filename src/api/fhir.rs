@@ -185,7 +185,7 @@ fn page_links<T>(url: &str, page: &Page<T>) -> Vec<Link> {
 
 pub async fn metadata(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     negotiate(&req)?;
-    let body = capability::capability_statement(&base_url(&state), env!("CARGO_PKG_VERSION"), "2026-11-22");
+    let body = capability::capability_statement(&base_url(&state), env!("CARGO_PKG_VERSION"), "2026-11-22", state.smart.as_ref());
     Ok(bundle_response(body))
 }
 

@@ -14,6 +14,7 @@ mod middleware;
 mod openapi;
 mod ops;
 mod rate_limit;
+mod smart;
 pub(crate) mod sync;
 mod sync_socket;
 
@@ -47,6 +48,8 @@ pub struct AppState {
     pub sync: SyncTiming,
     /// Open WebSocket connections per principal.
     pub sockets: SocketSlots,
+    /// The authorization server SMART apps are sent to; `None`: SMART is not offered.
+    pub smart: Option<crate::fhir::capability::SmartEndpoints>,
 }
 
 /// Runs blocking work (database, crypto) on the blocking pool, inside the caller's span.
@@ -85,10 +88,21 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                     web::resource("/conflicts/{id}/resolve").route(web::post().to(sync::resolve)).default_service(not_allowed("POST")),
                 ),
         )
+        .service(
+            web::resource("/.well-known/smart-configuration")
+                .route(web::get().to(smart::configuration))
+                .default_service(not_allowed("GET")),
+        )
         .service(web::resource("/openapi.json").route(web::get().to(openapi::openapi_json)).default_service(not_allowed("GET")))
         .service(
             web::scope("/fhir")
                 .service(web::resource("/metadata").route(web::get().to(fhir::metadata)).default_service(not_allowed("GET")))
+                // Before `/{type}/{id}`, which the path would match too.
+                .service(
+                    web::resource("/.well-known/smart-configuration")
+                        .route(web::get().to(smart::configuration))
+                        .default_service(not_allowed("GET")),
+                )
                 .service(web::resource(["", "/"]).route(web::post().to(fhir::bundle)).default_service(not_allowed("POST")))
                 .service(
                     web::resource("/{type}")

@@ -11,6 +11,7 @@ mod clinical;
 mod compliance;
 mod concurrency;
 mod crud;
+mod discovery;
 mod encryption;
 mod files;
 mod healthcheck;
