@@ -10,6 +10,7 @@ use crate::startup::{Application, hs256_secret};
 use crate::store::{DbConnection, run_migrations};
 
 mod healthcheck;
+pub mod seed;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -62,6 +63,18 @@ pub enum Command {
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
+    },
+    /// Load a small synthetic clinic (2 practitioners, 4 patients and their encounters,
+    /// observations, conditions, allergies and medication requests) into a tenant through
+    /// the normal write path. Refused in production and for a tenant already seeded.
+    Seed {
+        /// Tenant to fill.
+        #[arg(long, default_value = seed::DEFAULT_TENANT)]
+        tenant: String,
+        /// A fixture Bundle (type collection, urn:uuid: fullUrls) instead of the built-in
+        /// clinic (tests/fixtures/clinic.json).
+        #[arg(long)]
+        file: Option<std::path::PathBuf>,
     },
     /// Exit 0 when the configured server answers GET /healthz with 200, for a container
     /// HEALTHCHECK. Reads the same configuration as `serve`: CAREVAULT_ADDR (0.0.0.0 or ::
@@ -157,6 +170,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Keys { command } => keys(&settings, command),
         Command::Ledger { command } => ledger(&settings, command),
         Command::Audit { command } => audit(&settings, command),
+        Command::Seed { tenant, file } => seed::seed(&settings, &tenant, file.as_deref()),
         Command::Healthcheck { timeout } => match healthcheck::check(&settings, std::time::Duration::from_secs(timeout.max(1))) {
             Ok(line) => {
                 println!("{line}");

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::auth::Hs256Secret;
+use crate::fhir::capability::SmartEndpoints;
 use crate::store::DatabaseUrl;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,6 +65,8 @@ pub struct Settings {
     pub rate_limit: u32,
     /// Largest accepted request body in bytes.
     pub body_limit: usize,
+    /// Largest accepted transaction or batch Bundle body in bytes.
+    pub bundle_limit: usize,
     pub db_pool_size: u32,
     /// PEM certificate chain and private key: serve HTTPS in-process when both are set.
     pub tls: Option<TlsPaths>,
@@ -82,6 +85,10 @@ pub struct Settings {
     pub sync_send_timeout: Duration,
     /// WebSocket `/sync`: most connections one principal may hold open at once.
     pub sync_max_connections: usize,
+    /// The authorization server announced to SMART apps (`smart_authorize_url` and
+    /// `smart_token_url`, both or neither): with it, SMART discovery is served and the
+    /// CapabilityStatement claims SMART; without it, neither.
+    pub smart: Option<SmartEndpoints>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -190,6 +197,7 @@ impl Settings {
             policies_dir: PathBuf::from(get("policies_dir").unwrap_or("./policies")),
             rate_limit: number("rate_limit", 100, 1_000_000)? as u32,
             body_limit: number("body_limit", 1024 * 1024, 64 * 1024 * 1024)? as usize,
+            bundle_limit: number("bundle_limit", 16 * 1024 * 1024, 256 * 1024 * 1024)? as usize,
             db_pool_size: number("db_pool_size", 16, 512)?.max(1) as u32,
             sync_heartbeat: Duration::from_secs(number("sync_heartbeat_secs", 15, 3600)?.max(1)),
             sync_idle_timeout: Duration::from_secs(number("sync_idle_timeout_secs", 45, 86_400)?.max(1)),
@@ -199,6 +207,19 @@ impl Settings {
                 (Some(cert), Some(key)) => Some(TlsPaths { cert: cert.into(), key: key.into() }),
                 (None, None) => None,
                 _ => return Err(ConfigError::Invalid("tls_cert", "tls_cert and tls_key go together".into())),
+            },
+            smart: match (get("smart_authorize_url"), get("smart_token_url")) {
+                (Some(authorize), Some(token)) => Some(SmartEndpoints {
+                    authorize_url: endpoint_url(authorize).map_err(|why| ConfigError::Invalid("smart_authorize_url", why.into()))?,
+                    token_url: endpoint_url(token).map_err(|why| ConfigError::Invalid("smart_token_url", why.into()))?,
+                }),
+                (None, None) => None,
+                (Some(_), None) => {
+                    return Err(ConfigError::Invalid("smart_token_url", "smart_authorize_url and smart_token_url go together".into()));
+                }
+                (None, Some(_)) => {
+                    return Err(ConfigError::Invalid("smart_authorize_url", "smart_authorize_url and smart_token_url go together".into()));
+                }
             },
         };
         if settings.env == Environment::Production && settings.jwt_hs256_secret.is_none() && settings.jwks_file.is_none() {
@@ -220,13 +241,20 @@ impl Settings {
     }
 }
 
-/// Checks `CAREVAULT_PUBLIC_URL`: `http(s)://HOST[:PORT][/PATH]`, nothing else (no
-/// credentials, query, fragment, spaces or control characters). Returned without a
-/// trailing slash, scheme and host in lower case.
-fn public_url(raw: &str) -> Result<String, &'static str> {
-    const WANT: &str = "must be an absolute http:// or https:// URL such as https://ehr.example.org/carevault, without query or fragment";
+/// An absolute `http(s)://HOST[:PORT][/PATH]` URL split at its parts, if `raw` is one with
+/// nothing else (no credentials, query, fragment, spaces or control characters).
+struct HttpUrl<'a> {
+    /// `https://` or `http://`, in lower case.
+    scheme: &'static str,
+    authority: &'a str,
+    /// The host as written (an IPv6 address in brackets).
+    host: &'a str,
+    path: &'a str,
+}
+
+fn http_url(raw: &str) -> Option<HttpUrl<'_>> {
     let lower = raw.to_ascii_lowercase();
-    let scheme = ["https://", "http://"].into_iter().find(|s| lower.starts_with(s)).ok_or(WANT)?;
+    let scheme = ["https://", "http://"].into_iter().find(|s| lower.starts_with(s))?;
     let rest = &raw[scheme.len()..];
     let (authority, path) = rest.find('/').map_or((rest, ""), |i| rest.split_at(i));
     let (host, port) = match authority.rfind(':') {
@@ -239,10 +267,43 @@ fn public_url(raw: &str) -> Result<String, &'static str> {
     };
     let port_ok = port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.parse::<u16>().is_ok_and(|n| n > 0));
     let path_ok = path.bytes().all(|b| b.is_ascii_graphic() && !matches!(b, b'?' | b'#' | b'\\'));
-    if !(host_ok && port_ok && path_ok) {
+    (host_ok && port_ok && path_ok).then_some(HttpUrl { scheme, authority, host, path })
+}
+
+/// Checks `CAREVAULT_PUBLIC_URL`: `http(s)://HOST[:PORT][/PATH]`, nothing else (no
+/// credentials, query, fragment, spaces or control characters). Returned without a
+/// trailing slash, scheme and host in lower case.
+fn public_url(raw: &str) -> Result<String, &'static str> {
+    const WANT: &str = "must be an absolute http:// or https:// URL such as https://ehr.example.org/carevault, without query or fragment";
+    let HttpUrl { scheme, authority, path, .. } = http_url(raw).ok_or(WANT)?;
+    let path = path.trim_end_matches('/');
+    Ok(format!("{scheme}{}{path}", authority.to_ascii_lowercase()))
+}
+
+/// Whether `host` (as in a URL) names this machine: `localhost`, `127.0.0.0/8` or `[::1]`.
+fn loopback(host: &str) -> bool {
+    let host = host.to_ascii_lowercase();
+    if host == "localhost" || host.ends_with(".localhost") {
+        return true;
+    }
+    match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(v6) => v6.parse::<std::net::Ipv6Addr>().is_ok_and(|a| a.is_loopback()),
+        None => host.parse::<std::net::Ipv4Addr>().is_ok_and(|a| a.is_loopback()),
+    }
+}
+
+/// Checks an authorization-server endpoint (`CAREVAULT_SMART_AUTHORIZE_URL`,
+/// `CAREVAULT_SMART_TOKEN_URL`): an absolute `https://` URL without query or fragment, or
+/// `http://` to a loopback host (a development authorization server on this machine).
+/// Tokens and authorization codes travel to these URLs, so a plain-text one elsewhere is
+/// refused. Returned as given but for the scheme and host, in lower case (a trailing
+/// slash is kept: it can matter to the server it names).
+fn endpoint_url(raw: &str) -> Result<String, &'static str> {
+    const WANT: &str = "must be an absolute https:// URL (http:// only for localhost or a loopback address), without query or fragment";
+    let HttpUrl { scheme, authority, host, path } = http_url(raw).ok_or(WANT)?;
+    if scheme == "http://" && !loopback(host) {
         return Err(WANT);
     }
-    let path = path.trim_end_matches('/');
     Ok(format!("{scheme}{}{path}", authority.to_ascii_lowercase()))
 }
 
@@ -330,13 +391,59 @@ mod tests {
     }
 
     #[test]
+    fn smart_endpoints_go_together_and_use_https_or_loopback_http() {
+        let smart = |pairs: &[(&str, &str)]| Settings::from_map(&map(pairs)).map(|s| s.smart);
+        assert_eq!(smart(&[]).unwrap(), None);
+        let both = smart(&[
+            ("smart_authorize_url", "https://AUTH.example.org/oauth2/authorize"),
+            ("smart_token_url", "https://auth.example.org/oauth2/token/"),
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(both.authorize_url, "https://auth.example.org/oauth2/authorize");
+        assert_eq!(both.token_url, "https://auth.example.org/oauth2/token/", "a trailing slash is kept");
+        for alone in [("smart_authorize_url", "https://auth.example.org/a"), ("smart_token_url", "https://auth.example.org/t")] {
+            let err = smart(&[alone]).unwrap_err().to_string();
+            assert!(err.contains("go together"), "{err}");
+        }
+        for local in ["http://localhost:9000/authorize", "http://127.0.0.1/authorize", "http://[::1]:8080/a", "http://idp.localhost/a"] {
+            assert!(smart(&[("smart_authorize_url", local), ("smart_token_url", "https://auth.example.org/t")]).is_ok(), "{local}");
+        }
+        for bad in [
+            "http://auth.example.org/authorize",
+            "http://10.0.0.5/authorize",
+            "http://[::2]/authorize",
+            "auth.example.org/authorize",
+            "ftp://auth.example.org/authorize",
+            "https://auth.example.org/authorize?x=1",
+            "https://auth.example.org/authorize#f",
+            "https://user:pw@auth.example.org/authorize",
+            "https://auth example.org/authorize",
+        ] {
+            let err = smart(&[("smart_authorize_url", bad), ("smart_token_url", "https://auth.example.org/t")]).unwrap_err().to_string();
+            assert!(err.starts_with("smart_authorize_url:"), "{bad}: {err}");
+            let err = smart(&[("smart_authorize_url", "https://auth.example.org/a"), ("smart_token_url", bad)]).unwrap_err().to_string();
+            assert!(err.starts_with("smart_token_url:"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
     fn the_keys_are_what_from_map_reads_and_the_readme_documents() {
         let keys = Settings::keys();
         let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
         for key in &keys {
             assert!(readme.contains(&format!("CAREVAULT_{}", key.to_uppercase())), "README does not document {key}");
         }
-        for expected in ["addr", "database_url", "rate_limit", "sync_max_connections", "tls_key", "max_token_ttl"] {
+        for expected in [
+            "addr",
+            "database_url",
+            "rate_limit",
+            "sync_max_connections",
+            "tls_key",
+            "max_token_ttl",
+            "smart_authorize_url",
+            "smart_token_url",
+        ] {
             assert!(keys.contains(&expected), "{expected} missing from {keys:?}");
         }
         let mut sorted = keys.clone();

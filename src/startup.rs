@@ -359,6 +359,7 @@ impl Application {
             limits: RateLimits::new(settings.rate_limit),
             metrics: Metrics::new()?,
             body_limit: settings.body_limit,
+            bundle_limit: settings.bundle_limit,
             sync: crate::api::SyncTiming {
                 heartbeat: settings.sync_heartbeat,
                 idle_timeout: settings.sync_idle_timeout,
@@ -366,6 +367,7 @@ impl Application {
                 max_connections: settings.sync_max_connections,
             },
             sockets: crate::api::SocketSlots::default(),
+            smart: settings.smart.clone(),
         });
         let tls = settings.tls.as_ref().map(tls_config).transpose()?;
         let change_watcher = state.services.watch_database().map_err(StartupError::ChangeWatcher)?;

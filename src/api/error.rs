@@ -24,6 +24,9 @@ pub enum ApiError {
     PayloadTooLarge { limit: usize },
     #[error("unsupported media type")]
     UnsupportedMediaType,
+    /// A PATCH body in another format than JSON Patch.
+    #[error("unsupported patch media type")]
+    UnsupportedPatchType,
     #[error("not acceptable")]
     NotAcceptable,
     #[error("bad request")]
@@ -78,7 +81,13 @@ impl ApiError {
             ApiError::UnsupportedMediaType => {
                 one(IssueCode::NotSupported, "request body must be application/fhir+json or application/json")
             }
-            ApiError::NotAcceptable => one(IssueCode::NotSupported, "only JSON (application/fhir+json) is served"),
+            ApiError::UnsupportedPatchType => one(
+                IssueCode::NotSupported,
+                "a PATCH body must be a JSON Patch (application/json-patch+json); FHIRPath Patch is not supported",
+            ),
+            ApiError::NotAcceptable => {
+                one(IssueCode::NotSupported, "only FHIR R4 (fhirVersion 4.0) in JSON (application/fhir+json) is served")
+            }
             ApiError::BadRequest(issues) => issues.clone(),
             ApiError::NotFound(what) => one(IssueCode::NotFound, what),
             ApiError::MethodNotAllowed { .. } => one(IssueCode::NotSupported, "method not allowed on this path"),
@@ -96,7 +105,7 @@ impl ResponseError for ApiError {
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::UnsupportedMediaType | ApiError::UnsupportedPatchType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::NotAcceptable => StatusCode::NOT_ACCEPTABLE,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,

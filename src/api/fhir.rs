@@ -15,7 +15,8 @@ use crate::fhir::bundle::{self, HistoryEntry, Link};
 use crate::fhir::{IssueCode, capability};
 use crate::service::Caller;
 use crate::service::MAX_OFFSET;
-use crate::service::resources::{Page, Versioned};
+use crate::service::resources::{BundleKind, BundleResult, Conditional, Page, Versioned};
+use crate::service::search_params::{self, Handling};
 
 fn resource_type(name: &str) -> Result<ResourceType, ApiError> {
     ResourceType::from_name(name).ok_or(ApiError::NotFound("resource type not supported"))
@@ -36,17 +37,17 @@ fn is_json_type(media: &str) -> bool {
     matches!(media.as_str(), "application/fhir+json" | "application/json" | "json" | "application/json+fhir")
 }
 
-/// Refuses requests that want something other than JSON.
+/// Refuses requests that want something other than JSON, or another FHIR version than R4.
 fn negotiate(req: &HttpRequest) -> Result<(), ApiError> {
     if let Some(format) = query_pairs(req)?.iter().find(|(k, _)| k == "_format").map(|(_, v)| v.clone())
-        && !is_json_type(&format)
+        && !(is_json_type(&format) && r4_or_unversioned(&format))
     {
         return Err(ApiError::NotAcceptable);
     }
     if let Some(accept) = req.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok()) {
-        let ok = accept.split(',').any(|m| {
-            let m = m.split(';').next().unwrap_or("").trim();
-            is_json_type(m) || m == "*/*" || m == "application/*"
+        let ok = accept.split(',').any(|range| {
+            let m = range.split(';').next().unwrap_or("").trim();
+            (is_json_type(m) || m == "*/*" || m == "application/*") && r4_or_unversioned(range)
         });
         if !ok {
             return Err(ApiError::NotAcceptable);
@@ -184,7 +185,7 @@ fn page_links<T>(url: &str, page: &Page<T>) -> Vec<Link> {
 
 pub async fn metadata(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     negotiate(&req)?;
-    let body = capability::capability_statement(&base_url(&state), env!("CARGO_PKG_VERSION"), "2026-11-22");
+    let body = capability::capability_statement(&base_url(&state), env!("CARGO_PKG_VERSION"), "2026-11-22", state.smart.as_ref());
     Ok(bundle_response(body))
 }
 
@@ -197,13 +198,35 @@ pub async fn create(
 ) -> Result<HttpResponse, ApiError> {
     let rtype = resource_type(&path)?;
     negotiate(&req)?;
-    if req.headers().contains_key("if-none-exist") {
-        return Err(ApiError::bad_request(IssueCode::NotSupported, "conditional create (If-None-Exist) is not supported"));
-    }
+    // Search criteria in a create's query string are a conditional create, like
+    // `If-None-Exist` (what fhirpy's get_or_create sends): never ignored, never a duplicate.
+    let in_query = query_pairs(&req)?.iter().any(|(k, _)| !search_params::IGNORED.contains(&k.as_str()));
+    let criteria =
+        match (req.headers().get("if-none-exist"), in_query) {
+            (Some(_), true) => {
+                return Err(ApiError::bad_request(
+                    IssueCode::NotSupported,
+                    "give conditional-create criteria either in If-None-Exist or in the query string, not both",
+                ));
+            }
+            (None, true) => Some(req.query_string().to_owned()),
+            (None, false) => None,
+            (Some(v), false) => Some(v.to_str().map(str::to_owned).map_err(|_| {
+                ApiError::bad_request(IssueCode::Value, "If-None-Exist must be search criteria such as identifier=sys|123")
+            })?),
+        };
     let body = read_json(&req, payload, state.body_limit).await?;
     let services = state.services.clone();
-    let created = blocking(move || Ok(services.resources().create(&caller, rtype, body)?)).await?;
-    Ok(resource_response(&req, StatusCode::CREATED, &created, true))
+    match criteria {
+        None => {
+            let created = blocking(move || Ok(services.resources().create(&caller, rtype, body)?)).await?;
+            Ok(resource_response(&req, StatusCode::CREATED, &created, true))
+        }
+        Some(criteria) => match blocking(move || Ok(services.resources().create_unless_exists(&caller, rtype, body, &criteria)?)).await? {
+            Conditional::Created(created) => Ok(resource_response(&req, StatusCode::CREATED, &created, true)),
+            Conditional::Existing(found) => Ok(resource_response(&req, StatusCode::OK, &found, false)),
+        },
+    }
 }
 
 pub async fn read(
@@ -214,8 +237,10 @@ pub async fn read(
 ) -> Result<HttpResponse, ApiError> {
     let (rtype, id) = (resource_type(&path.0)?, resource_id(&path.1)?);
     negotiate(&req)?;
+    let elements = elements_query(&req, rtype, "read")?;
     let services = state.services.clone();
-    let found = blocking(move || Ok(services.resources().read(&caller, rtype, &id)?)).await?;
+    let mut found = blocking(move || Ok(services.resources().read(&caller, rtype, &id)?)).await?;
+    subset_of(&mut found, elements.as_deref());
     Ok(resource_response(&req, StatusCode::OK, &found, false))
 }
 
@@ -228,8 +253,10 @@ pub async fn vread(
     let (rtype, id) = (resource_type(&path.0)?, resource_id(&path.1)?);
     let version = path.2.parse::<i64>().map_err(|_| ApiError::NotFound("version not found"))?;
     negotiate(&req)?;
+    let elements = elements_query(&req, rtype, "vread")?;
     let services = state.services.clone();
-    let found = blocking(move || Ok(services.resources().vread(&caller, rtype, &id, version)?)).await?;
+    let mut found = blocking(move || Ok(services.resources().vread(&caller, rtype, &id, version)?)).await?;
+    subset_of(&mut found, elements.as_deref());
     Ok(resource_response(&req, StatusCode::OK, &found, false))
 }
 
@@ -242,6 +269,7 @@ pub async fn update(
 ) -> Result<HttpResponse, ApiError> {
     let (rtype, id) = (resource_type(&path.0)?, resource_id(&path.1)?);
     negotiate(&req)?;
+    only_query(&req, rtype, "update", &[])?;
     let expected = if_match(req.headers())?;
     let body = read_json(&req, payload, state.body_limit).await?;
     let services = state.services.clone();
@@ -249,8 +277,14 @@ pub async fn update(
     Ok(resource_response(&req, StatusCode::OK, &updated, true))
 }
 
-pub async fn delete(state: web::Data<AppState>, caller: Caller, path: web::Path<(String, String)>) -> Result<HttpResponse, ApiError> {
+pub async fn delete(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    caller: Caller,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
     let (rtype, id) = (resource_type(&path.0)?, resource_id(&path.1)?);
+    only_query(&req, rtype, "delete", &[])?;
     let services = state.services.clone();
     blocking(move || Ok(services.resources().delete(&caller, rtype, &id)?)).await?;
     Ok(HttpResponse::NoContent().finish())
@@ -264,7 +298,7 @@ pub async fn history(
 ) -> Result<HttpResponse, ApiError> {
     let (rtype, id) = (resource_type(&path.0)?, resource_id(&path.1)?);
     negotiate(&req)?;
-    let params = query_pairs(&req)?;
+    let params = only_query(&req, rtype, "history", &["_count", "_offset"])?;
     let services = state.services.clone();
     let rid = id.clone();
     let page = blocking(move || Ok(services.resources().history(&caller, rtype, &rid, &params)?)).await?;
@@ -300,14 +334,21 @@ async fn run_search(
     caller: Caller,
     rtype: ResourceType,
     params: Vec<(String, String)>,
+    handling: Handling,
 ) -> Result<HttpResponse, ApiError> {
     let services = state.services.clone();
-    let page = blocking(move || Ok(services.resources().search(&caller, rtype, &params)?)).await?;
+    let results = blocking(move || Ok(services.resources().search_with(&caller, rtype, &params, handling)?)).await?;
+    let page = &results.page;
     let base = base_url(&state);
-    let links = page_links(&format!("{base}/{}", rtype.name()), &page);
-    let entries = page.items.iter().filter_map(|v| v.resource.clone().map(|r| (format!("{base}/{}/{}", rtype.name(), v.id), r))).collect();
-    let outcome = unreadable_outcome(&state, &page);
-    Ok(bundle_response(bundle::searchset(page.total, &links, entries, outcome)))
+    let mut links = page_links(&format!("{base}/{}", rtype.name()), page);
+    if results.count_only {
+        // A count has no pages to turn.
+        links.retain(|l| l.relation == "self");
+    }
+    let entries = (!results.count_only)
+        .then(|| page.items.iter().filter_map(|v| v.resource.clone().map(|r| (format!("{base}/{}/{}", rtype.name(), v.id), r))).collect());
+    let outcome = search_outcome(&state, page, &results.ignored);
+    Ok(bundle_response(bundle::searchset_with(results.total, &links, entries, outcome)))
 }
 
 /// The OperationOutcome a page carries when some of its matches could not be read.
@@ -360,7 +401,8 @@ pub async fn search(
     let rtype = resource_type(&path)?;
     negotiate(&req)?;
     let params = query_pairs(&req)?;
-    run_search(state, caller, rtype, params).await
+    let handling = handling(&req);
+    run_search(state, caller, rtype, params, handling).await
 }
 
 /// `POST /fhir/{type}/_search` with a form body keeps search values out of URLs and
@@ -388,7 +430,177 @@ pub async fn search_post(
             .map_err(|_| ApiError::bad_request(IssueCode::Structure, "form body is not well-formed"))?
             .into_inner(),
     );
-    run_search(state, caller, rtype, params).await
+    let handling = handling(&req);
+    run_search(state, caller, rtype, params, handling).await
+}
+
+/// Whether a media type's `fhirVersion` parameter, if it has one, names R4 (`4.0`, `4.0.1`).
+fn r4_or_unversioned(media: &str) -> bool {
+    media.split(';').skip(1).filter_map(|p| p.split_once('=')).filter(|(k, _)| k.trim().eq_ignore_ascii_case("fhirVersion")).all(
+        |(_, v)| {
+            let v = v.trim().trim_matches('"');
+            v == "4.0" || v.starts_with("4.0.")
+        },
+    )
+}
+
+/// Refuses any query parameter but `_format`, `_pretty` and `accepted`: a parameter an
+/// interaction does not act on is never ignored silently (a client that sent search
+/// parameters with a create expects them to matter). Only a name the server defines is
+/// repeated in the refusal.
+fn only_query(req: &HttpRequest, rtype: ResourceType, interaction: &str, accepted: &[&str]) -> Result<Vec<(String, String)>, ApiError> {
+    let pairs = query_pairs(req)?;
+    if let Some((name, _)) = pairs.iter().find(|(k, _)| !search_params::IGNORED.contains(&k.as_str()) && !accepted.contains(&k.as_str())) {
+        let allowed: Vec<&str> = accepted.iter().chain(search_params::IGNORED).copied().collect();
+        return Err(ApiError::bad_request(
+            IssueCode::NotSupported,
+            format!("{interaction} takes no query parameters but {}; {} was sent", allowed.join(", "), search_params::shown(rtype, name)),
+        ));
+    }
+    Ok(pairs)
+}
+
+/// The `_elements` of a read or vread (the only query parameter they take besides
+/// `_format` and `_pretty`).
+fn elements_query(req: &HttpRequest, rtype: ResourceType, interaction: &str) -> Result<Option<Vec<String>>, ApiError> {
+    let pairs = only_query(req, rtype, interaction, &["_elements"])?;
+    let mut values = pairs.iter().filter(|(k, _)| k == "_elements");
+    let Some((_, value)) = values.next() else { return Ok(None) };
+    if values.next().is_some() {
+        return Err(ApiError::bad_request(IssueCode::NotSupported, "_elements may be given once"));
+    }
+    Ok(Some(search_params::elements(value)?))
+}
+
+fn subset_of(found: &mut Versioned, elements: Option<&[String]>) {
+    if let (Some(elements), Some(resource)) = (elements, found.resource.as_mut()) {
+        search_params::subset(found.resource_type, resource, elements);
+    }
+}
+
+/// `Prefer: handling=lenient` or `handling=strict` (the default); the first `handling`
+/// preference counts (RFC 7240).
+fn handling(req: &HttpRequest) -> Handling {
+    let first = req
+        .headers()
+        .get_all("prefer")
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split([',', ';']))
+        .filter_map(|p| p.split_once('='))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case("handling"));
+    match first {
+        Some((_, v)) if v.trim().trim_matches('"').eq_ignore_ascii_case("lenient") => Handling::Lenient,
+        _ => Handling::Strict,
+    }
+}
+
+/// The OperationOutcome of a search page: parameters ignored under lenient handling
+/// (warnings) and matches that could not be read (errors).
+fn search_outcome(state: &AppState, page: &Page<Versioned>, ignored: &[String]) -> Option<Value> {
+    let mut issues: Vec<Value> = ignored
+        .iter()
+        .map(|diagnostics| serde_json::json!({"severity": "warning", "code": "not-supported", "diagnostics": diagnostics}))
+        .collect();
+    if let Some(unreadable) = unreadable_outcome(state, page) {
+        issues.extend(unreadable["issue"].as_array().cloned().unwrap_or_default());
+    }
+    (!issues.is_empty()).then(|| serde_json::json!({"resourceType": "OperationOutcome", "issue": issues}))
+}
+
+/// `PUT /fhir/{type}?criteria`: conditional update (create when nothing matches).
+pub async fn update_where(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    caller: Caller,
+    path: web::Path<String>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let rtype = resource_type(&path)?;
+    negotiate(&req)?;
+    let criteria = req.query_string().to_owned();
+    if criteria.is_empty() {
+        return Err(ApiError::MethodNotAllowed { allow: "GET, POST" });
+    }
+    let expected = if_match(req.headers())?;
+    let body = read_json(&req, payload, state.body_limit).await?;
+    let services = state.services.clone();
+    let (written, created) = blocking(move || Ok(services.resources().update_where(&caller, rtype, &criteria, expected, body)?)).await?;
+    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    Ok(resource_response(&req, status, &written, true))
+}
+
+/// `PATCH /fhir/{type}/{id}` with a JSON Patch (`application/json-patch+json`).
+pub async fn patch(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    caller: Caller,
+    path: web::Path<(String, String)>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let (rtype, id) = (resource_type(&path.0)?, resource_id(&path.1)?);
+    only_query(&req, rtype, "patch", &[])?;
+    negotiate(&req)?;
+    let media = content_type(&req).split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    if media != "application/json-patch+json" {
+        return Err(ApiError::UnsupportedPatchType);
+    }
+    let expected = if_match(req.headers())?;
+    let body = read_body(&req, payload, state.body_limit).await?;
+    let patch = crate::api::json::parse(&body).map_err(|e| {
+        let code = if e == JsonError::Nul { IssueCode::Value } else { IssueCode::Structure };
+        ApiError::bad_request(code, e.to_string())
+    })?;
+    let services = state.services.clone();
+    let patched = blocking(move || Ok(services.resources().patch(&caller, rtype, &id, expected, patch)?)).await?;
+    Ok(resource_response(&req, StatusCode::OK, &patched, true))
+}
+
+/// `POST /fhir` with a `transaction` or `batch` Bundle.
+pub async fn bundle(state: web::Data<AppState>, req: HttpRequest, caller: Caller, payload: web::Payload) -> Result<HttpResponse, ApiError> {
+    negotiate(&req)?;
+    if !req.query_string().is_empty() {
+        return Err(ApiError::bad_request(IssueCode::NotSupported, "POST /fhir takes no query parameters"));
+    }
+    let body = read_json(&req, payload, state.bundle_limit).await?;
+    let services = state.services.clone();
+    let result = blocking(move || Ok(services.resources().bundle(&caller, body)?)).await?;
+    Ok(bundle_response(response_bundle(&base_url(&state), &result)))
+}
+
+/// A `transaction-response` or `batch-response` Bundle: one entry per request entry, in
+/// order, with its status, location, ETag and the resource written or read.
+fn response_bundle(base: &str, result: &BundleResult) -> Value {
+    let kind = match result.kind {
+        BundleKind::Transaction => "transaction-response",
+        BundleKind::Batch => "batch-response",
+    };
+    let status_line = |status: u16| {
+        let reason = StatusCode::from_u16(status).ok().and_then(|s| s.canonical_reason()).unwrap_or("");
+        format!("{status} {reason}").trim_end().to_owned()
+    };
+    let entries: Vec<Value> = result
+        .entries
+        .iter()
+        .map(|entry| {
+            let mut response = serde_json::json!({ "status": status_line(entry.status) });
+            let mut out = serde_json::Map::new();
+            if let Some(v) = &entry.version {
+                response["location"] = Value::String(format!("{}/{}/_history/{}", v.resource_type.name(), v.id, v.version_id));
+                response["etag"] = Value::String(etag(v.version_id));
+                response["lastModified"] = Value::String(v.last_updated.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string());
+                if let Some(resource) = &v.resource {
+                    out.insert("fullUrl".into(), Value::String(format!("{base}/{}/{}", v.resource_type.name(), v.id)));
+                    out.insert("resource".into(), resource.clone());
+                }
+            }
+            if let Some(issues) = &entry.outcome {
+                response["outcome"] = crate::api::error::outcome(issues);
+            }
+            out.insert("response".into(), response);
+            Value::Object(out)
+        })
+        .collect();
+    serde_json::json!({ "resourceType": "Bundle", "type": kind, "entry": entries })
 }
 
 #[cfg(test)]
@@ -412,5 +624,39 @@ mod tests {
         assert_eq!(offsets(MAX_OFFSET, 100, i64::MAX), [("self", MAX_OFFSET), ("previous", below)]);
         assert_eq!(offsets(i64::MAX, 100, i64::MAX), [("self", MAX_OFFSET), ("previous", below)]);
         assert_eq!(offsets(i64::MAX, i64::MAX, i64::MAX), [("self", MAX_OFFSET), ("previous", 0)]);
+    }
+
+    #[test]
+    fn only_r4_is_served() {
+        for ok in ["application/fhir+json", "application/fhir+json; fhirVersion=4.0", "application/fhir+json;fhirversion=\"4.0.1\"", "*/*"]
+        {
+            assert!(r4_or_unversioned(ok), "{ok}");
+        }
+        for refused in
+            ["application/fhir+json; fhirVersion=3.0", "application/fhir+json; fhirVersion=4.3", "application/json;fhirVersion=5.0"]
+        {
+            assert!(!r4_or_unversioned(refused), "{refused}");
+        }
+        let accept = |value: &str| negotiate(&actix_web::test::TestRequest::default().insert_header(("accept", value)).to_http_request());
+        assert!(accept("application/fhir+json; fhirVersion=4.0").is_ok());
+        assert!(matches!(accept("application/fhir+json; fhirVersion=3.0"), Err(ApiError::NotAcceptable)));
+        assert!(accept("application/fhir+json; fhirVersion=3.0, application/fhir+json; fhirVersion=4.0").is_ok());
+    }
+
+    #[test]
+    fn prefer_handling_takes_the_first_handling_preference() {
+        let of = |values: &[&str]| {
+            let mut req = actix_web::test::TestRequest::default();
+            for v in values {
+                req = req.append_header(("prefer", *v));
+            }
+            handling(&req.to_http_request())
+        };
+        assert_eq!(of(&[]), Handling::Strict);
+        assert_eq!(of(&["handling=lenient"]), Handling::Lenient);
+        assert_eq!(of(&["return=minimal, Handling=Lenient"]), Handling::Lenient);
+        assert_eq!(of(&["handling=strict", "handling=lenient"]), Handling::Strict);
+        assert_eq!(of(&["handling=strict"]), Handling::Strict);
+        assert_eq!(of(&["respond-async; handling=lenient"]), Handling::Lenient);
     }
 }

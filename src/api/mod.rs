@@ -14,6 +14,7 @@ mod middleware;
 mod openapi;
 mod ops;
 mod rate_limit;
+mod smart;
 pub(crate) mod sync;
 mod sync_socket;
 
@@ -42,9 +43,13 @@ pub struct AppState {
     pub limits: RateLimits,
     pub metrics: Metrics,
     pub body_limit: usize,
+    /// Largest transaction or batch Bundle body.
+    pub bundle_limit: usize,
     pub sync: SyncTiming,
     /// Open WebSocket connections per principal.
     pub sockets: SocketSlots,
+    /// The authorization server SMART apps are sent to; `None`: SMART is not offered.
+    pub smart: Option<crate::fhir::capability::SmartEndpoints>,
 }
 
 /// Runs blocking work (database, crypto) on the blocking pool, inside the caller's span.
@@ -83,15 +88,28 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                     web::resource("/conflicts/{id}/resolve").route(web::post().to(sync::resolve)).default_service(not_allowed("POST")),
                 ),
         )
+        .service(
+            web::resource("/.well-known/smart-configuration")
+                .route(web::get().to(smart::configuration))
+                .default_service(not_allowed("GET")),
+        )
         .service(web::resource("/openapi.json").route(web::get().to(openapi::openapi_json)).default_service(not_allowed("GET")))
         .service(
             web::scope("/fhir")
                 .service(web::resource("/metadata").route(web::get().to(fhir::metadata)).default_service(not_allowed("GET")))
+                // Before `/{type}/{id}`, which the path would match too.
+                .service(
+                    web::resource("/.well-known/smart-configuration")
+                        .route(web::get().to(smart::configuration))
+                        .default_service(not_allowed("GET")),
+                )
+                .service(web::resource(["", "/"]).route(web::post().to(fhir::bundle)).default_service(not_allowed("POST")))
                 .service(
                     web::resource("/{type}")
                         .route(web::get().to(fhir::search))
                         .route(web::post().to(fhir::create))
-                        .default_service(not_allowed("GET, POST")),
+                        .route(web::put().to(fhir::update_where))
+                        .default_service(not_allowed("GET, POST, PUT")),
                 )
                 .service(web::resource("/{type}/_search").route(web::post().to(fhir::search_post)).default_service(not_allowed("POST")))
                 .service(
@@ -99,7 +117,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                         .route(web::get().to(fhir::read))
                         .route(web::put().to(fhir::update))
                         .route(web::delete().to(fhir::delete))
-                        .default_service(not_allowed("GET, PUT, DELETE")),
+                        .route(web::patch().to(fhir::patch))
+                        .default_service(not_allowed("GET, PUT, PATCH, DELETE")),
                 )
                 .service(web::resource("/{type}/{id}/_history").route(web::get().to(fhir::history)).default_service(not_allowed("GET")))
                 .service(

@@ -51,6 +51,7 @@ const PATIENT: ResourceDef = ResourceDef {
         SearchParamDef { name: "identifier", kind: ParamKind::Identifier, element: "identifier" },
         SearchParamDef { name: "family", kind: ParamKind::Family, element: "name" },
         SearchParamDef { name: "given", kind: ParamKind::Given, element: "name" },
+        SearchParamDef { name: "name", kind: ParamKind::Name, element: "name" },
         SearchParamDef { name: "birthdate", kind: ParamKind::Date, element: "birthDate" },
         SearchParamDef { name: "phone", kind: ParamKind::Phone, element: "telecom" },
         SearchParamDef { name: "email", kind: ParamKind::Email, element: "telecom" },

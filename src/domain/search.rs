@@ -14,6 +14,9 @@ pub enum ParamKind {
     Family,
     /// `HumanName.given`, each given name on its own.
     Given,
+    /// Any part of a `HumanName`: `family`, each `given`, each `prefix`, each `suffix` and
+    /// `text`, each on its own (FHIR's `name`, matched exactly rather than by prefix).
+    Name,
     /// A FHIR `date` compared for equality (`eq` prefix allowed).
     Date,
     /// `ContactPoint` with system `phone`, compared on its digits.
@@ -143,6 +146,15 @@ pub fn index_tokens(def: &SearchParamDef, resource: &Value) -> Vec<String> {
                     tokens.extend(given.iter().filter_map(Value::as_str).map(fold).filter_map(non_empty));
                 }
             }
+            ParamKind::Name => {
+                let mut parts: Vec<&str> = ["family", "text"].iter().filter_map(|k| item.get(*k).and_then(Value::as_str)).collect();
+                for list in ["given", "prefix", "suffix"] {
+                    if let Some(Value::Array(values)) = item.get(list) {
+                        parts.extend(values.iter().filter_map(Value::as_str));
+                    }
+                }
+                tokens.extend(parts.into_iter().map(fold).filter_map(non_empty));
+            }
             ParamKind::Date => {
                 tokens.extend(item.as_str().filter(|d| is_fhir_date(d)).map(str::to_owned));
             }
@@ -199,7 +211,7 @@ pub fn query_token(kind: ParamKind, raw: &str) -> Result<String, QueryValueError
             Some((system, value)) => format!("sv:{}|{}", fold(system), fold(value)),
             None => format!("v:{}", fold(raw)),
         },
-        ParamKind::Family | ParamKind::Given | ParamKind::Email => fold(raw),
+        ParamKind::Family | ParamKind::Given | ParamKind::Name | ParamKind::Email => fold(raw),
         ParamKind::Phone => phone_digits(raw),
         ParamKind::Date => {
             let date = match raw.get(..2) {
@@ -277,6 +289,32 @@ mod tests {
         assert!(has("birthdate", "1970-01-02"));
         assert!(has("birthdate", "eq1970-01-02"));
         assert!(!has("family", "van"));
+    }
+
+    #[test]
+    fn name_matches_every_part_of_every_human_name_exactly() {
+        let p = json!({
+            "name": [
+                {"use": "official", "family": "Van der  Berg", "given": ["Anna", "Maria Luisa"], "prefix": ["Dr."], "suffix": ["PhD"]},
+                {"use": "nickname", "text": "Annie B", "given": ["Nan"], "period": {"start": "2001"}},
+            ],
+        });
+        let d = def("name");
+        assert_eq!(d.kind, ParamKind::Name);
+        let tokens = index_tokens(d, &p);
+        let has = |q: &str| tokens.contains(&query_token(d.kind, q).unwrap());
+        for found in
+            ["van der berg", "VAN DER BERG", " van  der berg ", "anna", "Maria Luisa", "maria  luisa", "dr.", "phd", "Annie B", "nan"]
+        {
+            assert!(has(found), "{found}");
+        }
+        for not_found in ["van", "berg", "ann", "maria", "luisa", "dr", "annie", "official", "nickname", "2001"] {
+            assert!(!has(not_found), "{not_found}");
+        }
+        assert_eq!(query_token(ParamKind::Name, " \t "), Err(QueryValueError::Empty));
+        // A name without any of the parts gives no token; non-string parts are skipped.
+        assert!(index_tokens(d, &json!({"name": [{"use": "old"}, {"family": 7, "given": [null, ""]}]})).is_empty());
+        assert!(index_tokens(d, &json!({})).is_empty());
     }
 
     #[test]

@@ -25,6 +25,18 @@ pub enum ServiceError {
     /// sync conflict. The message is fixed text.
     #[error("{0}")]
     Conflict(&'static str),
+    /// A condition of the request does not hold (412): a conditional write matching
+    /// several records. The message is fixed text.
+    #[error("{0}")]
+    PreconditionFailed(&'static str),
+    /// One entry of a transaction or batch Bundle failed (`index` from 0): the entry's own
+    /// error, with its issues placed under `Bundle.entry[index]`.
+    #[error("bundle entry {index}: {source}")]
+    InEntry {
+        index: usize,
+        #[source]
+        source: Box<ServiceError>,
+    },
     /// The request itself is malformed (400).
     #[error("bad request")]
     BadRequest(Vec<Issue>),
@@ -114,6 +126,26 @@ impl ServiceError {
             }
             ServiceError::VersionConflict { current: None } => one(409, IssueCode::Conflict, "version conflict; retry"),
             ServiceError::Conflict(what) => one(409, IssueCode::Conflict, what),
+            ServiceError::PreconditionFailed(what) => one(412, IssueCode::Conflict, what),
+            ServiceError::InEntry { index, source } => {
+                let (status, issues) = source.outcome();
+                if status >= 500 {
+                    return (status, issues);
+                }
+                let at = format!("Bundle.entry[{index}]");
+                let issues = issues
+                    .into_iter()
+                    .map(|issue| {
+                        // `Observation.status` → `Bundle.entry[3].resource.status`.
+                        let expression = match issue.expression.as_deref().and_then(|e| e.split_once('.')) {
+                            Some((_, rest)) => format!("{at}.resource.{rest}"),
+                            None => at.clone(),
+                        };
+                        Issue::new(issue.code, Some(expression), format!("entry {index}: {}", issue.diagnostics))
+                    })
+                    .collect();
+                (status, issues)
+            }
             ServiceError::BadRequest(issues) => (400, issues.clone()),
             ServiceError::Invalid(issues) => (422, issues.clone()),
             ServiceError::Store(s) if s.is_unavailable() => one(503, IssueCode::Transient, "database busy; retry"),

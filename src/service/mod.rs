@@ -16,7 +16,7 @@ pub mod export_format;
 mod group_commit;
 pub mod keyring;
 pub mod resources;
-mod search_params;
+pub mod search_params;
 pub mod sync;
 
 use std::sync::Arc;

@@ -1,6 +1,8 @@
 //! Parsing of search query parameters: index tokens (matched through blind indexes), the
 //! patient compartment, date criteria (matched on opened records), `_lastUpdated`,
-//! `_sort` and paging.
+//! `_sort`, paging and the result parameters `_summary`, `_total` and `_elements`.
+
+use serde_json::{Value, json};
 
 use crate::domain::dates::DateQuery;
 use crate::domain::search::{ParamKind, SearchParamDef, query_token};
@@ -15,7 +17,25 @@ pub const MAX_COUNT: i64 = 100;
 pub const MAX_OFFSET: i64 = 1_000_000;
 
 /// Parameters accepted and ignored: they do not change what is returned.
-const IGNORED: &[&str] = &["_format", "_pretty"];
+pub const IGNORED: &[&str] = &["_format", "_pretty"];
+
+/// The parameters the server defines for every type besides its search parameters; none
+/// takes a modifier.
+const CONTROL: &[&str] =
+    &["_count", "_offset", "_id", "_sort", "_lastUpdated", "_summary", "_total", "_totalMethod", "_elements", "_format", "_pretty"];
+
+/// The tag of a resource returned with only some of its elements (`_elements`).
+pub const SUBSETTED_SYSTEM: &str = "http://terminology.hl7.org/CodeSystem/v3-ObservationValue";
+
+/// How a search treats parameters it does not support (`Prefer: handling=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Handling {
+    /// Refused with 400: the default, and `handling=strict`.
+    #[default]
+    Strict,
+    /// Left out of the search and reported (`handling=lenient`).
+    Lenient,
+}
 
 /// What a search orders by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,14 +68,33 @@ pub struct ParsedSearch {
     pub offset: i64,
     /// The parameters that define the result set, for paging links.
     pub echo: Vec<(String, String)>,
+    /// `_summary=count`: the total only, no records.
+    pub summary_count: bool,
+    /// `_total=none`: no total, and no count is run.
+    pub omit_total: bool,
+    /// `_elements`: the top-level elements each returned resource keeps.
+    pub elements: Option<Vec<String>>,
+    /// Under lenient handling, what was left out of the search: one diagnostic per
+    /// parameter, naming it only when the server defines it.
+    pub ignored: Vec<String>,
 }
 
 /// How an error names a parameter: only a name the server defines is repeated (a
 /// client-chosen name, or a modifier, could carry PHI).
-fn shown(rtype: ResourceType, name: &str) -> String {
+pub fn shown(rtype: ResourceType, name: &str) -> String {
     let base = name.split_once(':').map_or(name, |(b, _)| b);
-    let known = ["_count", "_offset", "_id", "_sort", "_lastUpdated"].contains(&base) || rtype.search_param(base).is_some();
+    let known = CONTROL.contains(&base) || rtype.search_param(base).is_some();
     if known { format!("'{base}'") } else { "an unknown parameter".to_owned() }
+}
+
+/// Why a parameter (its name and modifier) is not supported for `rtype`, if it is not.
+fn unsupported(rtype: ResourceType, base: &str, modifier: Option<&str>) -> Option<String> {
+    match (CONTROL.contains(&base), rtype.search_param(base), modifier) {
+        (true, _, None) | (false, Some(_), None | Some("exact")) => None,
+        (true, _, Some(_)) => Some("takes no modifier".to_owned()),
+        (false, Some(_), Some(_)) => Some("uses a modifier that is not supported (only ':exact')".to_owned()),
+        (false, None, _) => Some(format!("is not supported for {}", rtype.name())),
+    }
 }
 
 fn bad(rtype: ResourceType, name: &str, diagnostics: String) -> ServiceError {
@@ -64,13 +103,6 @@ fn bad(rtype: ResourceType, name: &str, diagnostics: String) -> ServiceError {
         None,
         format!("search parameter {} {diagnostics}", shown(rtype, name)),
     )])
-}
-
-fn no_modifier(rtype: ResourceType, name: &str, modifier: Option<&str>) -> Result<(), ServiceError> {
-    match modifier {
-        Some(_) => Err(bad(rtype, name, "takes no modifier".into())),
-        None => Ok(()),
-    }
 }
 
 /// One `_sort` key: `_lastUpdated` or a date parameter of the type, `-` for descending.
@@ -91,6 +123,16 @@ fn sort_key(rtype: ResourceType, raw: &str) -> Result<SortKey, ServiceError> {
         },
     };
     Ok(SortKey { by, descending })
+}
+
+/// A `_count` value: a whole number, at most [`MAX_COUNT`] (more is taken as the maximum).
+pub fn count_value(raw: &str) -> Option<i64> {
+    raw.parse::<i64>().ok().filter(|n| *n >= 0).map(|n| n.min(MAX_COUNT))
+}
+
+/// An `_offset` value: a whole number from 0 to [`MAX_OFFSET`].
+pub fn offset_value(raw: &str) -> Option<i64> {
+    raw.parse::<i64>().ok().filter(|n| (0..=MAX_OFFSET).contains(n))
 }
 
 /// Splits on commas not escaped with a backslash, unescaping `\,` and `\\`.
@@ -116,32 +158,79 @@ fn split_values(raw: &str) -> Vec<String> {
     out
 }
 
+/// Parses a search strictly: any parameter or modifier the server does not support is
+/// refused.
 pub fn parse(rtype: ResourceType, params: &[(String, String)]) -> Result<ParsedSearch, ServiceError> {
+    parse_with(rtype, params, Handling::Strict)
+}
+
+/// Parses a search; under [`Handling::Lenient`], parameters and modifiers the server does
+/// not support are left out (and listed in [`ParsedSearch::ignored`]) instead of refused.
+/// Values are always checked: a supported parameter with a bad value is refused.
+pub fn parse_with(rtype: ResourceType, params: &[(String, String)], handling: Handling) -> Result<ParsedSearch, ServiceError> {
     let mut parsed = ParsedSearch { count: DEFAULT_COUNT, ..ParsedSearch::default() };
+    let mut given_once: Vec<&str> = Vec::new();
     for (name, value) in params {
         let (base, modifier) = match name.split_once(':') {
             Some((b, m)) => (b, Some(m)),
             None => (name.as_str(), None),
         };
+        if let Some(why) = unsupported(rtype, base, modifier) {
+            match handling {
+                Handling::Strict => return Err(bad(rtype, name, why)),
+                Handling::Lenient => {
+                    parsed.ignored.push(format!("search parameter {} was ignored: it {why}", shown(rtype, name)));
+                    continue;
+                }
+            }
+        }
+        if ["_summary", "_total", "_totalMethod", "_elements"].contains(&base) {
+            if given_once.contains(&base) {
+                return Err(bad(rtype, name, "may be given once".into()));
+            }
+            given_once.push(base);
+        }
         match base {
             "_count" => {
-                parsed.count = value
-                    .parse::<i64>()
-                    .ok()
-                    .filter(|n| *n >= 0)
-                    .ok_or_else(|| bad(rtype, name, "must be a whole number".into()))?
-                    .min(MAX_COUNT);
+                parsed.count = count_value(value).ok_or_else(|| bad(rtype, name, "must be a whole number".into()))?;
                 continue;
             }
             "_offset" => {
-                parsed.offset = value
-                    .parse::<i64>()
-                    .ok()
-                    .filter(|n| (0..=MAX_OFFSET).contains(n))
-                    .ok_or_else(|| bad(rtype, name, format!("must be a whole number from 0 to {MAX_OFFSET}")))?;
+                parsed.offset =
+                    offset_value(value).ok_or_else(|| bad(rtype, name, format!("must be a whole number from 0 to {MAX_OFFSET}")))?;
                 continue;
             }
             b if IGNORED.contains(&b) => continue,
+            "_summary" => {
+                parsed.summary_count = match value.as_str() {
+                    "count" => true,
+                    "false" => false,
+                    _ => {
+                        return Err(bad(
+                            rtype,
+                            name,
+                            "supports only 'count' and 'false' (summary views of resources are not served)".into(),
+                        ));
+                    }
+                };
+            }
+            "_total" => {
+                parsed.omit_total = match value.as_str() {
+                    "none" => true,
+                    "estimate" | "accurate" => false,
+                    _ => return Err(bad(rtype, name, "must be 'none', 'estimate' or 'accurate'".into())),
+                };
+            }
+            // The spelling fhirpy's count() sends (with `_count=0`): `count` and
+            // `estimate` give the exact total, `none` none.
+            "_totalMethod" => {
+                parsed.omit_total = match value.as_str() {
+                    "none" => true,
+                    "count" | "estimate" => false,
+                    _ => return Err(bad(rtype, name, "must be 'count', 'estimate' or 'none'".into())),
+                };
+            }
+            "_elements" => parsed.elements = Some(elements(value)?),
             "_id" => {
                 let ids = split_values(value)
                     .iter()
@@ -155,14 +244,12 @@ pub fn parse(rtype: ResourceType, params: &[(String, String)]) -> Result<ParsedS
                 });
             }
             "_lastUpdated" => {
-                no_modifier(rtype, name, modifier)?;
                 // Several values separated by commas are alternatives; FHIR gives
                 // `_lastUpdated` one value per parameter, so one is taken here.
                 let query = DateQuery::parse(value).map_err(|e| bad(rtype, name, format!("value {e}")))?;
                 parsed.last_updated.push(query);
             }
             "_sort" => {
-                no_modifier(rtype, name, modifier)?;
                 if !parsed.sort.is_empty() {
                     return Err(bad(rtype, name, "may be given once (list several keys separated by commas)".into()));
                 }
@@ -170,11 +257,6 @@ pub fn parse(rtype: ResourceType, params: &[(String, String)]) -> Result<ParsedS
             }
             _ => {
                 let def = rtype.search_param(base).ok_or_else(|| bad(rtype, name, format!("is not supported for {}", rtype.name())))?;
-                if let Some(m) = modifier
-                    && m != "exact"
-                {
-                    return Err(bad(rtype, name, "uses a modifier that is not supported (only ':exact')".into()));
-                }
                 let values = split_values(value);
                 match def.kind {
                     ParamKind::DateSpan => {
@@ -206,7 +288,129 @@ pub fn parse(rtype: ResourceType, params: &[(String, String)]) -> Result<ParsedS
         }
         parsed.echo.push((name.clone(), value.clone()));
     }
+    if parsed.summary_count && parsed.omit_total {
+        return Err(bad(rtype, "_total", "cannot be 'none' with _summary=count, which asks for the total".into()));
+    }
     Ok(parsed)
+}
+
+/// The element names of an `_elements` value: top-level element names (letters and digits,
+/// starting with a letter), separated by commas. A refusal never repeats the value.
+pub fn elements(raw: &str) -> Result<Vec<String>, ServiceError> {
+    let well_formed = |name: &str| {
+        (1..=64).contains(&name.len())
+            && name.starts_with(|c: char| c.is_ascii_alphabetic())
+            && name.chars().all(|c| c.is_ascii_alphanumeric())
+    };
+    let mut names: Vec<String> = Vec::new();
+    for name in raw.split(',').map(str::trim) {
+        if !well_formed(name) {
+            return Err(ServiceError::BadRequest(vec![Issue::new(
+                IssueCode::Value,
+                None,
+                "_elements must list top-level element names (such as name,birthDate), separated by commas",
+            )]));
+        }
+        if !names.iter().any(|n| n == name) {
+            names.push(name.to_owned());
+        }
+    }
+    Ok(names)
+}
+
+/// The elements of each type that FHIR R4 requires (cardinality 1..): a subset keeps
+/// them, so that it stays a valid resource.
+fn mandatory(rtype: ResourceType) -> &'static [&'static str] {
+    match rtype {
+        ResourceType::Patient | ResourceType::Practitioner => &[],
+        ResourceType::Encounter => &["status", "class"],
+        ResourceType::Observation => &["status", "code"],
+        ResourceType::Condition => &["subject"],
+        ResourceType::AllergyIntolerance => &["patient"],
+        ResourceType::MedicationRequest => &["status", "intent", "medication", "subject"],
+    }
+}
+
+/// The type names a choice element (`value[x]`, `deceased[x]`) takes in R4, as they
+/// appear in its JSON names (`valueQuantity`, `deceasedBoolean`).
+const CHOICE_TYPES: &[&str] = &[
+    "Base64Binary",
+    "Boolean",
+    "Canonical",
+    "Code",
+    "Date",
+    "DateTime",
+    "Decimal",
+    "Id",
+    "Instant",
+    "Integer",
+    "Markdown",
+    "Oid",
+    "PositiveInt",
+    "String",
+    "Time",
+    "UnsignedInt",
+    "Uri",
+    "Url",
+    "Uuid",
+    "Address",
+    "Age",
+    "Annotation",
+    "Attachment",
+    "CodeableConcept",
+    "Coding",
+    "ContactPoint",
+    "Count",
+    "Distance",
+    "Duration",
+    "HumanName",
+    "Identifier",
+    "Money",
+    "Period",
+    "Quantity",
+    "Range",
+    "Ratio",
+    "Reference",
+    "SampledData",
+    "Signature",
+    "Timing",
+    "ContactDetail",
+    "Contributor",
+    "DataRequirement",
+    "Expression",
+    "ParameterDefinition",
+    "RelatedArtifact",
+    "TriggerDefinition",
+    "UsageContext",
+    "Dosage",
+    "Meta",
+];
+
+/// Whether the JSON key `key` holds the element `name`: the element itself, its primitive
+/// extensions (`_birthDate`) or, for a choice element, any of its typed forms.
+fn holds(name: &str, key: &str) -> bool {
+    let key = key.strip_prefix('_').unwrap_or(key);
+    key == name || key.strip_prefix(name).is_some_and(|rest| CHOICE_TYPES.contains(&rest))
+}
+
+/// Keeps only `elements` of a resource, besides `resourceType`, `id`, `meta` and the
+/// elements R4 requires of its type, and tags it SUBSETTED so that no client mistakes it
+/// for the whole record (and writes it back as such).
+pub fn subset(rtype: ResourceType, resource: &mut Value, elements: &[String]) {
+    let Value::Object(map) = resource else { return };
+    let kept: Vec<&str> = ["resourceType", "id", "meta"]
+        .into_iter()
+        .chain(mandatory(rtype).iter().copied())
+        .chain(elements.iter().map(String::as_str))
+        .collect();
+    map.retain(|key, _| kept.iter().any(|name| holds(name, key)));
+    let meta = map.entry("meta").or_insert_with(|| json!({}));
+    let Value::Object(meta) = meta else { return };
+    let tags = meta.entry("tag").or_insert_with(|| json!([]));
+    let Value::Array(tags) = tags else { return };
+    if !tags.iter().any(|t| t["system"] == SUBSETTED_SYSTEM && t["code"] == "SUBSETTED") {
+        tags.push(json!({"system": SUBSETTED_SYSTEM, "code": "SUBSETTED"}));
+    }
 }
 
 #[cfg(test)]
@@ -250,6 +454,121 @@ mod tests {
         assert!(!err.contains("zz123456789") && err.contains("an unknown parameter"), "{err}");
         let err = format!("{:?}", p(&[("family:zz123456789", "1")]).unwrap_err());
         assert!(!err.contains("zz123456789") && err.contains("'family'"), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod result_tests {
+    use super::*;
+
+    fn p(pairs: &[(&str, &str)], handling: Handling) -> Result<ParsedSearch, ServiceError> {
+        let params: Vec<_> = pairs.iter().map(|(a, b)| ((*a).to_owned(), (*b).to_owned())).collect();
+        parse_with(ResourceType::Patient, &params, handling)
+    }
+
+    fn strict(pairs: &[(&str, &str)]) -> Result<ParsedSearch, ServiceError> {
+        p(pairs, Handling::Strict)
+    }
+
+    #[test]
+    fn summary_total_and_elements_are_parsed_and_kept_in_links() {
+        let s = strict(&[("name", "Ann"), ("_summary", "count"), ("_total", "accurate")]).unwrap();
+        assert!(s.summary_count && !s.omit_total);
+        assert_eq!(s.criteria, vec![("name".to_owned(), vec!["ann".to_owned()])]);
+        assert_eq!(s.echo.len(), 3);
+        let s = strict(&[("_summary", "false"), ("_total", "none"), ("_elements", "name, birthDate,name")]).unwrap();
+        assert!(!s.summary_count && s.omit_total);
+        assert_eq!(s.elements, Some(vec!["name".to_owned(), "birthDate".to_owned()]));
+        assert!(!strict(&[("_total", "estimate")]).unwrap().omit_total);
+        assert!(strict(&[("_format", "json"), ("_pretty", "true")]).unwrap().echo.is_empty());
+    }
+
+    #[test]
+    fn unsupported_result_parameters_are_refused_without_echoing_values() {
+        for refused in [
+            &[("_summary", "true")][..],
+            &[("_summary", "text")],
+            &[("_summary", "data")],
+            &[("_summary", "SECRET")],
+            &[("_total", "SECRET")],
+            &[("_total", "")],
+            &[("_summary", "count"), ("_total", "none")],
+            &[("_summary", "count"), ("_summary", "count")],
+            &[("_elements", "name"), ("_elements", "gender")],
+            &[("_elements", "")],
+            &[("_elements", "name,")],
+            &[("_elements", "SECRET.name")],
+            &[("_elements", "Patient.name")],
+            &[("_elements", "_name")],
+            &[("_elements", "1name")],
+            &[("_elements", "na me SECRET")],
+            &[("_id:missing", "SECRET")],
+            &[("_count:SECRET", "1")],
+            &[("_summary:SECRET", "count")],
+        ] {
+            let err = strict(refused).unwrap_err();
+            assert!(matches!(err, ServiceError::BadRequest(_)), "{refused:?}");
+            assert!(!format!("{err:?}").contains("SECRET"), "{err:?}");
+        }
+        let err = format!("{:?}", strict(&[("_summary", "true")]).unwrap_err());
+        assert!(err.contains("'count' and 'false'"), "{err}");
+        assert!(elements(&"a".repeat(65)).is_err());
+        assert_eq!(elements(&"a".repeat(64)).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn lenient_handling_ignores_unknown_parameters_and_modifiers_and_says_so() {
+        let s =
+            p(&[("nickname", "SECRET"), ("family:contains", "SECRET"), ("given", "Ann"), ("_lastUpdated:missing", "x")], Handling::Lenient)
+                .unwrap();
+        assert_eq!(s.criteria, vec![("given".to_owned(), vec!["ann".to_owned()])]);
+        assert_eq!(s.echo, vec![("given".to_owned(), "Ann".to_owned())], "ignored parameters stay out of the links");
+        assert_eq!(s.ignored.len(), 3);
+        assert!(s.ignored[0].contains("an unknown parameter"), "{:?}", s.ignored);
+        assert!(s.ignored[1].contains("'family'") && s.ignored[1].contains("modifier"), "{:?}", s.ignored);
+        assert!(s.ignored[2].contains("'_lastUpdated'"), "{:?}", s.ignored);
+        assert!(!format!("{:?}", s.ignored).contains("SECRET") && !format!("{:?}", s.ignored).contains("nickname"));
+        // Values of supported parameters are still checked.
+        assert!(p(&[("birthdate", "1970-13-45")], Handling::Lenient).is_err());
+        assert!(p(&[("_summary", "true")], Handling::Lenient).is_err());
+        // Strict (the default) refuses what lenient ignores.
+        assert!(p(&[("nickname", "x")], Handling::Strict).is_err());
+        assert!(parse(ResourceType::Patient, &[("nickname".to_owned(), "x".to_owned())]).is_err());
+    }
+
+    #[test]
+    fn a_subset_keeps_the_named_and_mandatory_elements_and_is_tagged() {
+        let mut patient = json!({
+            "resourceType": "Patient",
+            "id": "p1",
+            "meta": {"versionId": "2", "tag": [{"system": "urn:test", "code": "kept"}]},
+            "name": [{"family": "Zz"}],
+            "_birthDate": {"extension": []},
+            "birthDate": "1970-01-01",
+            "deceasedBoolean": false,
+            "gender": "unknown",
+            "telecom": [{"system": "phone", "value": "1"}],
+        });
+        subset(ResourceType::Patient, &mut patient, &["name".to_owned(), "deceased".to_owned(), "birthDate".to_owned()]);
+        let keys: Vec<&str> = patient.as_object().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(keys, ["resourceType", "id", "meta", "name", "_birthDate", "birthDate", "deceasedBoolean"]);
+        let subsetted = json!({"system": SUBSETTED_SYSTEM, "code": "SUBSETTED"});
+        assert_eq!(patient["meta"]["tag"], json!([{"system": "urn:test", "code": "kept"}, subsetted]));
+        // Tagged once, however often it is subset.
+        subset(ResourceType::Patient, &mut patient, &["name".to_owned()]);
+        assert_eq!(patient["meta"]["tag"].as_array().unwrap().len(), 2);
+        assert!(patient.get("birthDate").is_none());
+
+        // A clinical record keeps what R4 requires of it; `status` does not take `statusReason`.
+        let mut request = json!({
+            "resourceType": "MedicationRequest", "id": "m1", "status": "active", "statusReason": {"text": "x"},
+            "intent": "order", "medicationCodeableConcept": {"text": "y"}, "subject": {"reference": "Patient/p1"},
+            "authoredOn": "2026-01-01", "note": [{"text": "z"}],
+        });
+        subset(ResourceType::MedicationRequest, &mut request, &["authoredOn".to_owned()]);
+        let keys: Vec<&str> = request.as_object().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(keys, ["resourceType", "id", "status", "intent", "medicationCodeableConcept", "subject", "authoredOn", "meta"]);
+        assert_eq!(request["meta"]["tag"][0]["code"], "SUBSETTED");
     }
 }
 

@@ -318,6 +318,16 @@ pub fn search(conn: &mut DbConnection, q: &SearchQuery) -> QueryResult<(Vec<Curr
     Ok((rows, total))
 }
 
+/// The number of matches only (`_summary=count`): no row is read.
+pub fn count(conn: &mut DbConnection, q: &SearchQuery) -> QueryResult<i64> {
+    filtered(q).select(count_star()).first(conn)
+}
+
+/// One page of matches in `q.order`, without counting them (`_total=none`).
+pub fn page(conn: &mut DbConnection, q: &SearchQuery) -> QueryResult<Vec<CurrentRow>> {
+    ordered(q).limit(q.limit).offset(q.offset).select(CurrentRow::as_select()).load(conn)
+}
+
 /// Every match in `q.order` (paging ignored), at most `cap` of them: the candidates of a
 /// search filtered or ordered after opening, within one patient's records.
 pub fn candidates(conn: &mut DbConnection, q: &SearchQuery, cap: i64) -> QueryResult<Vec<CurrentRow>> {
@@ -356,4 +366,19 @@ pub fn compartment(
         .select(CurrentRow::as_select())
         .load(conn)?;
     Ok((rows, total))
+}
+
+/// Serialises conditional writes over the same criteria until the transaction ends, so
+/// that of two concurrent conditional creates of one identifier the second sees the
+/// first's record: on SQLite the write transaction (`BEGIN IMMEDIATE`) already does; on
+/// PostgreSQL a transaction-scoped advisory lock keyed by the schema and `key` (the
+/// criteria's blind-index tokens). Call inside a write transaction, before the search.
+pub fn lock_for_condition(conn: &mut DbConnection, key: &str) -> QueryResult<()> {
+    match conn {
+        DbConnection::Sqlite(_) => Ok(()),
+        DbConnection::Postgres(c) => diesel::sql_query("SELECT pg_advisory_xact_lock(7417119, hashtext(current_schema() || $1))")
+            .bind::<diesel::sql_types::Text, _>(key)
+            .execute(c)
+            .map(|_| ()),
+    }
 }

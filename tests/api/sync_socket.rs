@@ -45,10 +45,13 @@ impl Feed {
         self.ws.send(Message::text(message.to_string())).await.unwrap();
     }
 
-    /// The next JSON message (control frames are answered by the client library).
+    /// The next JSON message (control frames are answered by the client library), within
+    /// `WAIT` overall: heartbeat pings do not extend the wait.
     pub async fn next(&mut self) -> Value {
+        let deadline = tokio::time::Instant::now() + WAIT;
         loop {
-            let frame = tokio::time::timeout(WAIT, self.ws.next()).await.expect("a message in time").expect("connection open").unwrap();
+            let frame =
+                tokio::time::timeout_at(deadline, self.ws.next()).await.expect("a message in time").expect("connection open").unwrap();
             match frame {
                 Message::Text(text) => return serde_json::from_str(&text).unwrap(),
                 Message::Close(reason) => panic!("server closed the feed: {reason:?}"),

@@ -96,20 +96,3 @@ async fn oversized_bodies_get_413() {
     expect_outcome(form, StatusCode::PAYLOAD_TOO_LARGE).await;
     assert_eq!(patient_count(&app, &desk).await, 0);
 }
-
-#[tokio::test]
-async fn conditional_create_is_refused_rather_than_ignored() {
-    let app = spawn_app().await;
-    let desk = app.front_desk();
-    let response = app
-        .client
-        .post(app.url("/fhir/Patient"))
-        .bearer_auth(&desk.token)
-        .header("content-type", FHIR_JSON)
-        .header("if-none-exist", "identifier=urn:test:mrn|1")
-        .body(patient(&marker(), "dr1").to_string())
-        .send()
-        .await
-        .unwrap();
-    expect_outcome(response, StatusCode::BAD_REQUEST).await;
-}

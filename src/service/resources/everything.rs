@@ -8,7 +8,7 @@ use crate::authz::{Decision, Op, Target};
 use crate::domain::dates::{DateQuery, Prefix};
 use crate::domain::{AuditAction, AuditOutcome, Category, Reference, ResourceId, ResourceType};
 use crate::fhir::{Issue, IssueCode};
-use crate::service::search_params::{DEFAULT_COUNT, MAX_COUNT, MAX_OFFSET};
+use crate::service::search_params::{DEFAULT_COUNT, count_value, offset_value};
 use crate::service::{Caller, ServiceError};
 use crate::store::resources::{self as rows, VersionRow};
 
@@ -47,20 +47,12 @@ fn parse(params: &[(String, String)]) -> Result<EverythingParams, ServiceError> 
                 parsed.types = Some(types);
             }
             "_count" => {
-                parsed.count = value
-                    .parse::<i64>()
-                    .ok()
-                    .filter(|n| *n >= 0)
-                    .ok_or_else(|| refused("$everything: _count must be a whole number"))?
-                    .min(MAX_COUNT);
+                parsed.count = count_value(value).ok_or_else(|| refused("$everything: _count must be a whole number"))?;
                 continue;
             }
             "_offset" => {
-                parsed.offset = value
-                    .parse::<i64>()
-                    .ok()
-                    .filter(|n| (0..=MAX_OFFSET).contains(n))
-                    .ok_or_else(|| refused("$everything: _offset must be a whole number from 0 to 1000000"))?;
+                parsed.offset =
+                    offset_value(value).ok_or_else(|| refused("$everything: _offset must be a whole number from 0 to 1000000"))?;
                 continue;
             }
             "_format" | "_pretty" => continue,

@@ -24,11 +24,15 @@ use std::collections::HashMap;
 
 use crate::store::DbConnection;
 
+mod bundle;
+mod conditional;
 mod crud;
 mod everything;
 mod search;
 mod write;
 
+pub use bundle::{BundleKind, BundleResult, EntryResult, MAX_ENTRIES};
+pub use conditional::Conditional;
 pub(in crate::service) use write::{Current, instant, now};
 
 /// One version of a resource as returned to a client.
@@ -58,6 +62,12 @@ pub struct Page<T> {
 
 pub struct ResourceService<'s> {
     pub(in crate::service) services: &'s Services,
+    /// While a use case holds its own write transaction (a Bundle, a conditional write),
+    /// the entries of its denials and of the reads it returns wait here (`true` for a
+    /// denial) and are ledgered once it ended: the ledger's group commit needs the
+    /// database's write lock, which the transaction holds. Reads count only if it
+    /// committed; denials always.
+    deferred: std::cell::RefCell<Option<Vec<(Entry, bool)>>>,
 }
 
 pub(in crate::service) fn structure(expression: Option<String>, diagnostics: &str) -> ServiceError {
@@ -146,7 +156,29 @@ fn access_target(
 
 impl<'s> ResourceService<'s> {
     pub fn new(services: &'s Services) -> Self {
-        Self { services }
+        Self { services, deferred: std::cell::RefCell::new(None) }
+    }
+
+    /// Runs `work` in one write transaction on `conn`, ledgering the denials it met after
+    /// the transaction ended (committed or not), and waking subscribers up to the last
+    /// change cursor `work` reports.
+    pub(in crate::service) fn in_transaction<T>(
+        &self,
+        conn: &mut DbConnection,
+        work: impl FnOnce(&mut DbConnection) -> Result<(T, Option<i64>), ServiceError>,
+    ) -> Result<T, ServiceError> {
+        let outer = self.deferred.replace(Some(Vec::new()));
+        let result = crate::store::write_transaction(conn, work);
+        let waiting = self.deferred.replace(outer).unwrap_or_default();
+        let entries: Vec<Entry> = waiting.into_iter().filter(|(_, denial)| *denial || result.is_ok()).map(|(e, _)| e).collect();
+        if !entries.is_empty() {
+            self.services.record(entries)?;
+        }
+        let (value, cursor) = result?;
+        if let Some(cursor) = cursor {
+            self.services.changes.advance(cursor);
+        }
+        Ok(value)
     }
 
     pub(in crate::service) fn conn(&self) -> Result<crate::store::PooledConn, ServiceError> {
@@ -249,12 +281,8 @@ impl<'s> ResourceService<'s> {
                     id.as_str(),
                     owner.as_ref().filter(|o| o.resource_type == ResourceType::Patient).map(|o| o.id.as_str()),
                 );
-                self.services.record(vec![caller.break_glass_entry(
-                    action,
-                    Some(resource_ref(rtype, id.as_str())),
-                    patient,
-                    AuditOutcome::Denied,
-                )])?;
+                let denial = caller.break_glass_entry(action, Some(resource_ref(rtype, id.as_str())), patient, AuditOutcome::Denied);
+                self.record_or_defer(denial, true)?;
                 Err(ServiceError::Forbidden)
             }
             Decision::AllowBreakGlass => {
@@ -262,6 +290,18 @@ impl<'s> ResourceService<'s> {
                 Ok(decision)
             }
             Decision::Allow => Ok(decision),
+        }
+    }
+
+    /// Ledgers `entry` now, or once the use case's own transaction ended (see
+    /// [`Self::in_transaction`]); `denial` entries are kept even if it rolled back.
+    pub(in crate::service) fn record_or_defer(&self, entry: Entry, denial: bool) -> Result<(), ServiceError> {
+        match self.deferred.borrow_mut().as_mut() {
+            Some(waiting) => {
+                waiting.push((entry, denial));
+                Ok(())
+            }
+            None => self.services.record(vec![entry]),
         }
     }
 

@@ -1,6 +1,8 @@
 //! Search: parameters to blind-index tokens, the rows the caller's scope allows (and, under
 //! break-glass, only a search that identifies one patient), one ledger entry per record
-//! returned, and damaged rows reported instead of failing the page.
+//! returned, and damaged rows reported instead of failing the page. `_summary=count` counts
+//! without reading a record; `_total=none` reads the page without counting; `_elements`
+//! returns subsets tagged SUBSETTED.
 //!
 //! Criteria on sealed dates and `_sort` on them are applied after opening: only within one
 //! patient's compartment, whose records are read (at most [`MAX_CANDIDATES`]), opened
@@ -18,7 +20,7 @@ use crate::domain::dates::{DateQuery, Prefix, Span, spans_of};
 use crate::domain::search::SearchParamDef;
 use crate::domain::{AuditAction, AuditOutcome, Category, Reference, ResourceType};
 use crate::fhir::{Issue, IssueCode};
-use crate::service::search_params::{self, ParsedSearch, SortBy, SortKey};
+use crate::service::search_params::{self, Handling, ParsedSearch, SortBy, SortKey};
 use crate::service::{Caller, ServiceError, codec};
 use crate::store::resources::{self as rows, CurrentRow, InstantRange, Order, Restriction, SearchQuery, VersionRow};
 
@@ -32,14 +34,54 @@ pub const MAX_CANDIDATES: i64 = 20_000;
 /// index, tenant-wide); every other criterion needs the patient.
 const ACROSS_PATIENTS: [&str; 1] = ["identifier"];
 
+/// What a search answers: a page, and how its Bundle is shaped.
+#[derive(Debug, Clone)]
+pub struct SearchResults {
+    /// The page. Under `_total=none` its `total` only tells whether a next page exists
+    /// (a lower bound); under `_summary=count` it holds no records.
+    pub page: Page<Versioned>,
+    /// The number of matches; `None` under `_total=none`.
+    pub total: Option<i64>,
+    /// `_summary=count`: the Bundle carries the total and no records.
+    pub count_only: bool,
+    /// Under lenient handling, the parameters left out (diagnostics naming only parameters
+    /// the server defines).
+    pub ignored: Vec<String>,
+}
+
 impl ResourceService<'_> {
-    #[tracing::instrument(skip_all, fields(resource_type = rtype.name()))]
+    /// A strict search (unsupported parameters refused), as a page.
     pub fn search(&self, caller: &Caller, rtype: ResourceType, params: &[(String, String)]) -> Result<Page<Versioned>, ServiceError> {
+        self.search_with(caller, rtype, params, Handling::Strict).map(|results| results.page)
+    }
+
+    #[tracing::instrument(skip_all, fields(resource_type = rtype.name()))]
+    pub fn search_with(
+        &self,
+        caller: &Caller,
+        rtype: ResourceType,
+        params: &[(String, String)],
+        handling: Handling,
+    ) -> Result<SearchResults, ServiceError> {
         let tenant = &caller.principal.tenant;
-        let parsed = search_params::parse(rtype, params)?;
+        let parsed = search_params::parse_with(rtype, params, handling)?;
         let opened_criteria = !parsed.dates.is_empty() || parsed.sort.iter().any(|k| matches!(k.by, SortBy::Date(_)));
         check_patient_scoped(rtype, &parsed, opened_criteria)?;
-        let ParsedSearch { ids, patients, criteria, dates, last_updated, sort, count, offset, echo } = parsed;
+        let ParsedSearch {
+            ids,
+            patients,
+            criteria,
+            dates,
+            last_updated,
+            sort,
+            count,
+            offset,
+            echo,
+            summary_count,
+            omit_total,
+            elements,
+            ignored,
+        } = parsed;
         let scope = self.services.policy.search_scope(&caller.principal, rtype.category(), caller.break_glass.is_some());
         let mut conn = self.conn()?;
         let codec = &self.services.codec;
@@ -85,17 +127,37 @@ impl ResourceService<'_> {
             limit: count,
             offset,
         };
+        if summary_count {
+            let total = self.count_matches(&mut conn, caller, rtype, &query, &dates)?;
+            // One entry, as for a search that returns nothing: no record was returned.
+            let patient = query.patients.as_deref().and_then(|p| match p {
+                [one] => Some(format!("Patient/{one}")),
+                _ => None,
+            });
+            let entry = match scope {
+                SearchScope::BreakGlass if total > 0 => caller.break_glass_entry(AuditAction::Search, None, patient, AuditOutcome::Success),
+                _ => caller.entry(AuditAction::Search, None, patient, AuditOutcome::Success),
+            };
+            self.services.record(vec![entry])?;
+            tracing::info!(total, "search count done");
+            let page = Page { items: Vec::new(), total, count, offset, echo, unreadable: Vec::new() };
+            return Ok(SearchResults { page, total: Some(total), count_only: true, ignored });
+        }
         let (rows, total) = if opened_criteria {
             query.order = Order::Id;
             let candidates = rows::candidates(&mut conn, &query, MAX_CANDIDATES + 1)?;
             if candidates.len() as i64 > MAX_CANDIDATES {
-                return Err(ServiceError::BadRequest(vec![Issue::new(
-                    IssueCode::TooCostly,
-                    None,
-                    format!("the search would open more than {MAX_CANDIDATES} records; narrow it (a code, a category or a date range)"),
-                )]));
+                return Err(too_costly());
             }
             self.filter_and_order_opened(caller, rtype, candidates, &dates, &sort, count, offset)?
+        } else if omit_total {
+            // One row past the page tells whether there is a next one; nothing is counted.
+            query.limit = count.saturating_add(1);
+            let mut rows = rows::page(&mut conn, &query)?;
+            let more = rows.len() as i64 > count;
+            rows.truncate(usize::try_from(count).unwrap_or(0));
+            let seen = offset.saturating_add(rows.len() as i64);
+            (rows, if more { seen.saturating_add(1) } else { seen })
         } else {
             rows::search(&mut conn, &query)?
         };
@@ -147,7 +209,33 @@ impl ResourceService<'_> {
         // Durable before the page leaves.
         self.services.record(entries)?;
         tracing::info!(matches = items.len(), unreadable = unreadable.len(), total, "search done");
-        Ok(Page { items, total, count, offset, echo, unreadable })
+        if let Some(elements) = &elements {
+            for resource in items.iter_mut().filter_map(|v| v.resource.as_mut()) {
+                search_params::subset(rtype, resource, elements);
+            }
+        }
+        let page = Page { items, total, count, offset, echo, unreadable };
+        Ok(SearchResults { page, total: (!omit_total).then_some(total), count_only: false, ignored })
+    }
+
+    /// The number of matches of a search: counted in SQL, or, with date criteria, by
+    /// opening the dates of the one patient's candidates (no record is returned).
+    fn count_matches(
+        &self,
+        conn: &mut crate::store::DbConnection,
+        caller: &Caller,
+        rtype: ResourceType,
+        query: &SearchQuery,
+        dates: &[(&'static SearchParamDef, Vec<DateQuery>)],
+    ) -> Result<i64, ServiceError> {
+        if dates.is_empty() {
+            return Ok(rows::count(conn, query)?);
+        }
+        let candidates = rows::candidates(conn, &SearchQuery { order: Order::Id, ..query.clone() }, MAX_CANDIDATES + 1)?;
+        if candidates.len() as i64 > MAX_CANDIDATES {
+            return Err(too_costly());
+        }
+        Ok(self.filter_and_order_opened(caller, rtype, candidates, dates, &[], 0, 0)?.1)
     }
 
     /// Opens the date elements the criteria and sort keys name in each candidate (one
@@ -210,6 +298,15 @@ impl ResourceService<'_> {
     }
 }
 
+/// A search that would open more than [`MAX_CANDIDATES`] records.
+fn too_costly() -> ServiceError {
+    ServiceError::BadRequest(vec![Issue::new(
+        IssueCode::TooCostly,
+        None,
+        format!("the search would open more than {MAX_CANDIDATES} records; narrow it (a code, a category or a date range)"),
+    )])
+}
+
 /// Orders two opened records by one sort key: by the earliest start of the element's
 /// spans ascending, by the latest end descending; records without the element last.
 fn compare_key(key: &SortKey, a: &CurrentRow, a_spans: &Spans, b: &CurrentRow, b_spans: &Spans) -> Ordering {
@@ -237,7 +334,7 @@ fn compare_key(key: &SortKey, a: &CurrentRow, a_spans: &Spans, b: &CurrentRow, b
 }
 
 /// The SQL form of one `_lastUpdated` criterion.
-fn instant_range(query: &DateQuery) -> InstantRange {
+pub(super) fn instant_range(query: &DateQuery) -> InstantRange {
     match query.instant_bounds() {
         Some((from, until)) => InstantRange { from, until, negate: false },
         // `ne`: everything outside the value's span.

@@ -256,43 +256,8 @@ impl ResourceService<'_> {
         write: &Write,
         also: impl FnOnce(&mut DbConnection) -> Result<(), ServiceError>,
     ) -> Result<bool, ServiceError> {
-        let tenant = &caller.principal.tenant;
-        let rtype = ResourceType::from_name(&write.row.resource_type).ok_or(ServiceError::corrupt("resource row"))?;
-        let id = ResourceId::parse(&write.row.id).map_err(ServiceError::corrupt_by("resource row"))?;
         write_transaction(conn, |tx| {
-            let mut row = write.row.clone();
-            if let Some(resource) = &write.resource {
-                let owner = codec::owner(rtype, id.as_str(), row.patient_id.as_deref()).ok_or(ServiceError::corrupt("resource row"))?;
-                let key = self.services.codec.keys().data_key_for_write(tx, tenant.as_str(), &owner)?;
-                row.content = self.services.codec.seal(tenant, rtype, &id, &key, resource)?;
-            }
-            let row = &row;
-            match write.expected {
-                None => rows::insert_first(tx, row)?,
-                Some(expected) => {
-                    if !rows::advance(tx, row, expected)? {
-                        return Ok(None);
-                    }
-                }
-            }
-            rows::replace_tokens(tx, &row.tenant, &row.resource_type, &row.id, &write.tokens)?;
-            // The ledger append takes the append lock; the change row's cursor is allocated
-            // under it, so cursor order is commit order.
-            let lock = audit::append_in(tx, vec![write.entry.clone()])?;
-            let cursor = crate::store::changes::append(
-                tx,
-                &lock,
-                crate::store::changes::ChangeRow {
-                    cursor: 0,
-                    tenant: row.tenant.clone(),
-                    resource_type: row.resource_type.clone(),
-                    resource_id: row.id.clone(),
-                    version_id: row.version_id,
-                    op: write.op.as_str().to_owned(),
-                    patient_id: row.patient_id.clone(),
-                    committed_at: write.entry.time.clone(),
-                },
-            )?;
+            let Some(cursor) = self.apply_in(tx, caller, write)? else { return Ok(None) };
             also(tx)?;
             Ok(Some(cursor))
         })
@@ -302,5 +267,51 @@ impl ResourceService<'_> {
             }
             committed.is_some()
         })
+    }
+
+    /// Writes one version inside the caller's transaction `tx`: seals it under its owner's
+    /// data key (created here for a new owner), writes the rows and search tokens, appends
+    /// the audit entry and, under the ledger's append lock, the change-log row. Returns the
+    /// change cursor, or `None`, writing nothing, when `expected` was stale. Every write
+    /// (CRUD, offline pushes, conflict resolutions, transactions) comes through here; the
+    /// caller wakes subscribers once its transaction committed.
+    pub(in crate::service) fn apply_in(&self, tx: &mut DbConnection, caller: &Caller, write: &Write) -> Result<Option<i64>, ServiceError> {
+        let tenant = &caller.principal.tenant;
+        let rtype = ResourceType::from_name(&write.row.resource_type).ok_or(ServiceError::corrupt("resource row"))?;
+        let id = ResourceId::parse(&write.row.id).map_err(ServiceError::corrupt_by("resource row"))?;
+        let mut row = write.row.clone();
+        if let Some(resource) = &write.resource {
+            let owner = codec::owner(rtype, id.as_str(), row.patient_id.as_deref()).ok_or(ServiceError::corrupt("resource row"))?;
+            let key = self.services.codec.keys().data_key_for_write(tx, tenant.as_str(), &owner)?;
+            row.content = self.services.codec.seal(tenant, rtype, &id, &key, resource)?;
+        }
+        let row = &row;
+        match write.expected {
+            None => rows::insert_first(tx, row)?,
+            Some(expected) => {
+                if !rows::advance(tx, row, expected)? {
+                    return Ok(None);
+                }
+            }
+        }
+        rows::replace_tokens(tx, &row.tenant, &row.resource_type, &row.id, &write.tokens)?;
+        // The ledger append takes the append lock; the change row's cursor is allocated
+        // under it, so cursor order is commit order.
+        let lock = audit::append_in(tx, vec![write.entry.clone()])?;
+        let cursor = crate::store::changes::append(
+            tx,
+            &lock,
+            crate::store::changes::ChangeRow {
+                cursor: 0,
+                tenant: row.tenant.clone(),
+                resource_type: row.resource_type.clone(),
+                resource_id: row.id.clone(),
+                version_id: row.version_id,
+                op: write.op.as_str().to_owned(),
+                patient_id: row.patient_id.clone(),
+                committed_at: write.entry.time.clone(),
+            },
+        )?;
+        Ok(Some(cursor))
     }
 }

@@ -18,25 +18,44 @@ use crate::store::resources::{self as rows, CurrentRow};
 pub struct FeedFilter {
     /// Only this patient's records (the Patient itself and its compartment).
     pub patient: Option<ResourceId>,
-    /// Only these types; all when `None`.
+    /// Only these types; all when `None`. When they name a clinical type, a Patient's
+    /// `revoke` passes too (see [`Admitted::RevokeOnly`]).
     pub types: Option<Vec<ResourceType>>,
 }
 
+/// How a filter admits a change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Admitted {
+    /// Delivered as any change is: with content, as a revoke, or left out.
+    Yes,
+    /// Delivered only if it becomes a revoke: a Patient change for a subscriber whose
+    /// `types` name clinical types but not Patient. Such a device holds records of
+    /// patients' compartments, and their Patient's revoke is what tells it to drop them
+    /// (the records themselves did not change, so nothing else would).
+    RevokeOnly,
+}
+
 impl FeedFilter {
-    fn admits(&self, change: &crate::store::changes::ChangeRow, rtype: ResourceType) -> bool {
-        if let Some(types) = &self.types
-            && !types.contains(&rtype)
-        {
-            return false;
-        }
-        match &self.patient {
+    fn admits(&self, change: &crate::store::changes::ChangeRow, rtype: ResourceType) -> Option<Admitted> {
+        let admitted = match &self.types {
+            Some(types) if !types.contains(&rtype) => {
+                if rtype.category() == Category::Patient && types.iter().any(|t| t.category() == Category::Clinical) {
+                    Admitted::RevokeOnly
+                } else {
+                    return None;
+                }
+            }
+            _ => Admitted::Yes,
+        };
+        let patient = match &self.patient {
             None => true,
             Some(p) => match rtype.category() {
                 Category::Practitioner => false,
                 Category::Patient => change.resource_id == p.as_str(),
                 Category::Clinical => change.patient_id.as_deref() == Some(p.as_str()),
             },
-        }
+        };
+        patient.then_some(admitted)
     }
 
     /// The filter from a subscription's `patient` (`Patient/ID`) and `types`.
@@ -109,8 +128,8 @@ impl SyncService<'_> {
                 ResourceType::from_name(&change.resource_type).ok_or(ServiceError::corrupt("change-log row names no served type"))?;
             let id = ResourceId::parse(&change.resource_id).map_err(ServiceError::corrupt_by("change-log row id"))?;
             let op = ChangeOp::parse(&change.op).ok_or(ServiceError::corrupt("change-log row op"))?;
-            if filter.admits(change, rtype) {
-                admitted.push((change, rtype, id, op));
+            if let Some(how) = filter.admits(change, rtype) {
+                admitted.push((change, rtype, id, op, how));
             }
         }
         // One round trip each for the batch's current rows, data keys and versions: the
@@ -126,7 +145,7 @@ impl SyncService<'_> {
             rows::currents_of(&mut conn, tenant, &types, &ids)?.into_iter().map(|r| ((r.resource_type.clone(), r.id.clone()), r)).collect();
         let mut owners: Vec<String> = admitted
             .iter()
-            .filter_map(|(c, t, id, _)| codec::owner(*t, id.as_str(), c.patient_id.as_deref()))
+            .filter_map(|(c, t, id, ..)| codec::owner(*t, id.as_str(), c.patient_id.as_deref()))
             .chain(
                 currents.values().filter_map(|r| codec::owner(ResourceType::from_name(&r.resource_type)?, &r.id, r.patient_id.as_deref())),
             )
@@ -170,7 +189,7 @@ impl SyncService<'_> {
         let mut out = Vec::new();
         let mut entries = Vec::new();
         let mut revoked: HashSet<(ResourceType, String)> = HashSet::new();
-        for (change, rtype, id, op) in admitted {
+        for (change, rtype, id, op, how) in admitted {
             // A record purged since has nothing left to deliver.
             let Some(current) = currents.get(&(change.resource_type.clone(), change.resource_id.clone())) else { continue };
             // Each version opens with the key of the owner it was written for.
@@ -201,6 +220,9 @@ impl SyncService<'_> {
                         resource: None,
                     });
                 }
+                continue;
+            }
+            if how == Admitted::RevokeOnly {
                 continue;
             }
             let content = open(rtype, &id, sealed_by.as_ref(), change.version_id)?;
