@@ -190,7 +190,13 @@ async fn main() {
         },
     )
     .unwrap();
-    println!("backend: {}; {} Bundles of {} entries per run after {} warm-up Bundles", db.backend(), opts.bundles, opts.entries, opts.warmup);
+    println!(
+        "backend: {}; {} Bundles of {} entries per run after {} warm-up Bundles",
+        db.backend(),
+        opts.bundles,
+        opts.entries,
+        opts.warmup
+    );
     for i in 0..opts.warmup {
         post(&client, &base, &token, visit(1_000_000 + i, opts.entries).to_string(), opts.entries).await;
     }
