@@ -116,13 +116,43 @@ pub enum AuditCommand {
     },
 }
 
+/// Which of the ledger's logs a command works on: every log when neither is given.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LogChoice {
+    /// Only this tenant's log.
+    #[arg(long, conflicts_with = "platform")]
+    tenant: Option<String>,
+    /// Only the platform log (entries with no trusted tenant, such as forged tokens).
+    #[arg(long)]
+    platform: bool,
+}
+
+impl LogChoice {
+    /// The one log chosen, or `None` for every log.
+    fn log(&self) -> Result<Option<String>, String> {
+        match (&self.tenant, self.platform) {
+            (Some(t), _) => crate::domain::TenantId::parse(t).map(|t| Some(t.to_string())).map_err(|e| format!("--tenant: {e}")),
+            (None, true) => Ok(Some(crate::ledger::log::PLATFORM_LOG.to_owned())),
+            (None, false) => Ok(None),
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum LedgerCommand {
-    /// Recompute leaves, tree and checkpoint signatures from the database; name the first
-    /// entry that does not match and exit non-zero on any mismatch.
-    Verify,
-    /// Sign a checkpoint for the current ledger and print it.
-    Checkpoint,
+    /// Recompute leaves, trees and checkpoint signatures of every log (each tenant's, the
+    /// platform log, the sealed legacy log) or of the one chosen from the database; name
+    /// the log and the first entry that does not match, and exit non-zero on any mismatch.
+    Verify {
+        #[command(flatten)]
+        choice: LogChoice,
+    },
+    /// Sign a checkpoint of every log with entries since its last one (or of the one
+    /// chosen) and print the latest checkpoint of each.
+    Checkpoint {
+        #[command(flatten)]
+        choice: LogChoice,
+    },
     /// Check an NDJSON export offline: its checkpoint against the public key, and each
     /// entry's leaf bytes and inclusion proof against the checkpoint. Needs no database.
     VerifyExport {
@@ -257,32 +287,60 @@ fn ledger(settings: &Settings, command: LedgerCommand) -> ExitCode {
         Err(code) => return code,
     };
     match command {
-        LedgerCommand::Verify => {
+        LedgerCommand::Verify { choice } => {
             let started = std::time::Instant::now();
-            match crate::ledger::verify::verify(&mut conn, signer.origin(), signer.public_key()) {
-                Ok(report) => {
+            let verified = match choice.log() {
+                Err(e) => return fail(e),
+                Ok(Some(log)) => {
+                    let origin = crate::ledger::log::origin(signer.origin(), &log);
+                    match crate::ledger::verify::verify(&mut conn, &log, &origin, signer.public_key()) {
+                        Ok(report) => Ok(vec![(log, report)]),
+                        Err(mismatch) => Err((log, mismatch)),
+                    }
+                }
+                Ok(None) => crate::ledger::verify::verify_all(&mut conn, signer.origin(), signer.public_key()),
+            };
+            match verified {
+                Ok(reports) => {
                     let secs = started.elapsed().as_secs_f64();
+                    let mut total = 0;
+                    for (log, report) in &reports {
+                        total += report.entries;
+                        println!(
+                            "log {log} verified: {} entries, {} checkpoints, root {}",
+                            report.entries,
+                            report.checkpoints,
+                            crate::ledger::merkle::to_hex(&report.root)
+                        );
+                    }
                     println!(
-                        "ledger verified: {} entries, {} checkpoints, root {} ({:.2} s, {:.0} entries/s)",
-                        report.entries,
-                        report.checkpoints,
-                        crate::ledger::merkle::to_hex(&report.root),
-                        secs,
-                        report.entries as f64 / secs.max(1e-9)
+                        "ledger verified: {} logs, {total} entries ({secs:.2} s, {:.0} entries/s)",
+                        reports.len(),
+                        total as f64 / secs.max(1e-9)
                     );
                     ExitCode::SUCCESS
                 }
-                Err(mismatch) => fail(format!("ledger verification FAILED: {mismatch}")),
+                Err((log, mismatch)) => fail(format!("ledger verification FAILED in log {log}: {mismatch}")),
             }
         }
         LedgerCommand::VerifyExport { .. } => ExitCode::FAILURE,
-        LedgerCommand::Checkpoint => match crate::ledger::log::checkpoint(&mut conn, &signer) {
-            Ok(row) => {
-                print!("{}", row.note);
-                ExitCode::SUCCESS
+        LedgerCommand::Checkpoint { choice } => {
+            let logs = match choice.log() {
+                Err(e) => return fail(e),
+                Ok(Some(log)) => vec![log],
+                Ok(None) => match crate::store::ledger::logs(&mut conn) {
+                    Ok(logs) => logs,
+                    Err(e) => return fail(e),
+                },
+            };
+            for log in logs {
+                match crate::ledger::log::checkpoint(&mut conn, &signer, &log) {
+                    Ok(row) => print!("{}", row.note),
+                    Err(e) => return fail(format!("log {log}: {e}")),
+                }
             }
-            Err(e) => fail(e),
-        },
+            ExitCode::SUCCESS
+        }
     }
 }
 

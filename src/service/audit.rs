@@ -56,9 +56,9 @@ pub(crate) fn ledger_failure(e: crate::ledger::log::LedgerError) -> ServiceError
     ServiceError::ledger_by("append")(e)
 }
 
-/// Appends entries inside an open write transaction; returns the ledger's append lock,
-/// which the change-log row of the same transaction needs.
-pub(crate) fn append_in(tx: &mut DbConnection, mut entries: Vec<Entry>) -> Result<crate::store::ledger::AppendLock, ServiceError> {
+/// Appends entries, each to its tenant's log (or the platform log), inside an open write
+/// transaction; each log's append lock is held until the transaction ends.
+pub(crate) fn append_in(tx: &mut DbConnection, mut entries: Vec<Entry>) -> Result<(), ServiceError> {
     crate::ledger::log::append(tx, &mut entries).map_err(ledger_failure)
 }
 
@@ -122,6 +122,9 @@ pub mod queries {
     /// One access to a patient's records, as the accounting of disclosures lists it.
     #[derive(Debug, Clone)]
     pub struct Disclosure {
+        /// The log holding the entry: the tenant's, or the sealed legacy log for accesses
+        /// recorded before logs were per tenant.
+        pub log: String,
         pub seq: u64,
         pub date: String,
         pub recipient_sub: Option<String>,
@@ -147,6 +150,8 @@ pub mod queries {
     pub struct PreparedExport {
         pub filter: EntryFilter,
         pub checkpoint: CheckpointRow,
+        /// The checkpoint's origin (the tenant log's).
+        pub origin: String,
     }
 
     const EXPORT_BATCH: i64 = 1000;
@@ -192,11 +197,19 @@ pub mod queries {
             Err(ServiceError::Forbidden)
         }
 
-        /// The latest signed checkpoint, signing one first if entries arrived since.
-        pub fn ledger_checkpoint(&self, caller: &Caller) -> Result<CheckpointRow, ServiceError> {
+        /// The origin of `log`'s checkpoints.
+        pub fn ledger_origin(&self, log: &str) -> String {
+            log::origin(self.ledger_signer.origin(), log)
+        }
+
+        /// The latest signed checkpoint of the caller's tenant's log, signing one first if
+        /// entries arrived since; with its origin.
+        pub fn ledger_checkpoint(&self, caller: &Caller) -> Result<(String, CheckpointRow), ServiceError> {
             self.auditor(caller, AuditAction::Read)?;
+            let log = caller.principal.tenant.as_str();
             let mut conn = self.store.conn()?;
-            log::checkpoint(&mut conn, &self.ledger_signer).map_err(read_failure)
+            let row = log::checkpoint(&mut conn, &self.ledger_signer, log).map_err(read_failure)?;
+            Ok((self.ledger_origin(log), row))
         }
 
         /// The caller's tenant's entries with `from <= seq < to` (at most `max`).
@@ -208,7 +221,7 @@ pub mod queries {
                 return Err(range_error(&format!("need 0 <= from <= to with at most {max} entries")));
             }
             let mut conn = self.store.conn()?;
-            rows::entries(&mut conn, Some(caller.principal.tenant.as_str()), from, to)?
+            rows::entries(&mut conn, caller.principal.tenant.as_str(), from, to)?
                 .iter()
                 .map(|row| {
                     let mut entry: serde_json::Value =
@@ -220,19 +233,20 @@ pub mod queries {
                 .collect()
         }
 
-        /// `(leaf hash hex, audit path)` for entry `seq` in the tree of `size`; only for
-        /// entries of the caller's tenant.
+        /// `(leaf hash hex, audit path)` for entry `seq` in the tree of `size` of the
+        /// caller's tenant's log.
         pub fn ledger_inclusion(&self, caller: &Caller, seq: u64, size: u64) -> Result<(String, Vec<String>), ServiceError> {
             self.auditor(caller, AuditAction::Read)?;
+            let log = caller.principal.tenant.as_str();
             let mut conn = self.store.conn()?;
-            let current = u64::try_from(rows::size(&mut conn)?).unwrap_or(0);
+            let current = u64::try_from(rows::size(&mut conn, log)?).unwrap_or(0);
             if seq >= size || size > current {
                 return Err(range_error("need seq < size <= the ledger's size"));
             }
             let seq_i = i64::try_from(seq).map_err(|_| range_error("seq out of range"))?;
-            let entry = rows::entries(&mut conn, Some(caller.principal.tenant.as_str()), seq_i, seq_i + 1)?;
+            let entry = rows::entries(&mut conn, log, seq_i, seq_i + 1)?;
             let leaf_hash = entry.into_iter().next().ok_or(ServiceError::NotFound)?.leaf_hash;
-            let path = merkle::inclusion_proof(&mut DbNodes::new(&mut conn), seq, size).map_err(|e| read_failure(e.into()))?;
+            let path = merkle::inclusion_proof(&mut DbNodes::new(&mut conn, log), seq, size).map_err(|e| read_failure(e.into()))?;
             Ok((leaf_hash, path.iter().map(merkle::to_hex).collect()))
         }
 
@@ -240,7 +254,8 @@ pub mod queries {
         pub fn prepare_export(&self, caller: &Caller, req: ExportRequest) -> Result<PreparedExport, ServiceError> {
             self.auditor(caller, AuditAction::Export)?;
             let filter = EntryFilter {
-                tenant: caller.principal.tenant.to_string(),
+                log: caller.principal.tenant.to_string(),
+                tenant: None,
                 time_from: req.from.as_deref().map(|t| rfc3339(t, "from")).transpose()?,
                 time_to: req.to.as_deref().map(|t| rfc3339(t, "to")).transpose()?,
                 patient: req.patient.as_deref().map(patient_ref).transpose()?,
@@ -249,8 +264,9 @@ pub mod queries {
             };
             self.record(vec![caller.entry(AuditAction::Export, None, filter.patient.clone(), AuditOutcome::Success)])?;
             let mut conn = self.store.conn()?;
-            let checkpoint = log::checkpoint(&mut conn, &self.ledger_signer).map_err(read_failure)?;
-            Ok(PreparedExport { filter, checkpoint })
+            let checkpoint = log::checkpoint(&mut conn, &self.ledger_signer, &filter.log).map_err(read_failure)?;
+            let origin = self.ledger_origin(&filter.log);
+            Ok(PreparedExport { filter, checkpoint, origin })
         }
 
         /// Streams a prepared export: the head with the signed checkpoint (and public key),
@@ -266,7 +282,7 @@ pub mod queries {
         ) -> Result<Exported, ServiceError> {
             use crate::service::export_format::{Head, Record, head, record, tail};
             let cp = &export.checkpoint;
-            let h = Head { origin: self.ledger_signer.origin(), public_key: self.ledger_signer.public_key(), checkpoint: cp };
+            let h = Head { origin: &export.origin, public_key: self.ledger_signer.public_key(), checkpoint: cp };
             if !emit(head(format, &h)?) {
                 return Ok(Exported { entries: 0, complete: false });
             }
@@ -279,7 +295,8 @@ pub mod queries {
                 after = last.seq + 1;
                 for row in &batch {
                     let seq = u64::try_from(row.seq).unwrap_or(0);
-                    let path = merkle::inclusion_proof(&mut DbNodes::new(&mut conn), seq, size).map_err(|e| read_failure(e.into()))?;
+                    let path = merkle::inclusion_proof(&mut DbNodes::new(&mut conn, &export.filter.log), seq, size)
+                        .map_err(|e| read_failure(e.into()))?;
                     let path: Vec<String> = path.iter().map(merkle::to_hex).collect();
                     let entry: crate::ledger::entry::Entry =
                         serde_json::from_str(&row.leaf).map_err(ServiceError::corrupt_by("ledger entry leaf"))?;
@@ -294,25 +311,41 @@ pub mod queries {
         }
 
         /// Accounting of disclosures (45 CFR 164.528) for one patient of the caller's
-        /// tenant: every successful access to the patient's records, oldest first.
+        /// tenant: every successful access to the patient's records, oldest first: those
+        /// recorded in the sealed legacy log before logs were per tenant, then the tenant's.
         pub fn disclosures(&self, caller: &Caller, patient: &str) -> Result<Vec<Disclosure>, ServiceError> {
             self.auditor(caller, AuditAction::Export)?;
+            let tenant = caller.principal.tenant.to_string();
             let filter = EntryFilter {
-                tenant: caller.principal.tenant.to_string(),
+                log: log::LEGACY_LOG.to_owned(),
+                tenant: Some(tenant.clone()),
                 patient: Some(patient_ref(patient)?),
                 outcome: Some(AuditOutcome::Success.as_str().to_owned()),
                 ..EntryFilter::default()
             };
             let mut conn = self.store.conn()?;
-            let (mut after, mut out) = (0i64, Vec::new());
+            let mut out = Vec::new();
+            self.disclosures_in(&mut conn, &filter, &mut out)?;
+            self.disclosures_in(&mut conn, &EntryFilter { log: tenant, tenant: None, ..filter }, &mut out)?;
+            Ok(out)
+        }
+
+        fn disclosures_in(
+            &self,
+            conn: &mut crate::store::DbConnection,
+            filter: &EntryFilter,
+            out: &mut Vec<Disclosure>,
+        ) -> Result<(), ServiceError> {
+            let mut after = 0i64;
             loop {
-                let batch = rows::filtered_entries(&mut conn, &filter, after, i64::MAX, EXPORT_BATCH)?;
+                let batch = rows::filtered_entries(conn, filter, after, i64::MAX, EXPORT_BATCH)?;
                 let Some(last) = batch.last() else { break };
                 after = last.seq + 1;
                 for row in batch.iter().filter(|r| r.action != AuditAction::Export.as_str()) {
                     let entry: crate::ledger::entry::Entry =
                         serde_json::from_str(&row.leaf).map_err(ServiceError::corrupt_by("ledger entry leaf"))?;
                     out.push(Disclosure {
+                        log: filter.log.clone(),
                         seq: entry.seq,
                         date: entry.time,
                         recipient_sub: entry.actor.sub,
@@ -325,18 +358,20 @@ pub mod queries {
                     });
                 }
             }
-            Ok(out)
+            Ok(())
         }
 
-        /// Consistency proof between the trees of `from` and `to` entries.
+        /// Consistency proof between the trees of `from` and `to` entries of the caller's
+        /// tenant's log.
         pub fn ledger_consistency(&self, caller: &Caller, from: u64, to: u64) -> Result<Vec<String>, ServiceError> {
             self.auditor(caller, AuditAction::Read)?;
+            let log = caller.principal.tenant.as_str();
             let mut conn = self.store.conn()?;
-            let current = u64::try_from(rows::size(&mut conn)?).unwrap_or(0);
+            let current = u64::try_from(rows::size(&mut conn, log)?).unwrap_or(0);
             if from > to || to > current {
                 return Err(range_error("need from <= to <= the ledger's size"));
             }
-            let proof = merkle::consistency_proof(&mut DbNodes::new(&mut conn), from, to).map_err(|e| read_failure(e.into()))?;
+            let proof = merkle::consistency_proof(&mut DbNodes::new(&mut conn, log), from, to).map_err(|e| read_failure(e.into()))?;
             Ok(proof.iter().map(merkle::to_hex).collect())
         }
     }

@@ -205,8 +205,8 @@ mod tests {
         thread.stop();
         assert!(answers.iter().all(|a| a.recv() == Ok(true)), "every queued job is answered as committed");
         let mut conn = store.conn().unwrap();
-        assert_eq!(crate::store::ledger::size(&mut conn).unwrap(), 100);
+        assert_eq!(crate::store::ledger::size(&mut conn, "zz-tenant").unwrap(), 100);
         assert!(matches!(writer.record(vec![entry(99)]), Err(ServiceError::Ledger { .. })), "a stopped writer refuses");
-        assert_eq!(crate::store::ledger::size(&mut conn).unwrap(), 100);
+        assert_eq!(crate::store::ledger::size(&mut conn, "zz-tenant").unwrap(), 100);
     }
 }

@@ -19,10 +19,15 @@ pub struct ChangeRow {
     pub committed_at: String,
 }
 
-/// Appends a change with the next cursor, inside the write transaction that holds the
-/// ledger's append lock (`lock`, from `store::ledger::lock_for_append`), which orders
-/// cursors by commit.
-pub fn append(conn: &mut DbConnection, _lock: &crate::store::ledger::AppendLock, mut row: ChangeRow) -> QueryResult<i64> {
+/// Appends a change with the next cursor, inside a write transaction. The change log's
+/// lock, taken here and held until the transaction ends, orders cursors by commit: on
+/// SQLite the write transaction is that lock; on PostgreSQL a transaction-scoped advisory
+/// lock keyed by the schema. Writers take it after their tenant log's append lock, never
+/// before, so the two cannot deadlock.
+pub fn append(conn: &mut DbConnection, mut row: ChangeRow) -> QueryResult<i64> {
+    if let DbConnection::Postgres(c) = conn {
+        c.batch_execute("SELECT pg_advisory_xact_lock(7417119, hashtext(current_schema()))")?;
+    }
     let max: Option<i64> = change_log::table.select(diesel::dsl::max(change_log::cursor)).first(conn)?;
     row.cursor = max.map_or(1, |m| m + 1);
     diesel::insert_into(change_log::table).values(&row).execute(conn)?;
