@@ -63,14 +63,23 @@ pub(crate) fn append_in(tx: &mut DbConnection, mut entries: Vec<Entry>) -> Resul
 }
 
 impl Services {
-    /// Records a request whose token was missing or refused (`login`, `denied`). The
-    /// token's claims are not trusted, so the actor and tenant stay empty.
-    pub fn record_rejected_token(&self, client: &str, request_id: &str) -> Result<(), ServiceError> {
+    /// Records a request whose token was missing or refused (`login`, `denied`). A token
+    /// whose signature verified but whose claims were refused (`identity`) is recorded in
+    /// its tenant's log, naming its subject, where that tenant's auditor sees it. Otherwise
+    /// nothing in the token can be trusted: the actor and tenant stay empty and the entry
+    /// goes to the platform log.
+    pub fn record_rejected_token(
+        &self,
+        client: &str,
+        request_id: &str,
+        identity: Option<crate::auth::RefusedIdentity>,
+    ) -> Result<(), ServiceError> {
+        let (tenant, sub) = identity.map_or((None, None), |i| (Some(i.tenant.to_string()), i.sub));
         let entry = Entry {
             seq: 0,
             time: now(),
-            actor: Actor { sub: None, roles: Vec::new(), fhir_user: None },
-            tenant: None,
+            actor: Actor { sub, roles: Vec::new(), fhir_user: None },
+            tenant,
             action: AuditAction::Login,
             resource: None,
             patient: None,

@@ -8,7 +8,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use diesel::prelude::*;
 use reqwest::StatusCode;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::helpers::*;
 use crate::ledger::{hex, leaf, mth, verify_consistency, verify_inclusion, verify_note};
@@ -40,17 +40,20 @@ async fn json(app: &TestApp, who: &Who, path: &str) -> Value {
 /// recompute its root from every entry of `/audit/entries`, and check each inclusion proof
 /// and the consistency proof from `earlier`. Returns the checkpoint and the entries.
 async fn audit_own_log(app: &TestApp, tenant: &str, earlier: Option<&Value>) -> (Value, Vec<Value>) {
-    let auditor = app.who(tenant, &["auditor"], None);
+    audit_own_log_as(app, tenant, &app.who(tenant, &["auditor"], None), earlier).await
+}
+
+async fn audit_own_log_as(app: &TestApp, tenant: &str, auditor: &Who, earlier: Option<&Value>) -> (Value, Vec<Value>) {
     let key: Value = app.client.get(app.url("/audit/public-key")).send().await.unwrap().json().await.unwrap();
     let public_key = STANDARD.decode(key["public_key"].as_str().unwrap()).unwrap();
     let origin = format!("{}/{tenant}", key["origin"].as_str().unwrap());
-    let cp = json(app, &auditor, "/audit/checkpoint").await;
+    let cp = json(app, auditor, "/audit/checkpoint").await;
     assert_eq!(cp["origin"], origin.as_str());
     let (size, root) = verify_note(cp["note"].as_str().unwrap(), &origin, &public_key).expect("the checkpoint verifies");
     assert_eq!(cp["size"].as_u64(), Some(size));
     assert_eq!(hex(cp["root_hash"].as_str().unwrap()), root);
 
-    let entries = json(app, &auditor, &format!("/audit/entries?from=0&to={size}")).await["entries"].as_array().unwrap().clone();
+    let entries = json(app, auditor, &format!("/audit/entries?from=0&to={size}")).await["entries"].as_array().unwrap().clone();
     assert_eq!(entries.len() as u64, size, "every leaf of the log is visible to its auditor");
     let mut leaves = Vec::new();
     for (i, e) in entries.iter().enumerate() {
@@ -64,14 +67,14 @@ async fn audit_own_log(app: &TestApp, tenant: &str, earlier: Option<&Value>) -> 
     }
     assert_eq!(mth(&leaves), root, "root recomputed from /audit/entries alone");
     for seq in 0..size {
-        let p = json(app, &auditor, &format!("/audit/proof/inclusion?seq={seq}&size={size}")).await;
+        let p = json(app, auditor, &format!("/audit/proof/inclusion?seq={seq}&size={size}")).await;
         let path: Vec<[u8; 32]> = p["audit_path"].as_array().unwrap().iter().map(|h| hex(h.as_str().unwrap())).collect();
         assert_eq!(hex(p["leaf_hash"].as_str().unwrap()), leaves[seq as usize]);
         assert!(verify_inclusion(seq, size, leaves[seq as usize], &path, root), "inclusion of {seq} in {tenant}");
     }
     if let Some(old) = earlier {
         let m = old["size"].as_u64().unwrap();
-        let p = json(app, &auditor, &format!("/audit/proof/consistency?from={m}&to={size}")).await;
+        let p = json(app, auditor, &format!("/audit/proof/consistency?from={m}&to={size}")).await;
         let proof: Vec<[u8; 32]> = p["proof"].as_array().unwrap().iter().map(|h| hex(h.as_str().unwrap())).collect();
         assert!(verify_consistency(m, size, hex(old["root_hash"].as_str().unwrap()), root, &proof), "{tenant}: {m} -> {size}");
     }
@@ -345,4 +348,73 @@ async fn a_database_of_the_global_log_release_upgrades_with_every_old_entry_veri
     drop(conn);
     drop(app);
     drop(db);
+}
+
+// ---- refused tokens ----
+
+fn mint(secret: &[u8], payload: &Value) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        payload,
+        &jsonwebtoken::EncodingKey::from_secret(secret),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn validly_signed_refused_tokens_go_to_their_tenants_log_and_untrusted_ones_to_the_platform_log() {
+    const AUD: &str = "carevault-test";
+    let app = spawn_app_with(|raw| {
+        raw.insert("jwt_audience".into(), AUD.into());
+    })
+    .await;
+    let secret = app.secret.expose().to_vec();
+    let t = now();
+    let auditor =
+        Who { token: mint(&secret, &json!({"sub": "zz-auditor", "tenant": TENANT, "roles": ["auditor"], "exp": t + 600, "aud": AUD})) };
+    let send = |token: Option<String>| {
+        let request = app.client.get(app.url("/fhir/Patient"));
+        async move {
+            let r = match token {
+                Some(t) => request.bearer_auth(t).send().await.unwrap(),
+                None => request.send().await.unwrap(),
+            };
+            assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+        }
+    };
+    // Signed by the issuer CareVault trusts, refused for their claims.
+    let claims = |sub: &str| json!({"sub": sub, "tenant": TENANT, "roles": ["clinician"], "exp": t + 600, "aud": AUD});
+    let mut expired = claims("zz-expired");
+    expired["exp"] = json!(t - 3600);
+    let mut wrong_audience = claims("zz-wrong-audience");
+    wrong_audience["aud"] = json!("another-service");
+    let mut no_exp = claims("zz-no-exp");
+    no_exp.as_object_mut().unwrap().remove("exp");
+    for payload in [&expired, &wrong_audience, &no_exp] {
+        send(Some(mint(&secret, payload))).await;
+    }
+    // Nothing in these can be trusted: a signature by another key, garbage, no token.
+    send(Some(mint(b"zz-someone-elses-secret-of-forty-bytes!!", &claims("zz-forged")))).await;
+    send(Some("not-a-token".into())).await;
+    send(None).await;
+
+    let (_, entries) = audit_own_log_as(&app, TENANT, &auditor, None).await;
+    let refusals: Vec<(&str, &str)> = entries
+        .iter()
+        .filter(|e| e["action"] == "login")
+        .map(|e| (e["actor"]["sub"].as_str().unwrap(), e["outcome"].as_str().unwrap()))
+        .collect();
+    assert_eq!(refusals, [("zz-expired", "denied"), ("zz-wrong-audience", "denied"), ("zz-no-exp", "denied")]);
+    assert!(!serde_json::to_string(&entries).unwrap().contains("zz-forged"), "an untrusted token never speaks for a tenant");
+
+    let mut conn = app.db();
+    let platform = carevault::store::ledger::entries(&mut conn, carevault::store::ledger::PLATFORM_LOG, 0, 100).unwrap();
+    let got: Vec<(i64, Option<String>, Option<String>, String)> =
+        platform.into_iter().map(|r| (r.seq, r.tenant, r.actor_sub, r.action)).collect();
+    assert_eq!(got, (0..3).map(|seq| (seq, None, None, "login".to_owned())).collect::<Vec<_>>());
+    drop(conn);
+    let (ok, out) = app.cli(&["ledger", "checkpoint", "--platform"]);
+    assert!(ok && out.starts_with("carevault.local/ledger/_platform\n3\n"), "{out}");
+    let (ok, out) = app.cli(&["ledger", "verify", "--platform"]);
+    assert!(ok && out.contains("log _platform verified: 3 entries"), "{out}");
 }
