@@ -137,9 +137,10 @@ impl Services {
         crate::ledger::log::checkpoint_all(&mut conn, &self.ledger_signer).map(drop).map_err(ServiceError::ledger_by("checkpoint signing"))
     }
 
-    /// Wakes for change-feed subscribers: the newest committed cursor this process knows.
-    pub fn subscribe_changes(&self) -> tokio::sync::watch::Receiver<i64> {
-        self.changes.subscribe()
+    /// Wakes for `tenant`'s change-feed subscribers: the newest committed cursor of the
+    /// tenant this process knows.
+    pub fn subscribe_changes(&self, tenant: &crate::domain::TenantId) -> tokio::sync::watch::Receiver<i64> {
+        self.changes.subscribe(tenant.as_str())
     }
 
     /// Starts watching the database for changes other processes commit; the handle stops it.

@@ -113,7 +113,7 @@ diesel::table! {
 }
 
 diesel::table! {
-    change_log (cursor) {
+    change_log (tenant, cursor) {
         cursor -> BigInt,
         tenant -> Text,
         resource_type -> Text,

@@ -161,10 +161,10 @@ async fn ledger_verify_names_the_tampered_tenant_log_and_checks_one_log_on_reque
     assert!(!ok && out.contains("--tenant"), "reserved names are not tenants: {out}");
 }
 
-/// On PostgreSQL the append lock is keyed by (schema, log): a transaction holding tenant
-/// A's lock holds up A's writers only.
+/// On PostgreSQL the ledger's append lock is keyed by (schema, log) and the change log's
+/// by (schema, tenant): a transaction holding both of tenant A's holds up A's writers only.
 #[tokio::test]
-async fn a_tenant_log_held_by_one_transaction_does_not_hold_up_another_tenants_writes() {
+async fn a_tenant_held_by_one_transaction_does_not_hold_up_another_tenants_writes() {
     let app = spawn_app().await;
     let TestDb::Postgres { .. } = app.db else { return };
     let desk_a = app.front_desk();
@@ -175,16 +175,60 @@ async fn a_tenant_log_held_by_one_transaction_does_not_hold_up_another_tenants_w
     let mut holder = app.db();
     diesel::sql_query("BEGIN").execute(&mut *holder).unwrap();
     carevault::store::ledger::lock_for_append(&mut holder, TENANT).unwrap();
+    carevault::store::changes::lock(&mut holder, TENANT).unwrap();
     let limit = std::time::Duration::from_secs(3);
-    let b = tokio::time::timeout(limit, app.post(&desk_b, "/fhir/Patient", &patient(&marker(), "dr1"))).await;
-    assert_eq!(b.expect("tenant B's write went through while A's log was held").status(), StatusCode::CREATED);
+    for _ in 0..3 {
+        let b = tokio::time::timeout(limit, app.post(&desk_b, "/fhir/Patient", &patient(&marker(), "dr1"))).await;
+        assert_eq!(b.expect("tenant B's write went through while A was held").status(), StatusCode::CREATED);
+    }
     let a =
         tokio::time::timeout(std::time::Duration::from_millis(500), app.post(&desk_a, "/fhir/Patient", &patient(&marker(), "dr1"))).await;
-    assert!(a.is_err(), "tenant A's write waits for A's log");
+    assert!(a.is_err(), "tenant A's write waits for A's locks");
     diesel::sql_query("ROLLBACK").execute(&mut *holder).unwrap();
     drop(holder);
+    let (changes_b, _) = feed(&app, &desk_b, None).await;
+    assert_eq!(changes_b.len(), 4, "B's changes all committed: {changes_b:?}");
     let (ok, out) = app.cli(&["ledger", "verify"]);
     assert!(ok, "{out}");
+}
+
+/// A tenant's changes after `since` as its front desk reads them, with the end cursor.
+async fn feed(app: &TestApp, who: &Who, since: Option<i64>) -> (Vec<Value>, String) {
+    let path = match since {
+        Some(c) => format!("/sync/changes?since={c}&limit=1000"),
+        None => "/sync/changes?limit=1000".to_owned(),
+    };
+    let body = json(app, who, &path).await;
+    (body["changes"].as_array().unwrap().clone(), body["cursor"].as_str().unwrap().to_owned())
+}
+
+/// Each tenant's change feed numbers its own changes: with writers of two tenants
+/// committing at once, each feed is gap-free from 1, holds exactly its tenant's changes
+/// once each, and resumes from any cursor without skipping one.
+#[tokio::test]
+async fn each_tenants_change_cursors_are_gap_free_and_resumable_under_concurrent_writers() {
+    let app = spawn_app().await;
+    let desks = [app.front_desk(), app.who(OTHER, &["front_desk"], None)];
+    const EACH: usize = 12;
+    let writes = (0..EACH * 2).map(|i| {
+        let (app, desk) = (&app, desks[i % 2].clone());
+        async move { (i % 2, app.create(&desk, &patient(&marker(), "dr1")).await) }
+    });
+    let created = futures::future::join_all(writes).await;
+    for (t, desk) in desks.iter().enumerate() {
+        let mut mine: Vec<String> = created.iter().filter(|(w, _)| *w == t).map(|(_, id)| id.clone()).collect();
+        let (all, end) = feed(&app, desk, None).await;
+        let cursors: Vec<i64> = all.iter().map(|c| c["cursor"].as_str().unwrap().parse().unwrap()).collect();
+        assert_eq!(cursors, (1..=EACH as i64).collect::<Vec<_>>(), "tenant {t}: dense from 1, in order");
+        assert_eq!(end, EACH.to_string());
+        let mut seen: Vec<String> = all.iter().map(|c| c["id"].as_str().unwrap().to_owned()).collect();
+        seen.sort();
+        mine.sort();
+        assert_eq!(seen, mine, "tenant {t}: its own changes, each once");
+        let (rest, _) = feed(&app, desk, Some(5)).await;
+        assert_eq!(rest.len(), EACH - 5);
+        assert_eq!(rest[0]["cursor"], "6");
+    }
 }
 
 // ---- upgrade from the single global log ----
@@ -285,7 +329,15 @@ async fn a_database_of_the_global_log_release_upgrades_with_every_old_entry_veri
     let key_file = dir.path().join("keys").join("ledger-ed25519.pk8");
     carevault::startup::create_ledger_key(&key_file).unwrap();
     let signer = carevault::ledger::checkpoint::Signer::from_pkcs8("carevault.local/ledger", &std::fs::read(&key_file).unwrap()).unwrap();
-    let rows = old_release_rows(&signer, 23, &[8, 23]);
+    let mut rows = old_release_rows(&signer, 23, &[8, 23]);
+    // The old change log: one cursor sequence shared by the tenants.
+    for cursor in 1..=6 {
+        let tenant = if cursor % 2 == 1 { TENANT } else { OTHER };
+        rows.push(format!(
+            "INSERT INTO change_log (cursor, tenant, resource_type, resource_id, version_id, op, patient_id, committed_at) \
+             VALUES ({cursor}, '{tenant}', 'Patient', 'zz-old-{cursor}', 1, 'create', 'zz-old-{cursor}', '2026-11-20T10:00:00.000Z')"
+        ));
+    }
     match &db {
         TestDb::Sqlite(path) => {
             let mut conn = diesel::SqliteConnection::establish(path.to_str().unwrap()).unwrap();
@@ -316,6 +368,15 @@ async fn a_database_of_the_global_log_release_upgrades_with_every_old_entry_veri
     let (ok, out) = app.cli(&["ledger", "verify"]);
     assert!(ok, "{out}");
     assert!(out.contains("log _legacy verified: 23 entries, 2 checkpoints"), "{out}");
+
+    // Old changes keep their cursors; each tenant's new ones continue above its own.
+    let mut conn = app.db();
+    for (tenant, old) in [(TENANT, vec![1, 3, 5]), (OTHER, vec![2, 4, 6])] {
+        let cursors: Vec<i64> = carevault::store::changes::since(&mut conn, tenant, 0, 100).unwrap().iter().map(|c| c.cursor).collect();
+        let after = old.last().copied().unwrap();
+        assert_eq!(cursors, old.into_iter().chain(after + 1..=after + 2).collect::<Vec<_>>(), "{tenant}");
+    }
+    drop(conn);
 
     // Accesses recorded before the upgrade still count in the accounting of disclosures.
     let d = json(&app, &app.who(TENANT, &["auditor"], None), "/audit/disclosures?patient=Patient/zz-old").await;
