@@ -446,9 +446,20 @@ async fn exports_stream_with_proofs_verify_offline_and_disclosures_list_accesses
     let text = r.text().await.unwrap();
     let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(lines[0]["type"], "checkpoint");
-    let actions: Vec<&str> = lines[1..].iter().map(|l| l["entry"]["action"].as_str().unwrap()).collect();
+    let actions: Vec<&str> = lines[1..].iter().map(|l| l["action"].as_str().unwrap()).collect();
     assert_eq!(actions, ["create", "read", "read", "export"], "only Patient {a}'s entries, the export itself included");
-    assert!(lines[1..].iter().all(|l| l["entry"]["patient"] == format!("Patient/{a}")));
+    assert!(lines[1..].iter().all(|l| l["patient"] == format!("Patient/{a}")));
+    // Each entry line is the entry object itself, with its leaf and proof added.
+    for l in &lines[1..] {
+        assert!(l.get("type").is_none() && l.get("entry").is_none(), "{l}");
+        let mut fields = l.clone();
+        for added in ["leaf", "leaf_index", "tree_size", "audit_path"] {
+            fields.as_object_mut().unwrap().remove(added);
+        }
+        let leaf_bytes = STANDARD.decode(l["leaf"].as_str().unwrap()).unwrap();
+        assert_eq!(serde_json::from_slice::<Value>(&leaf_bytes).unwrap(), fields);
+        assert_eq!(l["leaf_index"], l["seq"]);
+    }
     assert!(!text.contains("Zz-Family"), "no PHI in exports");
 
     // Offline: the public key alone.

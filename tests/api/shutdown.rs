@@ -144,8 +144,8 @@ async fn sigterm_closes_sockets_commits_the_ledger_and_exits_zero() {
     let ledgered: Vec<String> = ndjson
         .lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        // An entry line is the entry, or (older exports) holds it under `entry`.
-        .filter_map(|line| line["requestId"].as_str().or_else(|| line["entry"]["requestId"].as_str()).map(str::to_owned))
+        // An entry line is the entry object itself.
+        .filter_map(|line| line["requestId"].as_str().map(str::to_owned))
         .collect();
     for request_id in &answered {
         assert!(ledgered.contains(request_id), "no ledger entry for answered request {request_id}");

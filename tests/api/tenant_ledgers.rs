@@ -111,7 +111,7 @@ async fn each_tenants_auditor_recomputes_its_own_roots_and_sees_nothing_of_the_o
     let export = app.get(&auditor_b, "/audit/export?format=ndjson").await.text().await.unwrap();
     let lines: Vec<Value> = export.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(lines[0]["origin"], cp_b["origin"]);
-    assert!(lines[1..].iter().all(|l| l["entry"]["tenant"] == OTHER));
+    assert!(lines[1..].iter().all(|l| l["tenant"] == OTHER));
     assert!(ids_a.iter().all(|id| !export.contains(id.as_str())));
     let file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(file.path(), &export).unwrap();
