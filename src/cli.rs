@@ -89,12 +89,16 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
-    /// Export a tenant's audit entries with the signed checkpoint and inclusion proofs
-    /// (as GET /audit/export); ledgered as an export by the operator.
+    /// Export a tenant's audit entries (as GET /audit/export), or with --platform those of
+    /// the platform log (entries with no trusted tenant), with the log's signed checkpoint
+    /// and inclusion proofs; ledgered as an export by the operator, in the exported log.
     Export {
         /// Tenant whose entries to export.
+        #[arg(long, required_unless_present = "platform", conflicts_with = "platform")]
+        tenant: Option<String>,
+        /// Export the platform log instead of a tenant's.
         #[arg(long)]
-        tenant: String,
+        platform: bool,
         /// RFC 3339 start (inclusive).
         #[arg(long)]
         from: Option<String>,
@@ -212,11 +216,11 @@ pub async fn run(cli: Cli) -> ExitCode {
 }
 
 fn audit(settings: &Settings, command: AuditCommand) -> ExitCode {
-    let AuditCommand::Export { tenant, from, to, patient, actor, format, out } = command;
+    let AuditCommand::Export { tenant, platform, from, to, patient, actor, format, out } = command;
     let Some(format) = crate::service::export_format::ExportFormat::parse(&format) else {
         return fail("--format must be ndjson, csv or fhir");
     };
-    let tenant = match crate::domain::TenantId::parse(&tenant) {
+    let tenant = match tenant.as_deref().map(crate::domain::TenantId::parse).transpose() {
         Ok(t) => t,
         Err(e) => return fail(e),
     };
@@ -225,7 +229,22 @@ fn audit(settings: &Settings, command: AuditCommand) -> ExitCode {
         Err(e) => return fail(e),
     };
     let operator = std::env::var("USER").unwrap_or_else(|_| "operator".into());
-    let caller = crate::service::Caller {
+    let request = crate::service::ExportRequest { from, to, patient, actor };
+    let prepared = match tenant {
+        None if platform => services.prepare_platform_export(&format!("cli:{operator}"), &uuid::Uuid::new_v4().to_string(), request),
+        None => return fail("--tenant or --platform is needed"),
+        Some(tenant) => services.prepare_export(&operator_caller(&operator, tenant), request),
+    };
+    let prepared = match prepared {
+        Ok(p) => p,
+        Err(e) => return fail(e),
+    };
+    write_export(&services, &prepared, format, out.as_deref())
+}
+
+/// The operator of the command line as an auditor of `tenant`.
+fn operator_caller(operator: &str, tenant: crate::domain::TenantId) -> crate::service::Caller {
+    crate::service::Caller {
         principal: crate::domain::Principal {
             sub: format!("cli:{operator}"),
             tenant,
@@ -237,12 +256,17 @@ fn audit(settings: &Settings, command: AuditCommand) -> ExitCode {
         purpose: crate::domain::PurposeOfUse::parse("HCOMPL").unwrap_or_default(),
         request_id: uuid::Uuid::new_v4().to_string(),
         client: "cli".into(),
-    };
-    let prepared = match services.prepare_export(&caller, crate::service::ExportRequest { from, to, patient, actor }) {
-        Ok(p) => p,
-        Err(e) => return fail(e),
-    };
-    let mut sink: Box<dyn std::io::Write> = match &out {
+    }
+}
+
+/// Streams a prepared export to `out` (standard output when `None`).
+fn write_export(
+    services: &crate::service::Services,
+    prepared: &crate::service::PreparedExport,
+    format: crate::service::export_format::ExportFormat,
+    out: Option<&std::path::Path>,
+) -> ExitCode {
+    let mut sink: Box<dyn std::io::Write> = match out {
         Some(path) => match std::fs::File::create(path) {
             Ok(f) => Box::new(std::io::BufWriter::new(f)),
             Err(e) => return fail(format!("{}: {e}", path.display())),
@@ -250,7 +274,7 @@ fn audit(settings: &Settings, command: AuditCommand) -> ExitCode {
         None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
     };
     let mut write_error = None;
-    let written = services.stream_export(&prepared, format, |chunk| match sink.write_all(&chunk) {
+    let written = services.stream_export(prepared, format, |chunk| match sink.write_all(&chunk) {
         Ok(()) => true,
         Err(e) => {
             write_error = Some(e);

@@ -179,6 +179,19 @@ pub mod queries {
             .ok_or_else(|| range_error("patient must be Patient/ID"))
     }
 
+    /// The filter of an export of `log`, from the request as given.
+    fn export_filter(log: &str, req: ExportRequest) -> Result<EntryFilter, ServiceError> {
+        Ok(EntryFilter {
+            log: log.to_owned(),
+            tenant: None,
+            time_from: req.from.as_deref().map(|t| rfc3339(t, "from")).transpose()?,
+            time_to: req.to.as_deref().map(|t| rfc3339(t, "to")).transpose()?,
+            patient: req.patient.as_deref().map(patient_ref).transpose()?,
+            actor_sub: req.actor.filter(|a| !a.is_empty()),
+            outcome: None,
+        })
+    }
+
     fn range_error(text: &str) -> ServiceError {
         ServiceError::BadRequest(vec![Issue::new(IssueCode::Value, None, text)])
     }
@@ -262,16 +275,41 @@ pub mod queries {
         /// Checks and ledgers an export, and signs the checkpoint its proofs will refer to.
         pub fn prepare_export(&self, caller: &Caller, req: ExportRequest) -> Result<PreparedExport, ServiceError> {
             self.auditor(caller, AuditAction::Export)?;
-            let filter = EntryFilter {
-                log: caller.principal.tenant.to_string(),
-                tenant: None,
-                time_from: req.from.as_deref().map(|t| rfc3339(t, "from")).transpose()?,
-                time_to: req.to.as_deref().map(|t| rfc3339(t, "to")).transpose()?,
-                patient: req.patient.as_deref().map(patient_ref).transpose()?,
-                actor_sub: req.actor.filter(|a| !a.is_empty()),
-                outcome: None,
-            };
+            let filter = export_filter(caller.principal.tenant.as_str(), req)?;
             self.record(vec![caller.entry(AuditAction::Export, None, filter.patient.clone(), AuditOutcome::Success)])?;
+            self.pin_export(filter)
+        }
+
+        /// Checks and ledgers an export of the platform log (entries with no trusted
+        /// tenant) by an operator of the command line, `operator` naming them; the export
+        /// is recorded in the platform log itself, and signs its checkpoint.
+        pub fn prepare_platform_export(
+            &self,
+            operator: &str,
+            request_id: &str,
+            req: ExportRequest,
+        ) -> Result<PreparedExport, ServiceError> {
+            let filter = export_filter(log::PLATFORM_LOG, req)?;
+            let entry = crate::ledger::entry::Entry {
+                seq: 0,
+                time: super::now(),
+                actor: crate::ledger::entry::Actor { sub: Some(operator.to_owned()), roles: vec!["auditor".into()], fhir_user: None },
+                tenant: None,
+                action: AuditAction::Export,
+                resource: None,
+                patient: filter.patient.clone(),
+                outcome: AuditOutcome::Success,
+                purpose_of_use: Some("HCOMPL".into()),
+                break_glass: None,
+                client: Some("cli".into()),
+                request_id: Some(request_id.to_owned()).filter(|r| !r.is_empty()),
+            };
+            self.record(vec![entry])?;
+            self.pin_export(filter)
+        }
+
+        /// Signs the checkpoint of the export's log that its proofs will refer to.
+        fn pin_export(&self, filter: EntryFilter) -> Result<PreparedExport, ServiceError> {
             let mut conn = self.store.conn()?;
             let checkpoint = log::checkpoint(&mut conn, &self.ledger_signer, &filter.log).map_err(read_failure)?;
             let origin = self.ledger_origin(&filter.log);

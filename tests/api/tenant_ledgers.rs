@@ -478,4 +478,18 @@ async fn validly_signed_refused_tokens_go_to_their_tenants_log_and_untrusted_one
     assert!(ok && out.starts_with("carevault.local/ledger/_platform\n3\n"), "{out}");
     let (ok, out) = app.cli(&["ledger", "verify", "--platform"]);
     assert!(ok && out.contains("log _platform verified: 3 entries"), "{out}");
+
+    // Operators export the platform log through the command line, verifiable offline.
+    let file = tempfile::NamedTempFile::new().unwrap();
+    let path = file.path().to_str().unwrap();
+    let (ok, out) = app.cli(&["audit", "export", "--platform", "--out", path]);
+    assert!(ok && out.contains("exported 4 entries"), "the three refusals and the export itself: {out}");
+    let text = std::fs::read_to_string(file.path()).unwrap();
+    let head: Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    assert_eq!(head["origin"], "carevault.local/ledger/_platform");
+    let key: Value = app.client.get(app.url("/audit/public-key")).send().await.unwrap().json().await.unwrap();
+    let (ok, out) = app.cli(&["ledger", "verify-export", path, "--public-key", key["public_key"].as_str().unwrap()]);
+    assert!(ok && out.contains("export verified: 4 entries"), "{out}");
+    let (ok, out) = app.cli(&["audit", "export"]);
+    assert!(!ok && out.contains("--tenant"), "a tenant or the platform log must be named: {out}");
 }
