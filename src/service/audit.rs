@@ -51,9 +51,66 @@ impl Caller {
     }
 }
 
+/// Audit-ledger writes that failed in this process (each one failed its request closed).
+static WRITE_FAILURES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+pub(crate) fn count_write_failure() {
+    WRITE_FAILURES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Audit-ledger writes that failed in this process so far.
+pub fn write_failures() -> u64 {
+    WRITE_FAILURES.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 pub(crate) fn ledger_failure(e: crate::ledger::log::LedgerError) -> ServiceError {
     tracing::error!(error = %e, "audit ledger write failed");
+    count_write_failure();
     ServiceError::ledger_by("append")(e)
+}
+
+/// One log's state, for the health metrics.
+#[derive(Debug, Clone)]
+pub struct LogHealth {
+    pub log: String,
+    /// Entries in the log.
+    pub entries: i64,
+    /// Entries beyond its latest signed checkpoint.
+    pub unsigned: i64,
+    /// Seconds since its latest checkpoint was signed, or since the log began when none
+    /// was: how long its unsigned entries may have waited.
+    pub waiting_seconds: f64,
+}
+
+/// The audit ledger's health: every log's state, write failures and the group-commit queue.
+#[derive(Debug, Clone)]
+pub struct LedgerHealth {
+    pub logs: Vec<LogHealth>,
+    pub write_failures: u64,
+    pub queue_depth: i64,
+}
+
+impl Services {
+    /// The ledger's health as the metrics endpoint reports it.
+    pub fn ledger_health(&self) -> Result<LedgerHealth, ServiceError> {
+        use crate::store::ledger as rows;
+        let mut conn = self.store.conn()?;
+        let now = chrono::Utc::now();
+        let mut logs = Vec::new();
+        let since = |time: &str| {
+            chrono::DateTime::parse_from_rfc3339(time)
+                .map(|t| now.signed_duration_since(t.with_timezone(&chrono::Utc)).num_milliseconds().max(0) as f64 / 1000.0)
+                .unwrap_or(0.0)
+        };
+        for (log, created_at) in rows::logs_created(&mut conn)? {
+            let entries = rows::size(&mut conn, &log)?;
+            let latest = rows::latest_checkpoint(&mut conn, &log)?;
+            let waiting_seconds = since(latest.as_ref().map_or(created_at.as_str(), |c| c.timestamp.as_str()));
+            let unsigned = entries - latest.map_or(0, |c| c.size);
+            logs.push(LogHealth { log, entries, unsigned, waiting_seconds });
+        }
+        Ok(LedgerHealth { logs, write_failures: write_failures(), queue_depth: self.ledger_writer.queue_depth() })
+    }
 }
 
 /// Appends entries, each to its tenant's log (or the platform log), inside an open write

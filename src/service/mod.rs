@@ -22,6 +22,7 @@ pub mod sync;
 use std::sync::Arc;
 
 pub use audit::queries::{Disclosure, ExportRequest, Exported, PreparedExport};
+pub use audit::{LedgerHealth, LogHealth};
 pub use error::ServiceError;
 pub use group_commit::WriterThread;
 pub use search_params::{DEFAULT_COUNT, MAX_COUNT, MAX_OFFSET};

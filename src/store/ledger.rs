@@ -79,6 +79,11 @@ pub fn logs(conn: &mut DbConnection) -> QueryResult<Vec<String>> {
     ledger_logs::table.order(ledger_logs::log.asc()).select(ledger_logs::log).load(conn)
 }
 
+/// Every log with the time of its first entry (or of the migration that kept it).
+pub fn logs_created(conn: &mut DbConnection) -> QueryResult<Vec<(String, String)>> {
+    ledger_logs::table.order(ledger_logs::log.asc()).select((ledger_logs::log, ledger_logs::created_at)).load(conn)
+}
+
 /// Every log named by any ledger row, registered or not: what a full verification covers,
 /// so that a log whose `ledger_logs` row went missing is still checked. Scans the tables.
 pub fn logs_with_rows(conn: &mut DbConnection) -> QueryResult<Vec<String>> {

@@ -493,3 +493,48 @@ async fn validly_signed_refused_tokens_go_to_their_tenants_log_and_untrusted_one
     let (ok, out) = app.cli(&["audit", "export"]);
     assert!(!ok && out.contains("--tenant"), "a tenant or the platform log must be named: {out}");
 }
+
+// ---- health metrics ----
+
+/// The value of an unlabelled series in a Prometheus text exposition.
+fn sample(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn ledger_health_metrics_total_the_logs_without_naming_a_tenant() {
+    let app = spawn_app().await;
+    two_clinics_at_work(&app, 2).await;
+    let _ = app.client.get(app.url("/fhir/Patient")).bearer_auth("not-a-token").send().await.unwrap();
+    let (ok, out) = app.cli(&["ledger", "checkpoint"]);
+    assert!(ok, "{out}");
+    let admin = app.admin();
+    let text = app.get(&admin, "/metrics").await.text().await.unwrap();
+    assert_eq!(sample(&text, "carevault_ledger_logs"), 3.0, "two tenants and the platform log");
+    let mut conn = app.db();
+    let total: i64 = [TENANT, OTHER, carevault::store::ledger::PLATFORM_LOG]
+        .iter()
+        .map(|log| carevault::store::ledger::size(&mut conn, log).unwrap())
+        .sum();
+    assert!(sample(&text, "carevault_ledger_entries") >= 7.0 && sample(&text, "carevault_ledger_entries") <= total as f64, "{text}");
+    assert!(sample(&text, "carevault_ledger_checkpoint_lag_seconds") >= 0.0);
+    assert_eq!(sample(&text, "carevault_ledger_group_commit_queue_depth"), 0.0);
+    assert!(!text.contains(OTHER) && !text.contains(&format!("\"{TENANT}\"")), "no tenant named in the metrics");
+
+    // A write the ledger refuses fails closed and is counted.
+    let before = sample(&text, "carevault_ledger_write_failures_total");
+    let block = match app.db {
+        TestDb::Sqlite(_) => "CREATE TRIGGER zz_block BEFORE INSERT ON ledger_entries BEGIN SELECT RAISE(ABORT, 'blocked'); END;",
+        TestDb::Postgres { .. } => {
+            "CREATE TRIGGER zz_block BEFORE INSERT ON ledger_entries FOR EACH ROW EXECUTE FUNCTION ledger_refuse_change();"
+        }
+    };
+    diesel::sql_query(block).execute(&mut *conn).unwrap();
+    expect_outcome(app.post(&app.front_desk(), "/fhir/Patient", &patient(&marker(), "dr1")).await, StatusCode::SERVICE_UNAVAILABLE).await;
+    let text = app.get(&admin, "/metrics").await.text().await.unwrap();
+    assert!(sample(&text, "carevault_ledger_write_failures_total") > before, "{text}");
+}
