@@ -56,15 +56,15 @@ fn main() {
         write_transaction(&mut conn, |tx| log::append(tx, &mut entries)).unwrap();
         done += k;
         if done == n / 2 {
-            log::checkpoint(&mut conn, &signer).unwrap();
+            log::checkpoint(&mut conn, &signer, "bench").unwrap();
         }
     }
     let appended = started.elapsed().as_secs_f64();
-    log::checkpoint(&mut conn, &signer).unwrap();
+    log::checkpoint(&mut conn, &signer, "bench").unwrap();
     println!("append:       {:>10.0} entries/s ({appended:.1} s)", n as f64 / appended);
 
     let started = Instant::now();
-    let report = verify::verify(&mut conn, signer.origin(), signer.public_key()).unwrap();
+    let report = verify::verify(&mut conn, "bench", &log::origin(signer.origin(), "bench"), signer.public_key()).unwrap();
     let verified = started.elapsed().as_secs_f64();
     assert_eq!(report.entries, n);
     println!("verify:       {:>10.0} entries/s ({verified:.1} s, {} checkpoints)", n as f64 / verified, report.checkpoints);
@@ -73,7 +73,7 @@ fn main() {
     let probes = 200;
     for i in 0..probes {
         let seq = (i * 7919) % n;
-        merkle::inclusion_proof(&mut DbNodes::new(&mut conn), seq, n).unwrap();
+        merkle::inclusion_proof(&mut DbNodes::new(&mut conn, "bench"), seq, n).unwrap();
     }
     println!(
         "inclusion proof at size {n}: {:.2} ms each (from stored subtree hashes)",
@@ -81,11 +81,11 @@ fn main() {
     );
     let started = Instant::now();
     for i in 1..=probes {
-        merkle::consistency_proof(&mut DbNodes::new(&mut conn), (i * 4999) % n + 1, n).unwrap();
+        merkle::consistency_proof(&mut DbNodes::new(&mut conn, "bench"), (i * 4999) % n + 1, n).unwrap();
     }
     println!("consistency proof to size {n}: {:.2} ms each", started.elapsed().as_secs_f64() * 1000.0 / probes as f64);
     let started = Instant::now();
-    merkle::root(&mut DbNodes::new(&mut conn), n).unwrap();
+    merkle::root(&mut DbNodes::new(&mut conn, "bench"), n).unwrap();
     println!("tree head at size {n}: {:.2} ms", started.elapsed().as_secs_f64() * 1000.0);
 
     drop(conn);

@@ -89,12 +89,16 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
-    /// Export a tenant's audit entries with the signed checkpoint and inclusion proofs
-    /// (as GET /audit/export); ledgered as an export by the operator.
+    /// Export a tenant's audit entries (as GET /audit/export), or with --platform those of
+    /// the platform log (entries with no trusted tenant), with the log's signed checkpoint
+    /// and inclusion proofs; ledgered as an export by the operator, in the exported log.
     Export {
         /// Tenant whose entries to export.
+        #[arg(long, required_unless_present = "platform", conflicts_with = "platform")]
+        tenant: Option<String>,
+        /// Export the platform log instead of a tenant's.
         #[arg(long)]
-        tenant: String,
+        platform: bool,
         /// RFC 3339 start (inclusive).
         #[arg(long)]
         from: Option<String>,
@@ -116,13 +120,43 @@ pub enum AuditCommand {
     },
 }
 
+/// Which of the ledger's logs a command works on: every log when neither is given.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LogChoice {
+    /// Only this tenant's log.
+    #[arg(long, conflicts_with = "platform")]
+    tenant: Option<String>,
+    /// Only the platform log (entries with no trusted tenant, such as forged tokens).
+    #[arg(long)]
+    platform: bool,
+}
+
+impl LogChoice {
+    /// The one log chosen, or `None` for every log.
+    fn log(&self) -> Result<Option<String>, String> {
+        match (&self.tenant, self.platform) {
+            (Some(t), _) => crate::domain::TenantId::parse(t).map(|t| Some(t.to_string())).map_err(|e| format!("--tenant: {e}")),
+            (None, true) => Ok(Some(crate::ledger::log::PLATFORM_LOG.to_owned())),
+            (None, false) => Ok(None),
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum LedgerCommand {
-    /// Recompute leaves, tree and checkpoint signatures from the database; name the first
-    /// entry that does not match and exit non-zero on any mismatch.
-    Verify,
-    /// Sign a checkpoint for the current ledger and print it.
-    Checkpoint,
+    /// Recompute leaves, trees and checkpoint signatures of every log (each tenant's, the
+    /// platform log, the sealed legacy log) or of the one chosen from the database; name
+    /// the log and the first entry that does not match, and exit non-zero on any mismatch.
+    Verify {
+        #[command(flatten)]
+        choice: LogChoice,
+    },
+    /// Sign a checkpoint of every log with entries since its last one (or of the one
+    /// chosen) and print the latest checkpoint of each.
+    Checkpoint {
+        #[command(flatten)]
+        choice: LogChoice,
+    },
     /// Check an NDJSON export offline: its checkpoint against the public key, and each
     /// entry's leaf bytes and inclusion proof against the checkpoint. Needs no database.
     VerifyExport {
@@ -182,11 +216,11 @@ pub async fn run(cli: Cli) -> ExitCode {
 }
 
 fn audit(settings: &Settings, command: AuditCommand) -> ExitCode {
-    let AuditCommand::Export { tenant, from, to, patient, actor, format, out } = command;
+    let AuditCommand::Export { tenant, platform, from, to, patient, actor, format, out } = command;
     let Some(format) = crate::service::export_format::ExportFormat::parse(&format) else {
         return fail("--format must be ndjson, csv or fhir");
     };
-    let tenant = match crate::domain::TenantId::parse(&tenant) {
+    let tenant = match tenant.as_deref().map(crate::domain::TenantId::parse).transpose() {
         Ok(t) => t,
         Err(e) => return fail(e),
     };
@@ -195,7 +229,22 @@ fn audit(settings: &Settings, command: AuditCommand) -> ExitCode {
         Err(e) => return fail(e),
     };
     let operator = std::env::var("USER").unwrap_or_else(|_| "operator".into());
-    let caller = crate::service::Caller {
+    let request = crate::service::ExportRequest { from, to, patient, actor };
+    let prepared = match tenant {
+        None if platform => services.prepare_platform_export(&format!("cli:{operator}"), &uuid::Uuid::new_v4().to_string(), request),
+        None => return fail("--tenant or --platform is needed"),
+        Some(tenant) => services.prepare_export(&operator_caller(&operator, tenant), request),
+    };
+    let prepared = match prepared {
+        Ok(p) => p,
+        Err(e) => return fail(e),
+    };
+    write_export(&services, &prepared, format, out.as_deref())
+}
+
+/// The operator of the command line as an auditor of `tenant`.
+fn operator_caller(operator: &str, tenant: crate::domain::TenantId) -> crate::service::Caller {
+    crate::service::Caller {
         principal: crate::domain::Principal {
             sub: format!("cli:{operator}"),
             tenant,
@@ -207,12 +256,17 @@ fn audit(settings: &Settings, command: AuditCommand) -> ExitCode {
         purpose: crate::domain::PurposeOfUse::parse("HCOMPL").unwrap_or_default(),
         request_id: uuid::Uuid::new_v4().to_string(),
         client: "cli".into(),
-    };
-    let prepared = match services.prepare_export(&caller, crate::service::ExportRequest { from, to, patient, actor }) {
-        Ok(p) => p,
-        Err(e) => return fail(e),
-    };
-    let mut sink: Box<dyn std::io::Write> = match &out {
+    }
+}
+
+/// Streams a prepared export to `out` (standard output when `None`).
+fn write_export(
+    services: &crate::service::Services,
+    prepared: &crate::service::PreparedExport,
+    format: crate::service::export_format::ExportFormat,
+    out: Option<&std::path::Path>,
+) -> ExitCode {
+    let mut sink: Box<dyn std::io::Write> = match out {
         Some(path) => match std::fs::File::create(path) {
             Ok(f) => Box::new(std::io::BufWriter::new(f)),
             Err(e) => return fail(format!("{}: {e}", path.display())),
@@ -220,7 +274,7 @@ fn audit(settings: &Settings, command: AuditCommand) -> ExitCode {
         None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
     };
     let mut write_error = None;
-    let written = services.stream_export(&prepared, format, |chunk| match sink.write_all(&chunk) {
+    let written = services.stream_export(prepared, format, |chunk| match sink.write_all(&chunk) {
         Ok(()) => true,
         Err(e) => {
             write_error = Some(e);
@@ -257,32 +311,60 @@ fn ledger(settings: &Settings, command: LedgerCommand) -> ExitCode {
         Err(code) => return code,
     };
     match command {
-        LedgerCommand::Verify => {
+        LedgerCommand::Verify { choice } => {
             let started = std::time::Instant::now();
-            match crate::ledger::verify::verify(&mut conn, signer.origin(), signer.public_key()) {
-                Ok(report) => {
+            let verified = match choice.log() {
+                Err(e) => return fail(e),
+                Ok(Some(log)) => {
+                    let origin = crate::ledger::log::origin(signer.origin(), &log);
+                    match crate::ledger::verify::verify(&mut conn, &log, &origin, signer.public_key()) {
+                        Ok(report) => Ok(vec![(log, report)]),
+                        Err(mismatch) => Err((log, mismatch)),
+                    }
+                }
+                Ok(None) => crate::ledger::verify::verify_all(&mut conn, signer.origin(), signer.public_key()),
+            };
+            match verified {
+                Ok(reports) => {
                     let secs = started.elapsed().as_secs_f64();
+                    let mut total = 0;
+                    for (log, report) in &reports {
+                        total += report.entries;
+                        println!(
+                            "log {log} verified: {} entries, {} checkpoints, root {}",
+                            report.entries,
+                            report.checkpoints,
+                            crate::ledger::merkle::to_hex(&report.root)
+                        );
+                    }
                     println!(
-                        "ledger verified: {} entries, {} checkpoints, root {} ({:.2} s, {:.0} entries/s)",
-                        report.entries,
-                        report.checkpoints,
-                        crate::ledger::merkle::to_hex(&report.root),
-                        secs,
-                        report.entries as f64 / secs.max(1e-9)
+                        "ledger verified: {} logs, {total} entries ({secs:.2} s, {:.0} entries/s)",
+                        reports.len(),
+                        total as f64 / secs.max(1e-9)
                     );
                     ExitCode::SUCCESS
                 }
-                Err(mismatch) => fail(format!("ledger verification FAILED: {mismatch}")),
+                Err((log, mismatch)) => fail(format!("ledger verification FAILED in log {log}: {mismatch}")),
             }
         }
         LedgerCommand::VerifyExport { .. } => ExitCode::FAILURE,
-        LedgerCommand::Checkpoint => match crate::ledger::log::checkpoint(&mut conn, &signer) {
-            Ok(row) => {
-                print!("{}", row.note);
-                ExitCode::SUCCESS
+        LedgerCommand::Checkpoint { choice } => {
+            let logs = match choice.log() {
+                Err(e) => return fail(e),
+                Ok(Some(log)) => vec![log],
+                Ok(None) => match crate::store::ledger::logs(&mut conn) {
+                    Ok(logs) => logs,
+                    Err(e) => return fail(e),
+                },
+            };
+            for log in logs {
+                match crate::ledger::log::checkpoint(&mut conn, &signer, &log) {
+                    Ok(row) => print!("{}", row.note),
+                    Err(e) => return fail(format!("log {log}: {e}")),
+                }
             }
-            Err(e) => fail(e),
-        },
+            ExitCode::SUCCESS
+        }
     }
 }
 

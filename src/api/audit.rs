@@ -1,8 +1,8 @@
 //! The audit ledger over HTTP (SPEC section 5): the public key, signed checkpoints,
 //! entries with their leaf bytes, and inclusion and consistency proofs. Auditor role
 //! (the `audit` capability, checked by the use cases) except for the public key. Entries
-//! are those of the caller's tenant; proofs and checkpoints cover the whole log and reveal
-//! only hashes and counts.
+//! checkpoints and proofs are those of the caller's tenant's own log (origin
+//! `BASE/TENANT`), so an auditor recomputes every root from the entries it may see.
 
 use actix_web::{HttpResponse, web};
 use base64::Engine;
@@ -34,9 +34,9 @@ pub async fn public_key(state: web::Data<AppState>) -> HttpResponse {
         (status = 503, description = "Database or ledger unavailable; retry (OperationOutcome)")))]
 pub async fn checkpoint(state: web::Data<AppState>, caller: Caller) -> Result<HttpResponse, ApiError> {
     let services = state.services.clone();
-    let row = blocking(move || Ok(services.ledger_checkpoint(&caller)?)).await?;
+    let (origin, row) = blocking(move || Ok(services.ledger_checkpoint(&caller)?)).await?;
     Ok(HttpResponse::Ok().json(json!({
-        "origin": state.services.ledger_public_key().0,
+        "origin": origin,
         "size": row.size,
         "root_hash": row.root_hash,
         "timestamp": row.timestamp,
@@ -208,6 +208,7 @@ fn disclosure_json(d: &crate::service::Disclosure) -> serde_json::Value {
         "purpose": d.purpose,
         "description": format!("{} of {}", d.action, d.resource.as_deref().unwrap_or("records")),
         "breakGlass": d.break_glass,
+        "log": d.log,
         "seq": d.seq,
     })
 }

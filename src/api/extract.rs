@@ -142,10 +142,14 @@ impl FromRequest for Caller {
         let state = req.app_data::<web::Data<AppState>>().cloned();
         let request_id = req.extensions().get::<RequestId>().map(|r| r.0.clone()).unwrap_or_default();
         let client = req.peer_addr().map(|a| a.ip().to_string()).unwrap_or_default();
+        let token = bearer(req).map(str::to_owned).or_else(|| query_token(req));
         Box::pin(async move {
             if let Some(state) = state {
                 let services = state.services.clone();
-                let recorded = crate::api::blocking(move || Ok(services.record_rejected_token(&client, &request_id)?)).await;
+                // A validly signed token refused for its claims is its tenant's business;
+                // anything else has no tenant to trust (the platform log).
+                let identity = token.and_then(|t| state.verifier.refused_identity(&t));
+                let recorded = crate::api::blocking(move || Ok(services.record_rejected_token(&client, &request_id, identity)?)).await;
                 if let Err(e) = recorded {
                     tracing::error!(error = %e, "could not ledger a rejected token");
                 }

@@ -1,6 +1,10 @@
-//! Prometheus metrics: request counts and latencies by route and status, pool usage.
+//! Prometheus metrics: request counts and latencies by route and status, pool usage, and
+//! the audit ledger's health: its logs, their entries, the entries not yet under a signed
+//! checkpoint and how long the stalest log has waited for one, write failures, and the
+//! group-commit queue. Ledger figures are totals over the logs, never one tenant's: any
+//! tenant's admin may read the metrics, and must not learn another tenant's name or size.
 
-use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
 
 pub struct Metrics {
     registry: Registry,
@@ -13,6 +17,12 @@ pub struct Metrics {
     pub sync_connections: IntGauge,
     /// Stored records that failed to open (tampered or corrupt) when a search matched them.
     pub unreadable_records: IntCounter,
+    ledger_logs: IntGauge,
+    ledger_entries: IntGauge,
+    ledger_unsigned: IntGauge,
+    ledger_checkpoint_lag: Gauge,
+    ledger_write_failures: IntCounter,
+    ledger_queue_depth: IntGauge,
 }
 
 impl Metrics {
@@ -40,7 +50,53 @@ impl Metrics {
         registry.register(Box::new(pool_connections.clone()))?;
         registry.register(Box::new(pool_idle.clone()))?;
         registry.register(Box::new(pool_max.clone()))?;
-        Ok(Self { registry, requests, latency, pool_connections, pool_idle, pool_max, sync_connections, unreadable_records })
+        let ledger_logs = IntGauge::new("ledger_logs", "Audit-ledger logs (tenants, the platform log, a legacy log)")?;
+        let ledger_entries = IntGauge::new("ledger_entries", "Entries in all audit-ledger logs")?;
+        let ledger_unsigned = IntGauge::new("ledger_unsigned_entries", "Audit-ledger entries beyond their log's latest signed checkpoint")?;
+        let ledger_checkpoint_lag = Gauge::new(
+            "ledger_checkpoint_lag_seconds",
+            "Among logs with unsigned entries, the most seconds since one's latest checkpoint (0 when all are signed)",
+        )?;
+        let ledger_write_failures = IntCounter::new(
+            "ledger_write_failures_total",
+            "Audit-ledger writes that failed in this process (each failed its request closed)",
+        )?;
+        let ledger_queue_depth = IntGauge::new("ledger_group_commit_queue_depth", "Requests waiting for the audit ledger's shared commit")?;
+        registry.register(Box::new(ledger_logs.clone()))?;
+        registry.register(Box::new(ledger_entries.clone()))?;
+        registry.register(Box::new(ledger_unsigned.clone()))?;
+        registry.register(Box::new(ledger_checkpoint_lag.clone()))?;
+        registry.register(Box::new(ledger_write_failures.clone()))?;
+        registry.register(Box::new(ledger_queue_depth.clone()))?;
+        Ok(Self {
+            registry,
+            requests,
+            latency,
+            pool_connections,
+            pool_idle,
+            pool_max,
+            sync_connections,
+            unreadable_records,
+            ledger_logs,
+            ledger_entries,
+            ledger_unsigned,
+            ledger_checkpoint_lag,
+            ledger_write_failures,
+            ledger_queue_depth,
+        })
+    }
+
+    /// Sets the ledger figures from `health`, totalled over the logs.
+    pub fn set_ledger(&self, health: &crate::service::LedgerHealth) {
+        self.ledger_logs.set(i64::try_from(health.logs.len()).unwrap_or(i64::MAX));
+        self.ledger_entries.set(health.logs.iter().map(|l| l.entries).sum());
+        self.ledger_unsigned.set(health.logs.iter().map(|l| l.unsigned).sum());
+        let lag = health.logs.iter().filter(|l| l.unsigned > 0).map(|l| l.waiting_seconds).fold(0.0, f64::max);
+        self.ledger_checkpoint_lag.set(lag);
+        // The process's count is the truth; the counter catches up with it.
+        let seen = self.ledger_write_failures.get();
+        self.ledger_write_failures.inc_by(health.write_failures.saturating_sub(seen));
+        self.ledger_queue_depth.set(health.queue_depth);
     }
 
     /// `route` is the matched pattern (`/fhir/{type}/{id}`), never the raw path.

@@ -42,6 +42,9 @@ pub async fn metrics(state: web::Data<AppState>, caller: Caller) -> Result<HttpR
     if !state.services.may_read_metrics(&caller) {
         return Err(ApiError::Forbidden);
     }
+    let services = state.services.clone();
+    let health = crate::api::blocking(move || Ok(services.ledger_health()?)).await?;
+    state.metrics.set_ledger(&health);
     let text = state.metrics.render(state.services.pool_state()).map_err(|_| ApiError::Internal)?;
     Ok(HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(text))
 }

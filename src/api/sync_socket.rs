@@ -157,7 +157,7 @@ fn failure(e: &ApiError, then: &str) -> Value {
 
 impl Connection {
     async fn run(mut self, mut stream: AggregatedMessageStream) -> Ended {
-        let mut head = self.state.services.subscribe_changes();
+        let mut head = self.state.services.subscribe_changes(&self.caller.principal.tenant);
         let mut closing = self.state.sockets.closing.subscribe();
         // Server pings at this interval; any frame from the client is a sign of life.
         let timing = self.state.sync;

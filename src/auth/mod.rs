@@ -95,6 +95,14 @@ struct PublicKey {
     key: DecodingKey,
 }
 
+/// The tenant and subject of a refused token whose signature verified
+/// ([`TokenVerifier::refused_identity`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefusedIdentity {
+    pub tenant: TenantId,
+    pub sub: Option<String>,
+}
+
 /// Verifies tokens. Built once at start.
 pub struct TokenVerifier {
     hs256: Option<DecodingKey>,
@@ -193,12 +201,9 @@ impl TokenVerifier {
         v
     }
 
-    /// Verifies signature, expiry, `nbf`, lifetime, issuer and audience (a string, or an
-    /// array that must contain the configured audience), then parses the claims into a
-    /// principal. Unknown roles are dropped (they grant nothing).
-    pub fn verify(&self, token: &str) -> Result<Principal, TokenError> {
-        let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Invalid)?;
-        let key = match header.alg {
+    /// The key a token's header names (its algorithm, and its `kid` among several).
+    fn key_for(&self, header: &Header) -> Result<&DecodingKey, TokenError> {
+        Ok(match header.alg {
             Algorithm::HS256 => self.hs256.as_ref().ok_or(TokenError::Invalid)?,
             alg => {
                 let candidates = self.public.iter().filter(|k| k.algorithm == alg);
@@ -211,7 +216,15 @@ impl TokenVerifier {
                 };
                 &found.ok_or(TokenError::Invalid)?.key
             }
-        };
+        })
+    }
+
+    /// Verifies signature, expiry, `nbf`, lifetime, issuer and audience (a string, or an
+    /// array that must contain the configured audience), then parses the claims into a
+    /// principal. Unknown roles are dropped (they grant nothing).
+    pub fn verify(&self, token: &str) -> Result<Principal, TokenError> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Invalid)?;
+        let key = self.key_for(&header)?;
         let data = jsonwebtoken::decode::<Claims>(token, key, &self.validation(header.alg)).map_err(|e| match e.kind() {
             jsonwebtoken::errors::ErrorKind::ExpiredSignature => TokenError::Expired,
             jsonwebtoken::errors::ErrorKind::ImmatureSignature => TokenError::NotYetValid,
@@ -219,6 +232,30 @@ impl TokenVerifier {
         })?;
         self.check_lifetime(&data.claims, jsonwebtoken::get_current_timestamp())?;
         principal_from(data.claims)
+    }
+
+    /// Who a refused token speaks for, when its signature verifies under a configured key:
+    /// the token was issued by a trusted issuer but is refused for its claims (expired, not
+    /// yet valid, too long-lived, another issuer or audience, a claim missing). Its `tenant`
+    /// (when it parses) and `sub` (when well-formed) can then be trusted for the audit
+    /// record of the refusal; a token whose signature does not verify yields `None`.
+    pub fn refused_identity(&self, token: &str) -> Option<RefusedIdentity> {
+        let header = jsonwebtoken::decode_header(token).ok()?;
+        let key = self.key_for(&header).ok()?;
+        let mut lenient = Validation::new(header.alg);
+        lenient.validate_exp = false;
+        lenient.validate_nbf = false;
+        lenient.validate_aud = false;
+        lenient.iss = None;
+        lenient.set_required_spec_claims::<&str>(&[]);
+        let claims = jsonwebtoken::decode::<serde_json::Value>(token, key, &lenient).ok()?.claims;
+        let tenant = TenantId::parse(claims.get("tenant")?.as_str()?).ok()?;
+        let sub = claims
+            .get("sub")
+            .and_then(|s| s.as_str())
+            .filter(|s| !s.is_empty() && s.len() <= 256 && !s.chars().any(|c| c.is_ascii_control()))
+            .map(str::to_owned);
+        Some(RefusedIdentity { tenant, sub })
     }
 
     /// A token may not be issued in the future, nor live longer than the maximum: counted
@@ -321,6 +358,26 @@ mod tests {
         let good = mint_hs256(&secret, &claims(60)).unwrap();
         let unsigned = format!("{}.", good.rsplit_once('.').unwrap().0.replacen("HS256", "none", 1));
         assert_eq!(v.verify(&unsigned), Err(TokenError::Invalid));
+    }
+
+    #[test]
+    fn a_refused_token_speaks_for_its_tenant_only_when_its_signature_verifies() {
+        let secret = Hs256Secret::new(vec![7; 32]);
+        let v = TokenVerifier::new(Some(secret.expose()), vec![], None, Some("carevault".into())).unwrap();
+        let expired = mint_hs256(&secret, &Claims { aud: Some("carevault".into()), ..claims(-120) }).unwrap();
+        let wrong_audience = mint_hs256(&secret, &Claims { aud: Some("elsewhere".into()), ..claims(60) }).unwrap();
+        for token in [&expired, &wrong_audience] {
+            assert!(v.verify(token).is_err());
+            let who = v.refused_identity(token).expect("validly signed");
+            assert_eq!((who.tenant.as_str(), who.sub.as_deref()), ("clinic-a", Some("dr-a")));
+        }
+        let forged = mint_hs256(&Hs256Secret::new(vec![8; 32]), &claims(60)).unwrap();
+        assert_eq!(v.refused_identity(&forged), None);
+        assert_eq!(v.refused_identity("not.a.token"), None);
+        let unsigned = format!("{}.", expired.rsplit_once('.').unwrap().0.replacen("HS256", "none", 1));
+        assert_eq!(v.refused_identity(&unsigned), None);
+        let no_tenant = mint_hs256(&secret, &Claims { tenant: "_platform".into(), ..claims(-120) }).unwrap();
+        assert_eq!(v.refused_identity(&no_tenant), None, "a tenant that does not parse is not trusted");
     }
 
     #[test]

@@ -8,7 +8,7 @@ use crate::domain::ResourceType;
 /// from clients and must not be echoed into logs or error bodies.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum IdError {
-    #[error("tenant must be 1-64 characters of A-Z, a-z, 0-9, '.', '_' or '-'")]
+    #[error("tenant must be 1-64 characters of A-Z, a-z, 0-9, '.', '_' or '-', not starting with '_'")]
     Tenant,
     #[error("id must be 1-64 characters of A-Z, a-z, 0-9, '-' or '.'")]
     ResourceId,
@@ -22,7 +22,12 @@ pub struct TenantId(String);
 
 impl TenantId {
     pub fn parse(raw: &str) -> Result<Self, IdError> {
-        let ok = !raw.is_empty() && raw.len() <= 64 && raw.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        // A leading `_` is reserved for the audit ledger's own logs (`_platform`, `_legacy`),
+        // which share the namespace of tenant logs and their checkpoint origins.
+        let ok = !raw.is_empty()
+            && raw.len() <= 64
+            && !raw.starts_with('_')
+            && raw.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
         if ok { Ok(Self(raw.to_owned())) } else { Err(IdError::Tenant) }
     }
 

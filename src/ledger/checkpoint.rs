@@ -81,13 +81,20 @@ impl Signer {
         self.pair.public_key().as_ref()
     }
 
-    /// The signed note for a tree of `size` leaves with head `root`.
+    /// The signed note for a tree of `size` leaves with head `root`, as this signer's origin.
     pub fn sign(&self, size: u64, root: &Hash) -> String {
-        let body = body(&self.origin, size, root);
+        self.sign_as(&self.origin, size, root)
+    }
+
+    /// The signed note for a tree of `size` leaves with head `root` under `origin` (one log
+    /// of several signed with the same key: each log's origin names it, and the key id,
+    /// which covers the origin, differs per log).
+    pub fn sign_as(&self, origin: &str, size: u64, root: &Hash) -> String {
+        let body = body(origin, size, root);
         let signature = self.pair.sign(body.as_bytes());
-        let mut blob = key_id(&self.origin, self.public_key()).to_vec();
+        let mut blob = key_id(origin, self.public_key()).to_vec();
         blob.extend_from_slice(signature.as_ref());
-        format!("{body}\n{SIG_PREFIX}{} {}\n", self.origin, STANDARD.encode(blob))
+        format!("{body}\n{SIG_PREFIX}{origin} {}\n", STANDARD.encode(blob))
     }
 }
 

@@ -4,7 +4,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::{AuditAction, AuditOutcome};
 
-/// Who acted. `sub` is null for a rejected token (its claims are not trusted).
+/// Who acted. `sub` is null for a token whose signature did not verify (its claims are
+/// not trusted); a validly signed but refused token names its subject.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Actor {
     pub sub: Option<String>,

@@ -10,9 +10,14 @@ use serde_json::Value;
 use crate::ledger::checkpoint;
 use crate::ledger::merkle;
 
-/// Checks the export at `path`: the leading checkpoint's signed note verifies under
-/// `public_key_b64` and matches its fields; every entry's `leaf` decodes to exactly its
-/// `entry`, and its audit path proves it is leaf `leaf_index` of that checkpoint's tree.
+/// Proof fields an export adds to each entry object.
+const ADDED: [&str; 4] = ["leaf", "leaf_index", "tree_size", "audit_path"];
+
+/// Checks the export at `path`: the leading checkpoint line (`"type": "checkpoint"`)'s
+/// signed note verifies under `public_key_b64` and matches its fields; every other line is
+/// an entry object whose fields, without the proof fields the export adds, are exactly
+/// what its `leaf` bytes decode to, and whose audit path proves it is leaf `leaf_index` of
+/// that checkpoint's tree.
 /// Returns `(entries, tree size)`; the error names the first line that fails.
 pub fn verify_ndjson(path: &Path, public_key_b64: &str) -> Result<(u64, u64), String> {
     let public_key = STANDARD.decode(public_key_b64.trim()).map_err(|_| "the public key is not base64".to_owned())?;
@@ -42,7 +47,13 @@ pub fn verify_ndjson(path: &Path, public_key_b64: &str) -> Result<(u64, u64), St
         let record: Value = serde_json::from_str(&line).map_err(|_| format!("line {n} is not JSON"))?;
         let leaf = record["leaf"].as_str().and_then(|l| STANDARD.decode(l).ok()).ok_or(format!("line {n}: no leaf"))?;
         let decoded: Value = serde_json::from_slice(&leaf).map_err(|_| format!("line {n}: leaf is not JSON"))?;
-        if decoded != record["entry"] {
+        let mut fields = record.clone();
+        if let Some(object) = fields.as_object_mut() {
+            for added in ADDED {
+                object.remove(added);
+            }
+        }
+        if decoded != fields {
             return Err(format!("line {n}: the entry differs from its leaf bytes"));
         }
         let index = record["leaf_index"].as_u64().ok_or(format!("line {n}: no leaf_index"))?;

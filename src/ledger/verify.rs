@@ -1,6 +1,7 @@
-//! Recomputes the whole ledger from the database and checks it against itself and its
-//! signed checkpoints: leaf hashes, the filter columns against the leaf bytes, dense
-//! sequence numbers, every stored subtree hash, and each checkpoint's root and signature.
+//! Recomputes the ledger's logs from the database and checks each against itself and its
+//! signed checkpoints: leaf hashes, the filter columns against the leaf bytes (and the
+//! entry's log against its tenant), dense sequence numbers, every stored subtree hash, and
+//! each checkpoint's root and signature under the log's origin.
 //! Streams entries in batches and keeps only the tree's right frontier (O(log n) hashes),
 //! so memory stays flat for millions of entries.
 
@@ -8,6 +9,7 @@ use std::collections::HashMap;
 
 use crate::ledger::checkpoint;
 use crate::ledger::entry::Entry;
+use crate::ledger::log::{LEGACY_LOG, log_of, origin};
 use crate::ledger::merkle::{self, Hash, to_hex};
 use crate::store::DbConnection;
 use crate::store::ledger as rows;
@@ -50,8 +52,23 @@ fn frontier_root(frontier: &[(u32, Hash)]) -> Hash {
     iter.fold(*last, |right, (_, left)| merkle::node_hash(left, &right))
 }
 
-pub fn verify(conn: &mut DbConnection, origin: &str, public_key: &[u8]) -> Result<Report, Mismatch> {
-    let checkpoints = rows::all_checkpoints(conn).map_err(read)?;
+/// Verifies every log the database holds, in name order; stops at the first log that
+/// fails, naming it.
+pub fn verify_all(conn: &mut DbConnection, base_origin: &str, public_key: &[u8]) -> Result<Vec<(String, Report)>, (String, Mismatch)> {
+    let logs = rows::logs_with_rows(conn).map_err(|e| (String::new(), read(e)))?;
+    let mut reports = Vec::with_capacity(logs.len());
+    for log in logs {
+        match verify(conn, &log, &origin(base_origin, &log), public_key) {
+            Ok(report) => reports.push((log, report)),
+            Err(mismatch) => return Err((log, mismatch)),
+        }
+    }
+    Ok(reports)
+}
+
+/// Verifies one log against its checkpoints, signed as `origin`.
+pub fn verify(conn: &mut DbConnection, log: &str, origin: &str, public_key: &[u8]) -> Result<Report, Mismatch> {
+    let checkpoints = rows::all_checkpoints(conn, log).map_err(read)?;
     let mut pending: HashMap<u64, Vec<rows::CheckpointRow>> = HashMap::new();
     for c in checkpoints.iter().cloned() {
         pending.entry(u64::try_from(c.size).unwrap_or(u64::MAX)).or_default().push(c);
@@ -77,7 +94,7 @@ pub fn verify(conn: &mut DbConnection, origin: &str, public_key: &[u8]) -> Resul
     let mut size: u64 = 0;
     loop {
         let from = i64::try_from(size).map_err(|_| Mismatch::Read("size overflow".into()))?;
-        let batch = rows::entries(conn, None, from, from + BATCH).map_err(read)?;
+        let batch = rows::entries(conn, log, from, from + BATCH).map_err(read)?;
         if batch.is_empty() {
             break;
         }
@@ -95,7 +112,10 @@ pub fn verify(conn: &mut DbConnection, origin: &str, public_key: &[u8]) -> Resul
                 return Err(entry_error(seq, "leaf hash does not match the leaf bytes"));
             }
             let entry: Entry = serde_json::from_str(&row.leaf).map_err(|_| entry_error(seq, "leaf is not a ledger entry"))?;
-            let columns_match = entry.seq == seq
+            // A tenant's entry belongs in its tenant's log; the legacy log holds every kind.
+            let in_its_log = log == LEGACY_LOG || log_of(&entry) == log;
+            let columns_match = in_its_log
+                && entry.seq == seq
                 && entry.time == row.time
                 && entry.tenant == row.tenant
                 && entry.actor.sub == row.actor_sub
@@ -131,7 +151,7 @@ pub fn verify(conn: &mut DbConnection, origin: &str, public_key: &[u8]) -> Resul
             let lo = expected.iter().map(|(i, _)| *i).min().unwrap_or(0);
             let hi = expected.iter().map(|(i, _)| *i).max().unwrap_or(0) + 1;
             let stored: HashMap<i64, String> =
-                rows::nodes_in(conn, i64::from(level), lo as i64, hi as i64).map_err(read)?.into_iter().collect();
+                rows::nodes_in(conn, log, i64::from(level), lo as i64, hi as i64).map_err(read)?.into_iter().collect();
             for (index, hash) in expected {
                 if stored.get(&(index as i64)) != Some(&to_hex(&hash)) {
                     return Err(Mismatch::Node { level, index });

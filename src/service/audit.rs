@@ -51,26 +51,92 @@ impl Caller {
     }
 }
 
+/// Audit-ledger writes that failed in this process (each one failed its request closed).
+static WRITE_FAILURES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+pub(crate) fn count_write_failure() {
+    WRITE_FAILURES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Audit-ledger writes that failed in this process so far.
+pub fn write_failures() -> u64 {
+    WRITE_FAILURES.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 pub(crate) fn ledger_failure(e: crate::ledger::log::LedgerError) -> ServiceError {
     tracing::error!(error = %e, "audit ledger write failed");
+    count_write_failure();
     ServiceError::ledger_by("append")(e)
 }
 
-/// Appends entries inside an open write transaction; returns the ledger's append lock,
-/// which the change-log row of the same transaction needs.
-pub(crate) fn append_in(tx: &mut DbConnection, mut entries: Vec<Entry>) -> Result<crate::store::ledger::AppendLock, ServiceError> {
+/// One log's state, for the health metrics.
+#[derive(Debug, Clone)]
+pub struct LogHealth {
+    pub log: String,
+    /// Entries in the log.
+    pub entries: i64,
+    /// Entries beyond its latest signed checkpoint.
+    pub unsigned: i64,
+    /// Seconds since its latest checkpoint was signed, or since the log began when none
+    /// was: how long its unsigned entries may have waited.
+    pub waiting_seconds: f64,
+}
+
+/// The audit ledger's health: every log's state, write failures and the group-commit queue.
+#[derive(Debug, Clone)]
+pub struct LedgerHealth {
+    pub logs: Vec<LogHealth>,
+    pub write_failures: u64,
+    pub queue_depth: i64,
+}
+
+impl Services {
+    /// The ledger's health as the metrics endpoint reports it.
+    pub fn ledger_health(&self) -> Result<LedgerHealth, ServiceError> {
+        use crate::store::ledger as rows;
+        let mut conn = self.store.conn()?;
+        let now = chrono::Utc::now();
+        let mut logs = Vec::new();
+        let since = |time: &str| {
+            chrono::DateTime::parse_from_rfc3339(time)
+                .map(|t| now.signed_duration_since(t.with_timezone(&chrono::Utc)).num_milliseconds().max(0) as f64 / 1000.0)
+                .unwrap_or(0.0)
+        };
+        for (log, created_at) in rows::logs_created(&mut conn)? {
+            let entries = rows::size(&mut conn, &log)?;
+            let latest = rows::latest_checkpoint(&mut conn, &log)?;
+            let waiting_seconds = since(latest.as_ref().map_or(created_at.as_str(), |c| c.timestamp.as_str()));
+            let unsigned = entries - latest.map_or(0, |c| c.size);
+            logs.push(LogHealth { log, entries, unsigned, waiting_seconds });
+        }
+        Ok(LedgerHealth { logs, write_failures: write_failures(), queue_depth: self.ledger_writer.queue_depth() })
+    }
+}
+
+/// Appends entries, each to its tenant's log (or the platform log), inside an open write
+/// transaction; each log's append lock is held until the transaction ends.
+pub(crate) fn append_in(tx: &mut DbConnection, mut entries: Vec<Entry>) -> Result<(), ServiceError> {
     crate::ledger::log::append(tx, &mut entries).map_err(ledger_failure)
 }
 
 impl Services {
-    /// Records a request whose token was missing or refused (`login`, `denied`). The
-    /// token's claims are not trusted, so the actor and tenant stay empty.
-    pub fn record_rejected_token(&self, client: &str, request_id: &str) -> Result<(), ServiceError> {
+    /// Records a request whose token was missing or refused (`login`, `denied`). A token
+    /// whose signature verified but whose claims were refused (`identity`) is recorded in
+    /// its tenant's log, naming its subject, where that tenant's auditor sees it. Otherwise
+    /// nothing in the token can be trusted: the actor and tenant stay empty and the entry
+    /// goes to the platform log.
+    pub fn record_rejected_token(
+        &self,
+        client: &str,
+        request_id: &str,
+        identity: Option<crate::auth::RefusedIdentity>,
+    ) -> Result<(), ServiceError> {
+        let (tenant, sub) = identity.map_or((None, None), |i| (Some(i.tenant.to_string()), i.sub));
         let entry = Entry {
             seq: 0,
             time: now(),
-            actor: Actor { sub: None, roles: Vec::new(), fhir_user: None },
-            tenant: None,
+            actor: Actor { sub, roles: Vec::new(), fhir_user: None },
+            tenant,
             action: AuditAction::Login,
             resource: None,
             patient: None,
@@ -122,6 +188,9 @@ pub mod queries {
     /// One access to a patient's records, as the accounting of disclosures lists it.
     #[derive(Debug, Clone)]
     pub struct Disclosure {
+        /// The log holding the entry: the tenant's, or the sealed legacy log for accesses
+        /// recorded before logs were per tenant.
+        pub log: String,
         pub seq: u64,
         pub date: String,
         pub recipient_sub: Option<String>,
@@ -147,6 +216,8 @@ pub mod queries {
     pub struct PreparedExport {
         pub filter: EntryFilter,
         pub checkpoint: CheckpointRow,
+        /// The checkpoint's origin (the tenant log's).
+        pub origin: String,
     }
 
     const EXPORT_BATCH: i64 = 1000;
@@ -163,6 +234,19 @@ pub mod queries {
             .filter(|r| r.resource_type == crate::domain::ResourceType::Patient)
             .map(|r| r.to_string())
             .ok_or_else(|| range_error("patient must be Patient/ID"))
+    }
+
+    /// The filter of an export of `log`, from the request as given.
+    fn export_filter(log: &str, req: ExportRequest) -> Result<EntryFilter, ServiceError> {
+        Ok(EntryFilter {
+            log: log.to_owned(),
+            tenant: None,
+            time_from: req.from.as_deref().map(|t| rfc3339(t, "from")).transpose()?,
+            time_to: req.to.as_deref().map(|t| rfc3339(t, "to")).transpose()?,
+            patient: req.patient.as_deref().map(patient_ref).transpose()?,
+            actor_sub: req.actor.filter(|a| !a.is_empty()),
+            outcome: None,
+        })
     }
 
     fn range_error(text: &str) -> ServiceError {
@@ -192,11 +276,19 @@ pub mod queries {
             Err(ServiceError::Forbidden)
         }
 
-        /// The latest signed checkpoint, signing one first if entries arrived since.
-        pub fn ledger_checkpoint(&self, caller: &Caller) -> Result<CheckpointRow, ServiceError> {
+        /// The origin of `log`'s checkpoints.
+        pub fn ledger_origin(&self, log: &str) -> String {
+            log::origin(self.ledger_signer.origin(), log)
+        }
+
+        /// The latest signed checkpoint of the caller's tenant's log, signing one first if
+        /// entries arrived since; with its origin.
+        pub fn ledger_checkpoint(&self, caller: &Caller) -> Result<(String, CheckpointRow), ServiceError> {
             self.auditor(caller, AuditAction::Read)?;
+            let log = caller.principal.tenant.as_str();
             let mut conn = self.store.conn()?;
-            log::checkpoint(&mut conn, &self.ledger_signer).map_err(read_failure)
+            let row = log::checkpoint(&mut conn, &self.ledger_signer, log).map_err(read_failure)?;
+            Ok((self.ledger_origin(log), row))
         }
 
         /// The caller's tenant's entries with `from <= seq < to` (at most `max`).
@@ -208,7 +300,7 @@ pub mod queries {
                 return Err(range_error(&format!("need 0 <= from <= to with at most {max} entries")));
             }
             let mut conn = self.store.conn()?;
-            rows::entries(&mut conn, Some(caller.principal.tenant.as_str()), from, to)?
+            rows::entries(&mut conn, caller.principal.tenant.as_str(), from, to)?
                 .iter()
                 .map(|row| {
                     let mut entry: serde_json::Value =
@@ -220,37 +312,65 @@ pub mod queries {
                 .collect()
         }
 
-        /// `(leaf hash hex, audit path)` for entry `seq` in the tree of `size`; only for
-        /// entries of the caller's tenant.
+        /// `(leaf hash hex, audit path)` for entry `seq` in the tree of `size` of the
+        /// caller's tenant's log.
         pub fn ledger_inclusion(&self, caller: &Caller, seq: u64, size: u64) -> Result<(String, Vec<String>), ServiceError> {
             self.auditor(caller, AuditAction::Read)?;
+            let log = caller.principal.tenant.as_str();
             let mut conn = self.store.conn()?;
-            let current = u64::try_from(rows::size(&mut conn)?).unwrap_or(0);
+            let current = u64::try_from(rows::size(&mut conn, log)?).unwrap_or(0);
             if seq >= size || size > current {
                 return Err(range_error("need seq < size <= the ledger's size"));
             }
             let seq_i = i64::try_from(seq).map_err(|_| range_error("seq out of range"))?;
-            let entry = rows::entries(&mut conn, Some(caller.principal.tenant.as_str()), seq_i, seq_i + 1)?;
+            let entry = rows::entries(&mut conn, log, seq_i, seq_i + 1)?;
             let leaf_hash = entry.into_iter().next().ok_or(ServiceError::NotFound)?.leaf_hash;
-            let path = merkle::inclusion_proof(&mut DbNodes::new(&mut conn), seq, size).map_err(|e| read_failure(e.into()))?;
+            let path = merkle::inclusion_proof(&mut DbNodes::new(&mut conn, log), seq, size).map_err(|e| read_failure(e.into()))?;
             Ok((leaf_hash, path.iter().map(merkle::to_hex).collect()))
         }
 
         /// Checks and ledgers an export, and signs the checkpoint its proofs will refer to.
         pub fn prepare_export(&self, caller: &Caller, req: ExportRequest) -> Result<PreparedExport, ServiceError> {
             self.auditor(caller, AuditAction::Export)?;
-            let filter = EntryFilter {
-                tenant: caller.principal.tenant.to_string(),
-                time_from: req.from.as_deref().map(|t| rfc3339(t, "from")).transpose()?,
-                time_to: req.to.as_deref().map(|t| rfc3339(t, "to")).transpose()?,
-                patient: req.patient.as_deref().map(patient_ref).transpose()?,
-                actor_sub: req.actor.filter(|a| !a.is_empty()),
-                outcome: None,
-            };
+            let filter = export_filter(caller.principal.tenant.as_str(), req)?;
             self.record(vec![caller.entry(AuditAction::Export, None, filter.patient.clone(), AuditOutcome::Success)])?;
+            self.pin_export(filter)
+        }
+
+        /// Checks and ledgers an export of the platform log (entries with no trusted
+        /// tenant) by an operator of the command line, `operator` naming them; the export
+        /// is recorded in the platform log itself, and signs its checkpoint.
+        pub fn prepare_platform_export(
+            &self,
+            operator: &str,
+            request_id: &str,
+            req: ExportRequest,
+        ) -> Result<PreparedExport, ServiceError> {
+            let filter = export_filter(log::PLATFORM_LOG, req)?;
+            let entry = crate::ledger::entry::Entry {
+                seq: 0,
+                time: super::now(),
+                actor: crate::ledger::entry::Actor { sub: Some(operator.to_owned()), roles: vec!["auditor".into()], fhir_user: None },
+                tenant: None,
+                action: AuditAction::Export,
+                resource: None,
+                patient: filter.patient.clone(),
+                outcome: AuditOutcome::Success,
+                purpose_of_use: Some("HCOMPL".into()),
+                break_glass: None,
+                client: Some("cli".into()),
+                request_id: Some(request_id.to_owned()).filter(|r| !r.is_empty()),
+            };
+            self.record(vec![entry])?;
+            self.pin_export(filter)
+        }
+
+        /// Signs the checkpoint of the export's log that its proofs will refer to.
+        fn pin_export(&self, filter: EntryFilter) -> Result<PreparedExport, ServiceError> {
             let mut conn = self.store.conn()?;
-            let checkpoint = log::checkpoint(&mut conn, &self.ledger_signer).map_err(read_failure)?;
-            Ok(PreparedExport { filter, checkpoint })
+            let checkpoint = log::checkpoint(&mut conn, &self.ledger_signer, &filter.log).map_err(read_failure)?;
+            let origin = self.ledger_origin(&filter.log);
+            Ok(PreparedExport { filter, checkpoint, origin })
         }
 
         /// Streams a prepared export: the head with the signed checkpoint (and public key),
@@ -266,7 +386,7 @@ pub mod queries {
         ) -> Result<Exported, ServiceError> {
             use crate::service::export_format::{Head, Record, head, record, tail};
             let cp = &export.checkpoint;
-            let h = Head { origin: self.ledger_signer.origin(), public_key: self.ledger_signer.public_key(), checkpoint: cp };
+            let h = Head { origin: &export.origin, public_key: self.ledger_signer.public_key(), checkpoint: cp };
             if !emit(head(format, &h)?) {
                 return Ok(Exported { entries: 0, complete: false });
             }
@@ -279,7 +399,8 @@ pub mod queries {
                 after = last.seq + 1;
                 for row in &batch {
                     let seq = u64::try_from(row.seq).unwrap_or(0);
-                    let path = merkle::inclusion_proof(&mut DbNodes::new(&mut conn), seq, size).map_err(|e| read_failure(e.into()))?;
+                    let path = merkle::inclusion_proof(&mut DbNodes::new(&mut conn, &export.filter.log), seq, size)
+                        .map_err(|e| read_failure(e.into()))?;
                     let path: Vec<String> = path.iter().map(merkle::to_hex).collect();
                     let entry: crate::ledger::entry::Entry =
                         serde_json::from_str(&row.leaf).map_err(ServiceError::corrupt_by("ledger entry leaf"))?;
@@ -294,25 +415,41 @@ pub mod queries {
         }
 
         /// Accounting of disclosures (45 CFR 164.528) for one patient of the caller's
-        /// tenant: every successful access to the patient's records, oldest first.
+        /// tenant: every successful access to the patient's records, oldest first: those
+        /// recorded in the sealed legacy log before logs were per tenant, then the tenant's.
         pub fn disclosures(&self, caller: &Caller, patient: &str) -> Result<Vec<Disclosure>, ServiceError> {
             self.auditor(caller, AuditAction::Export)?;
+            let tenant = caller.principal.tenant.to_string();
             let filter = EntryFilter {
-                tenant: caller.principal.tenant.to_string(),
+                log: log::LEGACY_LOG.to_owned(),
+                tenant: Some(tenant.clone()),
                 patient: Some(patient_ref(patient)?),
                 outcome: Some(AuditOutcome::Success.as_str().to_owned()),
                 ..EntryFilter::default()
             };
             let mut conn = self.store.conn()?;
-            let (mut after, mut out) = (0i64, Vec::new());
+            let mut out = Vec::new();
+            self.disclosures_in(&mut conn, &filter, &mut out)?;
+            self.disclosures_in(&mut conn, &EntryFilter { log: tenant, tenant: None, ..filter }, &mut out)?;
+            Ok(out)
+        }
+
+        fn disclosures_in(
+            &self,
+            conn: &mut crate::store::DbConnection,
+            filter: &EntryFilter,
+            out: &mut Vec<Disclosure>,
+        ) -> Result<(), ServiceError> {
+            let mut after = 0i64;
             loop {
-                let batch = rows::filtered_entries(&mut conn, &filter, after, i64::MAX, EXPORT_BATCH)?;
+                let batch = rows::filtered_entries(conn, filter, after, i64::MAX, EXPORT_BATCH)?;
                 let Some(last) = batch.last() else { break };
                 after = last.seq + 1;
                 for row in batch.iter().filter(|r| r.action != AuditAction::Export.as_str()) {
                     let entry: crate::ledger::entry::Entry =
                         serde_json::from_str(&row.leaf).map_err(ServiceError::corrupt_by("ledger entry leaf"))?;
                     out.push(Disclosure {
+                        log: filter.log.clone(),
                         seq: entry.seq,
                         date: entry.time,
                         recipient_sub: entry.actor.sub,
@@ -325,18 +462,20 @@ pub mod queries {
                     });
                 }
             }
-            Ok(out)
+            Ok(())
         }
 
-        /// Consistency proof between the trees of `from` and `to` entries.
+        /// Consistency proof between the trees of `from` and `to` entries of the caller's
+        /// tenant's log.
         pub fn ledger_consistency(&self, caller: &Caller, from: u64, to: u64) -> Result<Vec<String>, ServiceError> {
             self.auditor(caller, AuditAction::Read)?;
+            let log = caller.principal.tenant.as_str();
             let mut conn = self.store.conn()?;
-            let current = u64::try_from(rows::size(&mut conn)?).unwrap_or(0);
+            let current = u64::try_from(rows::size(&mut conn, log)?).unwrap_or(0);
             if from > to || to > current {
                 return Err(range_error("need from <= to <= the ledger's size"));
             }
-            let proof = merkle::consistency_proof(&mut DbNodes::new(&mut conn), from, to).map_err(|e| read_failure(e.into()))?;
+            let proof = merkle::consistency_proof(&mut DbNodes::new(&mut conn, log), from, to).map_err(|e| read_failure(e.into()))?;
             Ok(proof.iter().map(merkle::to_hex).collect())
         }
     }

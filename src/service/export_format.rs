@@ -151,14 +151,16 @@ pub fn head(format: ExportFormat, h: &Head<'_>) -> Result<Vec<u8>, ServiceError>
 pub fn record(format: ExportFormat, r: &Record<'_>, first: bool) -> Result<Vec<u8>, ServiceError> {
     let e = r.entry;
     match format {
+        // The entry object itself (SPEC section 5), with its leaf bytes and proof added; no
+        // `type`, which tells the checkpoint line apart.
         ExportFormat::Ndjson => {
-            let entry: Value = serde_json::from_str(r.leaf).map_err(ServiceError::corrupt_by("ledger entry leaf"))?;
-            let mut line = json!({
-                "type": "entry", "entry": entry, "leaf": STANDARD.encode(r.leaf.as_bytes()),
-                "leaf_index": e.seq, "tree_size": r.size, "audit_path": r.path,
-            })
-            .to_string()
-            .into_bytes();
+            let mut entry: Value = serde_json::from_str(r.leaf).map_err(ServiceError::corrupt_by("ledger entry leaf"))?;
+            let fields = entry.as_object_mut().ok_or(ServiceError::corrupt("ledger entry leaf"))?;
+            fields.insert("leaf".into(), json!(STANDARD.encode(r.leaf.as_bytes())));
+            fields.insert("leaf_index".into(), json!(e.seq));
+            fields.insert("tree_size".into(), json!(r.size));
+            fields.insert("audit_path".into(), json!(r.path));
+            let mut line = entry.to_string().into_bytes();
             line.push(b'\n');
             Ok(line)
         }

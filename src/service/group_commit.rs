@@ -4,6 +4,8 @@
 //! answers each request. An entry is durable before its request goes on (fail closed),
 //! yet concurrent requests share one commit instead of paying for one each.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
 use crate::ledger::entry::Entry;
@@ -33,6 +35,8 @@ enum Message {
 #[derive(Debug, Clone)]
 pub struct LedgerWriter {
     jobs: SyncSender<Message>,
+    /// Requests handed to the writer and not yet answered.
+    waiting: Arc<AtomicI64>,
 }
 
 /// The writer thread. [`Self::stop`] commits everything queued before it, ends the thread
@@ -51,7 +55,12 @@ impl LedgerWriter {
         let store = store.dedicated().map_err(std::io::Error::other)?;
         let (jobs, queue) = sync_channel::<Message>(QUEUE);
         let thread = std::thread::Builder::new().name("ledger-writer".into()).spawn(move || run(&store, &queue))?;
-        Ok((Self { jobs: jobs.clone() }, WriterThread { jobs, thread }))
+        Ok((Self { jobs: jobs.clone(), waiting: Arc::new(AtomicI64::new(0)) }, WriterThread { jobs, thread }))
+    }
+
+    /// Requests waiting for their entries' shared commit (queued or being written).
+    pub fn queue_depth(&self) -> i64 {
+        self.waiting.load(Ordering::Relaxed)
     }
 
     /// Appends `entries` and returns once they are committed. Fails once the writer has
@@ -59,10 +68,19 @@ impl LedgerWriter {
     pub fn record(&self, entries: Vec<Entry>) -> Result<(), ServiceError> {
         let (done, answer) = sync_channel(1);
         let job = Job { entries, done, span: tracing::Span::current() };
-        self.jobs.send(Message::Append(job)).map_err(|_| ServiceError::ledger("group-commit writer stopped"))?;
-        match answer.recv() {
-            Ok(true) => Ok(()),
-            _ => Err(ServiceError::ledger("group-commit writer")),
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        let answered = match self.jobs.send(Message::Append(job)) {
+            Ok(()) => answer.recv().ok(),
+            Err(_) => None,
+        };
+        self.waiting.fetch_sub(1, Ordering::Relaxed);
+        match answered {
+            Some(true) => Ok(()),
+            Some(false) => Err(ServiceError::ledger("group-commit writer")),
+            None => {
+                crate::service::audit::count_write_failure();
+                Err(ServiceError::ledger("group-commit writer stopped"))
+            }
         }
     }
 }
@@ -122,6 +140,9 @@ fn commit(store: &Store, mut jobs: Vec<Job>, count: usize) {
         Err(e) => Err(format!("no connection: {e}")),
     };
     let requests = jobs.len();
+    if result.is_err() {
+        crate::service::audit::count_write_failure();
+    }
     for (job, entries) in jobs.into_iter().zip(sizes) {
         if let Err(cause) = &result {
             job.span.in_scope(|| {
@@ -205,8 +226,8 @@ mod tests {
         thread.stop();
         assert!(answers.iter().all(|a| a.recv() == Ok(true)), "every queued job is answered as committed");
         let mut conn = store.conn().unwrap();
-        assert_eq!(crate::store::ledger::size(&mut conn).unwrap(), 100);
+        assert_eq!(crate::store::ledger::size(&mut conn, "zz-tenant").unwrap(), 100);
         assert!(matches!(writer.record(vec![entry(99)]), Err(ServiceError::Ledger { .. })), "a stopped writer refuses");
-        assert_eq!(crate::store::ledger::size(&mut conn).unwrap(), 100);
+        assert_eq!(crate::store::ledger::size(&mut conn, "zz-tenant").unwrap(), 100);
     }
 }

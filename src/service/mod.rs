@@ -22,6 +22,7 @@ pub mod sync;
 use std::sync::Arc;
 
 pub use audit::queries::{Disclosure, ExportRequest, Exported, PreparedExport};
+pub use audit::{LedgerHealth, LogHealth};
 pub use error::ServiceError;
 pub use group_commit::WriterThread;
 pub use search_params::{DEFAULT_COUNT, MAX_COUNT, MAX_OFFSET};
@@ -126,20 +127,21 @@ impl Services {
         (pool.connections, pool.idle, pool.max)
     }
 
-    /// The ledger's checkpoint origin and Ed25519 public key.
+    /// The ledger's base checkpoint origin (each log signs as `BASE/LOG`) and Ed25519 public key.
     pub fn ledger_public_key(&self) -> (&str, &[u8]) {
         (self.ledger_signer.origin(), self.ledger_signer.public_key())
     }
 
-    /// Signs a checkpoint of the ledger if entries arrived since the last one.
+    /// Signs a checkpoint of every log whose entries arrived since its last one.
     pub fn sign_checkpoint(&self) -> Result<(), ServiceError> {
         let mut conn = self.store.conn()?;
-        crate::ledger::log::checkpoint(&mut conn, &self.ledger_signer).map(drop).map_err(ServiceError::ledger_by("checkpoint signing"))
+        crate::ledger::log::checkpoint_all(&mut conn, &self.ledger_signer).map(drop).map_err(ServiceError::ledger_by("checkpoint signing"))
     }
 
-    /// Wakes for change-feed subscribers: the newest committed cursor this process knows.
-    pub fn subscribe_changes(&self) -> tokio::sync::watch::Receiver<i64> {
-        self.changes.subscribe()
+    /// Wakes for `tenant`'s change-feed subscribers: the newest committed cursor of the
+    /// tenant this process knows.
+    pub fn subscribe_changes(&self, tenant: &crate::domain::TenantId) -> tokio::sync::watch::Receiver<i64> {
+        self.changes.subscribe(tenant.as_str())
     }
 
     /// Starts watching the database for changes other processes commit; the handle stops it.

@@ -1,4 +1,6 @@
-//! Change-log rows: references to resource versions in commit order.
+//! Change-log rows: references to resource versions, in commit order within each tenant.
+//! Each tenant has its own cursor sequence (`(tenant, cursor)` is the key), so writers of
+//! different tenants never wait on one another for a cursor.
 
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
@@ -19,17 +21,36 @@ pub struct ChangeRow {
     pub committed_at: String,
 }
 
-/// Appends a change with the next cursor, inside the write transaction that holds the
-/// ledger's append lock (`lock`, from `store::ledger::lock_for_append`), which orders
-/// cursors by commit.
-pub fn append(conn: &mut DbConnection, _lock: &crate::store::ledger::AppendLock, mut row: ChangeRow) -> QueryResult<i64> {
-    let max: Option<i64> = change_log::table.select(diesel::dsl::max(change_log::cursor)).first(conn)?;
+/// Takes `tenant`'s change-log lock until the transaction ends: on SQLite the write
+/// transaction already is one; on PostgreSQL a transaction-scoped advisory lock keyed by
+/// (schema, tenant). Writers take it after their tenant's ledger lock, never before.
+pub fn lock(conn: &mut DbConnection, tenant: &str) -> QueryResult<()> {
+    match conn {
+        DbConnection::Sqlite(_) => Ok(()),
+        DbConnection::Postgres(c) => diesel::sql_query("SELECT pg_advisory_xact_lock(7417119, hashtext(current_schema() || '/' || $1))")
+            .bind::<diesel::sql_types::Text, _>(tenant)
+            .execute(c)
+            .map(drop),
+    }
+}
+
+/// Appends a change with its tenant's next cursor (`max + 1`) inside a write transaction,
+/// under the tenant's change-log lock ([`lock`]), held until commit: within a tenant,
+/// cursor order is commit order and there are no gaps, so a reader resuming after a
+/// cursor never skips a change that commits later.
+pub fn append(conn: &mut DbConnection, mut row: ChangeRow) -> QueryResult<i64> {
+    lock(conn, &row.tenant)?;
+    let max: Option<i64> =
+        change_log::table.filter(change_log::tenant.eq(&row.tenant)).select(diesel::dsl::max(change_log::cursor)).first(conn)?;
     row.cursor = max.map_or(1, |m| m + 1);
     diesel::insert_into(change_log::table).values(&row).execute(conn)?;
     if let DbConnection::Postgres(c) = conn {
         // Delivered to listeners at commit, never for a rolled-back change. The payload is
-        // a cursor, never content.
-        c.batch_execute(&format!("SELECT pg_notify('{CHANNEL}', '{}')", row.cursor))?;
+        // the cursor and its tenant (an id of letters, digits, '.', '_', '-'), never content.
+        diesel::sql_query("SELECT pg_notify($1, $2)")
+            .bind::<diesel::sql_types::Text, _>(CHANNEL)
+            .bind::<diesel::sql_types::Text, _>(format!("{} {}", row.cursor, row.tenant))
+            .execute(c)?;
     }
     Ok(row.cursor)
 }
@@ -38,9 +59,10 @@ pub fn append(conn: &mut DbConnection, _lock: &crate::store::ledger::AppendLock,
 /// every other server process on the same database.
 pub const CHANNEL: &str = "carevault_changes";
 
-/// The newest cursor of any tenant (0 when the log is empty).
-pub fn head(conn: &mut DbConnection) -> QueryResult<i64> {
-    let max: Option<i64> = change_log::table.select(diesel::dsl::max(change_log::cursor)).first(conn)?;
+/// The newest cursor of `tenant` (0 when it has no changes).
+pub fn head(conn: &mut DbConnection, tenant: &str) -> QueryResult<i64> {
+    let max: Option<i64> =
+        change_log::table.filter(change_log::tenant.eq(tenant)).select(diesel::dsl::max(change_log::cursor)).first(conn)?;
     Ok(max.unwrap_or(0))
 }
 
@@ -66,13 +88,16 @@ impl Listener {
         Ok(Self { conn })
     }
 
-    /// The highest cursor among the notifications received so far, without blocking
-    /// (`None` when there were none). An error means the session is gone.
-    pub fn poll(&mut self) -> QueryResult<Option<i64>> {
-        let mut newest = None;
+    /// The highest cursor of each tenant among the notifications received so far, without
+    /// blocking (empty when there were none). An error means the session is gone.
+    pub fn poll(&mut self) -> QueryResult<std::collections::HashMap<String, i64>> {
+        let mut newest = std::collections::HashMap::new();
         for note in self.conn.notifications_iter() {
-            let cursor = note?.payload.parse::<i64>().unwrap_or(0);
-            newest = Some(newest.map_or(cursor, |n: i64| n.max(cursor)));
+            let note = note?;
+            let Some((cursor, tenant)) = note.payload.split_once(' ') else { continue };
+            let cursor = cursor.parse::<i64>().unwrap_or(0);
+            let known = newest.entry(tenant.to_owned()).or_insert(cursor);
+            *known = (*known).max(cursor);
         }
         Ok(newest)
     }

@@ -1,16 +1,26 @@
 //! Ledger rows. The tables refuse UPDATE and DELETE (and TRUNCATE on PostgreSQL) through
-//! triggers, so these functions only insert and read.
+//! triggers, so these functions only insert and read. Every row belongs to one log
+//! (`log`): a tenant's (the tenant id), [`PLATFORM_LOG`] or the sealed [`LEGACY_LOG`];
+//! each log has its own dense `seq`, subtree hashes and checkpoints.
 
-use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 
 use crate::store::DbConnection;
-use crate::store::schema::{ledger_checkpoints, ledger_entries, ledger_nodes};
+use crate::store::schema::{ledger_checkpoints, ledger_entries, ledger_logs, ledger_nodes};
+
+/// The log of entries with no trusted tenant (a token whose signature does not verify).
+/// Tenant ids never begin with `_`, so no tenant's log can be named like it.
+pub const PLATFORM_LOG: &str = "_platform";
+
+/// The single global log written before logs were per tenant, kept as it was and sealed:
+/// the database refuses new entries and subtree hashes for it.
+pub const LEGACY_LOG: &str = "_legacy";
 
 /// One entry: `leaf` is its canonical JSON, `leaf_hash` the RFC 6962 leaf hash (hex).
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
 #[diesel(table_name = ledger_entries)]
 pub struct EntryRow {
+    pub log: String,
     pub seq: i64,
     pub time: String,
     pub tenant: Option<String>,
@@ -25,36 +35,65 @@ pub struct EntryRow {
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
 #[diesel(table_name = ledger_checkpoints)]
 pub struct CheckpointRow {
+    pub log: String,
     pub size: i64,
     pub root_hash: String,
     pub timestamp: String,
     pub note: String,
 }
 
-/// Proof that the current write transaction holds the ledger's append lock. Only
-/// [`lock_for_append`] makes one, and the change log's append takes one, so a change row
-/// can never get its cursor outside the lock (cursor order is commit order because of it).
-#[derive(Debug)]
-pub struct AppendLock(());
-
-/// Serialises appenders until the transaction ends, so `seq` stays dense and in commit
-/// order: on SQLite the write transaction (`BEGIN IMMEDIATE`) already does; on PostgreSQL
-/// a transaction-scoped advisory lock keyed by the schema, so that CareVault databases in
-/// different schemas of one PostgreSQL database (tests do this) never wait on each other.
+/// Serialises the appenders of one log until the transaction ends, so its `seq` stays
+/// dense and in commit order: on SQLite the write transaction (`BEGIN IMMEDIATE`) already
+/// does; on PostgreSQL a transaction-scoped advisory lock keyed by (schema, log), so that
+/// appends to different logs, and CareVault databases in different schemas of one
+/// PostgreSQL database (tests do this), never wait on each other. A transaction appending
+/// to several logs must lock them in one order (sorted), or two such could deadlock.
 /// Call inside a write transaction.
-pub fn lock_for_append(conn: &mut DbConnection) -> QueryResult<AppendLock> {
+pub fn lock_for_append(conn: &mut DbConnection, log: &str) -> QueryResult<()> {
     match conn {
-        DbConnection::Sqlite(_) => Ok(AppendLock(())),
-        DbConnection::Postgres(c) => {
-            c.batch_execute("SELECT pg_advisory_xact_lock(7417118, hashtext(current_schema()))").map(|()| AppendLock(()))
-        }
+        DbConnection::Sqlite(_) => Ok(()),
+        DbConnection::Postgres(c) => diesel::sql_query("SELECT pg_advisory_xact_lock(7417118, hashtext(current_schema() || '/' || $1))")
+            .bind::<diesel::sql_types::Text, _>(log)
+            .execute(c)
+            .map(drop),
     }
 }
 
-/// Number of entries (the next `seq`).
-pub fn size(conn: &mut DbConnection) -> QueryResult<i64> {
-    let max: Option<i64> = ledger_entries::table.select(diesel::dsl::max(ledger_entries::seq)).first(conn)?;
+/// Number of entries of `log` (its next `seq`).
+pub fn size(conn: &mut DbConnection, log: &str) -> QueryResult<i64> {
+    let max: Option<i64> =
+        ledger_entries::table.filter(ledger_entries::log.eq(log)).select(diesel::dsl::max(ledger_entries::seq)).first(conn)?;
     Ok(max.map_or(0, |m| m + 1))
+}
+
+/// Records that `log` exists (on its first append, under its append lock).
+pub fn insert_log(conn: &mut DbConnection, log: &str, created_at: &str) -> QueryResult<()> {
+    diesel::insert_into(ledger_logs::table)
+        .values((ledger_logs::log.eq(log), ledger_logs::created_at.eq(created_at)))
+        .execute(conn)
+        .map(drop)
+}
+
+/// Every log that was ever appended to (or, for [`LEGACY_LOG`], migrated), by name.
+pub fn logs(conn: &mut DbConnection) -> QueryResult<Vec<String>> {
+    ledger_logs::table.order(ledger_logs::log.asc()).select(ledger_logs::log).load(conn)
+}
+
+/// Every log with the time of its first entry (or of the migration that kept it).
+pub fn logs_created(conn: &mut DbConnection) -> QueryResult<Vec<(String, String)>> {
+    ledger_logs::table.order(ledger_logs::log.asc()).select((ledger_logs::log, ledger_logs::created_at)).load(conn)
+}
+
+/// Every log named by any ledger row, registered or not: what a full verification covers,
+/// so that a log whose `ledger_logs` row went missing is still checked. Scans the tables.
+pub fn logs_with_rows(conn: &mut DbConnection) -> QueryResult<Vec<String>> {
+    let mut all: Vec<String> = logs(conn)?;
+    all.extend(ledger_entries::table.select(ledger_entries::log).distinct().load::<String>(conn)?);
+    all.extend(ledger_checkpoints::table.select(ledger_checkpoints::log).distinct().load::<String>(conn)?);
+    all.extend(ledger_nodes::table.select(ledger_nodes::log).distinct().load::<String>(conn)?);
+    all.sort();
+    all.dedup();
+    Ok(all)
 }
 
 /// Rows per multi-row INSERT: well under both backends' bound-parameter limits.
@@ -82,6 +121,7 @@ pub fn insert_entries(conn: &mut DbConnection, rows: &[EntryRow]) -> QueryResult
 #[derive(Debug, Clone, Insertable)]
 #[diesel(table_name = ledger_nodes)]
 pub struct NodeRow {
+    pub log: String,
     pub level: i64,
     pub idx: i64,
     pub hash: String,
@@ -104,30 +144,36 @@ pub fn insert_nodes(conn: &mut DbConnection, rows: &[NodeRow]) -> QueryResult<()
     Ok(())
 }
 
-pub fn node(conn: &mut DbConnection, level: i64, idx: i64) -> QueryResult<Option<String>> {
-    ledger_nodes::table.find((level, idx)).select(ledger_nodes::hash).first(conn).optional()
+pub fn node(conn: &mut DbConnection, log: &str, level: i64, idx: i64) -> QueryResult<Option<String>> {
+    ledger_nodes::table.find((log, level, idx)).select(ledger_nodes::hash).first(conn).optional()
 }
 
-/// Entries with `from <= seq < to`, of one tenant when given.
-pub fn entries(conn: &mut DbConnection, tenant: Option<&str>, from: i64, to: i64) -> QueryResult<Vec<EntryRow>> {
-    let mut q = ledger_entries::table
+/// Entries of `log` with `from <= seq < to`.
+pub fn entries(conn: &mut DbConnection, log: &str, from: i64, to: i64) -> QueryResult<Vec<EntryRow>> {
+    ledger_entries::table
+        .filter(ledger_entries::log.eq(log))
         .filter(ledger_entries::seq.ge(from))
         .filter(ledger_entries::seq.lt(to))
         .order(ledger_entries::seq.asc())
         .select(EntryRow::as_select())
-        .into_boxed();
-    if let Some(t) = tenant {
-        q = q.filter(ledger_entries::tenant.eq(t.to_owned()));
-    }
-    q.load(conn)
+        .load(conn)
 }
 
-pub fn latest_checkpoint(conn: &mut DbConnection) -> QueryResult<Option<CheckpointRow>> {
-    ledger_checkpoints::table.order(ledger_checkpoints::size.desc()).select(CheckpointRow::as_select()).first(conn).optional()
+pub fn latest_checkpoint(conn: &mut DbConnection, log: &str) -> QueryResult<Option<CheckpointRow>> {
+    ledger_checkpoints::table
+        .filter(ledger_checkpoints::log.eq(log))
+        .order(ledger_checkpoints::size.desc())
+        .select(CheckpointRow::as_select())
+        .first(conn)
+        .optional()
 }
 
-pub fn all_checkpoints(conn: &mut DbConnection) -> QueryResult<Vec<CheckpointRow>> {
-    ledger_checkpoints::table.order(ledger_checkpoints::size.asc()).select(CheckpointRow::as_select()).load(conn)
+pub fn all_checkpoints(conn: &mut DbConnection, log: &str) -> QueryResult<Vec<CheckpointRow>> {
+    ledger_checkpoints::table
+        .filter(ledger_checkpoints::log.eq(log))
+        .order(ledger_checkpoints::size.asc())
+        .select(CheckpointRow::as_select())
+        .load(conn)
 }
 
 /// Stores a checkpoint; another instance may have stored the same size first (then this
@@ -140,9 +186,10 @@ pub fn insert_checkpoint(conn: &mut DbConnection, row: &CheckpointRow) -> QueryR
     }
 }
 
-/// Stored hashes of `level` with `from <= idx < to`, by index.
-pub fn nodes_in(conn: &mut DbConnection, level: i64, from: i64, to: i64) -> QueryResult<Vec<(i64, String)>> {
+/// Stored hashes of `log` at `level` with `from <= idx < to`, by index.
+pub fn nodes_in(conn: &mut DbConnection, log: &str, level: i64, from: i64, to: i64) -> QueryResult<Vec<(i64, String)>> {
     ledger_nodes::table
+        .filter(ledger_nodes::log.eq(log))
         .filter(ledger_nodes::level.eq(level))
         .filter(ledger_nodes::idx.ge(from))
         .filter(ledger_nodes::idx.lt(to))
@@ -151,10 +198,12 @@ pub fn nodes_in(conn: &mut DbConnection, level: i64, from: i64, to: i64) -> Quer
         .load(conn)
 }
 
-/// Filters of an audit export or disclosure report; all optional but the tenant.
+/// Filters of an audit export or disclosure report; all optional but the log (and, within
+/// the shared [`LEGACY_LOG`], the tenant whose entries are wanted).
 #[derive(Debug, Clone, Default)]
 pub struct EntryFilter {
-    pub tenant: String,
+    pub log: String,
+    pub tenant: Option<String>,
     /// RFC 3339 UTC times as stored (`...Z`), compared as text: `from <= time < to`.
     pub time_from: Option<String>,
     pub time_to: Option<String>,
@@ -166,13 +215,16 @@ pub struct EntryFilter {
 /// Up to `limit` entries matching `filter` with `after <= seq < before`, by seq.
 pub fn filtered_entries(conn: &mut DbConnection, filter: &EntryFilter, after: i64, before: i64, limit: i64) -> QueryResult<Vec<EntryRow>> {
     let mut q = ledger_entries::table
-        .filter(ledger_entries::tenant.eq(filter.tenant.clone()))
+        .filter(ledger_entries::log.eq(filter.log.clone()))
         .filter(ledger_entries::seq.ge(after))
         .filter(ledger_entries::seq.lt(before))
         .order(ledger_entries::seq.asc())
         .limit(limit)
         .select(EntryRow::as_select())
         .into_boxed();
+    if let Some(t) = &filter.tenant {
+        q = q.filter(ledger_entries::tenant.eq(t.clone()));
+    }
     if let Some(t) = &filter.time_from {
         q = q.filter(ledger_entries::time.ge(t.clone()));
     }

@@ -45,6 +45,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     ledger_entries,
     ledger_nodes,
     ledger_checkpoints,
+    ledger_logs,
     change_log,
     sync_mutations,
     sync_conflicts
@@ -71,7 +72,8 @@ diesel::table! {
 }
 
 diesel::table! {
-    ledger_entries (seq) {
+    ledger_entries (log, seq) {
+        log -> Text,
         seq -> BigInt,
         time -> Text,
         tenant -> Nullable<Text>,
@@ -85,7 +87,8 @@ diesel::table! {
 }
 
 diesel::table! {
-    ledger_nodes (level, idx) {
+    ledger_nodes (log, level, idx) {
+        log -> Text,
         level -> BigInt,
         idx -> BigInt,
         hash -> Text,
@@ -93,7 +96,8 @@ diesel::table! {
 }
 
 diesel::table! {
-    ledger_checkpoints (size) {
+    ledger_checkpoints (log, size) {
+        log -> Text,
         size -> BigInt,
         root_hash -> Text,
         timestamp -> Text,
@@ -102,7 +106,14 @@ diesel::table! {
 }
 
 diesel::table! {
-    change_log (cursor) {
+    ledger_logs (log) {
+        log -> Text,
+        created_at -> Text,
+    }
+}
+
+diesel::table! {
+    change_log (tenant, cursor) {
         cursor -> BigInt,
         tenant -> Text,
         resource_type -> Text,

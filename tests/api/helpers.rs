@@ -21,7 +21,7 @@ pub enum TestDb {
 
 impl TestDb {
     /// The backend under test: PostgreSQL when CAREVAULT_TEST_POSTGRES_URL is set.
-    fn create(dir: &std::path::Path) -> (Self, String) {
+    pub fn create(dir: &std::path::Path) -> (Self, String) {
         match std::env::var("CAREVAULT_TEST_POSTGRES_URL") {
             Ok(admin_url) if !admin_url.is_empty() => {
                 let schema = format!("t_{}", uuid::Uuid::new_v4().simple());

@@ -13,12 +13,12 @@ use crate::helpers::*;
 
 // ---- independent RFC 6962 / RFC 9162 ----
 
-fn sha(parts: &[&[u8]]) -> [u8; 32] {
+pub(crate) fn sha(parts: &[&[u8]]) -> [u8; 32] {
     let joined: Vec<u8> = parts.concat();
     digest(&SHA256, &joined).as_ref().try_into().unwrap()
 }
 
-fn leaf(bytes: &[u8]) -> [u8; 32] {
+pub(crate) fn leaf(bytes: &[u8]) -> [u8; 32] {
     sha(&[&[0], bytes])
 }
 
@@ -26,7 +26,7 @@ fn node(l: &[u8; 32], r: &[u8; 32]) -> [u8; 32] {
     sha(&[&[1], l, r])
 }
 
-fn mth(leaves: &[[u8; 32]]) -> [u8; 32] {
+pub(crate) fn mth(leaves: &[[u8; 32]]) -> [u8; 32] {
     match leaves.len() {
         0 => sha(&[]),
         1 => leaves[0],
@@ -40,12 +40,12 @@ fn mth(leaves: &[[u8; 32]]) -> [u8; 32] {
     }
 }
 
-fn hex(h: &str) -> [u8; 32] {
+pub(crate) fn hex(h: &str) -> [u8; 32] {
     (0..32).map(|i| u8::from_str_radix(&h[2 * i..2 * i + 2], 16).unwrap()).collect::<Vec<_>>().try_into().unwrap()
 }
 
 /// RFC 9162 §2.1.3.2.
-fn verify_inclusion(index: u64, size: u64, leaf_hash: [u8; 32], path: &[[u8; 32]], root: [u8; 32]) -> bool {
+pub(crate) fn verify_inclusion(index: u64, size: u64, leaf_hash: [u8; 32], path: &[[u8; 32]], root: [u8; 32]) -> bool {
     if index >= size {
         return false;
     }
@@ -70,7 +70,7 @@ fn verify_inclusion(index: u64, size: u64, leaf_hash: [u8; 32], path: &[[u8; 32]
 }
 
 /// RFC 9162 §2.1.4.2.
-fn verify_consistency(m: u64, n: u64, old: [u8; 32], new: [u8; 32], proof: &[[u8; 32]]) -> bool {
+pub(crate) fn verify_consistency(m: u64, n: u64, old: [u8; 32], new: [u8; 32], proof: &[[u8; 32]]) -> bool {
     if m == n {
         return proof.is_empty() && old == new;
     }
@@ -108,7 +108,7 @@ fn verify_consistency(m: u64, n: u64, old: [u8; 32], new: [u8; 32], proof: &[[u8
 }
 
 /// c2sp.org/signed-note with an Ed25519 key: returns (size, root) if the note verifies.
-fn verify_note(note: &str, origin: &str, public_key: &[u8]) -> Option<(u64, [u8; 32])> {
+pub(crate) fn verify_note(note: &str, origin: &str, public_key: &[u8]) -> Option<(u64, [u8; 32])> {
     let (body, sigs) = note.split_once("\n\n")?;
     let body = format!("{body}\n");
     let lines: Vec<&str> = body.lines().collect();
@@ -214,16 +214,14 @@ async fn rejected_tokens_and_denied_searches_are_ledgered() {
     let _ = app.client.get(app.url("/fhir/Patient")).send().await.unwrap();
     assert_eq!(app.get(&auditor(&app), "/fhir/Patient").await.status(), StatusCode::FORBIDDEN);
     let mut conn = app.db();
-    let rows = carevault::store::ledger::entries(&mut conn, None, 0, 100).unwrap();
-    let got: Vec<(Option<String>, String, String)> = rows.iter().map(|r| (r.tenant.clone(), r.action.clone(), r.outcome.clone())).collect();
-    assert_eq!(
-        got,
-        vec![
-            (None, "login".into(), "denied".into()),
-            (None, "login".into(), "denied".into()),
-            (Some(TENANT.into()), "search".into(), "denied".into()),
-        ]
-    );
+    let summary = |rows: Vec<carevault::store::ledger::EntryRow>| -> Vec<(i64, Option<String>, String, String)> {
+        rows.into_iter().map(|r| (r.seq, r.tenant, r.action, r.outcome)).collect()
+    };
+    // No trusted tenant: the platform log, which no tenant's auditor sees.
+    let platform = carevault::store::ledger::entries(&mut conn, carevault::store::ledger::PLATFORM_LOG, 0, 100).unwrap();
+    assert_eq!(summary(platform), vec![(0, None, "login".into(), "denied".into()), (1, None, "login".into(), "denied".into())]);
+    let tenant = carevault::store::ledger::entries(&mut conn, TENANT, 0, 100).unwrap();
+    assert_eq!(summary(tenant), vec![(0, Some(TENANT.into()), "search".into(), "denied".into())]);
 }
 
 #[tokio::test]
@@ -248,7 +246,7 @@ async fn ledger_tables_refuse_update_delete_and_truncate() {
         assert!(refused.is_err(), "the database accepted: {sql}");
         assert!(refused.unwrap_err().to_string().contains("append-only"), "{sql}");
     }
-    let after = carevault::store::ledger::entries(&mut conn, None, 0, 10).unwrap();
+    let after = carevault::store::ledger::entries(&mut conn, TENANT, 0, 10).unwrap();
     assert_eq!(after.len(), 1);
     assert_eq!(after[0].action, "create");
 }
@@ -263,11 +261,13 @@ async fn checkpoints_and_proofs_verify_with_the_public_key_alone() {
     }
     let key: Value = app.client.get(app.url("/audit/public-key")).send().await.unwrap().json().await.unwrap();
     assert_eq!(key["algorithm"], "Ed25519");
-    let origin = key["origin"].as_str().unwrap().to_owned();
+    // The tenant's own log signs as BASE/TENANT.
+    let origin = format!("{}/{TENANT}", key["origin"].as_str().unwrap());
     let public_key = STANDARD.decode(key["public_key"].as_str().unwrap()).unwrap();
     assert_eq!(public_key.len(), 32);
 
     let first = checkpoint(&app).await;
+    assert_eq!(first["origin"], origin.as_str());
     let (m, first_root) = verify_note(first["note"].as_str().unwrap(), &origin, &public_key).expect("first checkpoint verifies");
     assert_eq!(m, first["size"].as_u64().unwrap());
     assert_eq!(first["root_hash"].as_str().unwrap(), first_root.iter().map(|b| format!("{b:02x}")).collect::<String>());
@@ -345,7 +345,7 @@ async fn ledger_verify_names_the_first_entry_that_was_edited_deleted_or_truncate
     let signed = checkpoint(&app).await;
     assert_eq!(signed["size"], 6);
     let (ok, out) = ledger_cli(&app, &["ledger", "verify"]);
-    assert!(ok && out.contains("ledger verified: 6 entries"), "{out}");
+    assert!(ok && out.contains(&format!("log {TENANT} verified: 6 entries")), "{out}");
 
     // A database administrator drops the guards.
     let mut conn = app.db();
@@ -372,7 +372,7 @@ async fn ledger_verify_names_the_first_entry_that_was_edited_deleted_or_truncate
     // 1. The leaf edited alone.
     diesel::update(le::table.filter(le::seq.eq(2))).set(le::leaf.eq(&forged)).execute(&mut *conn).unwrap();
     let (ok, out) = ledger_cli(&app, &["ledger", "verify"]);
-    assert!(!ok && out.contains("entry 2: leaf hash"), "{out}");
+    assert!(!ok && out.contains(&format!("in log {TENANT}: entry 2: leaf hash")), "{out}");
 
     // 2. The leaf, its hash and its columns edited consistently: the tree gives it away.
     let forged_hash: String = leaf(forged.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
@@ -446,9 +446,20 @@ async fn exports_stream_with_proofs_verify_offline_and_disclosures_list_accesses
     let text = r.text().await.unwrap();
     let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(lines[0]["type"], "checkpoint");
-    let actions: Vec<&str> = lines[1..].iter().map(|l| l["entry"]["action"].as_str().unwrap()).collect();
+    let actions: Vec<&str> = lines[1..].iter().map(|l| l["action"].as_str().unwrap()).collect();
     assert_eq!(actions, ["create", "read", "read", "export"], "only Patient {a}'s entries, the export itself included");
-    assert!(lines[1..].iter().all(|l| l["entry"]["patient"] == format!("Patient/{a}")));
+    assert!(lines[1..].iter().all(|l| l["patient"] == format!("Patient/{a}")));
+    // Each entry line is the entry object itself, with its leaf and proof added.
+    for l in &lines[1..] {
+        assert!(l.get("type").is_none() && l.get("entry").is_none(), "{l}");
+        let mut fields = l.clone();
+        for added in ["leaf", "leaf_index", "tree_size", "audit_path"] {
+            fields.as_object_mut().unwrap().remove(added);
+        }
+        let leaf_bytes = STANDARD.decode(l["leaf"].as_str().unwrap()).unwrap();
+        assert_eq!(serde_json::from_slice::<Value>(&leaf_bytes).unwrap(), fields);
+        assert_eq!(l["leaf_index"], l["seq"]);
+    }
     assert!(!text.contains("Zz-Family"), "no PHI in exports");
 
     // Offline: the public key alone.

@@ -31,5 +31,6 @@ mod sync;
 mod sync_clinical;
 mod sync_push;
 mod sync_socket;
+mod tenant_ledgers;
 mod tls;
 mod validation;

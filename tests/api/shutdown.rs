@@ -129,9 +129,13 @@ async fn sigterm_closes_sockets_commits_the_ledger_and_exits_zero() {
     // Every entry committed, and covered by the last checkpoint signed on the way out.
     let url = database_url.clone().unwrap_or_else(|| format!("sqlite://{}", data_dir.join("carevault.db").display()));
     let mut conn = carevault::store::Store::open(&carevault::store::DatabaseUrl::parse(&url).unwrap(), 1).unwrap().conn().unwrap();
-    let size = carevault::store::ledger::size(&mut conn).unwrap();
-    let checkpoint = carevault::store::ledger::latest_checkpoint(&mut conn).unwrap().expect("a checkpoint");
-    assert_eq!(checkpoint.size, size, "the last checkpoint covers every entry");
+    let logs = carevault::store::ledger::logs(&mut conn).unwrap();
+    assert!(logs.contains(&TENANT.to_owned()), "{logs:?}");
+    for log in logs {
+        let size = carevault::store::ledger::size(&mut conn, &log).unwrap();
+        let checkpoint = carevault::store::ledger::latest_checkpoint(&mut conn, &log).unwrap().expect("a checkpoint");
+        assert_eq!(checkpoint.size, size, "the last checkpoint of log {log} covers every entry");
+    }
     drop(conn);
     let (verified, report) = cli(&data_dir, database_url.as_deref(), &["ledger", "verify"]);
     assert!(verified, "{report}");
@@ -140,8 +144,8 @@ async fn sigterm_closes_sockets_commits_the_ledger_and_exits_zero() {
     let ledgered: Vec<String> = ndjson
         .lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        // An entry line is the entry, or (older exports) holds it under `entry`.
-        .filter_map(|line| line["requestId"].as_str().or_else(|| line["entry"]["requestId"].as_str()).map(str::to_owned))
+        // An entry line is the entry object itself.
+        .filter_map(|line| line["requestId"].as_str().map(str::to_owned))
         .collect();
     for request_id in &answered {
         assert!(ledgered.contains(request_id), "no ledger entry for answered request {request_id}");

@@ -262,7 +262,7 @@ impl ResourceService<'_> {
         let mut order: Vec<usize> = (0..requests.len()).collect();
         order.sort_by_key(|i| rank(&requests[*i]));
         let mut conn = self.conn()?;
-        let results = self.in_transaction(&mut conn, |tx| {
+        let results = self.in_transaction(&mut conn, caller, |tx| {
             let mut results: Vec<Option<EntryResult>> = (0..requests.len()).map(|_| None).collect();
             let mut last = None;
             for index in order {

@@ -128,7 +128,7 @@ impl ResourceService<'_> {
         let resource = self.parse_body(rtype, body, None)?;
         let id = ResourceId::generate();
         let mut conn = self.conn()?;
-        self.in_transaction(&mut conn, |tx| self.create_unless_exists_in(tx, caller, rtype, &id, resource, &criteria))
+        self.in_transaction(&mut conn, caller, |tx| self.create_unless_exists_in(tx, caller, rtype, &id, resource, &criteria))
     }
 
     /// The conditional create inside the caller's transaction (also a Bundle entry's).
@@ -167,7 +167,7 @@ impl ResourceService<'_> {
     ) -> Result<(Versioned, bool), ServiceError> {
         let criteria = parse_criteria(criteria)?;
         let mut conn = self.conn()?;
-        self.in_transaction(&mut conn, |tx| self.update_where_in(tx, caller, rtype, &criteria, if_match, body))
+        self.in_transaction(&mut conn, caller, |tx| self.update_where_in(tx, caller, rtype, &criteria, if_match, body))
     }
 
     /// The conditional update inside the caller's transaction (also a Bundle entry's).

@@ -165,6 +165,7 @@ impl<'s> ResourceService<'s> {
     pub(in crate::service) fn in_transaction<T>(
         &self,
         conn: &mut DbConnection,
+        caller: &Caller,
         work: impl FnOnce(&mut DbConnection) -> Result<(T, Option<i64>), ServiceError>,
     ) -> Result<T, ServiceError> {
         let outer = self.deferred.replace(Some(Vec::new()));
@@ -176,7 +177,7 @@ impl<'s> ResourceService<'s> {
         }
         let (value, cursor) = result?;
         if let Some(cursor) = cursor {
-            self.services.changes.advance(cursor);
+            self.services.changes.advance(caller.principal.tenant.as_str(), cursor);
         }
         Ok(value)
     }

@@ -263,7 +263,7 @@ impl ResourceService<'_> {
         })
         .map(|committed| {
             if let Some(cursor) = committed {
-                self.services.changes.advance(cursor);
+                self.services.changes.advance(caller.principal.tenant.as_str(), cursor);
             }
             committed.is_some()
         })
@@ -295,12 +295,11 @@ impl ResourceService<'_> {
             }
         }
         rows::replace_tokens(tx, &row.tenant, &row.resource_type, &row.id, &write.tokens)?;
-        // The ledger append takes the append lock; the change row's cursor is allocated
-        // under it, so cursor order is commit order.
-        let lock = audit::append_in(tx, vec![write.entry.clone()])?;
+        // The ledger append takes the tenant log's append lock; the change row's cursor is
+        // allocated under the tenant's change-log lock, so cursor order is commit order.
+        audit::append_in(tx, vec![write.entry.clone()])?;
         let cursor = crate::store::changes::append(
             tx,
-            &lock,
             crate::store::changes::ChangeRow {
                 cursor: 0,
                 tenant: row.tenant.clone(),

@@ -1,10 +1,13 @@
-//! Wake-ups for change-feed subscribers. Subscribers always read the change log from
-//! their own cursor; this only tells them when there may be something new: at once for
-//! writes of this process, through PostgreSQL LISTEN/NOTIFY (plus a safety poll) for
-//! other processes on the same database, and through a poll of the log on SQLite.
+//! Wake-ups for change-feed subscribers, per tenant (each tenant's change log has its own
+//! cursors). Subscribers always read the change log from their own cursor; this only tells
+//! them when there may be something new in their tenant: at once for writes of this
+//! process, through PostgreSQL LISTEN/NOTIFY (plus a safety poll) for other processes on
+//! the same database, and through a poll of the log on SQLite. Polls read only the tenants
+//! that have subscribers in this process.
 
+use std::collections::HashMap;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
@@ -18,36 +21,35 @@ const LISTEN_POLL: Duration = Duration::from_millis(10);
 /// The safety poll on PostgreSQL, should a notification be lost with its session.
 const SAFETY_POLL: Duration = Duration::from_secs(1);
 
-/// The newest change cursor this process knows of.
-#[derive(Debug, Clone)]
-pub struct ChangeSignal {
-    head: Arc<watch::Sender<i64>>,
-}
+/// The newest change cursor of each tenant this process knows of.
+type Heads = Mutex<HashMap<String, watch::Sender<i64>>>;
 
-impl Default for ChangeSignal {
-    fn default() -> Self {
-        Self { head: Arc::new(watch::channel(0).0) }
-    }
+/// Per-tenant heads of the change log, shared by every clone.
+#[derive(Debug, Clone, Default)]
+pub struct ChangeSignal {
+    heads: Arc<Heads>,
 }
 
 impl ChangeSignal {
-    /// Records that changes up to `cursor` are committed.
-    pub fn advance(&self, cursor: i64) {
-        advance(&self.head, cursor);
+    /// Records that `tenant`'s changes up to `cursor` are committed.
+    pub fn advance(&self, tenant: &str, cursor: i64) {
+        advance(&self.heads, tenant, cursor);
     }
 
-    pub fn subscribe(&self) -> watch::Receiver<i64> {
-        self.head.subscribe()
+    /// Wakes on each newer cursor of `tenant`.
+    pub fn subscribe(&self, tenant: &str) -> watch::Receiver<i64> {
+        let mut heads = self.heads.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        heads.entry(tenant.to_owned()).or_insert_with(|| watch::channel(0).0).subscribe()
     }
 
     /// Watches the database for changes committed by other processes, on a thread that
     /// ends when the returned handle is stopped or dropped, or once every clone of this
     /// signal is gone.
     pub fn watch_database(&self, store: &Store) -> std::io::Result<ChangeWatcher> {
-        let head = Arc::downgrade(&self.head);
+        let heads = Arc::downgrade(&self.heads);
         let store = store.clone();
         let (stop, stopped) = channel();
-        let thread = std::thread::Builder::new().name("change-watcher".into()).spawn(move || watch_loop(&head, &store, &stopped))?;
+        let thread = std::thread::Builder::new().name("change-watcher".into()).spawn(move || watch_loop(&heads, &store, &stopped))?;
         Ok(ChangeWatcher { stop, thread })
     }
 }
@@ -69,7 +71,10 @@ impl ChangeWatcher {
     }
 }
 
-fn advance(head: &watch::Sender<i64>, cursor: i64) {
+fn advance(heads: &Heads, tenant: &str, cursor: i64) {
+    let heads = heads.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    // A tenant nobody here subscribes to has nobody to wake.
+    let Some(head) = heads.get(tenant) else { return };
     head.send_if_modified(|known| {
         let newer = cursor > *known;
         if newer {
@@ -79,10 +84,21 @@ fn advance(head: &watch::Sender<i64>, cursor: i64) {
     });
 }
 
-fn read_head(store: &Store) -> Option<i64> {
-    let result = store.conn().map_err(|e| e.to_string()).and_then(|mut c| crate::store::changes::head(&mut c).map_err(|e| e.to_string()));
+/// The tenants with a subscriber in this process.
+fn watched(heads: &Heads) -> Vec<String> {
+    let heads = heads.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    heads.iter().filter(|(_, h)| h.receiver_count() > 0).map(|(t, _)| t.clone()).collect()
+}
+
+fn read_heads(store: &Store, tenants: &[String]) -> Option<Vec<(String, i64)>> {
+    let result = store.conn().map_err(|e| e.to_string()).and_then(|mut c| {
+        tenants
+            .iter()
+            .map(|t| crate::store::changes::head(&mut c, t).map(|cursor| (t.clone(), cursor)).map_err(|e| e.to_string()))
+            .collect::<Result<Vec<_>, _>>()
+    });
     match result {
-        Ok(cursor) => Some(cursor),
+        Ok(heads) => Some(heads),
         Err(error) => {
             tracing::warn!(%error, "change watcher cannot read the change log");
             None
@@ -90,13 +106,13 @@ fn read_head(store: &Store) -> Option<i64> {
     }
 }
 
-fn watch_loop(head: &Weak<watch::Sender<i64>>, store: &Store, stopped: &Receiver<()>) {
+fn watch_loop(heads: &Weak<Heads>, store: &Store, stopped: &Receiver<()>) {
     let mut listener = None;
     let mut last_poll = Instant::now() - SAFETY_POLL;
     let mut last_connect = Instant::now() - SAFETY_POLL;
     let postgres = store.backend() == crate::store::Backend::Postgres;
     loop {
-        let Some(sender) = head.upgrade() else { return };
+        let Some(shared) = heads.upgrade() else { return };
         if postgres && listener.is_none() && last_connect.elapsed() >= SAFETY_POLL {
             last_connect = Instant::now();
             match store.listener() {
@@ -106,8 +122,7 @@ fn watch_loop(head: &Weak<watch::Sender<i64>>, store: &Store, stopped: &Receiver
         }
         if let Some(l) = listener.as_mut() {
             match l.poll() {
-                Ok(Some(cursor)) => advance(&sender, cursor),
-                Ok(None) => {}
+                Ok(newest) => newest.iter().for_each(|(tenant, cursor)| advance(&shared, tenant, *cursor)),
                 Err(error) => {
                     tracing::warn!(%error, "change listener lost its session; reconnecting");
                     listener = None;
@@ -117,11 +132,14 @@ fn watch_loop(head: &Weak<watch::Sender<i64>>, store: &Store, stopped: &Receiver
         let every = if postgres { SAFETY_POLL } else { SQLITE_POLL };
         if last_poll.elapsed() >= every {
             last_poll = Instant::now();
-            if let Some(cursor) = read_head(store) {
-                advance(&sender, cursor);
+            let tenants = watched(&shared);
+            if !tenants.is_empty()
+                && let Some(newest) = read_heads(store, &tenants)
+            {
+                newest.iter().for_each(|(tenant, cursor)| advance(&shared, tenant, *cursor));
             }
         }
-        drop(sender);
+        drop(shared);
         // Waiting on the stop channel rather than sleeping ends the thread at once.
         match stopped.recv_timeout(if postgres { LISTEN_POLL } else { SQLITE_POLL }) {
             Err(RecvTimeoutError::Timeout) => {}

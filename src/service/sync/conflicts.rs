@@ -186,7 +186,7 @@ impl SyncService<'_> {
                     if !sync_rows::mark_resolved(tx, tenant, conflict_id, &by, &at, None)? {
                         return Err(ServiceError::Conflict("this conflict is already resolved"));
                     }
-                    audit::append_in(tx, vec![entry]).map(drop)
+                    audit::append_in(tx, vec![entry])
                 })?;
                 return Ok(Resolved { conflict_id: conflict_id.to_owned(), version: current.row.version_id });
             };

@@ -269,7 +269,7 @@ impl SyncService<'_> {
         );
         write_transaction(conn, |tx| {
             self.store_effect(tx, caller, rtype, effect)?;
-            audit::append_in(tx, vec![entry]).map(drop)
+            audit::append_in(tx, vec![entry])
         })
     }
 
