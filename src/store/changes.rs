@@ -46,8 +46,10 @@ pub fn append(conn: &mut DbConnection, mut row: ChangeRow) -> QueryResult<i64> {
     diesel::insert_into(change_log::table).values(&row).execute(conn)?;
     if let DbConnection::Postgres(c) = conn {
         // Delivered to listeners at commit, never for a rolled-back change. The payload is
-        // the cursor and its tenant (an id of letters, digits, '.', '_', '-'), never content.
-        diesel::sql_query("SELECT pg_notify($1, $2)")
+        // the cursor, its tenant (an id of letters, digits, '.', '_', '-') and the schema
+        // (CareVault databases in other schemas of the same PostgreSQL database share the
+        // channel, and must not take each other's cursors for their own), never content.
+        diesel::sql_query("SELECT pg_notify($1, $2 || ' ' || current_schema())")
             .bind::<diesel::sql_types::Text, _>(CHANNEL)
             .bind::<diesel::sql_types::Text, _>(format!("{} {}", row.cursor, row.tenant))
             .execute(c)?;
@@ -77,15 +79,18 @@ pub fn since(conn: &mut DbConnection, tenant: &str, since: i64, limit: i64) -> Q
         .load(conn)
 }
 
-/// A dedicated PostgreSQL session subscribed to [`CHANNEL`].
+/// A dedicated PostgreSQL session subscribed to [`CHANNEL`], taking the notifications
+/// of its own schema's change log only.
 pub struct Listener {
     conn: diesel::PgConnection,
+    schema: String,
 }
 
 impl Listener {
     pub(crate) fn start(mut conn: diesel::PgConnection) -> QueryResult<Self> {
+        let schema = diesel::select(diesel::dsl::sql::<diesel::sql_types::Text>("current_schema()")).get_result::<String>(&mut conn)?;
         conn.batch_execute(&format!("LISTEN {CHANNEL}"))?;
-        Ok(Self { conn })
+        Ok(Self { conn, schema })
     }
 
     /// The highest cursor of each tenant among the notifications received so far, without
@@ -94,7 +99,11 @@ impl Listener {
         let mut newest = std::collections::HashMap::new();
         for note in self.conn.notifications_iter() {
             let note = note?;
-            let Some((cursor, tenant)) = note.payload.split_once(' ') else { continue };
+            let Some((cursor, rest)) = note.payload.split_once(' ') else { continue };
+            let Some((tenant, schema)) = rest.split_once(' ') else { continue };
+            if schema != self.schema {
+                continue;
+            }
             let cursor = cursor.parse::<i64>().unwrap_or(0);
             let known = newest.entry(tenant.to_owned()).or_insert(cursor);
             *known = (*known).max(cursor);

@@ -376,7 +376,7 @@ pub fn compartment(
 pub fn lock_for_condition(conn: &mut DbConnection, key: &str) -> QueryResult<()> {
     match conn {
         DbConnection::Sqlite(_) => Ok(()),
-        DbConnection::Postgres(c) => diesel::sql_query("SELECT pg_advisory_xact_lock(7417119, hashtext(current_schema() || $1))")
+        DbConnection::Postgres(c) => diesel::sql_query("SELECT pg_advisory_xact_lock(7417120, hashtext(current_schema() || $1))")
             .bind::<diesel::sql_types::Text, _>(key)
             .execute(c)
             .map(|_| ()),

@@ -392,3 +392,25 @@ async fn the_connection_ends_when_its_token_expires() {
     let closed = tokio::time::timeout(WAIT, feed.ws.next()).await.unwrap();
     assert!(matches!(closed, Some(Ok(Message::Close(_))) | None), "{closed:?}");
 }
+
+/// CareVault databases in different schemas of one PostgreSQL database share the
+/// notification channel: another schema's higher cursors for a tenant of the same name
+/// must never be taken for this one's, or they would hold back its wake-ups.
+#[tokio::test]
+async fn another_schemas_changes_never_hold_back_this_ones_wake_ups() {
+    let Some(here) = postgres_under_test().await else { return };
+    let Some(there) = postgres_under_test().await else { return };
+    let desk_here = here.front_desk();
+    let mut feed = Feed::connect(&here.address, &desk_here).await;
+    feed.send(json!({"type": "subscribe", "since": null})).await;
+    assert!(feed.backlog().await.0.is_empty());
+    // The other database's change log runs far ahead, and its notifications arrive here.
+    let desk_there = there.front_desk();
+    for _ in 0..8 {
+        there.create(&desk_there, &patient(&marker(), "dr1")).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let id = here.create(&desk_here, &patient(&marker(), "dr1")).await;
+    let change = tokio::time::timeout(Duration::from_secs(5), feed.change()).await.expect("woken for this database's change");
+    assert_eq!(change["id"], id.as_str());
+}
