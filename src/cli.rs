@@ -92,32 +92,37 @@ pub enum AuditCommand {
     /// Export a tenant's audit entries (as GET /audit/export), or with --platform those of
     /// the platform log (entries with no trusted tenant), with the log's signed checkpoint
     /// and inclusion proofs; ledgered as an export by the operator, in the exported log.
-    Export {
-        /// Tenant whose entries to export.
-        #[arg(long, required_unless_present = "platform", conflicts_with = "platform")]
-        tenant: Option<String>,
-        /// Export the platform log instead of a tenant's.
-        #[arg(long)]
-        platform: bool,
-        /// RFC 3339 start (inclusive).
-        #[arg(long)]
-        from: Option<String>,
-        /// RFC 3339 end (exclusive).
-        #[arg(long)]
-        to: Option<String>,
-        /// Only entries about this patient (Patient/ID).
-        #[arg(long)]
-        patient: Option<String>,
-        /// Only entries by this actor (token subject).
-        #[arg(long)]
-        actor: Option<String>,
-        /// ndjson, csv or fhir.
-        #[arg(long, default_value = "ndjson")]
-        format: String,
-        /// Write here instead of standard output.
-        #[arg(long)]
-        out: Option<std::path::PathBuf>,
-    },
+    /// The same command as `ledger export`.
+    Export(ExportArgs),
+}
+
+/// What `audit export` and `ledger export` (one command under two names) export, and where.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ExportArgs {
+    /// Tenant whose entries to export.
+    #[arg(long, required_unless_present = "platform", conflicts_with = "platform")]
+    tenant: Option<String>,
+    /// Export the platform log instead of a tenant's.
+    #[arg(long)]
+    platform: bool,
+    /// RFC 3339 start (inclusive).
+    #[arg(long)]
+    from: Option<String>,
+    /// RFC 3339 end (exclusive).
+    #[arg(long)]
+    to: Option<String>,
+    /// Only entries about this patient (Patient/ID).
+    #[arg(long)]
+    patient: Option<String>,
+    /// Only entries by this actor (token subject).
+    #[arg(long)]
+    actor: Option<String>,
+    /// ndjson, csv or fhir.
+    #[arg(long, default_value = "ndjson")]
+    format: String,
+    /// Write here instead of standard output.
+    #[arg(long)]
+    out: Option<std::path::PathBuf>,
 }
 
 /// Which of the ledger's logs a command works on: every log when neither is given.
@@ -157,6 +162,9 @@ pub enum LedgerCommand {
         #[command(flatten)]
         choice: LogChoice,
     },
+    /// Export a tenant's log, or with --platform the platform log, with its signed
+    /// checkpoint and inclusion proofs: the same command as `audit export`.
+    Export(ExportArgs),
     /// Check an NDJSON export offline: its checkpoint against the public key, and each
     /// entry's leaf bytes and inclusion proof against the checkpoint. Needs no database.
     VerifyExport {
@@ -203,7 +211,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Token { sub, tenant, roles, fhir_user, ttl } => token(&settings, sub, tenant, roles, fhir_user, ttl),
         Command::Keys { command } => keys(&settings, command),
         Command::Ledger { command } => ledger(&settings, command),
-        Command::Audit { command } => audit(&settings, command),
+        Command::Audit { command: AuditCommand::Export(args) } => export(&settings, args),
         Command::Seed { tenant, file } => seed::seed(&settings, &tenant, file.as_deref()),
         Command::Healthcheck { timeout } => match healthcheck::check(&settings, std::time::Duration::from_secs(timeout.max(1))) {
             Ok(line) => {
@@ -215,8 +223,9 @@ pub async fn run(cli: Cli) -> ExitCode {
     }
 }
 
-fn audit(settings: &Settings, command: AuditCommand) -> ExitCode {
-    let AuditCommand::Export { tenant, platform, from, to, patient, actor, format, out } = command;
+/// `audit export` and `ledger export`.
+fn export(settings: &Settings, args: ExportArgs) -> ExitCode {
+    let ExportArgs { tenant, platform, from, to, patient, actor, format, out } = args;
     let Some(format) = crate::service::export_format::ExportFormat::parse(&format) else {
         return fail("--format must be ndjson, csv or fhir");
     };
@@ -293,6 +302,10 @@ fn write_export(
 }
 
 fn ledger(settings: &Settings, command: LedgerCommand) -> ExitCode {
+    let command = match command {
+        LedgerCommand::Export(args) => return export(settings, args),
+        other => other,
+    };
     if let LedgerCommand::VerifyExport { file, public_key } = &command {
         return match crate::ledger::export::verify_ndjson(file, public_key) {
             Ok((entries, size)) => {
@@ -347,7 +360,7 @@ fn ledger(settings: &Settings, command: LedgerCommand) -> ExitCode {
                 Err((log, mismatch)) => fail(format!("ledger verification FAILED in log {log}: {mismatch}")),
             }
         }
-        LedgerCommand::VerifyExport { .. } => ExitCode::FAILURE,
+        LedgerCommand::Export(_) | LedgerCommand::VerifyExport { .. } => ExitCode::FAILURE,
         LedgerCommand::Checkpoint { choice } => {
             let logs = match choice.log() {
                 Err(e) => return fail(e),

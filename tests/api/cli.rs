@@ -118,6 +118,8 @@ async fn every_command_explains_itself() {
         &["keys", "rotate", "--help"],
         &["keys", "status", "--help"],
         &["keys", "init", "--help"],
+        &["ledger", "export", "--help"],
+        &["audit", "export", "--help"],
     ] {
         let out = carevault(args, &[]);
         assert!(out.status.success(), "{args:?}");
@@ -206,4 +208,40 @@ async fn production_verifies_eddsa_and_rs256_tokens_from_a_jwks_file() {
         let rs = jsonwebtoken::encode(&header, &claims(TENANT), &EncodingKey::from_rsa_pem(&pem).unwrap()).unwrap();
         assert_eq!(app.get(&Who { token: rs }, "/fhir/Patient").await.status(), StatusCode::OK);
     }
+}
+
+/// SPEC's `carevault ledger export --platform` is `audit export` under the SPEC's name: the
+/// same options, the same export, recorded in the log it exports.
+#[tokio::test]
+async fn ledger_export_exports_the_platform_log_as_audit_export_does() {
+    let app = spawn_app().await;
+    for token in [None, Some("not-a-token")] {
+        let request = app.client.get(app.url("/fhir/Patient"));
+        let request = match token {
+            Some(t) => request.bearer_auth(t),
+            None => request,
+        };
+        assert_eq!(request.send().await.unwrap().status(), StatusCode::UNAUTHORIZED);
+    }
+    let file = tempfile::NamedTempFile::new().unwrap();
+    let path = file.path().to_str().unwrap();
+    let (ok, out) = app.cli(&["ledger", "export", "--platform", "--out", path]);
+    assert!(ok && out.contains("exported 3 entries"), "the two refusals and the export itself: {out}");
+    let text = std::fs::read_to_string(file.path()).unwrap();
+    let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines[0]["origin"], "carevault.local/ledger/_platform");
+    assert_eq!(lines.len(), 4);
+    assert!(lines[1..].iter().all(|l| l["tenant"].is_null()), "the platform log names no tenant");
+    assert_eq!(lines[3]["action"], "export", "the export is recorded in the log it exports");
+    let key: serde_json::Value = app.client.get(app.url("/audit/public-key")).send().await.unwrap().json().await.unwrap();
+    let (ok, out) = app.cli(&["ledger", "verify-export", path, "--public-key", key["public_key"].as_str().unwrap()]);
+    assert!(ok && out.contains("export verified: 3 entries"), "{out}");
+
+    // The same options as `audit export`: a tenant, a format, standard output.
+    let (ok, out) = app.cli(&["ledger", "export", "--tenant", TENANT, "--format", "csv"]);
+    assert!(ok && out.starts_with("record,seq,") && out.contains("exported 1 entries"), "{out}");
+    let (ok, out) = app.cli(&["ledger", "export"]);
+    assert!(!ok && out.contains("--tenant"), "a tenant or the platform log must be named: {out}");
+    let (ok, out) = app.cli(&["ledger", "export", "--platform", "--format", "xml"]);
+    assert!(!ok && out.contains("--format"), "{out}");
 }

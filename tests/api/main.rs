@@ -32,5 +32,6 @@ mod sync_clinical;
 mod sync_push;
 mod sync_socket;
 mod tenant_ledgers;
+mod tlog_interop;
 mod tls;
 mod validation;
