@@ -4,7 +4,10 @@
 //! patients, then drives it with concurrent keep-alive clients for a fixed time per
 //! scenario and prints requests/s and latency percentiles.
 //!
-//! cargo bench --bench http_load -- [--seconds N] [--clients N] [--seed N]
+//! cargo bench --bench http_load -- [--seconds N] [--clients N] [--seed N] [--tenants N]
+//!
+//! `--tenants N` (default 1) spreads the create scenario's clients over tenants `bench-0`..
+//! `bench-{N-1}` (client k writes as `bench-{k mod N}`) and prints creates/s per tenant.
 
 mod support;
 
@@ -23,6 +26,8 @@ struct Options {
     seed: usize,
     /// Seal no elements (blind indexes stay on), to measure what sealing costs.
     no_encryption: bool,
+    /// Tenants the create scenario's clients are spread over.
+    tenants: usize,
 }
 
 fn options() -> Options {
@@ -35,6 +40,7 @@ fn options() -> Options {
         clients: get("--clients", 16) as usize,
         seed: get("--seed", 500) as usize,
         no_encryption: args.iter().any(|a| a == "--no-encryption"),
+        tenants: (get("--tenants", 1) as usize).max(1),
     }
 }
 
@@ -58,8 +64,12 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
     sorted[i].as_secs_f64() * 1000.0
 }
 
-/// Runs `clients` loops of `request(i)` for `seconds`; prints one line.
-async fn scenario<F, Fut>(name: &str, opts: &Options, request: F)
+/// Client `c` calls `request(i)` with `i` from `c * CLIENT_STRIDE` up.
+const CLIENT_STRIDE: usize = 1_000_000;
+
+/// Runs `clients` loops of `request(i)` for `seconds`; prints one line. Returns each
+/// client's successful request count and the elapsed seconds.
+async fn scenario<F, Fut>(name: &str, opts: &Options, request: F) -> (Vec<usize>, f64)
 where
     F: Fn(usize) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = bool> + Send,
@@ -71,7 +81,7 @@ where
     for c in 0..opts.clients {
         let request = request.clone();
         tasks.push(tokio::spawn(async move {
-            let (mut latencies, mut failures, mut i) = (Vec::new(), 0usize, c * 1_000_000);
+            let (mut latencies, mut failures, mut i) = (Vec::new(), 0usize, c * CLIENT_STRIDE);
             while Instant::now() < deadline {
                 let t = Instant::now();
                 if !request(i).await {
@@ -85,8 +95,10 @@ where
     }
     let mut all = Vec::new();
     let mut failures = 0;
+    let mut per_client = Vec::new();
     for t in tasks {
         let (l, f) = t.await.unwrap();
+        per_client.push(l.len() - f);
         all.extend(l);
         failures += f;
     }
@@ -101,6 +113,7 @@ where
         opts.clients,
         elapsed
     );
+    (per_client, elapsed)
 }
 
 #[tokio::main]
@@ -136,20 +149,25 @@ async fn main() {
     let base = format!("http://{}", app.addr());
     tokio::spawn(app.run_until_stopped());
 
-    let token = mint_hs256(
-        &Hs256Secret::new(secret.into_bytes()),
-        &Claims {
-            sub: "bench".into(),
-            tenant: "bench".into(),
-            roles: vec!["clinician".into()],
-            fhir_user: Some("Practitioner/dr1".into()),
-            exp: jsonwebtoken::get_current_timestamp() + 3600,
-            iat: None,
-            iss: None,
-            aud: None,
-        },
-    )
-    .unwrap();
+    let secret = Hs256Secret::new(secret.into_bytes());
+    let mint = |tenant: &str| {
+        mint_hs256(
+            &secret,
+            &Claims {
+                sub: "bench".into(),
+                tenant: tenant.into(),
+                roles: vec!["clinician".into()],
+                fhir_user: Some("Practitioner/dr1".into()),
+                exp: jsonwebtoken::get_current_timestamp() + 3600,
+                iat: None,
+                iss: None,
+                aud: None,
+            },
+        )
+        .unwrap()
+    };
+    let token = mint("bench");
+    let tenant_tokens: Arc<Vec<String>> = Arc::new((0..opts.tenants).map(|k| mint(&format!("bench-{k}"))).collect());
     let client = reqwest::Client::builder().pool_max_idle_per_host(opts.clients).build().unwrap();
     println!(
         "backend: {}; encryption: {}; server workers: {}; {} s per scenario",
@@ -194,9 +212,11 @@ async fn main() {
         async move { c.get(format!("{b}/fhir/Patient?family={family}")).bearer_auth(tk).send().await.is_ok_and(|r| r.status() == 200) }
     })
     .await;
-    let (c, b, tk) = (client.clone(), base.clone(), t.clone());
-    scenario("POST /fhir/Patient (create)", &opts, move |i| {
-        let (c, b, tk) = (c.clone(), b.clone(), tk.clone());
+    let (c, b, tks) = (client.clone(), base.clone(), tenant_tokens.clone());
+    let name = format!("POST /fhir/Patient (create, {} tenant{})", opts.tenants, if opts.tenants == 1 { "" } else { "s" });
+    let (per_client, elapsed) = scenario(&name, &opts, move |i| {
+        let (c, b) = (c.clone(), b.clone());
+        let tk = tks[(i / CLIENT_STRIDE) % tks.len()].clone();
         let body = patient(1_000_000 + i).to_string();
         async move {
             c.post(format!("{b}/fhir/Patient"))
@@ -209,4 +229,17 @@ async fn main() {
         }
     })
     .await;
+    let mut per_tenant = vec![0usize; opts.tenants];
+    for (c, n) in per_client.iter().enumerate() {
+        per_tenant[c % opts.tenants] += n;
+    }
+    let total: usize = per_tenant.iter().sum();
+    let shares: Vec<String> = per_tenant.iter().enumerate().map(|(k, n)| format!("bench-{k} {:.0}", *n as f64 / elapsed)).collect();
+    println!(
+        "creates: {:.0}/s in total over {} tenant(s), {} client(s); per tenant: {}",
+        total as f64 / elapsed,
+        opts.tenants,
+        opts.clients,
+        shares.join(", ")
+    );
 }
