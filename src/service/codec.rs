@@ -146,10 +146,7 @@ impl Codec {
         stored: &str,
         key: Option<&Result<DataKey, ServiceError>>,
     ) -> Result<Value, ServiceError> {
-        let Value::Object(map) = serde_json::from_str(stored).map_err(ServiceError::corrupt_by("resource JSON"))? else {
-            return Err(ServiceError::corrupt("resource JSON"));
-        };
-        self.open_map(tenant, rtype, id, map, key, |_| true)
+        self.open_elements(tenant, rtype, id, stored, key, |_| true)
     }
 
     /// Reads only the named top-level elements of a stored version (what a search filters
