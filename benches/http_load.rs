@@ -56,14 +56,6 @@ fn patient(i: usize) -> Value {
     })
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i].as_secs_f64() * 1000.0
-}
-
 /// Client `c` calls `request(i)` with `i` from `c * CLIENT_STRIDE` up.
 const CLIENT_STRIDE: usize = 1_000_000;
 
@@ -107,8 +99,8 @@ where
     println!(
         "{name:<34} {:>8.0} req/s  p50 {:>6.2} ms  p99 {:>6.2} ms  ({} requests, {failures} failed, {} clients, {:.0} s)",
         all.len() as f64 / elapsed,
-        percentile(&all, 0.50),
-        percentile(&all, 0.99),
+        support::percentile(&all, 0.50),
+        support::percentile(&all, 0.99),
         all.len(),
         opts.clients,
         elapsed

@@ -211,14 +211,6 @@ async fn create_all(client: &reqwest::Client, base: &str, token: &str, bodies: V
         .await;
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i].as_secs_f64() * 1000.0
-}
-
 /// One timed GET: the whole body read; false unless 200 (the first failure is printed).
 async fn get(client: &reqwest::Client, url: &str, token: &str) -> bool {
     static REPORTED: std::sync::Once = std::sync::Once::new();
@@ -271,9 +263,9 @@ async fn timed(name: &str, client: &reqwest::Client, url: &str, token: &str, req
     println!(
         "{name:<44} {clients:>2} client(s) {:>7.1} req/s  p50 {:>7.2} ms  p95 {:>7.2} ms  p99 {:>7.2} ms  max {:>7.2} ms  mean {:>7.2} ms  ({} requests, {failures} failed, {elapsed:.1} s)",
         all.len() as f64 / elapsed,
-        percentile(&all, 0.50),
-        percentile(&all, 0.95),
-        percentile(&all, 0.99),
+        support::percentile(&all, 0.50),
+        support::percentile(&all, 0.95),
+        support::percentile(&all, 0.99),
         all.last().map_or(0.0, |d| d.as_secs_f64() * 1000.0),
         mean,
         all.len(),

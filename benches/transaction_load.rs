@@ -13,7 +13,7 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use carevault::auth::{Claims, Hs256Secret, mint_hs256};
 use carevault::config::Settings;
@@ -94,14 +94,6 @@ fn visit(n: usize, entries: usize) -> Value {
     json!({"resourceType": "Bundle", "type": "transaction", "entry": list})
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i].as_secs_f64() * 1000.0
-}
-
 /// Posts one Bundle; checks every entry was created.
 async fn post(client: &reqwest::Client, base: &str, token: &str, bundle: String, entries: usize) {
     let r = client
@@ -147,9 +139,9 @@ async fn timed(client: &reqwest::Client, base: &str, token: &str, opts: &Options
         opts.entries,
         all.len() as f64 / elapsed,
         (all.len() * opts.entries) as f64 / elapsed,
-        percentile(&all, 0.50),
-        percentile(&all, 0.95),
-        percentile(&all, 0.99),
+        support::percentile(&all, 0.50),
+        support::percentile(&all, 0.95),
+        support::percentile(&all, 0.99),
         all.last().map_or(0.0, |d| d.as_secs_f64() * 1000.0),
         all.len(),
     );

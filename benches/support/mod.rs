@@ -35,3 +35,13 @@ impl Drop for BenchDb {
         }
     }
 }
+
+/// The `p` quantile (0 to 1) of sorted latencies, in milliseconds.
+#[allow(dead_code)] // not every bench times requests
+pub fn percentile(sorted: &[std::time::Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i].as_secs_f64() * 1000.0
+}
