@@ -59,6 +59,12 @@ pub enum Command {
         #[command(subcommand)]
         command: LedgerCommand,
     },
+    /// Retention (policies/retention.toml): run the job that purges the patients a rule
+    /// ends and no legal hold protects.
+    Retention {
+        #[command(subcommand)]
+        command: RetentionCommand,
+    },
     /// Compliance reviews.
     Audit {
         #[command(subcommand)]
@@ -177,6 +183,21 @@ pub enum LedgerCommand {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum RetentionCommand {
+    /// Run the retention job once: judge every patient of every tenant, purge the due ones
+    /// (data key destroyed, rows deleted, destruction recorded and ledgered, `purge`
+    /// changes for devices) and print one JSON line per patient, then a summary line.
+    Run {
+        /// Judge and print, writing nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Judge the rules as of this instant (RFC 3339) instead of the clock.
+        #[arg(long)]
+        now: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum KeysCommand {
     /// Create production keys: the master-key file (CAREVAULT_MASTER_KEY_FILE) and the ledger
     /// signing key (CAREVAULT_LEDGER_KEY_FILE). Never overwrites.
@@ -211,6 +232,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Token { sub, tenant, roles, fhir_user, ttl } => token(&settings, sub, tenant, roles, fhir_user, ttl),
         Command::Keys { command } => keys(&settings, command),
         Command::Ledger { command } => ledger(&settings, command),
+        Command::Retention { command: RetentionCommand::Run { dry_run, now } } => retention_run(&settings, dry_run, now.as_deref()),
         Command::Audit { command: AuditCommand::Export(args) } => export(&settings, args),
         Command::Seed { tenant, file } => seed::seed(&settings, &tenant, file.as_deref()),
         Command::Healthcheck { timeout } => match healthcheck::check(&settings, std::time::Duration::from_secs(timeout.max(1))) {
@@ -221,6 +243,43 @@ pub async fn run(cli: Cli) -> ExitCode {
             Err(e) => fail(format!("unhealthy: {e}")),
         },
     }
+}
+
+/// `retention run`: one JSON line per patient as it is judged, then the summary.
+fn retention_run(settings: &Settings, dry_run: bool, now: Option<&str>) -> ExitCode {
+    let now = match now.map(chrono::DateTime::parse_from_rfc3339).transpose() {
+        Ok(now) => now.map_or_else(chrono::Utc::now, |n| n.with_timezone(&chrono::Utc)),
+        Err(_) => return fail("--now must be an RFC 3339 instant, e.g. 2040-01-01T00:00:00Z"),
+    };
+    let services = match crate::startup::services(settings, 2) {
+        Ok(s) => s,
+        Err(e) => return fail(e),
+    };
+    let operator = std::env::var("USER").unwrap_or_else(|_| "operator".into());
+    let trigger = crate::service::retention::Trigger::Cli(operator);
+    let mut print = |verdict: &crate::service::retention::Verdict| {
+        let mut line = serde_json::json!({ "type": "patient" });
+        if let (Some(line), Ok(serde_json::Value::Object(fields))) = (line.as_object_mut(), serde_json::to_value(verdict)) {
+            line.extend(fields);
+        }
+        println!("{line}");
+    };
+    let summary = match services.retention().run(&trigger, now, dry_run, &mut print, &|| false) {
+        Ok(summary) => summary,
+        Err(e) => return fail(format!("retention run failed: {e}")),
+    };
+    let mut line = serde_json::json!({ "type": "summary" });
+    if let (Some(line), Ok(serde_json::Value::Object(fields))) = (line.as_object_mut(), serde_json::to_value(&summary)) {
+        line.extend(fields);
+    }
+    println!("{line}");
+    if summary.skipped {
+        return fail("another retention run holds the lock; nothing was done");
+    }
+    if summary.errors > 0 {
+        return fail(format!("{} patient(s) could not be judged; see the log", summary.errors));
+    }
+    ExitCode::SUCCESS
 }
 
 /// `audit export` and `ledger export`.

@@ -85,6 +85,9 @@ pub struct Settings {
     pub sync_send_timeout: Duration,
     /// WebSocket `/sync`: most connections one principal may hold open at once.
     pub sync_max_connections: usize,
+    /// How often the server runs the retention job (`retention_interval_secs`, default a
+    /// day); `None` (0): never, leaving it to `carevault retention run`.
+    pub retention_interval: Option<Duration>,
     /// The authorization server announced to SMART apps (`smart_authorize_url` and
     /// `smart_token_url`, both or neither): with it, SMART discovery is served and the
     /// CapabilityStatement claims SMART; without it, neither.
@@ -203,6 +206,10 @@ impl Settings {
             sync_idle_timeout: Duration::from_secs(number("sync_idle_timeout_secs", 45, 86_400)?.max(1)),
             sync_send_timeout: Duration::from_secs(number("sync_send_timeout_secs", 10, 3600)?.max(1)),
             sync_max_connections: number("sync_max_connections", 8, 1_000_000)?.max(1) as usize,
+            retention_interval: match number("retention_interval_secs", 86_400, 366 * 86_400)? {
+                0 => None,
+                n => Some(Duration::from_secs(n)),
+            },
             tls: match (get("tls_cert"), get("tls_key")) {
                 (Some(cert), Some(key)) => Some(TlsPaths { cert: cert.into(), key: key.into() }),
                 (None, None) => None,

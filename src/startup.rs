@@ -47,6 +47,8 @@ pub enum StartupError {
     EncryptionPolicy(#[from] crate::service::encryption_policy::EncryptionPolicyError),
     #[error(transparent)]
     ConflictPolicy(#[from] crate::service::sync::merge::ConflictPolicyError),
+    #[error(transparent)]
+    RetentionPolicy(#[from] crate::service::retention::policy::RetentionPolicyError),
     #[error("master keys: {0}")]
     MasterKeys(String),
     #[error("cannot start the ledger writer: {0}")]
@@ -143,6 +145,56 @@ impl Checkpointer {
         let _ = self.stop.send(());
         if self.task.await.is_err() {
             tracing::error!("the checkpoint signer panicked");
+        }
+    }
+}
+
+/// The retention job on the server's schedule: first one interval after start, then every
+/// interval. Servers sharing a PostgreSQL take turns (a run finding another one going on
+/// does nothing). Stopping it ends a run in progress between two patients.
+struct RetentionSchedule {
+    stop: tokio::sync::oneshot::Sender<()>,
+    stopping: Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RetentionSchedule {
+    fn start(services: Services, every: std::time::Duration) -> Self {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        let stopping = Arc::new(AtomicBool::new(false));
+        let flag = stopping.clone();
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    biased;
+                    _ = &mut stopped => return,
+                    _ = tick.tick() => {}
+                }
+                let services = services.clone();
+                let flag = flag.clone();
+                let ran = tokio::task::spawn_blocking(move || {
+                    let trigger = crate::service::retention::Trigger::Schedule;
+                    services.retention().run(&trigger, chrono::Utc::now(), false, &mut |_| {}, &|| flag.load(Ordering::Relaxed))
+                })
+                .await;
+                match ran {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => tracing::error!(error = %e, "the scheduled retention run failed; the next one carries on"),
+                    Err(_) => tracing::error!("the scheduled retention run panicked"),
+                }
+            }
+        });
+        Self { stop, stopping, task }
+    }
+
+    async fn stop(self) {
+        self.stopping.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = self.stop.send(());
+        if self.task.await.is_err() {
+            tracing::error!("the retention schedule panicked");
         }
     }
 }
@@ -272,8 +324,9 @@ fn services_with_writer(settings: &Settings, pool_size: u32) -> Result<(Services
     let codec = codec(settings)?;
     let signer = ledger_signer(settings)?;
     let conflicts = Arc::new(crate::service::sync::merge::ConflictPolicy::load(&settings.policies_dir)?);
+    let retention = Arc::new(crate::service::retention::policy::RetentionPolicy::load(&settings.policies_dir)?);
     let store = Store::open(&settings.database_url, pool_size)?;
-    Services::new(store, validator, policy, codec, signer, conflicts).map_err(StartupError::LedgerWriter)
+    Services::new(store, validator, policy, codec, signer, conflicts, retention).map_err(StartupError::LedgerWriter)
 }
 
 /// The server's background work, stopped once HTTP has stopped.
@@ -281,11 +334,17 @@ struct Workers {
     ledger_writer: WriterThread,
     checkpointer: Checkpointer,
     change_watcher: ChangeWatcher,
+    retention: Option<RetentionSchedule>,
 }
 
 impl Workers {
     async fn stop(self) {
-        let Self { ledger_writer, checkpointer, change_watcher } = self;
+        let Self { ledger_writer, checkpointer, change_watcher, retention } = self;
+        // A retention run in progress ends after the patient it is purging; its entries
+        // are committed with its transaction, before the last checkpoint.
+        if let Some(retention) = retention {
+            retention.stop().await;
+        }
         // The entries of the last requests commit first, so the last checkpoint covers them.
         if tokio::task::spawn_blocking(move || ledger_writer.stop()).await.is_err() {
             tracing::error!("stopping the ledger writer panicked");
@@ -371,7 +430,8 @@ impl Application {
         });
         let tls = settings.tls.as_ref().map(tls_config).transpose()?;
         let change_watcher = state.services.watch_database().map_err(StartupError::ChangeWatcher)?;
-        let workers = Workers { ledger_writer, checkpointer: Checkpointer::start(state.services.clone()), change_watcher };
+        let retention = settings.retention_interval.map(|every| RetentionSchedule::start(state.services.clone(), every));
+        let workers = Workers { ledger_writer, checkpointer: Checkpointer::start(state.services.clone()), change_watcher, retention };
         let app_state = state.clone();
         let http = HttpServer::new(move || {
             App::new()

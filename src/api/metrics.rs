@@ -23,6 +23,9 @@ pub struct Metrics {
     ledger_checkpoint_lag: Gauge,
     ledger_write_failures: IntCounter,
     ledger_queue_depth: IntGauge,
+    retention_runs: IntGauge,
+    retention_runs_finished: IntGauge,
+    retention_purged: IntGauge,
 }
 
 impl Metrics {
@@ -68,6 +71,12 @@ impl Metrics {
         registry.register(Box::new(ledger_checkpoint_lag.clone()))?;
         registry.register(Box::new(ledger_write_failures.clone()))?;
         registry.register(Box::new(ledger_queue_depth.clone()))?;
+        let retention_runs = IntGauge::new("retention_runs", "Retention runs started (by any server or the command line)")?;
+        let retention_runs_finished = IntGauge::new("retention_runs_finished", "Retention runs that finished")?;
+        let retention_purged = IntGauge::new("retention_patients_purged", "Patients purged by retention (destruction records)")?;
+        registry.register(Box::new(retention_runs.clone()))?;
+        registry.register(Box::new(retention_runs_finished.clone()))?;
+        registry.register(Box::new(retention_purged.clone()))?;
         Ok(Self {
             registry,
             requests,
@@ -83,6 +92,9 @@ impl Metrics {
             ledger_checkpoint_lag,
             ledger_write_failures,
             ledger_queue_depth,
+            retention_runs,
+            retention_runs_finished,
+            retention_purged,
         })
     }
 
@@ -97,6 +109,13 @@ impl Metrics {
         let seen = self.ledger_write_failures.get();
         self.ledger_write_failures.inc_by(health.write_failures.saturating_sub(seen));
         self.ledger_queue_depth.set(health.queue_depth);
+    }
+
+    /// Sets the retention figures (totals over every tenant, like the ledger's).
+    pub fn set_retention(&self, totals: &crate::service::retention::RetentionTotals) {
+        self.retention_runs.set(totals.runs);
+        self.retention_runs_finished.set(totals.finished);
+        self.retention_purged.set(totals.purged);
     }
 
     /// `route` is the matched pattern (`/fhir/{type}/{id}`), never the raw path.

@@ -4,6 +4,7 @@
 //! answer is built here, from the use cases' typed results). Uses `service`, `domain`,
 //! `fhir`, `auth` and `authz` only: never the store, the ledger or the keys directly.
 
+mod admin;
 pub(crate) mod audit;
 mod error;
 mod extract;
@@ -77,6 +78,19 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .service(web::resource("/proof/consistency").route(web::get().to(audit::consistency)).default_service(not_allowed("GET")))
                 .service(web::resource("/export").route(web::get().to(audit::export)).default_service(not_allowed("GET")))
                 .service(web::resource("/disclosures").route(web::get().to(audit::disclosures)).default_service(not_allowed("GET"))),
+        )
+        .service(
+            web::scope("/admin")
+                .service(
+                    web::resource("/legal-holds")
+                        .route(web::get().to(admin::holds))
+                        .route(web::post().to(admin::create_hold))
+                        .default_service(not_allowed("GET, POST")),
+                )
+                .service(
+                    web::resource("/legal-holds/{id}").route(web::delete().to(admin::release_hold)).default_service(not_allowed("DELETE")),
+                )
+                .service(web::resource("/retention/runs").route(web::get().to(admin::runs)).default_service(not_allowed("GET"))),
         )
         .service(web::resource("/sync").route(web::get().to(sync_socket::socket)).default_service(not_allowed("GET")))
         .service(

@@ -6,7 +6,7 @@ use utoipa::OpenApi;
 use utoipa::openapi::Response;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
 
-use crate::api::{ApiError, audit, ops, sync, sync_socket};
+use crate::api::{ApiError, admin, audit, ops, sync, sync_socket};
 use crate::service::Caller;
 
 struct BearerJwt;
@@ -75,7 +75,11 @@ impl utoipa::Modify for EdgeResponses {
         sync::push,
         sync::conflicts,
         sync::resolve,
-        sync_socket::socket
+        sync_socket::socket,
+        admin::create_hold,
+        admin::holds,
+        admin::release_hold,
+        admin::runs
     ),
     modifiers(&BearerJwt, &EdgeResponses),
     security(("bearer" = []))

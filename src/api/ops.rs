@@ -43,8 +43,9 @@ pub async fn metrics(state: web::Data<AppState>, caller: Caller) -> Result<HttpR
         return Err(ApiError::Forbidden);
     }
     let services = state.services.clone();
-    let health = crate::api::blocking(move || Ok(services.ledger_health()?)).await?;
+    let (health, retention) = crate::api::blocking(move || Ok((services.ledger_health()?, services.retention().totals()?))).await?;
     state.metrics.set_ledger(&health);
+    state.metrics.set_retention(&retention);
     let text = state.metrics.render(state.services.pool_state()).map_err(|_| ApiError::Internal)?;
     Ok(HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(text))
 }

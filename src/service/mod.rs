@@ -16,6 +16,7 @@ pub mod export_format;
 mod group_commit;
 pub mod keyring;
 pub mod resources;
+pub mod retention;
 pub mod search_params;
 pub mod sync;
 
@@ -58,6 +59,8 @@ pub struct Services {
     changes: sync::change_signal::ChangeSignal,
     /// How offline edits that collide are resolved (`policies/conflicts.toml`).
     conflicts: Arc<sync::merge::ConflictPolicy>,
+    /// Which rules end a patient's records (`policies/retention.toml`).
+    retention: Arc<retention::policy::RetentionPolicy>,
 }
 
 impl Services {
@@ -70,10 +73,11 @@ impl Services {
         codec: Arc<codec::Codec>,
         ledger_signer: Arc<crate::ledger::checkpoint::Signer>,
         conflicts: Arc<sync::merge::ConflictPolicy>,
+        retention: Arc<retention::policy::RetentionPolicy>,
     ) -> Result<(Self, WriterThread), std::io::Error> {
         let (ledger_writer, writer_thread) = group_commit::LedgerWriter::start(&store)?;
         let changes = sync::change_signal::ChangeSignal::default();
-        Ok((Self { store, validator, policy, codec, ledger_signer, ledger_writer, changes, conflicts }, writer_thread))
+        Ok((Self { store, validator, policy, codec, ledger_signer, ledger_writer, changes, conflicts, retention }, writer_thread))
     }
 
     /// Records audit entries through the group-commit writer; returns once durable.
@@ -85,7 +89,8 @@ impl Services {
     /// tenant: destroys its data key, so every stored copy of its sealed elements becomes
     /// unreadable. Needs the `keys` capability (admins; retention's own caller); the
     /// attempt is ledgered (`purge`, naming the patient), a refusal as denied. Returns
-    /// whether a live key was destroyed (shredding twice destroys nothing more).
+    /// whether a live key was destroyed (shredding twice destroys nothing more). A patient
+    /// under an active legal hold is not shredded (`Conflict`).
     pub fn shred(&self, caller: &Caller, owner: &crate::domain::Reference) -> Result<bool, ServiceError> {
         use crate::domain::{AuditAction, AuditOutcome, ResourceType};
         let patient = (owner.resource_type == ResourceType::Patient).then(|| owner.to_string());
@@ -98,6 +103,12 @@ impl Services {
         let entry = caller.entry(AuditAction::Purge, Some(owner.to_string()), patient, AuditOutcome::Success);
         let tenant = caller.principal.tenant.as_str();
         let destroyed = crate::store::write_transaction(&mut conn, |tx| {
+            if owner.resource_type == ResourceType::Patient {
+                crate::store::retention::lock_patient(tx, tenant, owner.id.as_str())?;
+                if crate::store::retention::active_holds(tx, tenant)?.contains_key(owner.id.as_str()) {
+                    return Err(ServiceError::Conflict("the patient is under a legal hold"));
+                }
+            }
             let destroyed = self.codec.keys().destroy(tx, tenant, &owner.to_string())?;
             audit::append_in(tx, vec![entry])?;
             Ok::<_, ServiceError>(destroyed)
@@ -161,5 +172,14 @@ impl Services {
 
     pub fn sync(&self) -> sync::SyncService<'_> {
         sync::SyncService::new(self)
+    }
+
+    pub fn retention(&self) -> retention::RetentionService<'_> {
+        retention::RetentionService::new(self)
+    }
+
+    /// The retention policy in force (`policies/retention.toml`).
+    pub fn retention_policy(&self) -> &retention::policy::RetentionPolicy {
+        &self.retention
     }
 }

@@ -10,6 +10,7 @@ pub mod files;
 pub mod keys;
 pub mod ledger;
 pub mod resources;
+pub mod retention;
 pub mod schema;
 pub mod sync;
 

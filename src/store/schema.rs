@@ -48,7 +48,10 @@ diesel::allow_tables_to_appear_in_same_query!(
     ledger_logs,
     change_log,
     sync_mutations,
-    sync_conflicts
+    sync_conflicts,
+    legal_holds,
+    retention_runs,
+    retention_destructions
 );
 
 diesel::table! {
@@ -132,6 +135,8 @@ diesel::table! {
         principal -> Text,
         result -> Text,
         created_at -> Text,
+        resource_type -> Nullable<Text>,
+        resource_id -> Nullable<Text>,
     }
 }
 
@@ -153,5 +158,42 @@ diesel::table! {
         resolved_by -> Nullable<Text>,
         resolved_at -> Nullable<Text>,
         resolved_version -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    legal_holds (id) {
+        id -> Text,
+        tenant -> Text,
+        patient_id -> Text,
+        reason -> Text,
+        created_by -> Text,
+        created_at -> Text,
+        released_by -> Nullable<Text>,
+        released_at -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    retention_runs (id) {
+        id -> Text,
+        trigger_kind -> Text,
+        evaluated_at -> Text,
+        started_at -> Text,
+        finished_at -> Nullable<Text>,
+        purged -> BigInt,
+    }
+}
+
+diesel::table! {
+    retention_destructions (tenant, patient_id) {
+        tenant -> Text,
+        patient_id -> Text,
+        run_id -> Text,
+        rule -> Text,
+        category -> Text,
+        resources -> Text,
+        care_team -> Text,
+        destroyed_at -> Text,
     }
 }

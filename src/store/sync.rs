@@ -13,6 +13,10 @@ pub struct MutationRow {
     pub principal: String,
     pub result: String,
     pub created_at: String,
+    /// The record the mutation was about (`None` on rows older than retention), so that a
+    /// purge removes the patient's mutation records with the patient.
+    pub resource_type: Option<String>,
+    pub resource_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]

@@ -21,6 +21,7 @@ mod interactions;
 mod ledger;
 mod logs;
 mod ops;
+mod retention;
 mod schema;
 mod search;
 mod search_results;

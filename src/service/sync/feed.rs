@@ -104,6 +104,9 @@ pub struct ChangePage {
     pub scanned: usize,
 }
 
+/// A change admitted by a filter, parsed: its row, type, id, op and how it was admitted.
+type AdmittedChange<'a> = (&'a crate::store::changes::ChangeRow, ResourceType, ResourceId, ChangeOp, Admitted);
+
 /// Opened versions of a batch's records, each opened at most once.
 type Opened = HashMap<(String, String, i64), Option<Value>>;
 
@@ -122,7 +125,7 @@ impl SyncService<'_> {
         let mut conn = self.conn()?;
         let batch = crate::store::changes::since(&mut conn, tenant, since, limit)?;
         // A log row that does not parse is corrupt: an error, never a silently skipped change.
-        let mut admitted = Vec::new();
+        let mut admitted: Vec<AdmittedChange<'_>> = Vec::new();
         for change in &batch {
             let rtype =
                 ResourceType::from_name(&change.resource_type).ok_or(ServiceError::corrupt("change-log row names no served type"))?;
@@ -186,10 +189,24 @@ impl SyncService<'_> {
                 opened.insert(key, content.clone());
                 Ok(content)
             };
+        let purged_teams = self.purged_teams(&mut conn, tenant, &admitted)?;
         let mut out = Vec::new();
         let mut entries = Vec::new();
         let mut revoked: HashSet<(ResourceType, String)> = HashSet::new();
         for (change, rtype, id, op, how) in admitted {
+            if op == ChangeOp::Purge {
+                // Nothing of a purged record is left to judge access by: the care team
+                // its patient had at the purge (kept in the destruction record) decides
+                // who is told, so devices that held it drop their copies. Content-free.
+                let patient = change.patient_id.as_deref().and_then(|p| ResourceId::parse(p).ok());
+                let team = change.patient_id.as_ref().and_then(|p| purged_teams.get(p)).unwrap_or(&no_team);
+                let owner = patient.map(|p| Reference::new(ResourceType::Patient, p));
+                let target = crate::authz::Target { category: rtype.category(), owner: owner.as_ref(), care_team: team };
+                if how == Admitted::Yes && self.services.policy.decide(&caller.principal, Op::Read, &target, false) != Decision::Deny {
+                    out.push(Change { cursor: change.cursor, op, resource_type: rtype, id, version_id: change.version_id, resource: None });
+                }
+                continue;
+            }
             // A record purged since has nothing left to deliver.
             let Some(current) = currents.get(&(change.resource_type.clone(), change.resource_id.clone())) else { continue };
             // Each version opens with the key of the owner it was written for.
@@ -240,5 +257,28 @@ impl SyncService<'_> {
         }
         let cursor = batch.last().map_or(since, |c| c.cursor);
         Ok(ChangePage { changes: out, cursor, scanned: batch.len() })
+    }
+}
+
+impl SyncService<'_> {
+    /// The care teams the patients of a batch's `purge` changes had when they were purged.
+    fn purged_teams(
+        &self,
+        conn: &mut crate::store::DbConnection,
+        tenant: &str,
+        admitted: &[AdmittedChange<'_>],
+    ) -> Result<HashMap<String, Vec<Reference>>, ServiceError> {
+        let mut patients: Vec<String> =
+            admitted.iter().filter(|(_, _, _, op, _)| *op == ChangeOp::Purge).filter_map(|(c, ..)| c.patient_id.clone()).collect();
+        patients.sort();
+        patients.dedup();
+        let records = crate::store::retention::destructions_of_patients(conn, tenant, &patients)?;
+        records
+            .into_iter()
+            .map(|d| {
+                let refs: Vec<String> = serde_json::from_str(&d.care_team).map_err(ServiceError::corrupt_by("destruction record"))?;
+                Ok((d.patient_id, refs.iter().filter_map(|r| Reference::parse(r).ok()).collect()))
+            })
+            .collect()
     }
 }

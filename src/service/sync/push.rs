@@ -123,6 +123,8 @@ pub(super) struct NewConflict {
 /// What a mutation leaves besides a version: its id with its answer, and any conflict.
 struct Effect<'a> {
     mutation: &'a Mutation,
+    /// The id of the record the mutation is about (a create's new id).
+    record: &'a str,
     outcome: &'a Outcome,
     conflict: Option<&'a NewConflict>,
 }
@@ -197,13 +199,16 @@ impl SyncService<'_> {
         }
     }
 
-    fn mutation_row(caller: &Caller, mutation_id: &str, outcome: &Outcome) -> MutationRow {
+    fn mutation_row(caller: &Caller, rtype: ResourceType, effect: &Effect<'_>) -> MutationRow {
+        let (mutation_id, outcome) = (&effect.mutation.mutation_id, effect.outcome);
         MutationRow {
             tenant: caller.principal.tenant.to_string(),
             mutation_id: mutation_id.to_owned(),
             principal: caller.principal.sub.clone(),
             result: outcome.stored(),
             created_at: instant(now()),
+            resource_type: Some(rtype.name().to_owned()),
+            resource_id: Some(effect.record.to_owned()),
         }
     }
 
@@ -247,7 +252,7 @@ impl SyncService<'_> {
         if let Some(c) = effect.conflict {
             self.insert_conflict(tx, caller, rtype, c)?;
         }
-        Ok(sync_rows::insert_mutation(tx, &Self::mutation_row(caller, &effect.mutation.mutation_id, effect.outcome))?)
+        Ok(sync_rows::insert_mutation(tx, &Self::mutation_row(caller, rtype, effect))?)
     }
 
     /// Records the effect without a new version: the server value stays. The ledger notes
@@ -309,7 +314,7 @@ impl SyncService<'_> {
         }
         let write = self.first_version(conn, caller, rtype, &id, resource)?;
         let outcome = Outcome::done(PushStatus::Applied, 1);
-        let effect = Effect { mutation: m, outcome: &outcome, conflict: None };
+        let effect = Effect { mutation: m, record: id.as_str(), outcome: &outcome, conflict: None };
         self.commit_with(conn, caller, &write, |tx| self.store_effect(tx, caller, rtype, &effect))?;
         Ok(outcome)
     }
@@ -368,7 +373,13 @@ impl SyncService<'_> {
                     conflict_id: Some(conflict.row.id.clone()),
                     error: None,
                 };
-                self.record_only(conn, caller, rtype, &current, &Effect { mutation: m, outcome: &outcome, conflict: Some(&conflict) })?;
+                self.record_only(
+                    conn,
+                    caller,
+                    rtype,
+                    &current,
+                    &Effect { mutation: m, record: &current.row.id, outcome: &outcome, conflict: Some(&conflict) },
+                )?;
                 return Ok(outcome);
             };
             let server = body_of(server);
@@ -397,7 +408,7 @@ impl SyncService<'_> {
                 conflict_id: conflict.as_ref().map(|c| c.row.id.clone()),
                 error: None,
             };
-            let effect = Effect { mutation: m, outcome: &outcome, conflict: conflict.as_ref() };
+            let effect = Effect { mutation: m, record: &current.row.id, outcome: &outcome, conflict: conflict.as_ref() };
             if !changed {
                 self.record_only(conn, caller, rtype, &current, &effect)?;
                 return Ok(outcome);
@@ -426,7 +437,13 @@ impl SyncService<'_> {
             }
             let Some(server) = current.content.clone() else {
                 let outcome = Outcome::done(PushStatus::Applied, current.row.version_id);
-                self.record_only(conn, caller, rtype, &current, &Effect { mutation: m, outcome: &outcome, conflict: None })?;
+                self.record_only(
+                    conn,
+                    caller,
+                    rtype,
+                    &current,
+                    &Effect { mutation: m, record: &current.row.id, outcome: &outcome, conflict: None },
+                )?;
                 return Ok(outcome);
             };
             let mut outcome = Outcome::done(PushStatus::Applied, current.row.version_id + 1);
@@ -441,7 +458,13 @@ impl SyncService<'_> {
                 if strategy == Strategy::Manual {
                     outcome.status = PushStatus::Conflict;
                     outcome.version = Some(current.row.version_id);
-                    self.record_only(conn, caller, rtype, &current, &Effect { mutation: m, outcome: &outcome, conflict: Some(&kept) })?;
+                    self.record_only(
+                        conn,
+                        caller,
+                        rtype,
+                        &current,
+                        &Effect { mutation: m, record: &current.row.id, outcome: &outcome, conflict: Some(&kept) },
+                    )?;
                     return Ok(outcome);
                 }
                 outcome.status = PushStatus::Merged;
@@ -456,7 +479,7 @@ impl SyncService<'_> {
                 id,
                 &current,
                 None,
-                &Effect { mutation: m, outcome: &outcome, conflict: conflict.as_ref() },
+                &Effect { mutation: m, record: &current.row.id, outcome: &outcome, conflict: conflict.as_ref() },
             )? {
                 return Ok(outcome);
             }

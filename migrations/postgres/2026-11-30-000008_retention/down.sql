@@ -1,0 +1,6 @@
+ALTER TABLE sync_mutations DROP COLUMN resource_id;
+ALTER TABLE sync_mutations DROP COLUMN resource_type;
+DROP TABLE retention_destructions;
+DROP TABLE retention_runs;
+DROP TABLE legal_holds;
+DROP FUNCTION retention_refuse();
