@@ -476,11 +476,7 @@ fn keys(settings: &Settings, command: KeysCommand) -> ExitCode {
         },
         KeysCommand::Status => match codec.keys().status(&mut conn) {
             Ok(status) => {
-                println!(
-                    "master keys: {} ({})",
-                    settings.master_key_file.display(),
-                    if status.development { "development" } else { "production" }
-                );
+                println!("master keys: {} ({})", status.location, if status.development { "development" } else { "production" });
                 for (version, tenants) in &status.versions {
                     println!("  version {version}: wraps {tenants} tenant key(s)");
                 }

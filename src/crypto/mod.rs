@@ -11,4 +11,4 @@ mod provider;
 pub use blind::{BlindIndexKey, DeriveError};
 pub use envelope::{Aad, CryptoError, ENVELOPE_V1, Envelope};
 pub use key::Key;
-pub use provider::{KeyProvider, LocalKeyFile, MasterKey, ProviderError};
+pub use provider::{KeyProvider, LocalKeyFile, ProviderError};

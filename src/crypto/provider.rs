@@ -1,5 +1,7 @@
 //! Master-key providers: the `KeyProvider` trait and the local key file (versioned,
-//! 0600, atomic writes, re-read when another process rotates).
+//! 0600, atomic writes, re-read when another process rotates). A provider wraps and
+//! unwraps tenant keys under a master-key version; callers never hold a master key, so a
+//! provider whose keys cannot leave it (an HSM) implements the same trait.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -10,13 +12,13 @@ use base64::engine::general_purpose::STANDARD;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use crate::crypto::Key;
+use crate::crypto::{Aad, Envelope, Key};
 
-/// One version of the master key (KEK).
+/// One version of the master key (KEK) of the key file.
 #[derive(Debug)]
-pub struct MasterKey {
-    pub version: u32,
-    pub key: Key,
+struct MasterKey {
+    version: u32,
+    key: Key,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -27,25 +29,40 @@ pub enum ProviderError {
     Format(String, &'static str),
     #[error("master key version {0} is not available")]
     UnknownVersion(u32),
+    /// A wrapped key did not open under the version it names (tampered, moved, or wrapped
+    /// by another master key).
+    #[error("a wrapped key failed to open: {0}")]
+    Unwrap(String),
+    /// The provider cannot be reached now (an HSM session lost, a token removed).
+    #[error("the key provider is unavailable: {0}")]
+    Unavailable(String),
     #[error("the key provider failed: {0}")]
     Other(String),
 }
 
-/// Where master keys come from. Implementations: [`LocalKeyFile`]; a cloud KMS or Vault
-/// implements the same trait (wrapping and unwrapping tenant keys through the service
-/// instead of holding key bytes is a later refinement of this trait).
+/// Where master keys live. Implementations: [`LocalKeyFile`] and the PKCS#11 provider; a
+/// cloud KMS implements the same trait. Master keys never leave a provider: it wraps and
+/// unwraps tenant keys itself.
 pub trait KeyProvider: Send + Sync + fmt::Debug {
-    /// The version new wrappings use: the newest.
-    fn current(&self) -> Result<Arc<MasterKey>, ProviderError>;
-    /// A given version, for unwrapping. Another process may have rotated since this one
-    /// loaded, so an unknown version is looked up again before it is an error.
-    fn version(&self, version: u32) -> Result<Arc<MasterKey>, ProviderError>;
+    /// The version new wrappings use: the newest. Another process may have rotated, so a
+    /// provider looks again rather than trusting what it loaded.
+    fn current_version(&self) -> Result<u32, ProviderError>;
+    /// Wraps `key` under master-key `version`, bound to `aad`.
+    fn wrap(&self, version: u32, aad: &Aad, key: &Key) -> Result<Vec<u8>, ProviderError>;
+    /// Opens what [`Self::wrap`] made. An unknown version is looked up again before it is an
+    /// error (another process may have rotated since this one loaded).
+    fn unwrap(&self, version: u32, aad: &Aad, wrapped: &[u8]) -> Result<Key, ProviderError>;
     /// Every version, oldest first.
     fn versions(&self) -> Result<Vec<u32>, ProviderError>;
     /// Adds a version and makes it current.
     fn rotate(&self) -> Result<u32, ProviderError>;
     /// Development keys are refused in production.
     fn is_development(&self) -> bool;
+    /// Where the master keys live, for `carevault keys status` (a path, a token label:
+    /// never key material).
+    fn location(&self) -> String;
+    /// Whether the provider can be used now (readiness).
+    fn check(&self) -> Result<(), ProviderError>;
 }
 
 #[derive(Serialize, Deserialize)]
@@ -160,7 +177,7 @@ fn write_file(path: &Path, file: &KeyFile) -> Result<(), ProviderError> {
     std::fs::rename(&tmp, path).map_err(io)
 }
 
-impl KeyProvider for LocalKeyFile {
+impl LocalKeyFile {
     /// Reads the file again first: another process may have rotated, and new wrappings
     /// must use the newest version. Only key creation and rotation ask, so this is rare.
     fn current(&self) -> Result<Arc<MasterKey>, ProviderError> {
@@ -180,6 +197,22 @@ impl KeyProvider for LocalKeyFile {
         self.reload()?;
         self.find(version).ok_or(ProviderError::UnknownVersion(version))
     }
+}
+
+impl KeyProvider for LocalKeyFile {
+    fn current_version(&self) -> Result<u32, ProviderError> {
+        Ok(self.current()?.version)
+    }
+
+    fn wrap(&self, version: u32, aad: &Aad, key: &Key) -> Result<Vec<u8>, ProviderError> {
+        let master = self.version(version)?;
+        Envelope::wrap(&master.key, u64::from(version), aad, key).map_err(|e| ProviderError::Other(e.to_string()))
+    }
+
+    fn unwrap(&self, version: u32, aad: &Aad, wrapped: &[u8]) -> Result<Key, ProviderError> {
+        let master = self.version(version)?;
+        Envelope::unwrap_key(&master.key, u64::from(version), aad, wrapped).map_err(|e| ProviderError::Unwrap(e.to_string()))
+    }
 
     fn versions(&self) -> Result<Vec<u32>, ProviderError> {
         self.reload()?;
@@ -198,6 +231,14 @@ impl KeyProvider for LocalKeyFile {
 
     fn is_development(&self) -> bool {
         self.development
+    }
+
+    fn location(&self) -> String {
+        format!("file {}", self.shown())
+    }
+
+    fn check(&self) -> Result<(), ProviderError> {
+        self.current().map(drop)
     }
 }
 
@@ -220,13 +261,25 @@ mod tests {
         let (b, created) = LocalKeyFile::open(&path, true).unwrap();
         assert!(!created);
         assert_eq!(a.current().unwrap().key, b.current().unwrap().key);
+        let aad = Aad::new("tenant-key", &["t1"]);
+        let tenant_key = Key::generate().unwrap();
+        let under_1 = a.wrap(1, &aad, &tenant_key).unwrap();
         assert_eq!(b.rotate().unwrap(), 2);
         // `a` loaded before the rotation: it finds version 2 by looking again, and wraps
         // new keys under it.
         assert_eq!(a.version(2).unwrap().key, b.current().unwrap().key);
-        assert_eq!(a.current().unwrap().version, 2);
+        assert_eq!(a.current_version().unwrap(), 2);
         assert_eq!(a.versions().unwrap(), vec![1, 2]);
         assert!(matches!(a.version(9), Err(ProviderError::UnknownVersion(9))));
         assert!(!format!("{a:?}").contains(&STANDARD.encode(a.current().unwrap().key.expose())));
+        // Wrapping goes through the provider: what one opens, the other opens; another
+        // binding or another version does not.
+        assert_eq!(b.unwrap(1, &aad, &under_1).unwrap(), tenant_key);
+        assert!(matches!(b.unwrap(1, &Aad::new("tenant-key", &["t2"]), &under_1), Err(ProviderError::Unwrap(_))));
+        assert!(matches!(b.unwrap(2, &aad, &under_1), Err(ProviderError::Unwrap(_))));
+        let under_2 = b.wrap(2, &aad, &tenant_key).unwrap();
+        assert_eq!(a.unwrap(2, &aad, &under_2).unwrap(), tenant_key);
+        assert!(a.check().is_ok());
+        assert!(a.location().contains("master.json"));
     }
 }

@@ -37,6 +37,8 @@ pub struct DataKey {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyStatus {
     pub development: bool,
+    /// Where the master keys live (the provider's own words: a file, a token).
+    pub location: String,
     /// `(master key version, tenant keys it wraps)`, oldest first.
     pub versions: Vec<(u32, usize)>,
     pub data_keys_live: i64,
@@ -62,8 +64,17 @@ fn crypto_failure(what: &'static str) -> impl Fn(crate::crypto::CryptoError) -> 
 }
 
 fn provider_failure(e: crate::crypto::ProviderError) -> ServiceError {
-    tracing::error!(error = %e, "key provider failed");
-    ServiceError::keys("key material")
+    match e {
+        // A wrapped tenant key that does not open is an integrity failure, not an outage.
+        crate::crypto::ProviderError::Unwrap(_) => {
+            tracing::error!(error = %e, "a tenant key failed to open");
+            ServiceError::integrity("stored key material")
+        }
+        e => {
+            tracing::error!(error = %e, "key provider failed");
+            ServiceError::keys("key material")
+        }
+    }
 }
 
 fn tenant_aad(tenant: &str) -> Aad {
@@ -81,10 +92,8 @@ impl KeyRing {
 
     fn unwrap_tenant(&self, row: &TenantKeyRow) -> Result<Arc<TenantKeys>, ServiceError> {
         let version = u32::try_from(row.kek_version).map_err(ServiceError::integrity_by("stored key material"))?;
-        let master = self.provider.version(version).map_err(provider_failure)?;
         let wrapped = STANDARD.decode(&row.wrapped).map_err(ServiceError::integrity_by("stored key material"))?;
-        let key = Envelope::unwrap_key(&master.key, u64::from(version), &tenant_aad(&row.tenant), &wrapped)
-            .map_err(crypto_failure("tenant key"))?;
+        let key = self.provider.unwrap(version, &tenant_aad(&row.tenant), &wrapped).map_err(provider_failure)?;
         let index = BlindIndexKey::derive(&key, &row.tenant).map_err(|e| {
             tracing::error!(error = %e, "blind-index key derivation failed");
             ServiceError::keys("key material")
@@ -102,12 +111,11 @@ impl KeyRing {
             Some(row) => row,
             None => {
                 let key = Key::generate().map_err(crypto_failure("random"))?;
-                let master = self.provider.current().map_err(provider_failure)?;
-                let wrapped = Envelope::wrap(&master.key, u64::from(master.version), &tenant_aad(tenant), &key)
-                    .map_err(crypto_failure("tenant key"))?;
+                let version = self.provider.current_version().map_err(provider_failure)?;
+                let wrapped = self.provider.wrap(version, &tenant_aad(tenant), &key).map_err(provider_failure)?;
                 let row = TenantKeyRow {
                     tenant: tenant.to_owned(),
-                    kek_version: i64::from(master.version),
+                    kek_version: i64::from(version),
                     wrapped: STANDARD.encode(wrapped),
                     created_at: Utc::now().naive_utc(),
                 };
@@ -182,6 +190,11 @@ impl KeyRing {
         Ok(DataKey { key_id, key })
     }
 
+    /// Whether the master-key provider can be used now (readiness).
+    pub fn check(&self) -> Result<(), ServiceError> {
+        self.provider.check().map_err(provider_failure)
+    }
+
     /// Crypto-shredding: destroys the owner's data key. Every element sealed under it, in
     /// every row, version and copy, can no longer be opened. Returns whether a live key
     /// was destroyed (false if there was none or it was already destroyed).
@@ -194,16 +207,15 @@ impl KeyRing {
     /// conditional update of one row. Returns the new version and how many were rewrapped.
     pub fn rotate(&self, conn: &mut DbConnection) -> Result<(u32, usize), ServiceError> {
         let version = self.provider.rotate().map_err(provider_failure)?;
-        let current = self.provider.current().map_err(provider_failure)?;
+        let current = self.provider.current_version().map_err(provider_failure)?;
         let mut rewrapped = 0;
         for row in rows::all_tenant_keys(conn)? {
-            if row.kek_version == i64::from(current.version) {
+            if row.kek_version == i64::from(current) {
                 continue;
             }
             let keys = self.unwrap_tenant(&row)?;
-            let wrapped = Envelope::wrap(&current.key, u64::from(current.version), &tenant_aad(&row.tenant), &keys.key)
-                .map_err(crypto_failure("tenant key"))?;
-            if rows::rewrap_tenant_key(conn, &row.tenant, row.kek_version, i64::from(current.version), &STANDARD.encode(wrapped))? {
+            let wrapped = self.provider.wrap(current, &tenant_aad(&row.tenant), &keys.key).map_err(provider_failure)?;
+            if rows::rewrap_tenant_key(conn, &row.tenant, row.kek_version, i64::from(current), &STANDARD.encode(wrapped))? {
                 rewrapped += 1;
             }
         }
@@ -216,6 +228,7 @@ impl KeyRing {
         let (live, destroyed) = rows::data_key_counts(conn)?;
         Ok(KeyStatus {
             development: self.provider.is_development(),
+            location: self.provider.location(),
             versions: versions.into_iter().map(|v| (v, tenant_rows.iter().filter(|r| r.kek_version == i64::from(v)).count())).collect(),
             data_keys_live: live,
             data_keys_destroyed: destroyed,
