@@ -38,7 +38,9 @@ fn benches(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     let (provider, _) = LocalKeyFile::open(&dir.path().join("k.json"), true).unwrap();
     let policy = EncryptionPolicy::load(std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/policies"))).unwrap();
-    let codec = Codec::new(KeyRing::new(std::sync::Arc::new(provider)), policy);
+    let keystore_url = carevault::store::DatabaseUrl::parse(&format!("sqlite://{}", dir.path().join("keystore.db").display())).unwrap();
+    let keystore = carevault::store::Store::open_keystore(&keystore_url, 1).unwrap();
+    let codec = Codec::new(KeyRing::new(std::sync::Arc::new(provider), keystore), policy);
     let tenant = TenantId::parse("tenant-1").unwrap();
     let id = ResourceId::generate();
     let dek = DataKey { key_id: 42, key: Key::generate().unwrap() };

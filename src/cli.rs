@@ -457,24 +457,29 @@ fn keys(settings: &Settings, command: KeysCommand) -> ExitCode {
         println!("created ledger signing key {}", settings.ledger_key_file.display());
         return ExitCode::SUCCESS;
     }
-    let codec = match crate::startup::codec(settings) {
+    let codec = match crate::startup::codec(settings, 1) {
         Ok(c) => c,
         Err(e) => return fail(e),
     };
-    let mut conn = match connect(settings) {
-        Ok(c) => c,
-        Err(code) => return code,
+    // The records database's migrations run first, and any keys an older release left
+    // there move to the key store, so the command sees every key.
+    let records = match crate::store::Store::open(&settings.database_url, 1) {
+        Ok(s) => s,
+        Err(e) => return fail(e),
     };
+    if let Err(e) = crate::startup::adopt_legacy_keys(&codec, &records) {
+        return fail(e);
+    }
     match command {
         KeysCommand::Init => ExitCode::SUCCESS,
-        KeysCommand::Rotate => match codec.keys().rotate(&mut conn) {
+        KeysCommand::Rotate => match codec.keys().rotate() {
             Ok((version, rewrapped)) => {
                 println!("master key version {version} is current; rewrapped {rewrapped} tenant key(s)");
                 ExitCode::SUCCESS
             }
             Err(e) => fail(e),
         },
-        KeysCommand::Status => match codec.keys().status(&mut conn) {
+        KeysCommand::Status => match codec.keys().status() {
             Ok(status) => {
                 println!("master keys: {} ({})", status.location, if status.development { "development" } else { "production" });
                 for (version, tenants) in &status.versions {

@@ -50,6 +50,11 @@ pub struct Settings {
     pub public_url: Option<String>,
     pub data_dir: PathBuf,
     pub database_url: DatabaseUrl,
+    /// The key store: tenant and data keys (wrapped), kept apart from the records database
+    /// so that a backup of the records alone never holds a key (default
+    /// `sqlite://DATA_DIR/keys/keystore.db`; servers sharing a PostgreSQL share one key
+    /// store, so production on PostgreSQL names it).
+    pub keystore_url: DatabaseUrl,
     pub env: Environment,
     /// Operator-supplied HS256 secret (`CAREVAULT_JWT_HS256_SECRET`).
     pub jwt_hs256_secret: Option<Hs256Secret>,
@@ -155,6 +160,20 @@ impl Settings {
             "production" => Environment::Production,
             _ => return Err(ConfigError::Invalid("env", "must be 'development' or 'production'".into())),
         };
+        let default_keystore = format!("sqlite://{}", data_dir.join("keys").join("keystore.db").display());
+        let keystore_given = get("keystore_url");
+        let keystore_url = DatabaseUrl::parse(keystore_given.unwrap_or(&default_keystore))
+            .map_err(|e| ConfigError::Invalid("keystore_url", e.to_string()))?;
+        if keystore_url.to_string() == database_url.to_string() {
+            return Err(ConfigError::Invalid("keystore_url", "the key store must be another database than the records".into()));
+        }
+        if env == Environment::Production && keystore_given.is_none() && database_url.backend() == crate::store::Backend::Postgres {
+            return Err(ConfigError::Invalid(
+                "keystore_url",
+                "production on PostgreSQL needs CAREVAULT_KEYSTORE_URL: every server sharing the records database must share one key store"
+                    .into(),
+            ));
+        }
         let jwt_hs256_secret = match get("jwt_hs256_secret") {
             Some(s) if s.len() < 32 => {
                 return Err(ConfigError::Invalid("jwt_hs256_secret", "must be at least 32 characters".into()));
@@ -186,6 +205,7 @@ impl Settings {
             log_dir: get("log_dir").map(PathBuf::from).unwrap_or_else(|| data_dir.join("logs")),
             data_dir,
             database_url,
+            keystore_url,
             env,
             jwt_hs256_secret,
             jwks_file: get("jwks_file").map(PathBuf::from),

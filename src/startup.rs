@@ -208,11 +208,19 @@ async fn sign_checkpoint(services: Services) {
     }
 }
 
-/// The codec: key ring over the master-key provider plus `policies/encryption.toml`.
-pub fn codec(settings: &Settings) -> Result<Arc<crate::service::codec::Codec>, StartupError> {
+/// The codec: key ring over the master-key provider and the key store (a pool of
+/// `pool_size`), plus `policies/encryption.toml`.
+pub fn codec(settings: &Settings, pool_size: u32) -> Result<Arc<crate::service::codec::Codec>, StartupError> {
     let policy = crate::service::encryption_policy::EncryptionPolicy::load(&settings.policies_dir)?;
-    let keys = crate::service::keyring::KeyRing::new(key_provider(settings)?);
+    let keystore = Store::open_keystore(&settings.keystore_url, pool_size)?;
+    let keys = crate::service::keyring::KeyRing::new(key_provider(settings)?, keystore);
     Ok(Arc::new(crate::service::codec::Codec::new(keys, policy)))
+}
+
+/// Moves key rows an older release kept in the records database into the key store.
+pub fn adopt_legacy_keys(codec: &crate::service::codec::Codec, records: &Store) -> Result<(), StartupError> {
+    let mut conn = records.conn()?;
+    codec.keys().adopt_legacy(&mut conn).map(drop).map_err(|e| StartupError::MasterKeys(format!("moving keys to the key store: {e}")))
 }
 
 /// A rustls server configuration (ring provider, TLS 1.2 and 1.3) from PEM files.
@@ -321,11 +329,12 @@ pub fn services(settings: &Settings, pool_size: u32) -> Result<Services, Startup
 fn services_with_writer(settings: &Settings, pool_size: u32) -> Result<(Services, WriterThread), StartupError> {
     let policy = Arc::new(AccessPolicy::load(&settings.policies_dir)?);
     let validator = Arc::new(FhirValidator::new().map_err(StartupError::Validator)?);
-    let codec = codec(settings)?;
+    let codec = codec(settings, pool_size)?;
     let signer = ledger_signer(settings)?;
     let conflicts = Arc::new(crate::service::sync::merge::ConflictPolicy::load(&settings.policies_dir)?);
     let retention = Arc::new(crate::service::retention::policy::RetentionPolicy::load(&settings.policies_dir)?);
     let store = Store::open(&settings.database_url, pool_size)?;
+    adopt_legacy_keys(&codec, &store)?;
     Services::new(store, validator, policy, codec, signer, conflicts, retention).map_err(StartupError::LedgerWriter)
 }
 

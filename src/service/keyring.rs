@@ -1,9 +1,11 @@
-//! The key hierarchy: master key (versioned, from the [`KeyProvider`]) → per-tenant key
+//! The key hierarchy: master key (versioned, held by the [`KeyProvider`]) → per-tenant key
 //! (wrapped under a master-key version, cached unwrapped in zeroizing memory) → per-owner
 //! data key (a Patient, shared by its records, or a Practitioner), wrapped under the
-//! tenant key. Data keys are read from the database on every use, never cached, so a
-//! destroyed key stops working in every process at once. The blind-index key of a tenant
-//! is derived from its tenant key.
+//! tenant key. Wrapped tenant and data keys live in the key store, a database apart from
+//! the records: a backup of the records alone holds no key, and a key destroyed in the
+//! key store is gone from every restore that uses it. Data keys are read from the key
+//! store on every use, never cached, so a destroyed key stops working in every process at
+//! once. The blind-index key of a tenant is derived from its tenant key.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -11,12 +13,11 @@ use std::sync::{Arc, RwLock};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use chrono::Utc;
-use diesel::Connection;
 
 use crate::crypto::{Aad, BlindIndexKey, Envelope, Key, KeyProvider};
 use crate::service::ServiceError;
-use crate::store::DbConnection;
 use crate::store::keys::{self as rows, DataKeyRow, TenantKeyRow};
+use crate::store::{DbConnection, PooledConn, Store};
 
 /// The envelope key id of a data key wrapped under its tenant key.
 const TENANT_KEY_ID: u64 = 0;
@@ -47,6 +48,8 @@ pub struct KeyStatus {
 
 pub struct KeyRing {
     provider: Arc<dyn KeyProvider>,
+    /// The key store's pool.
+    store: Store,
     tenants: RwLock<HashMap<String, Arc<TenantKeys>>>,
 }
 
@@ -86,8 +89,28 @@ fn data_key_aad(tenant: &str, owner: &str, key_id: u64) -> Aad {
 }
 
 impl KeyRing {
-    pub fn new(provider: Arc<dyn KeyProvider>) -> Self {
-        Self { provider, tenants: RwLock::new(HashMap::new()) }
+    pub fn new(provider: Arc<dyn KeyProvider>, store: Store) -> Self {
+        Self { provider, store, tenants: RwLock::new(HashMap::new()) }
+    }
+
+    fn conn(&self) -> Result<PooledConn, ServiceError> {
+        Ok(self.store.conn()?)
+    }
+
+    /// Moves the key rows an older release kept in the records database (`records`) into
+    /// the key store, then deletes them there. Idempotent: copied rows are skipped, so a
+    /// move interrupted between the two steps finishes on the next start. Returns how
+    /// many rows were moved.
+    pub fn adopt_legacy(&self, records: &mut DbConnection) -> Result<usize, ServiceError> {
+        let (tenants, data) = rows::all_rows(records)?;
+        if tenants.is_empty() && data.is_empty() {
+            return Ok(0);
+        }
+        let mut conn = self.conn()?;
+        crate::store::write_transaction(&mut conn, |tx| rows::insert_missing(tx, &tenants, &data))?;
+        crate::store::write_transaction(records, rows::take_legacy)?;
+        tracing::warn!(tenant_keys = tenants.len(), data_keys = data.len(), "key rows moved from the records database to the key store");
+        Ok(tenants.len() + data.len())
     }
 
     fn unwrap_tenant(&self, row: &TenantKeyRow) -> Result<Arc<TenantKeys>, ServiceError> {
@@ -102,11 +125,13 @@ impl KeyRing {
     }
 
     /// The tenant's keys, created (wrapped under the current master key) on first use.
-    /// Creation runs in a savepoint, so a concurrent creator's row wins cleanly.
-    pub fn tenant(&self, conn: &mut DbConnection, tenant: &str) -> Result<Arc<TenantKeys>, ServiceError> {
+    /// A concurrent creator's row wins cleanly.
+    pub fn tenant(&self, tenant: &str) -> Result<Arc<TenantKeys>, ServiceError> {
         if let Some(keys) = self.tenants.read().ok().and_then(|m| m.get(tenant).cloned()) {
             return Ok(keys);
         }
+        let mut conn = self.conn()?;
+        let conn = &mut *conn;
         let row = match rows::find_tenant_key(conn, tenant)? {
             Some(row) => row,
             None => {
@@ -119,9 +144,8 @@ impl KeyRing {
                     wrapped: STANDARD.encode(wrapped),
                     created_at: Utc::now().naive_utc(),
                 };
-                // Its own transaction (a savepoint inside another): the loser of a race
-                // gets a unique violation, rolls back just that, and reads the winner's key.
-                match conn.transaction(|c| rows::insert_tenant_key(c, &row)) {
+                // The loser of a race gets a unique violation and reads the winner's key.
+                match rows::insert_tenant_key(conn, &row) {
                     Ok(()) => {}
                     Err(e) if crate::store::is_unique_violation(&e) => {}
                     Err(e) => return Err(e.into()),
@@ -147,23 +171,20 @@ impl KeyRing {
 
     /// The data keys of `owners`; an owner without a key is absent, a destroyed key is
     /// `Err(Erased)`.
-    pub fn data_keys(
-        &self,
-        conn: &mut DbConnection,
-        tenant: &str,
-        owners: &[String],
-    ) -> Result<HashMap<String, Result<DataKey, ServiceError>>, ServiceError> {
-        let tenant_keys = self.tenant(conn, tenant)?;
-        let found = rows::find_data_keys(conn, tenant, owners)?;
+    pub fn data_keys(&self, tenant: &str, owners: &[String]) -> Result<HashMap<String, Result<DataKey, ServiceError>>, ServiceError> {
+        let tenant_keys = self.tenant(tenant)?;
+        let found = rows::find_data_keys(&mut *self.conn()?, tenant, owners)?;
         Ok(found.into_iter().map(|row| (row.owner.clone(), self.unwrap_data_key(&tenant_keys, &row))).collect())
     }
 
-    /// The owner's data key, created if it has none. Call inside the write's transaction.
-    pub fn data_key_for_write(&self, conn: &mut DbConnection, tenant: &str, owner: &str) -> Result<DataKey, ServiceError> {
-        if let Some(existing) = self.data_keys(conn, tenant, &[owner.to_owned()])?.remove(owner) {
+    /// The owner's data key, created if it has none. A new key commits in the key store at
+    /// once, before the write that asked for it: a write that then fails leaves an unused
+    /// key behind, which the owner's next write takes.
+    pub fn data_key_for_write(&self, tenant: &str, owner: &str) -> Result<DataKey, ServiceError> {
+        if let Some(existing) = self.data_keys(tenant, &[owner.to_owned()])?.remove(owner) {
             return existing;
         }
-        let tenant_keys = self.tenant(conn, tenant)?;
+        let tenant_keys = self.tenant(tenant)?;
         let key = Key::generate().map_err(crypto_failure("random"))?;
         // Random positive 63-bit ids: unique without a backend-specific sequence.
         let rng = ring::rand::SystemRandom::new();
@@ -176,8 +197,8 @@ impl KeyRing {
         };
         let wrapped = Envelope::wrap(&tenant_keys.key, TENANT_KEY_ID, &data_key_aad(tenant, owner, key_id), &key)
             .map_err(crypto_failure("data key"))?;
-        rows::insert_data_key(
-            conn,
+        let inserted = rows::insert_data_key(
+            &mut *self.conn()?,
             &DataKeyRow {
                 key_id: i64::try_from(key_id).map_err(ServiceError::keys_by("key material"))?,
                 tenant: tenant.to_owned(),
@@ -185,9 +206,17 @@ impl KeyRing {
                 wrapped: Some(STANDARD.encode(wrapped)),
                 created_at: Utc::now().naive_utc(),
                 destroyed_at: None,
+                destroyed_reason: None,
             },
-        )?;
-        Ok(DataKey { key_id, key })
+        );
+        match inserted {
+            Ok(()) => Ok(DataKey { key_id, key }),
+            // Another writer created the owner's key first: that one is the key.
+            Err(e) if crate::store::is_unique_violation(&e) => {
+                self.data_keys(tenant, &[owner.to_owned()])?.remove(owner).unwrap_or(Err(ServiceError::keys("key material")))
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Whether the master-key provider can be used now (readiness).
@@ -195,17 +224,25 @@ impl KeyRing {
         self.provider.check().map_err(provider_failure)
     }
 
-    /// Crypto-shredding: destroys the owner's data key. Every element sealed under it, in
-    /// every row, version and copy, can no longer be opened. Returns whether a live key
+    /// Crypto-shredding: destroys the owner's data key in the key store, committed at once,
+    /// recording `reason`. Every element sealed under it, in every row, version and copy of
+    /// the records (backups included), can no longer be opened. Returns whether a live key
     /// was destroyed (false if there was none or it was already destroyed).
-    pub fn destroy(&self, conn: &mut DbConnection, tenant: &str, owner: &str) -> Result<bool, ServiceError> {
-        Ok(rows::destroy_data_key(conn, tenant, owner, Utc::now().naive_utc())?)
+    pub fn destroy(&self, tenant: &str, owner: &str, reason: &str) -> Result<bool, ServiceError> {
+        Ok(rows::destroy_data_key(&mut *self.conn()?, tenant, owner, Utc::now().naive_utc(), reason)?)
+    }
+
+    /// Why the owner's data key was destroyed, if it was and a reason was kept.
+    pub fn destroyed_reason(&self, tenant: &str, owner: &str) -> Result<Option<String>, ServiceError> {
+        Ok(rows::destroyed_reason(&mut *self.conn()?, tenant, owner)?)
     }
 
     /// Adds a master-key version and rewraps every tenant key under it. Safe while servers
     /// run: a tenant key is the same key under either wrapping, and each rewrap is a
     /// conditional update of one row. Returns the new version and how many were rewrapped.
-    pub fn rotate(&self, conn: &mut DbConnection) -> Result<(u32, usize), ServiceError> {
+    pub fn rotate(&self) -> Result<(u32, usize), ServiceError> {
+        let mut conn = self.conn()?;
+        let conn = &mut *conn;
         let version = self.provider.rotate().map_err(provider_failure)?;
         let current = self.provider.current_version().map_err(provider_failure)?;
         let mut rewrapped = 0;
@@ -222,7 +259,9 @@ impl KeyRing {
         Ok((version, rewrapped))
     }
 
-    pub fn status(&self, conn: &mut DbConnection) -> Result<KeyStatus, ServiceError> {
+    pub fn status(&self) -> Result<KeyStatus, ServiceError> {
+        let mut conn = self.conn()?;
+        let conn = &mut *conn;
         let versions = self.provider.versions().map_err(provider_failure)?;
         let tenant_rows = rows::all_tenant_keys(conn)?;
         let (live, destroyed) = rows::data_key_counts(conn)?;

@@ -109,7 +109,7 @@ impl Services {
                     return Err(ServiceError::Conflict("the patient is under a legal hold"));
                 }
             }
-            let destroyed = self.codec.keys().destroy(tx, tenant, &owner.to_string())?;
+            let destroyed = self.codec.keys().destroy(tenant, &owner.to_string(), &format!("shredded by {}", caller.principal.sub))?;
             audit::append_in(tx, vec![entry])?;
             Ok::<_, ServiceError>(destroyed)
         })?;

@@ -25,6 +25,15 @@ use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 
 const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
 const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
+const KEYSTORE_SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/keystore/sqlite");
+const KEYSTORE_POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/keystore/postgres");
+
+/// Which database a [`Store`] opens: the records, or the key store (its own migrations).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Database {
+    Records,
+    KeyStore,
+}
 
 /// A connection to either backend. Queries written against it run on both.
 #[derive(diesel::MultiConnection)]
@@ -202,12 +211,24 @@ impl Store {
     /// Connects (failing at once with the real cause if the database is unreachable),
     /// applies pending migrations and builds the pool.
     pub fn open(url: &DatabaseUrl, pool_size: u32) -> Result<Self, StoreError> {
+        Self::open_database(url, pool_size, Database::Records)
+    }
+
+    /// [`Self::open`] for the key store.
+    pub fn open_keystore(url: &DatabaseUrl, pool_size: u32) -> Result<Self, StoreError> {
+        Self::open_database(url, pool_size, Database::KeyStore)
+    }
+
+    fn open_database(url: &DatabaseUrl, pool_size: u32, database: Database) -> Result<Self, StoreError> {
         if let DatabaseUrl::Sqlite(path) = url {
             files::prepare_sqlite(path)?;
         }
         let manager = Manager { url: url.clone() };
         let mut first = manager.open().map_err(|e| StoreError::Connect(e.to_string()))?;
-        run_migrations(&mut first)?;
+        match database {
+            Database::Records => run_migrations(&mut first)?,
+            Database::KeyStore => run_keystore_migrations(&mut first)?,
+        };
         drop(first);
         let pool = r2d2::Pool::builder()
             .max_size(pool_size.max(1))
@@ -264,6 +285,21 @@ impl Store {
 /// True when an insert lost a race on a unique key (a concurrent writer got there first).
 pub fn is_unique_violation(e: &diesel::result::Error) -> bool {
     matches!(e, diesel::result::Error::DatabaseError(diesel::result::DatabaseErrorKind::UniqueViolation, _))
+}
+
+/// Applies pending key-store migrations (under their own advisory lock on PostgreSQL).
+pub fn run_keystore_migrations(conn: &mut DbConnection) -> Result<Vec<String>, StoreError> {
+    let migration = |e: Box<dyn std::error::Error + Send + Sync>| StoreError::Migration(e.to_string());
+    let names = |versions: Vec<diesel::migration::MigrationVersion<'_>>| versions.iter().map(ToString::to_string).collect();
+    match conn {
+        DbConnection::Sqlite(c) => c.run_pending_migrations(KEYSTORE_SQLITE_MIGRATIONS).map(names).map_err(migration),
+        DbConnection::Postgres(c) => {
+            c.batch_execute("SELECT pg_advisory_lock(7417115)")?;
+            let result = c.run_pending_migrations(KEYSTORE_POSTGRES_MIGRATIONS).map(names).map_err(migration);
+            c.batch_execute("SELECT pg_advisory_unlock(7417115)")?;
+            result
+        }
+    }
 }
 
 /// Applies pending migrations of the connection's backend. On PostgreSQL an advisory lock

@@ -71,6 +71,7 @@ diesel::table! {
         wrapped -> Nullable<Text>,
         created_at -> Timestamp,
         destroyed_at -> Nullable<Timestamp>,
+        destroyed_reason -> Nullable<Text>,
     }
 }
 

@@ -271,7 +271,7 @@ async fn crypto_shredding_makes_every_stored_copy_unreadable() {
     for stored in &backup {
         let opened = services.codec().open(&tenant, carevault::domain::ResourceType::Patient, &id, stored, None);
         assert!(opened.is_err());
-        let keys = services.codec().keys().data_keys(&mut c, TENANT, &[owner.to_string()]).unwrap();
+        let keys = services.codec().keys().data_keys(TENANT, &[owner.to_string()]).unwrap();
         let with_ring = services.codec().open(&tenant, carevault::domain::ResourceType::Patient, &id, stored, keys.get(&owner.to_string()));
         assert!(matches!(with_ring, Err(carevault::service::ServiceError::Erased)));
     }

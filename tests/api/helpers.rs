@@ -13,22 +13,38 @@ use serde_json::{Value, json};
 pub const TENANT: &str = "clinic-a";
 pub const FHIR_JSON: &str = "application/fhir+json";
 
-/// Where a test's data lives; a PostgreSQL schema is dropped when the test ends.
+/// Where a test's data lives; its PostgreSQL schemas (the records' and the key store's)
+/// are dropped when the test ends. On SQLite the key store is the default file under the
+/// data directory.
 pub enum TestDb {
     Sqlite(PathBuf),
     Postgres { admin_url: String, schema: String },
 }
 
+/// The URL of `schema` on the PostgreSQL at `admin_url`.
+pub fn schema_url(admin_url: &str, schema: &str) -> String {
+    let sep = if admin_url.contains('?') { '&' } else { '?' };
+    format!("{admin_url}{sep}options=-c%20search_path%3D{schema}")
+}
+
 impl TestDb {
+    /// The key store's URL when it is not the default file under the data directory: on
+    /// PostgreSQL a schema of its own beside the records'.
+    pub fn keystore_url(&self) -> Option<String> {
+        match self {
+            TestDb::Sqlite(_) => None,
+            TestDb::Postgres { admin_url, schema } => Some(schema_url(admin_url, &format!("{schema}_keys"))),
+        }
+    }
+
     /// The backend under test: PostgreSQL when CAREVAULT_TEST_POSTGRES_URL is set.
     pub fn create(dir: &std::path::Path) -> (Self, String) {
         match std::env::var("CAREVAULT_TEST_POSTGRES_URL") {
             Ok(admin_url) if !admin_url.is_empty() => {
                 let schema = format!("t_{}", uuid::Uuid::new_v4().simple());
                 let mut conn = diesel::PgConnection::establish(&admin_url).expect("connect to test PostgreSQL");
-                conn.batch_execute(&format!("CREATE SCHEMA {schema}")).expect("create test schema");
-                let sep = if admin_url.contains('?') { '&' } else { '?' };
-                let url = format!("{admin_url}{sep}options=-c%20search_path%3D{schema}");
+                conn.batch_execute(&format!("CREATE SCHEMA {schema}; CREATE SCHEMA {schema}_keys")).expect("create test schemas");
+                let url = schema_url(&admin_url, &schema);
                 (TestDb::Postgres { admin_url, schema }, url)
             }
             _ => {
@@ -45,7 +61,7 @@ impl Drop for TestDb {
         if let TestDb::Postgres { admin_url, schema } = self
             && let Ok(mut conn) = diesel::PgConnection::establish(admin_url)
         {
-            let _ = conn.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"));
+            let _ = conn.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE; DROP SCHEMA IF EXISTS {schema}_keys CASCADE"));
         }
     }
 }
@@ -91,6 +107,9 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut BTreeMap<String, String>
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
     .collect();
+    if let Some(keystore) = db.keystore_url() {
+        raw.insert("keystore_url".to_owned(), keystore);
+    }
     configure(&mut raw);
     let settings = Settings::from_map(&raw).expect("test settings");
     let database_url = raw["database_url"].clone();
@@ -219,16 +238,34 @@ impl TestApp {
         carevault::store::Store::open(&url, 1).unwrap().conn().unwrap()
     }
 
+    /// The environment a `carevault` process needs to work on this server's database, key
+    /// store, data and policies.
+    pub fn process_env(&self) -> Vec<(String, String)> {
+        let mut env = vec![
+            ("PATH".to_owned(), std::env::var("PATH").unwrap_or_default()),
+            ("CAREVAULT_DATA_DIR".to_owned(), self.settings["data_dir"].clone()),
+            ("CAREVAULT_DATABASE_URL".to_owned(), self.database_url.clone()),
+            ("CAREVAULT_POLICIES_DIR".to_owned(), self.settings["policies_dir"].clone()),
+        ];
+        if let Some(keystore) = self.settings.get("keystore_url") {
+            env.push(("CAREVAULT_KEYSTORE_URL".to_owned(), keystore.clone()));
+        }
+        env
+    }
+
+    /// A connection of its own to the server's key store.
+    pub fn keystore_db(&self) -> carevault::store::PooledConn {
+        let settings = Settings::from_map(&self.settings).unwrap();
+        carevault::store::Store::open_keystore(&settings.keystore_url, 1).unwrap().conn().unwrap()
+    }
+
     /// Runs the `carevault` binary against this server's database, data and policies:
     /// (succeeded, stdout + stderr).
     pub fn cli(&self, args: &[&str]) -> (bool, String) {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_carevault"))
             .args(args)
             .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("CAREVAULT_DATA_DIR", &self.settings["data_dir"])
-            .env("CAREVAULT_DATABASE_URL", &self.database_url)
-            .env("CAREVAULT_POLICIES_DIR", &self.settings["policies_dir"])
+            .envs(self.process_env())
             .output()
             .expect("run carevault");
         (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))

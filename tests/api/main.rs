@@ -18,6 +18,7 @@ mod healthcheck;
 mod helpers;
 mod input;
 mod interactions;
+mod keystore;
 mod ledger;
 mod logs;
 mod ops;

@@ -87,7 +87,6 @@ fn snapshot(app: &TestApp) -> Vec<(String, i64)> {
         "resources",
         "resource_versions",
         "search_tokens",
-        "data_keys",
         "ledger_entries",
         "ledger_nodes",
         "ledger_checkpoints",
@@ -101,9 +100,13 @@ fn snapshot(app: &TestApp) -> Vec<(String, i64)> {
         let n = diesel::sql_query(format!("SELECT COUNT(*) AS n FROM {table}")).get_result::<Count>(&mut *conn).unwrap().n;
         out.push((table.to_owned(), n));
     }
-    let live =
-        diesel::sql_query("SELECT COUNT(*) AS n FROM data_keys WHERE wrapped IS NOT NULL").get_result::<Count>(&mut *conn).unwrap().n;
-    out.push(("live data keys".to_owned(), live));
+    let mut keys = app.keystore_db();
+    for (what, sql) in [
+        ("data keys", "SELECT COUNT(*) AS n FROM data_keys"),
+        ("live data keys", "SELECT COUNT(*) AS n FROM data_keys WHERE wrapped IS NOT NULL"),
+    ] {
+        out.push((what.to_owned(), diesel::sql_query(sql).get_result::<Count>(&mut *keys).unwrap().n));
+    }
     out
 }
 
@@ -120,7 +123,7 @@ async fn assert_purged(app: &TestApp, clinician: &Who, patient: &str, observatio
         wrapped: Option<String>,
     }
     let keys: Vec<Wrapped> =
-        diesel::sql_query(format!("SELECT wrapped FROM data_keys WHERE owner = '{key}'")).load(&mut *app.db()).unwrap();
+        diesel::sql_query(format!("SELECT wrapped FROM data_keys WHERE owner = '{key}'")).load(&mut *app.keystore_db()).unwrap();
     assert!(!keys.is_empty() && keys.iter().all(|k| k.wrapped.is_none()), "the patient's data key is destroyed");
     assert_eq!(app.get(clinician, &format!("/fhir/Patient/{patient}")).await.status(), StatusCode::NOT_FOUND);
     for o in observations {
@@ -402,17 +405,9 @@ async fn a_subscriber_receives_the_purge_while_the_cli_runs_the_job() {
     assert!(other_backlog.iter().all(|c| c["id"] != gone.as_str()));
 
     let cli = {
-        let (data, url, policies) = (app.settings["data_dir"].clone(), app.database_url.clone(), app.settings["policies_dir"].clone());
+        let env = app.process_env();
         tokio::task::spawn_blocking(move || {
-            std::process::Command::new(env!("CARGO_BIN_EXE_carevault"))
-                .args(["retention", "run"])
-                .env_clear()
-                .env("PATH", std::env::var("PATH").unwrap_or_default())
-                .env("CAREVAULT_DATA_DIR", data)
-                .env("CAREVAULT_DATABASE_URL", url)
-                .env("CAREVAULT_POLICIES_DIR", policies)
-                .output()
-                .unwrap()
+            std::process::Command::new(env!("CARGO_BIN_EXE_carevault")).args(["retention", "run"]).env_clear().envs(env).output().unwrap()
         })
     };
     // Live, while the job runs in its own process: one content-free purge per record.
@@ -460,10 +455,7 @@ async fn a_run_killed_mid_way_leaves_each_patient_whole_or_purged_and_the_next_f
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_carevault"))
         .args(["retention", "run"])
         .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("CAREVAULT_DATA_DIR", &app.settings["data_dir"])
-        .env("CAREVAULT_DATABASE_URL", &app.database_url)
-        .env("CAREVAULT_POLICIES_DIR", &app.settings["policies_dir"])
+        .envs(app.process_env())
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()

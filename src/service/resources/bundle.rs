@@ -344,7 +344,7 @@ impl ResourceService<'_> {
                 if content.is_none() {
                     return Ok((EntryResult { status: 204, version: None, outcome: None }, None));
                 }
-                let write = self.next_version(tx, caller, rtype, id, &current, None)?;
+                let write = self.next_version(caller, rtype, id, &current, None)?;
                 let cursor = self.apply_in(tx, caller, &write)?.ok_or(ServiceError::VersionConflict { current: None })?;
                 Ok((EntryResult { status: 204, version: None, outcome: None }, Some(cursor)))
             }

@@ -69,7 +69,7 @@ impl ResourceService<'_> {
             return Err(criteria_refused("conditional criteria are empty; give at least one search parameter"));
         }
         let codec = &self.services.codec;
-        let tenant_keys = codec.keys().tenant(tx, tenant)?;
+        let tenant_keys = codec.keys().tenant(tenant)?;
         let criteria: Vec<(String, Vec<String>)> = criteria
             .into_iter()
             .map(|(param, tokens)| {
@@ -232,7 +232,7 @@ impl ResourceService<'_> {
         {
             return Err(ServiceError::VersionConflict { current: Some(current.version_id) });
         }
-        let write = self.next_version(tx, caller, rtype, id, &current, Some(resource))?;
+        let write = self.next_version(caller, rtype, id, &current, Some(resource))?;
         // Inside the transaction nobody else can have advanced the record.
         let cursor = self.apply_in(tx, caller, &write)?.ok_or(ServiceError::VersionConflict { current: None })?;
         Ok((write, cursor))

@@ -89,7 +89,7 @@ impl ResourceService<'_> {
             {
                 return Err(ServiceError::VersionConflict { current: Some(current.version_id) });
             }
-            let write = self.next_version(&mut conn, caller, rtype, id, &current, Some(resource.clone()))?;
+            let write = self.next_version(caller, rtype, id, &current, Some(resource.clone()))?;
             if self.commit(&mut conn, caller, &write)? {
                 let version = write.row.version_id;
                 tracing::info!(version_id = version, "resource updated");
@@ -134,7 +134,7 @@ impl ResourceService<'_> {
             }
             let resource = apply_patch(resource, patch.clone())?;
             let resource = self.parse_body(rtype, resource, Some(id))?;
-            let write = self.next_version(&mut conn, caller, rtype, id, &current, Some(resource))?;
+            let write = self.next_version(caller, rtype, id, &current, Some(resource))?;
             if self.commit(&mut conn, caller, &write)? {
                 tracing::info!(version_id = write.row.version_id, "resource patched");
                 return Ok(write.into_versioned(rtype, id));
@@ -157,7 +157,7 @@ impl ResourceService<'_> {
             if content.is_none() {
                 return Ok(());
             }
-            let write = self.next_version(&mut conn, caller, rtype, id, &current, None)?;
+            let write = self.next_version(caller, rtype, id, &current, None)?;
             if self.commit(&mut conn, caller, &write)? {
                 tracing::info!(version_id = write.row.version_id, "resource deleted");
                 return Ok(());

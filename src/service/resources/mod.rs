@@ -322,7 +322,7 @@ impl<'s> ResourceService<'s> {
         let rows = crate::store::resources::currents_of(conn, tenant, &[ResourceType::Patient.name()], &ids)?;
         let live: Vec<_> = rows.into_iter().filter(|r| r.resource_type == ResourceType::Patient.name() && r.deleted == 0).collect();
         let owners = live.iter().map(|r| format!("Patient/{}", r.id)).collect();
-        let keys = self.keys_of(conn, caller, owners)?;
+        let keys = self.keys_of(caller, owners)?;
         let mut teams = HashMap::with_capacity(live.len());
         for row in live {
             let key = keys.get(&format!("Patient/{}", row.id));
@@ -355,11 +355,10 @@ impl<'s> ResourceService<'s> {
     /// The data keys of the given owners (absent owners have none).
     pub(in crate::service) fn keys_of(
         &self,
-        conn: &mut DbConnection,
         caller: &Caller,
         owners: Vec<String>,
     ) -> Result<HashMap<String, Result<DataKey, ServiceError>>, ServiceError> {
-        self.services.codec.keys().data_keys(conn, caller.principal.tenant.as_str(), &owners)
+        self.services.codec.keys().data_keys(caller.principal.tenant.as_str(), &owners)
     }
 
     pub(in crate::service) fn open(

@@ -85,7 +85,7 @@ impl ResourceService<'_> {
         let scope = self.services.policy.search_scope(&caller.principal, rtype.category(), caller.break_glass.is_some());
         let mut conn = self.conn()?;
         let codec = &self.services.codec;
-        let tenant_keys = codec.keys().tenant(&mut conn, tenant.as_str())?;
+        let tenant_keys = codec.keys().tenant(tenant.as_str())?;
         let restrictions = match &scope {
             SearchScope::All => None,
             SearchScope::BreakGlass => {
@@ -162,7 +162,7 @@ impl ResourceService<'_> {
             rows::search(&mut conn, &query)?
         };
         let owners: Vec<String> = rows.iter().filter_map(|r| codec::owner(rtype, &r.id, r.patient_id.as_deref())).collect();
-        let keys = self.keys_of(&mut conn, caller, owners)?;
+        let keys = self.keys_of(caller, owners)?;
         let teams = match (&scope, rtype.category()) {
             (SearchScope::BreakGlass, Category::Clinical) => {
                 let patients: Vec<String> = rows.iter().filter_map(|r| r.patient_id.clone()).collect();
@@ -263,9 +263,7 @@ impl ResourceService<'_> {
             bases.iter().any(|b| element.strip_prefix(b).is_some_and(|rest| rest.is_empty() || rest.starts_with(char::is_uppercase)))
         };
         let owners: Vec<String> = candidates.iter().filter_map(|r| codec::owner(rtype, &r.id, r.patient_id.as_deref())).collect();
-        let mut conn = self.conn()?;
-        let keys = self.keys_of(&mut conn, caller, owners)?;
-        drop(conn);
+        let keys = self.keys_of(caller, owners)?;
         let mut kept: Vec<(CurrentRow, Option<Spans>)> = Vec::new();
         for row in candidates {
             let owner = codec::owner(rtype, &row.id, row.patient_id.as_deref());

@@ -80,7 +80,7 @@ impl ResourceService<'_> {
         let tenant = &caller.principal.tenant;
         let row = rows::find_current(conn, tenant.as_str(), rtype.name(), id.as_str())?.ok_or(ServiceError::NotFound)?;
         let owner = codec::owner(rtype, id.as_str(), row.patient_id.as_deref());
-        let keys = self.keys_of(conn, caller, owner.iter().cloned().collect())?;
+        let keys = self.keys_of(caller, owner.iter().cloned().collect())?;
         let team = match rtype.category() {
             Category::Clinical => self.care_team_of(conn, caller, row.patient_id.as_deref())?,
             Category::Patient | Category::Practitioner => Vec::new(),
@@ -179,7 +179,7 @@ impl ResourceService<'_> {
         };
         self.authorize(caller, Op::Write, AuditAction::Create, rtype, id, Some(&stamped), &team)?;
         let row = self.new_row(caller, rtype, id, 1, Some(&stamped), at)?;
-        let tenant_keys = self.services.codec.keys().tenant(conn, caller.principal.tenant.as_str())?;
+        let tenant_keys = self.services.codec.keys().tenant(caller.principal.tenant.as_str())?;
         let tokens = self.services.codec.tokens_for(&tenant_keys, rtype, &stamped);
         let entry = caller.entry(
             AuditAction::Create,
@@ -195,7 +195,6 @@ impl ResourceService<'_> {
     /// retention) when `None`; with its search tokens and audit entry.
     pub(in crate::service) fn next_version(
         &self,
-        conn: &mut DbConnection,
         caller: &Caller,
         rtype: ResourceType,
         id: &ResourceId,
@@ -219,7 +218,7 @@ impl ResourceService<'_> {
                     }
                 }
                 let row = self.new_row(caller, rtype, id, version, Some(&stamped), at)?;
-                let tenant_keys = self.services.codec.keys().tenant(conn, caller.principal.tenant.as_str())?;
+                let tenant_keys = self.services.codec.keys().tenant(caller.principal.tenant.as_str())?;
                 let tokens = self.services.codec.tokens_for(&tenant_keys, rtype, &stamped);
                 (row, Some(stamped), tokens, AuditAction::Update)
             }
@@ -282,7 +281,7 @@ impl ResourceService<'_> {
         let mut row = write.row.clone();
         if let Some(resource) = &write.resource {
             let owner = codec::owner(rtype, id.as_str(), row.patient_id.as_deref()).ok_or(ServiceError::corrupt("resource row"))?;
-            let key = self.services.codec.keys().data_key_for_write(tx, tenant.as_str(), &owner)?;
+            let key = self.services.codec.keys().data_key_for_write(tenant.as_str(), &owner)?;
             row.content = self.services.codec.seal(tenant, rtype, &id, &key, resource)?;
         }
         let row = &row;

@@ -71,7 +71,7 @@ pub struct Verdict {
     pub tenant: String,
     pub patient: String,
     pub decision: Decision,
-    pub category: Option<&'static str>,
+    pub category: Option<String>,
     pub rule: Option<String>,
     /// The first day the rule ends the patient's records.
     pub qualifies_from: Option<String>,
@@ -197,7 +197,7 @@ impl RetentionService<'_> {
                 let ids: Vec<String> = page.iter().map(|r| r.id.clone()).collect();
                 let activity = rows::last_activity(&mut conn, &tenant, &ids)?;
                 let owners: Vec<String> = ids.iter().map(|id| format!("Patient/{id}")).collect();
-                let keys = self.services.codec.keys().data_keys(&mut conn, &tenant, &owners)?;
+                let keys = self.services.codec.keys().data_keys(&tenant, &owners)?;
                 for row in &page {
                     if stop() {
                         summary.interrupted = true;
@@ -212,7 +212,7 @@ impl RetentionService<'_> {
                             caller: &caller,
                             patient: &row.id,
                             rule: verdict.rule.as_deref().unwrap_or_default(),
-                            category: verdict.category.unwrap_or_default(),
+                            category: verdict.category.as_deref().unwrap_or_default(),
                             run,
                             care_team,
                         };
@@ -276,17 +276,33 @@ impl RetentionService<'_> {
                 let facts = facts_of(&patient, last_activity);
                 let judgement = self.services.retention.judge(&facts);
                 let Some((rule, from)) = judgement.due else {
-                    verdict.category = Some(judgement.category.as_str());
+                    verdict.category = Some(judgement.category.as_str().to_owned());
                     verdict.why = format!("no rule for {} patients", judgement.category.as_str());
                     return (self.held_or(verdict, Decision::Kept), care_team);
                 };
                 let why = self.explain(judgement.category, &facts, &rule, from);
-                (judgement.category.as_str(), rule, from, why)
+                (judgement.category.as_str().to_owned(), rule, from, why)
             }
             Err(ServiceError::Erased) => {
-                // Its key was destroyed earlier (crypto-shredding): nothing of it opens any
-                // more, and its rows are removed like a purged patient's.
-                ("crypto-shredded", "data-key-destroyed".to_owned(), today, "its data key was destroyed earlier".to_owned())
+                // Its key was destroyed earlier: by a purge that was stopped before it
+                // finished (the key store kept the run's rule), or by crypto-shredding.
+                // Nothing of it opens any more; its rows go like a purged patient's.
+                let owner = format!("Patient/{}", row.id);
+                let reason = self.services.codec.keys().destroyed_reason(tenant.as_str(), &owner).ok().flatten();
+                match reason.as_deref().and_then(super::purge::parse_reason) {
+                    Some((run, rule, category)) => (
+                        category.to_owned(),
+                        rule.to_owned(),
+                        today,
+                        format!("its key was destroyed by run {run}, which stopped before it finished; this run finishes the purge"),
+                    ),
+                    None => (
+                        "crypto-shredded".to_owned(),
+                        "data-key-destroyed".to_owned(),
+                        today,
+                        "its data key was destroyed earlier".to_owned(),
+                    ),
+                }
             }
             Err(e) => {
                 tracing::error!(error = %e, "a patient record could not be opened for retention; left as it is");

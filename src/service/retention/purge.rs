@@ -38,6 +38,20 @@ pub(super) enum Purged {
     Gone,
 }
 
+/// Why a purge destroyed a key, as the key store keeps it: `retention RUN RULE CATEGORY`.
+pub(super) fn reason(run: &str, rule: &str, category: &str) -> String {
+    format!("retention {run} {rule} {category}")
+}
+
+/// The run, rule and category of a key destroyed by [`reason`].
+pub(super) fn parse_reason(reason: &str) -> Option<(&str, &str, &str)> {
+    let mut parts = reason.strip_prefix("retention ")?.split(' ');
+    match (parts.next(), parts.next(), parts.next(), parts.next()) {
+        (Some(run), Some(rule), Some(category), None) => Some((run, rule, category)),
+        _ => None,
+    }
+}
+
 impl RetentionService<'_> {
     pub(super) fn purge(&self, conn: &mut DbConnection, order: &Purge<'_>) -> Result<Purged, ServiceError> {
         let tenant = order.caller.principal.tenant.as_str();
@@ -51,9 +65,13 @@ impl RetentionService<'_> {
             if records.is_empty() {
                 return Ok((Purged::Gone, None));
             }
-            // The key goes first: from this statement on, within the transaction and for
-            // every reader once it commits, nothing of the patient opens.
-            self.services.codec.keys().destroy(tx, tenant, &patient_ref)?;
+            // The key goes first, committed in the key store at once (under this
+            // transaction's patient lock, so no hold can slip in between): from here on
+            // nothing of the patient opens, in these rows or any copy of them. Killed after
+            // this and before the commit below, the patient is unreadable with its rows
+            // still there; the next run finds its key destroyed, reads the reason, and
+            // finishes.
+            self.services.codec.keys().destroy(tenant, &patient_ref, &reason(order.run, order.rule, order.category))?;
             rows::delete_compartment(tx, tenant, order.patient, &records)?;
             let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
             for (rtype, ..) in &records {

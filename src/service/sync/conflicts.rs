@@ -59,7 +59,7 @@ impl SyncService<'_> {
         let tenant = &caller.principal.tenant;
         let row = &conflict.row;
         let owner = codec::owner(rtype, &row.resource_id, row.patient_id.as_deref()).ok_or(ServiceError::corrupt("sync conflict row"))?;
-        let key = self.services.codec.keys().data_key_for_write(tx, tenant.as_str(), &owner)?;
+        let key = self.services.codec.keys().data_key_for_write(tenant.as_str(), &owner)?;
         let detail = self.services.codec.seal_record(tenant, CONFLICT_RECORD, &row.id, &key, &conflict.detail)?;
         sync_rows::insert_conflict(tx, &ConflictRow { detail, ..row.clone() })?;
         Ok(())
@@ -191,7 +191,7 @@ impl SyncService<'_> {
                 return Ok(Resolved { conflict_id: conflict_id.to_owned(), version: current.row.version_id });
             };
             let version = current.row.version_id + 1;
-            let write = self.next_version(&mut conn, caller, rtype, &id, &current.row, content)?;
+            let write = self.next_version(caller, rtype, &id, &current.row, content)?;
             let written = self.commit_with(&mut conn, caller, &write, |tx| {
                 if !sync_rows::mark_resolved(tx, tenant, conflict_id, &by, &at, Some(version))? {
                     return Err(ServiceError::Conflict("this conflict is already resolved"));

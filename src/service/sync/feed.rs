@@ -155,7 +155,7 @@ impl SyncService<'_> {
             .collect();
         owners.sort();
         owners.dedup();
-        let keys: HashMap<String, Result<DataKey, ServiceError>> = self.keys_of(&mut conn, caller, owners)?;
+        let keys: HashMap<String, Result<DataKey, ServiceError>> = self.keys_of(caller, owners)?;
         // Clinical records are judged by their patient's care team as it stands now.
         let patients: Vec<String> = currents
             .values()

@@ -291,7 +291,7 @@ impl SyncService<'_> {
         content: Option<Map<String, Value>>,
         effect: &Effect<'_>,
     ) -> Result<bool, ServiceError> {
-        let write = self.next_version(conn, caller, rtype, id, &current.row, content)?;
+        let write = self.next_version(caller, rtype, id, &current.row, content)?;
         self.commit_with(conn, caller, &write, |tx| self.store_effect(tx, caller, rtype, effect))
     }
 

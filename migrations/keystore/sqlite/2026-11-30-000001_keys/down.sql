@@ -1,0 +1,2 @@
+DROP TABLE data_keys;
+DROP TABLE tenant_keys;
