@@ -243,7 +243,7 @@ async fn tenant_b_reads_promptly(app: &TestApp, clinician_b: &Who, id: &str, fam
     assert_eq!(entry_ids(&search.json().await.unwrap()), [id]);
 }
 
-/// B's reads and search of `id` as B's auditor finds them in B's log: three reads, one search.
+/// Asserts that B's auditor finds B's three reads and one search of `id` in B's log.
 async fn assert_tenant_b_reads_ledgered(app: &TestApp, id: &str) {
     let auditor_b = app.who(OTHER, &["auditor"], None);
     let entries = json(app, &auditor_b, "/audit/entries?from=0&to=1000").await["entries"].as_array().unwrap().clone();
