@@ -4,10 +4,15 @@
 //! patients, then drives it with concurrent keep-alive clients for a fixed time per
 //! scenario and prints requests/s and latency percentiles.
 //!
-//! cargo bench --bench http_load -- [--seconds N] [--clients N] [--seed N] [--tenants N]
+//! cargo bench --bench http_load -- [--seconds N] [--clients N] [--seed N] [--tenants N] [--isolation]
 //!
 //! `--tenants N` (default 1) spreads the create scenario's clients over tenants `bench-0`..
 //! `bench-{N-1}` (client k writes as `bench-{k mod N}`) and prints creates/s per tenant.
+//!
+//! `--isolation` runs, instead of the scenarios above, tenant A's audited creates twice:
+//! `--clients` clients of tenant `bench-a` alone, then the same clients with as many of
+//! tenant `bench-b` creating at the same time, and prints A's creates/s and latency in both
+//! (and B's beside them): how much one tenant's writing costs another.
 
 mod support;
 
@@ -28,6 +33,8 @@ struct Options {
     no_encryption: bool,
     /// Tenants the create scenario's clients are spread over.
     tenants: usize,
+    /// Tenant A's creates alone, then beside tenant B's, instead of the other scenarios.
+    isolation: bool,
 }
 
 fn options() -> Options {
@@ -41,6 +48,7 @@ fn options() -> Options {
         seed: get("--seed", 500) as usize,
         no_encryption: args.iter().any(|a| a == "--no-encryption"),
         tenants: (get("--tenants", 1) as usize).max(1),
+        isolation: args.iter().any(|a| a == "--isolation"),
     }
 }
 
@@ -59,9 +67,17 @@ fn patient(i: usize) -> Value {
 /// Client `c` calls `request(i)` with `i` from `c * CLIENT_STRIDE` up.
 const CLIENT_STRIDE: usize = 1_000_000;
 
-/// Runs `clients` loops of `request(i)` for `seconds`; prints one line. Returns each
-/// client's successful request count and the elapsed seconds.
-async fn scenario<F, Fut>(name: &str, opts: &Options, request: F) -> (Vec<usize>, f64)
+/// What one client of a scenario did.
+struct ClientRun {
+    /// Requests that succeeded.
+    ok: usize,
+    /// Every request's latency, failed ones included, in the order sent.
+    latencies: Vec<Duration>,
+}
+
+/// Runs `clients` loops of `request(i)` for `opts.seconds`; prints one line. Returns what
+/// each client did and the elapsed seconds.
+async fn scenario<F, Fut>(name: &str, opts: &Options, clients: usize, request: F) -> (Vec<ClientRun>, f64)
 where
     F: Fn(usize) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = bool> + Send,
@@ -70,7 +86,7 @@ where
     let deadline = Instant::now() + Duration::from_secs(opts.seconds);
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for c in 0..opts.clients {
+    for c in 0..clients {
         let request = request.clone();
         tasks.push(tokio::spawn(async move {
             let (mut latencies, mut failures, mut i) = (Vec::new(), 0usize, c * CLIENT_STRIDE);
@@ -89,9 +105,9 @@ where
     let mut failures = 0;
     let mut per_client = Vec::new();
     for t in tasks {
-        let (l, f) = t.await.unwrap();
-        per_client.push(l.len() - f);
-        all.extend(l);
+        let (latencies, f) = t.await.unwrap();
+        all.extend(latencies.iter().copied());
+        per_client.push(ClientRun { ok: latencies.len() - f, latencies });
         failures += f;
     }
     let elapsed = started.elapsed().as_secs_f64();
@@ -102,10 +118,61 @@ where
         support::percentile(&all, 0.50),
         support::percentile(&all, 0.99),
         all.len(),
-        opts.clients,
+        clients,
         elapsed
     );
     (per_client, elapsed)
+}
+
+/// Tenant A's audited creates: alone, beside as many clients of tenant B creating at the
+/// same time, and alone again (so that drift over the run shows apart from B's effect).
+/// Prints each tenant's creates/s and latency per run.
+async fn isolation(opts: &Options, client: &reqwest::Client, base: &str, token_a: &str, token_b: &str) {
+    let n = opts.clients;
+    let creates = |tokens: Vec<String>| {
+        let (c, b, tokens) = (client.clone(), base.to_owned(), Arc::new(tokens));
+        move |i: usize| {
+            let (c, b) = (c.clone(), b.clone());
+            let tk = tokens[i / CLIENT_STRIDE].clone();
+            let body = patient(2_000_000 + i).to_string();
+            async move {
+                c.post(format!("{b}/fhir/Patient"))
+                    .bearer_auth(tk)
+                    .header("content-type", "application/fhir+json")
+                    .body(body)
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status() == 201)
+            }
+        }
+    };
+    let alone = vec![token_a.to_owned(); n];
+    let beside: Vec<String> = alone.iter().cloned().chain(std::iter::repeat_n(token_b.to_owned(), n)).collect();
+    let mut lines = Vec::new();
+    let (runs, elapsed) = scenario("POST /fhir/Patient (A alone)", opts, n, creates(alone.clone())).await;
+    lines.push(tenant_line("A alone", &runs, elapsed));
+    let (runs, elapsed) = scenario("POST /fhir/Patient (A beside B)", opts, 2 * n, creates(beside)).await;
+    lines.push(tenant_line("A beside B", &runs[..n], elapsed));
+    lines.push(tenant_line("B beside A", &runs[n..], elapsed));
+    let (runs, elapsed) = scenario("POST /fhir/Patient (A alone again)", opts, n, creates(alone)).await;
+    lines.push(tenant_line("A alone again", &runs, elapsed));
+    println!("audited creates per tenant ({n} client(s) each):");
+    for line in lines {
+        println!("  {line}");
+    }
+}
+
+/// One tenant's share of a scenario: its clients' creates/s and latency percentiles.
+fn tenant_line(label: &str, runs: &[ClientRun], elapsed: f64) -> String {
+    let mut latencies: Vec<Duration> = runs.iter().flat_map(|r| r.latencies.iter().copied()).collect();
+    latencies.sort();
+    let ok: usize = runs.iter().map(|r| r.ok).sum();
+    format!(
+        "{label:<14} {:>6.0} creates/s  p50 {:>6.2} ms  p99 {:>6.2} ms",
+        ok as f64 / elapsed,
+        support::percentile(&latencies, 0.50),
+        support::percentile(&latencies, 0.99)
+    )
 }
 
 #[tokio::main]
@@ -160,7 +227,8 @@ async fn main() {
     };
     let token = mint("bench");
     let tenant_tokens: Arc<Vec<String>> = Arc::new((0..opts.tenants).map(|k| mint(&format!("bench-{k}"))).collect());
-    let client = reqwest::Client::builder().pool_max_idle_per_host(opts.clients).build().unwrap();
+    // `--isolation` runs twice `--clients` at once.
+    let client = reqwest::Client::builder().pool_max_idle_per_host(2 * opts.clients).build().unwrap();
     println!(
         "backend: {}; encryption: {}; server workers: {}; {} s per scenario",
         db.backend(),
@@ -168,6 +236,10 @@ async fn main() {
         std::thread::available_parallelism().map_or(1, |n| n.get()),
         opts.seconds
     );
+    if opts.isolation {
+        isolation(&opts, &client, &base, &mint("bench-a"), &mint("bench-b")).await;
+        return;
+    }
 
     let mut ids = Vec::new();
     for i in 0..opts.seed {
@@ -185,20 +257,20 @@ async fn main() {
     let ids = Arc::new(ids);
 
     let (c, b, t) = (client.clone(), base.clone(), token.clone());
-    scenario("GET /healthz (no auth, no DB)", &opts, move |_| {
+    scenario("GET /healthz (no auth, no DB)", &opts, opts.clients, move |_| {
         let (c, b) = (c.clone(), b.clone());
         async move { c.get(format!("{b}/healthz")).send().await.is_ok_and(|r| r.status() == 200) }
     })
     .await;
     let (c, b, tk, ids2) = (client.clone(), base.clone(), t.clone(), ids.clone());
-    scenario("GET /fhir/Patient/{id} (read)", &opts, move |i| {
+    scenario("GET /fhir/Patient/{id} (read)", &opts, opts.clients, move |i| {
         let (c, b, tk) = (c.clone(), b.clone(), tk.clone());
         let id = ids2[i % ids2.len()].clone();
         async move { c.get(format!("{b}/fhir/Patient/{id}")).bearer_auth(tk).send().await.is_ok_and(|r| r.status() == 200) }
     })
     .await;
     let (c, b, tk, n) = (client.clone(), base.clone(), t.clone(), opts.seed);
-    scenario("GET /fhir/Patient?family= (search)", &opts, move |i| {
+    scenario("GET /fhir/Patient?family= (search)", &opts, opts.clients, move |i| {
         let (c, b, tk) = (c.clone(), b.clone(), tk.clone());
         let family = format!("zz-load-{}", i % n);
         async move { c.get(format!("{b}/fhir/Patient?family={family}")).bearer_auth(tk).send().await.is_ok_and(|r| r.status() == 200) }
@@ -206,7 +278,7 @@ async fn main() {
     .await;
     let (c, b, tks) = (client.clone(), base.clone(), tenant_tokens.clone());
     let name = format!("POST /fhir/Patient (create, {} tenant{})", opts.tenants, if opts.tenants == 1 { "" } else { "s" });
-    let (per_client, elapsed) = scenario(&name, &opts, move |i| {
+    let (per_client, elapsed) = scenario(&name, &opts, opts.clients, move |i| {
         let (c, b) = (c.clone(), b.clone());
         let tk = tks[(i / CLIENT_STRIDE) % tks.len()].clone();
         let body = patient(1_000_000 + i).to_string();
@@ -222,8 +294,8 @@ async fn main() {
     })
     .await;
     let mut per_tenant = vec![0usize; opts.tenants];
-    for (c, n) in per_client.iter().enumerate() {
-        per_tenant[c % opts.tenants] += n;
+    for (c, run) in per_client.iter().enumerate() {
+        per_tenant[c % opts.tenants] += run.ok;
     }
     let total: usize = per_tenant.iter().sum();
     let shares: Vec<String> = per_tenant.iter().enumerate().map(|(k, n)| format!("bench-{k} {:.0}", *n as f64 / elapsed)).collect();

@@ -482,6 +482,7 @@ fn keys(settings: &Settings, command: KeysCommand) -> ExitCode {
         KeysCommand::Status => match codec.keys().status() {
             Ok(status) => {
                 println!("master keys: {} ({})", status.location, if status.development { "development" } else { "production" });
+                println!("key store: {}", settings.keystore_url);
                 for (version, tenants) in &status.versions {
                     println!("  version {version}: wraps {tenants} tenant key(s)");
                 }

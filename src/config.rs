@@ -21,6 +21,8 @@ pub enum Environment {
 /// Bounds of `max_token_ttl` in seconds: one minute to 30 days.
 const MIN_TOKEN_TTL: u64 = 60;
 const MAX_TOKEN_TTL_LIMIT: u64 = 30 * 86_400;
+/// Most group-commit writers for the tenants' logs (each holds a database connection).
+const MAX_LEDGER_WRITERS: u64 = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -73,6 +75,10 @@ pub struct Settings {
     /// Largest accepted transaction or batch Bundle body in bytes.
     pub bundle_limit: usize,
     pub db_pool_size: u32,
+    /// Group-commit writers for the tenants' audit logs (the platform log has one more of
+    /// its own), each with its own connection: 4 on PostgreSQL, 1 on SQLite, which lets
+    /// one writer in at a time anyway.
+    pub ledger_writers: usize,
     /// PEM certificate chain and private key: serve HTTPS in-process when both are set.
     pub tls: Option<TlsPaths>,
     /// Local master-key file (default `DATA_DIR/keys/master-keys.json`).
@@ -191,6 +197,10 @@ impl Settings {
                     .ok_or_else(|| ConfigError::Invalid(key, format!("must be a whole number up to {max}"))),
             }
         };
+        let default_writers = match database_url.backend() {
+            crate::store::Backend::Sqlite => 1,
+            crate::store::Backend::Postgres => 4,
+        };
         let settings = Self {
             addr,
             public_url,
@@ -222,6 +232,10 @@ impl Settings {
             body_limit: number("body_limit", 1024 * 1024, 64 * 1024 * 1024)? as usize,
             bundle_limit: number("bundle_limit", 16 * 1024 * 1024, 256 * 1024 * 1024)? as usize,
             db_pool_size: number("db_pool_size", 16, 512)?.max(1) as u32,
+            ledger_writers: match number("ledger_writers", default_writers, MAX_LEDGER_WRITERS)? {
+                0 => return Err(ConfigError::Invalid("ledger_writers", format!("must be a whole number from 1 to {MAX_LEDGER_WRITERS}"))),
+                n => n as usize,
+            },
             sync_heartbeat: Duration::from_secs(number("sync_heartbeat_secs", 15, 3600)?.max(1)),
             sync_idle_timeout: Duration::from_secs(number("sync_idle_timeout_secs", 45, 86_400)?.max(1)),
             sync_send_timeout: Duration::from_secs(number("sync_send_timeout_secs", 10, 3600)?.max(1)),
@@ -368,6 +382,9 @@ mod tests {
         assert_eq!(s.rate_limit, 100);
         assert_eq!(s.max_token_ttl, 86_400);
         assert_eq!(s.env, Environment::Development);
+        assert_eq!(s.ledger_writers, 1, "SQLite has one writer at a time");
+        let pg = Settings::from_map(&map(&[("database_url", "postgres://zz@127.0.0.1/zz")])).unwrap();
+        assert_eq!(pg.ledger_writers, 4);
     }
 
     #[test]
@@ -377,6 +394,9 @@ mod tests {
         assert!(Settings::from_map(&map(&[("env", "staging")])).is_err());
         assert!(Settings::from_map(&map(&[("rate_limit", "-1")])).is_err());
         assert!(Settings::from_map(&map(&[("max_token_ttl", "0")])).is_err());
+        assert!(Settings::from_map(&map(&[("ledger_writers", "0")])).is_err());
+        assert!(Settings::from_map(&map(&[("ledger_writers", "65")])).is_err());
+        assert_eq!(Settings::from_map(&map(&[("ledger_writers", "8")])).unwrap().ledger_writers, 8);
         assert!(Settings::from_map(&map(&[("max_token_ttl", "31536000")])).is_err());
         assert_eq!(Settings::from_map(&map(&[("max_token_ttl", "3600")])).unwrap().max_token_ttl, 3600);
         assert!(Settings::from_map(&map(&[("jwt_hs256_secret", "short")])).is_err());

@@ -319,23 +319,28 @@ pub fn private_paths(settings: &Settings) -> Result<(), StartupError> {
 }
 
 /// The use-case layer over the configured database, policies and keys, with a pool of
-/// `pool_size` connections, for commands acting without the server. Their ledger writer
-/// ends with the process: recording returns only once committed, so nothing is queued.
+/// `pool_size` connections, for commands acting without the server. Their ledger writers
+/// end with the process: recording returns only once committed, so nothing is queued. A
+/// command records a few entries one at a time, so one writer for the tenants' logs (and
+/// the platform log's own) serves it; `CAREVAULT_LEDGER_WRITERS` is the server's.
 pub fn services(settings: &Settings, pool_size: u32) -> Result<Services, StartupError> {
-    Ok(services_with_writer(settings, pool_size)?.0)
+    Ok(services_with_writer(settings, pool_size, 1)?.0)
 }
 
-/// [`services`] and the thread of their ledger writer, which the server stops last.
-fn services_with_writer(settings: &Settings, pool_size: u32) -> Result<(Services, WriterThread), StartupError> {
-    let policy = Arc::new(AccessPolicy::load(&settings.policies_dir)?);
+/// [`services`] with `ledger_writers` writers for the tenants' logs, and the handle of
+/// the ledger writers' threads, which the server stops last.
+fn services_with_writer(settings: &Settings, pool_size: u32, ledger_writers: usize) -> Result<(Services, WriterThread), StartupError> {
+    let policies = crate::service::Policies {
+        access: Arc::new(AccessPolicy::load(&settings.policies_dir)?),
+        conflicts: Arc::new(crate::service::sync::merge::ConflictPolicy::load(&settings.policies_dir)?),
+        retention: Arc::new(crate::service::retention::policy::RetentionPolicy::load(&settings.policies_dir)?),
+    };
     let validator = Arc::new(FhirValidator::new().map_err(StartupError::Validator)?);
     let codec = codec(settings, pool_size)?;
     let signer = ledger_signer(settings)?;
-    let conflicts = Arc::new(crate::service::sync::merge::ConflictPolicy::load(&settings.policies_dir)?);
-    let retention = Arc::new(crate::service::retention::policy::RetentionPolicy::load(&settings.policies_dir)?);
     let store = Store::open(&settings.database_url, pool_size)?;
     adopt_legacy_keys(&codec, &store)?;
-    Services::new(store, validator, policy, codec, signer, conflicts, retention).map_err(StartupError::LedgerWriter)
+    Services::new(store, validator, policies, codec, signer, ledger_writers).map_err(StartupError::LedgerWriter)
 }
 
 /// The server's background work, stopped once HTTP has stopped.
@@ -416,7 +421,7 @@ impl Application {
             )?
             .with_max_ttl(settings.max_token_ttl),
         );
-        let (services, ledger_writer) = services_with_writer(settings, settings.db_pool_size)?;
+        let (services, ledger_writer) = services_with_writer(settings, settings.db_pool_size, settings.ledger_writers)?;
         tracing::info!(database = %settings.database_url, "database ready");
         let listener = TcpListener::bind(settings.addr).map_err(|e| StartupError::Listen(settings.addr, e))?;
         let addr = listener.local_addr().map_err(|e| StartupError::Listen(settings.addr, e))?;

@@ -1,25 +1,37 @@
 //! Group commit for audit entries that are not part of a write's own transaction (reads,
-//! searches, denials, refused tokens). Requests hand their entries to one writer thread
-//! and wait; the writer appends everything waiting in one transaction, commits, and then
+//! searches, denials, refused tokens). Requests hand their entries to a writer thread and
+//! wait; the writer appends everything waiting in one transaction, commits, and then
 //! answers each request. An entry is durable before its request goes on (fail closed),
 //! yet concurrent requests share one commit instead of paying for one each.
+//!
+//! Writers are kept apart, so that a log held up holds up only the logs sharing its
+//! writer: the platform log (refused tokens with no trusted tenant, which anyone can send
+//! in bulk) has a writer of its own, and the tenants' logs are spread over `tenant_writers`
+//! writers by a fixed hash of the log name ([`shard_of`]). Each writer has its own thread,
+//! connection and bounded queue, and its batches hold only its own logs, so on PostgreSQL
+//! a batch waiting for one log's append lock (a long transaction of that tenant, a flood of
+//! forged tokens) delays no tenant on another writer. A request whose entries fall to
+//! several writers hands each its part and goes on once all have committed; if one fails,
+//! the request fails (closed) and the parts that did commit stay recorded.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
 use crate::ledger::entry::Entry;
+use crate::ledger::log::{PLATFORM_LOG, log_of};
 use crate::service::ServiceError;
 use crate::service::audit::append_in;
 use crate::store::{Store, write_transaction};
 
 /// Most entries one shared commit takes.
 const MAX_BATCH: usize = 512;
-/// Requests that may wait for the writer before senders block.
+/// Requests that may wait for one writer before its senders block.
 const QUEUE: usize = 4096;
 
 struct Job {
     entries: Vec<Entry>,
+    /// Shared by the parts of one request that went to different writers; each answers once.
     done: SyncSender<bool>,
     /// The span of the request waiting, so that a failure is logged with its request id.
     span: tracing::Span,
@@ -31,69 +43,115 @@ enum Message {
     Stop,
 }
 
-/// Hands entries to the writer thread; every clone feeds the same thread.
+/// Hands entries to the writer threads; every clone feeds the same threads.
 #[derive(Debug, Clone)]
 pub struct LedgerWriter {
-    jobs: SyncSender<Message>,
-    /// Requests handed to the writer and not yet answered.
+    /// One queue per writer: `lanes[0]` the platform log's, `lanes[1 + shard]` the tenant
+    /// writers' ([`Self::lane_of`]).
+    lanes: Arc<[SyncSender<Message>]>,
+    /// Requests handed to the writers and not yet answered, over all writers.
     waiting: Arc<AtomicI64>,
 }
 
-/// The writer thread. [`Self::stop`] commits everything queued before it, ends the thread
-/// and joins it. Dropping the handle instead leaves the thread running until the last
-/// [`LedgerWriter`] is gone (commands that record a few entries and exit rely on that).
+/// The writer threads. [`Self::stop`] commits everything queued before it, ends every
+/// thread and joins them. Dropping the handle instead leaves the threads running until the
+/// last [`LedgerWriter`] is gone (commands that record a few entries and exit rely on that).
 #[derive(Debug)]
 pub struct WriterThread {
-    jobs: SyncSender<Message>,
-    thread: std::thread::JoinHandle<()>,
+    writers: Vec<(SyncSender<Message>, std::thread::JoinHandle<()>)>,
+}
+
+/// The tenant writer of `log` among `shards`: FNV-1a (64-bit) of its name, modulo. A fixed
+/// function rather than std's hasher, whose output may differ between Rust releases, so a
+/// log keeps its writer and tests and benchmarks see the same spread on every run.
+fn shard_of(log: &str, shards: usize) -> usize {
+    let hash = log.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3));
+    (hash % shards.max(1) as u64) as usize
 }
 
 impl LedgerWriter {
-    /// Starts the writer on a connection of its own: requests waiting for it hold pooled
-    /// connections, so it must never need one of those.
-    pub fn start(store: &Store) -> Result<(Self, WriterThread), std::io::Error> {
-        let store = store.dedicated().map_err(std::io::Error::other)?;
-        let (jobs, queue) = sync_channel::<Message>(QUEUE);
-        let thread = std::thread::Builder::new().name("ledger-writer".into()).spawn(move || run(&store, &queue))?;
-        Ok((Self { jobs: jobs.clone(), waiting: Arc::new(AtomicI64::new(0)) }, WriterThread { jobs, thread }))
+    /// Starts the platform log's writer and `tenant_writers` (at least one) writers for the
+    /// tenants' logs, each on a connection of its own: requests waiting for them hold pooled
+    /// connections, so a writer must never need one of those.
+    pub fn start(store: &Store, tenant_writers: usize) -> Result<(Self, WriterThread), std::io::Error> {
+        let tenant_writers = tenant_writers.max(1);
+        let mut lanes = Vec::with_capacity(1 + tenant_writers);
+        let mut writers = Vec::with_capacity(1 + tenant_writers);
+        // Should a later writer fail to start, the earlier ones see their queues closed
+        // when `lanes` and `writers` drop, and end.
+        for lane in 0..=tenant_writers {
+            // Linux shows at most 15 bytes of a thread's name: "ledger-shard-63" fits.
+            let name = if lane == 0 { "ledger-platform".to_owned() } else { format!("ledger-shard-{}", lane - 1) };
+            let store = store.dedicated().map_err(std::io::Error::other)?;
+            let (jobs, queue) = sync_channel::<Message>(QUEUE);
+            let thread = std::thread::Builder::new().name(name).spawn(move || run(&store, &queue))?;
+            lanes.push(jobs.clone());
+            writers.push((jobs, thread));
+        }
+        Ok((Self { lanes: lanes.into(), waiting: Arc::new(AtomicI64::new(0)) }, WriterThread { writers }))
     }
 
-    /// Requests waiting for their entries' shared commit (queued or being written).
+    /// Requests waiting for their entries' shared commits (queued or being written), over
+    /// all writers.
     pub fn queue_depth(&self) -> i64 {
         self.waiting.load(Ordering::Relaxed)
     }
 
-    /// Appends `entries` and returns once they are committed. Fails once the writer has
-    /// stopped: nothing is recorded then, so the caller's access does not happen.
+    /// The queue of the writer that appends to `log`.
+    fn lane_of(&self, log: &str) -> usize {
+        if log == PLATFORM_LOG { 0 } else { 1 + shard_of(log, self.lanes.len() - 1) }
+    }
+
+    /// Appends `entries` and returns once they are committed, each log's in the order
+    /// given. Fails if a writer it needs fails the commit or has stopped (its entries are
+    /// not recorded then), so that the caller's access does not happen.
     pub fn record(&self, entries: Vec<Entry>) -> Result<(), ServiceError> {
-        let (done, answer) = sync_channel(1);
-        let job = Job { entries, done, span: tracing::Span::current() };
-        self.waiting.fetch_add(1, Ordering::Relaxed);
-        let answered = match self.jobs.send(Message::Append(job)) {
-            Ok(()) => answer.recv().ok(),
-            Err(_) => None,
-        };
-        self.waiting.fetch_sub(1, Ordering::Relaxed);
-        match answered {
-            Some(true) => Ok(()),
-            Some(false) => Err(ServiceError::ledger("group-commit writer")),
-            None => {
-                crate::service::audit::count_write_failure();
-                Err(ServiceError::ledger("group-commit writer stopped"))
+        let mut parts: Vec<(usize, Vec<Entry>)> = Vec::new();
+        for entry in entries {
+            let lane = self.lane_of(log_of(&entry));
+            match parts.iter_mut().find(|(l, _)| *l == lane) {
+                Some((_, part)) => part.push(entry),
+                None => parts.push((lane, vec![entry])),
             }
         }
+        let expected = parts.len();
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        let (done, answers) = sync_channel(expected);
+        let span = tracing::Span::current();
+        let mut sent = 0;
+        for (lane, entries) in parts {
+            let job = Job { entries, done: done.clone(), span: span.clone() };
+            if self.lanes[lane].send(Message::Append(job)).is_ok() {
+                sent += 1;
+            }
+        }
+        // Each job holds a sender until it is answered, so a writer that ends without
+        // answering ends the wait too.
+        drop(done);
+        let answered: Vec<bool> = answers.iter().take(sent).collect();
+        self.waiting.fetch_sub(1, Ordering::Relaxed);
+        if answered.len() < expected {
+            crate::service::audit::count_write_failure();
+            return Err(ServiceError::ledger("group-commit writer stopped"));
+        }
+        if answered.iter().all(|committed| *committed) { Ok(()) } else { Err(ServiceError::ledger("group-commit writer")) }
     }
 }
 
 impl WriterThread {
-    /// Commits every entry queued before this call, then ends the writer and waits for it.
-    /// Later [`LedgerWriter::record`] calls fail.
+    /// Commits every entry queued before this call, then ends the writers and waits for
+    /// them. Later [`LedgerWriter::record`] calls fail.
     pub fn stop(self) {
-        // The writer holds the receiver until it has drained the queue, so this send only
-        // fails if the thread is already gone.
-        let _ = self.jobs.send(Message::Stop);
-        if self.thread.join().is_err() {
-            tracing::error!("the ledger writer panicked");
+        // Every writer is told before any is waited for, so they drain their queues at
+        // once. A writer holds its receiver until it has drained its queue, so a send only
+        // fails if that thread is already gone.
+        for (jobs, _) in &self.writers {
+            let _ = jobs.send(Message::Stop);
+        }
+        for (_, thread) in self.writers {
+            if thread.join().is_err() {
+                tracing::error!("a ledger writer panicked");
+            }
         }
     }
 }
@@ -159,11 +217,16 @@ mod tests {
     use crate::ledger::entry::Actor;
 
     fn entry(request: usize) -> Entry {
+        entry_of(Some("zz-tenant"), request)
+    }
+
+    /// An entry of `tenant`'s log, or of the platform log for `None`.
+    fn entry_of(tenant: Option<&str>, request: usize) -> Entry {
         Entry {
             seq: 0,
             time: "2026-11-22T10:00:00.000Z".into(),
             actor: Actor { sub: Some("zz-tester".into()), roles: vec!["auditor".into()], fhir_user: None },
-            tenant: Some("zz-tenant".into()),
+            tenant: tenant.map(str::to_owned),
             action: crate::domain::AuditAction::Read,
             resource: None,
             patient: None,
@@ -213,21 +276,68 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (url, _schema) = database(dir.path());
         let store = Store::open(&crate::store::DatabaseUrl::parse(&url).unwrap(), 2).unwrap();
-        let (writer, thread) = LedgerWriter::start(&store).unwrap();
-        // Queued without waiting for the answers, so they are still in the queue (or in a
-        // batch being written) when the stop arrives behind them.
+        let (writer, thread) = LedgerWriter::start(&store, 4).unwrap();
+        // Queued without waiting for the answers, so they are still in the queues (or in
+        // batches being written) when the stop arrives behind them: a tenant's writer's
+        // and the platform writer's.
         let mut answers = Vec::new();
         for request in 0..50 {
-            let (done, answer) = sync_channel(1);
-            let job = Job { entries: vec![entry(request), entry(request)], done, span: tracing::Span::none() };
-            writer.jobs.send(Message::Append(job)).unwrap();
-            answers.push(answer);
+            for (tenant, log) in [(Some("zz-tenant"), "zz-tenant"), (None, PLATFORM_LOG)] {
+                let (done, answer) = sync_channel(1);
+                let job = Job { entries: vec![entry_of(tenant, request), entry_of(tenant, request)], done, span: tracing::Span::none() };
+                writer.lanes[writer.lane_of(log)].send(Message::Append(job)).unwrap();
+                answers.push(answer);
+            }
         }
         thread.stop();
         assert!(answers.iter().all(|a| a.recv() == Ok(true)), "every queued job is answered as committed");
         let mut conn = store.conn().unwrap();
         assert_eq!(crate::store::ledger::size(&mut conn, "zz-tenant").unwrap(), 100);
+        assert_eq!(crate::store::ledger::size(&mut conn, PLATFORM_LOG).unwrap(), 100);
         assert!(matches!(writer.record(vec![entry(99)]), Err(ServiceError::Ledger { .. })), "a stopped writer refuses");
+        assert!(matches!(writer.record(vec![entry_of(None, 99)]), Err(ServiceError::Ledger { .. })), "all of them");
         assert_eq!(crate::store::ledger::size(&mut conn, "zz-tenant").unwrap(), 100);
+        assert_eq!(crate::store::ledger::size(&mut conn, PLATFORM_LOG).unwrap(), 100);
+    }
+
+    #[test]
+    fn a_request_spanning_writers_returns_once_each_log_holds_its_entries_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let (url, _schema) = database(dir.path());
+        let store = Store::open(&crate::store::DatabaseUrl::parse(&url).unwrap(), 2).unwrap();
+        let (writer, thread) = LedgerWriter::start(&store, 4).unwrap();
+        let tenants: Vec<Option<String>> = (0..8).map(|t| Some(format!("zz-tenant-{t}"))).chain([None]).collect();
+        let lanes: std::collections::BTreeSet<usize> =
+            tenants.iter().map(|t| writer.lane_of(t.as_deref().unwrap_or(PLATFORM_LOG))).collect();
+        assert!(lanes.len() >= 3, "the logs fall to several writers: {lanes:?}");
+        let entries: Vec<Entry> = (0..45).map(|i| entry_of(tenants[i % tenants.len()].as_deref(), i)).collect();
+        writer.record(entries).unwrap();
+        let mut conn = store.conn().unwrap();
+        for (t, tenant) in tenants.iter().enumerate() {
+            let log = tenant.as_deref().unwrap_or(PLATFORM_LOG);
+            let rows = crate::store::ledger::entries(&mut conn, log, 0, 100).unwrap();
+            let got: Vec<serde_json::Value> =
+                rows.iter().map(|r| serde_json::from_str::<serde_json::Value>(&r.leaf).unwrap()["requestId"].clone()).collect();
+            let expected: Vec<serde_json::Value> = (t..45).step_by(tenants.len()).map(|i| format!("zz-request-{i}").into()).collect();
+            assert_eq!(got, expected, "{log}: every entry, in the order given");
+        }
+        drop(conn);
+        thread.stop();
+    }
+
+    #[test]
+    fn logs_are_spread_over_the_tenant_writers_by_a_fixed_hash() {
+        // FNV-1a 64-bit test vectors: the spread is the same in every build and process.
+        assert_eq!(shard_of("a", usize::MAX) as u64, 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(shard_of("foobar", usize::MAX) as u64, 0x8594_4171_f739_67e8);
+        let mut counts = [0usize; 4];
+        for t in 0..1000 {
+            counts[shard_of(&format!("clinic-{t}"), 4)] += 1;
+        }
+        assert!(counts.iter().all(|n| (200..=300).contains(n)), "{counts:?}");
+        assert_eq!(shard_of("clinic-a", 1), 0);
+        // tests/api/tenant_ledgers.rs holds one of these tenants' logs and expects the other
+        // to go on: with the default four writers on PostgreSQL they must not share one.
+        assert_ne!(shard_of("clinic-a", 4), shard_of("clinic-b", 4));
     }
 }

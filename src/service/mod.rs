@@ -53,7 +53,8 @@ pub struct Services {
     codec: Arc<codec::Codec>,
     /// Signs audit-ledger checkpoints.
     ledger_signer: Arc<crate::ledger::checkpoint::Signer>,
-    /// Shared commits for audit entries outside a write's own transaction.
+    /// Shared commits for audit entries outside a write's own transaction, one writer
+    /// for the platform log and a few for the tenants' logs.
     ledger_writer: group_commit::LedgerWriter,
     /// Wakes change-feed subscribers when changes commit.
     changes: sync::change_signal::ChangeSignal,
@@ -63,24 +64,36 @@ pub struct Services {
     retention: Arc<retention::policy::RetentionPolicy>,
 }
 
+/// The policies of `policies/` the use cases follow, each checked when it was loaded.
+#[derive(Debug, Clone)]
+pub struct Policies {
+    /// Who may do what (`access.toml`).
+    pub access: Arc<AccessPolicy>,
+    /// How colliding offline edits are resolved (`conflicts.toml`).
+    pub conflicts: Arc<sync::merge::ConflictPolicy>,
+    /// Which rules end a patient's records (`retention.toml`).
+    pub retention: Arc<retention::policy::RetentionPolicy>,
+}
+
 impl Services {
-    /// The use cases, and the thread of their ledger writer: whoever serves them stops it
-    /// last ([`WriterThread::stop`] commits what is queued); dropping it leaves it running.
+    /// The use cases, and the threads of their ledger writers (the platform log's and
+    /// `ledger_writers` for the tenants' logs): whoever serves them stops them last
+    /// ([`WriterThread::stop`] commits what is queued); dropping the handle leaves them running.
     pub fn new(
         store: Store,
         validator: Arc<FhirValidator>,
-        policy: Arc<AccessPolicy>,
+        policies: Policies,
         codec: Arc<codec::Codec>,
         ledger_signer: Arc<crate::ledger::checkpoint::Signer>,
-        conflicts: Arc<sync::merge::ConflictPolicy>,
-        retention: Arc<retention::policy::RetentionPolicy>,
+        ledger_writers: usize,
     ) -> Result<(Self, WriterThread), std::io::Error> {
-        let (ledger_writer, writer_thread) = group_commit::LedgerWriter::start(&store)?;
+        let (ledger_writer, writer_thread) = group_commit::LedgerWriter::start(&store, ledger_writers)?;
         let changes = sync::change_signal::ChangeSignal::default();
+        let Policies { access: policy, conflicts, retention } = policies;
         Ok((Self { store, validator, policy, codec, ledger_signer, ledger_writer, changes, conflicts, retention }, writer_thread))
     }
 
-    /// Records audit entries through the group-commit writer; returns once durable.
+    /// Records audit entries through the group-commit writers; returns once all are durable.
     pub(crate) fn record(&self, entries: Vec<crate::ledger::entry::Entry>) -> Result<(), ServiceError> {
         self.ledger_writer.record(entries)
     }

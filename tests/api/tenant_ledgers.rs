@@ -1,7 +1,8 @@
 //! One verifiable log per tenant, seen from outside: each tenant's auditor recomputes its
 //! own roots from `/audit/entries` alone and checks the proofs with the independent
 //! RFC 6962/9162 and signed-note code of `ledger.rs`; no auditor sees another tenant's
-//! entries, hashes or sizes; `ledger verify` names the log that was tampered with; and a
+//! entries, hashes or sizes; `ledger verify` names the log that was tampered with; a log
+//! held by another transaction holds up only the logs sharing its ledger writer; and a
 //! database written before logs were per tenant upgrades with every old entry verifiable.
 
 use base64::Engine;
@@ -188,6 +189,140 @@ async fn a_tenant_held_by_one_transaction_does_not_hold_up_another_tenants_write
     drop(holder);
     let (changes_b, _) = feed(&app, &desk_b, None).await;
     assert_eq!(changes_b.len(), 4, "B's changes all committed: {changes_b:?}");
+    let (ok, out) = app.cli(&["ledger", "verify"]);
+    assert!(ok, "{out}");
+}
+
+// ---- group-commit writers kept apart ----
+
+/// A transaction of its own holding `log`'s append lock (PostgreSQL), as a long write to
+/// that log would; `ROLLBACK` on it lets go.
+fn hold(app: &TestApp, log: &str) -> carevault::store::PooledConn {
+    let mut holder = app.db();
+    diesel::sql_query("BEGIN").execute(&mut *holder).unwrap();
+    carevault::store::ledger::lock_for_append(&mut holder, log).unwrap();
+    holder
+}
+
+/// Waits until a transaction waits for `log`'s append lock (PostgreSQL): the ledger writer
+/// that took a request's entry for `log` is then stuck behind [`hold`].
+async fn until_a_writer_waits_for(app: &TestApp, log: &str) {
+    #[derive(diesel::QueryableByName)]
+    struct Waiting {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    // The key of `store::ledger::lock_for_append`: (7417118, hashtext(schema || '/' || log)).
+    const WAITERS: &str = "SELECT count(*) AS n FROM pg_locks WHERE locktype = 'advisory' AND NOT granted \
+                           AND classid = 7417118 AND objid = hashtext(current_schema() || '/' || $1)::oid";
+    let mut conn = diesel::PgConnection::establish(&app.database_url).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let waiting: Waiting = diesel::sql_query(WAITERS).bind::<diesel::sql_types::Text, _>(log).get_result(&mut conn).unwrap();
+        if waiting.n > 0 {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "no ledger writer came to wait for the lock of {log}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// How long a read that nothing holds up may take on a busy test machine.
+const PROMPT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Tenant B's clinician reads B's patient `id` three times and searches for it once by
+/// `family`, each answered within [`PROMPT`].
+async fn tenant_b_reads_promptly(app: &TestApp, clinician_b: &Who, id: &str, family: &str) {
+    for _ in 0..3 {
+        let read = tokio::time::timeout(PROMPT, app.get(clinician_b, &format!("/fhir/Patient/{id}"))).await;
+        assert_eq!(read.expect("tenant B's read was held up").status(), StatusCode::OK);
+    }
+    let search = tokio::time::timeout(PROMPT, app.get(clinician_b, &format!("/fhir/Patient?family={family}"))).await;
+    let search = search.expect("tenant B's search was held up");
+    assert_eq!(search.status(), StatusCode::OK);
+    assert_eq!(entry_ids(&search.json().await.unwrap()), [id]);
+}
+
+/// Asserts that B's auditor finds B's three reads and one search of `id` in B's log.
+async fn assert_tenant_b_reads_ledgered(app: &TestApp, id: &str) {
+    let auditor_b = app.who(OTHER, &["auditor"], None);
+    let entries = json(app, &auditor_b, "/audit/entries?from=0&to=1000").await["entries"].as_array().unwrap().clone();
+    let patient = format!("Patient/{id}");
+    let count = |action: &str| entries.iter().filter(|e| e["action"] == action && e["patient"] == patient.as_str()).count();
+    assert_eq!((count("read"), count("search")), (3, 1), "{entries:?}");
+}
+
+/// The platform log (refused tokens with no trusted tenant, which anyone can send in bulk)
+/// has a ledger writer of its own. On PostgreSQL, while another transaction holds the
+/// platform log's append lock, a forged token's refusal waits for it, and tenant B's reads,
+/// each ledgered before it is answered, go on; let go, the refusal is answered and lands in
+/// the platform log. On SQLite, which lets one writer in at a time, a held write lock would
+/// hold every log alike, so only the rest runs there: the refusal and B's reads, each
+/// ledgered in its own log.
+#[tokio::test]
+async fn a_held_platform_log_holds_up_forged_tokens_and_no_tenants_reads() {
+    let app = spawn_app().await;
+    let desk_b = app.who(OTHER, &["front_desk"], None);
+    let clinician_b = app.who(OTHER, &["clinician"], Some("Practitioner/dr1"));
+    let family = marker();
+    let id = app.create(&desk_b, &patient(&family, "dr1")).await;
+    let forged = mint(
+        b"zz-someone-elses-secret-of-forty-bytes!!",
+        &json!({"sub": "zz-forged", "tenant": OTHER, "roles": ["auditor"], "exp": now() + 600}),
+    );
+
+    let platform = carevault::store::ledger::PLATFORM_LOG;
+    let holder = matches!(app.db, TestDb::Postgres { .. }).then(|| hold(&app, platform));
+    let refusal = tokio::spawn(app.client.get(app.url("/fhir/Patient")).bearer_auth(forged).send());
+    if holder.is_some() {
+        until_a_writer_waits_for(&app, platform).await;
+    }
+    tenant_b_reads_promptly(&app, &clinician_b, &id, &format!("Zz-Family-{family}")).await;
+    if let Some(mut holder) = holder {
+        assert!(!refusal.is_finished(), "the forged token's refusal waits for the platform log");
+        diesel::sql_query("ROLLBACK").execute(&mut *holder).unwrap();
+    }
+    let refused = tokio::time::timeout(PROMPT, refusal).await.expect("the refusal is answered once the lock is let go");
+    assert_eq!(refused.unwrap().unwrap().status(), StatusCode::UNAUTHORIZED);
+
+    let mut conn = app.db();
+    let rows = carevault::store::ledger::entries(&mut conn, platform, 0, 10).unwrap();
+    let got: Vec<_> =
+        rows.iter().map(|r| (r.seq, r.tenant.as_deref(), r.actor_sub.as_deref(), r.action.as_str(), r.outcome.as_str())).collect();
+    assert_eq!(got, [(0, None, None, "login", "denied")], "the refusal, in the platform log");
+    drop(conn);
+    assert_tenant_b_reads_ledgered(&app, &id).await;
+}
+
+/// Tenants' logs are spread over several ledger writers (four on PostgreSQL by default;
+/// `clinic-a` and `clinic-b` fall to different ones, which `group_commit`'s unit tests
+/// check). While another transaction holds tenant A's append lock, A's read waits for it
+/// and tenant B's reads go on; let go, A's read is answered and ledgered. On SQLite one
+/// writer at a time is the database's own rule (there is one tenant writer), so there is
+/// nothing of this to show and the test returns.
+#[tokio::test]
+async fn a_held_tenant_log_holds_up_its_own_reads_and_not_those_of_a_tenant_on_another_writer() {
+    let app = spawn_app().await;
+    let TestDb::Postgres { .. } = app.db else { return };
+    let clinician_a = app.clinician("dr1");
+    let clinician_b = app.who(OTHER, &["clinician"], Some("Practitioner/dr1"));
+    let id_a = app.create(&app.front_desk(), &patient(&marker(), "dr1")).await;
+    let family = marker();
+    let id_b = app.create(&app.who(OTHER, &["front_desk"], None), &patient(&family, "dr1")).await;
+
+    let mut holder = hold(&app, TENANT);
+    let read_a = tokio::spawn(app.client.get(app.url(&format!("/fhir/Patient/{id_a}"))).bearer_auth(clinician_a.token.clone()).send());
+    until_a_writer_waits_for(&app, TENANT).await;
+    tenant_b_reads_promptly(&app, &clinician_b, &id_b, &format!("Zz-Family-{family}")).await;
+    assert!(!read_a.is_finished(), "tenant A's read waits for A's log");
+    diesel::sql_query("ROLLBACK").execute(&mut *holder).unwrap();
+    drop(holder);
+    let read_a = tokio::time::timeout(PROMPT, read_a).await.expect("A's read is answered once the lock is let go");
+    assert_eq!(read_a.unwrap().unwrap().status(), StatusCode::OK);
+
+    let entries_a = ledger_entries(&app).await;
+    assert!(entries_a.iter().any(|e| e["action"] == "read" && e["patient"] == format!("Patient/{id_a}").as_str()), "{entries_a:?}");
+    assert_tenant_b_reads_ledgered(&app, &id_b).await;
     let (ok, out) = app.cli(&["ledger", "verify"]);
     assert!(ok, "{out}");
 }
