@@ -287,32 +287,32 @@ pub fn is_unique_violation(e: &diesel::result::Error) -> bool {
     matches!(e, diesel::result::Error::DatabaseError(diesel::result::DatabaseErrorKind::UniqueViolation, _))
 }
 
-/// Applies pending key-store migrations (under their own advisory lock on PostgreSQL).
-pub fn run_keystore_migrations(conn: &mut DbConnection) -> Result<Vec<String>, StoreError> {
-    let migration = |e: Box<dyn std::error::Error + Send + Sync>| StoreError::Migration(e.to_string());
-    let names = |versions: Vec<diesel::migration::MigrationVersion<'_>>| versions.iter().map(ToString::to_string).collect();
-    match conn {
-        DbConnection::Sqlite(c) => c.run_pending_migrations(KEYSTORE_SQLITE_MIGRATIONS).map(names).map_err(migration),
-        DbConnection::Postgres(c) => {
-            c.batch_execute("SELECT pg_advisory_lock(7417115)")?;
-            let result = c.run_pending_migrations(KEYSTORE_POSTGRES_MIGRATIONS).map(names).map_err(migration);
-            c.batch_execute("SELECT pg_advisory_unlock(7417115)")?;
-            result
-        }
-    }
-}
-
-/// Applies pending migrations of the connection's backend. On PostgreSQL an advisory lock
+/// Applies pending migrations of the records database. On PostgreSQL an advisory lock
 /// serialises instances starting together against one database.
 pub fn run_migrations(conn: &mut DbConnection) -> Result<Vec<String>, StoreError> {
+    migrate(conn, (SQLITE_MIGRATIONS, POSTGRES_MIGRATIONS), 7417117)
+}
+
+/// Applies pending key-store migrations (under an advisory lock of their own).
+pub fn run_keystore_migrations(conn: &mut DbConnection) -> Result<Vec<String>, StoreError> {
+    migrate(conn, (KEYSTORE_SQLITE_MIGRATIONS, KEYSTORE_POSTGRES_MIGRATIONS), 7417115)
+}
+
+/// Applies the pending migrations of the connection's backend out of `(sqlite, postgres)`,
+/// on PostgreSQL under advisory lock `lock`.
+fn migrate(
+    conn: &mut DbConnection,
+    (sqlite, postgres): (EmbeddedMigrations, EmbeddedMigrations),
+    lock: i64,
+) -> Result<Vec<String>, StoreError> {
     let migration = |e: Box<dyn std::error::Error + Send + Sync>| StoreError::Migration(e.to_string());
     let names = |versions: Vec<diesel::migration::MigrationVersion<'_>>| versions.iter().map(ToString::to_string).collect();
     match conn {
-        DbConnection::Sqlite(c) => c.run_pending_migrations(SQLITE_MIGRATIONS).map(names).map_err(migration),
+        DbConnection::Sqlite(c) => c.run_pending_migrations(sqlite).map(names).map_err(migration),
         DbConnection::Postgres(c) => {
-            c.batch_execute("SELECT pg_advisory_lock(7417117)")?;
-            let result = c.run_pending_migrations(POSTGRES_MIGRATIONS).map(names).map_err(migration);
-            c.batch_execute("SELECT pg_advisory_unlock(7417117)")?;
+            c.batch_execute(&format!("SELECT pg_advisory_lock({lock})"))?;
+            let result = c.run_pending_migrations(postgres).map(names).map_err(migration);
+            c.batch_execute(&format!("SELECT pg_advisory_unlock({lock})"))?;
             result
         }
     }
