@@ -461,7 +461,11 @@ fn keys_init(settings: &Settings) -> Result<(), String> {
         let provider = crate::crypto::pkcs11::Pkcs11Provider::new(token, label);
         match provider.init().map_err(|e| e.to_string())? {
             Some(version) => println!("created master key version {version} in {}", provider.location()),
-            None => println!("{} already holds master key versions {:?}; none created", provider.location(), provider.versions().unwrap_or_default()),
+            None => println!(
+                "{} already holds master key versions {:?}; none created",
+                provider.location(),
+                provider.versions().unwrap_or_default()
+            ),
         }
     } else {
         crate::crypto::LocalKeyFile::create(&settings.master_key_file, false).map_err(|e| e.to_string())?;
@@ -509,6 +513,17 @@ fn keys(settings: &Settings, command: KeysCommand) -> ExitCode {
                 println!("master keys: {} ({})", status.location, if status.development { "development" } else { "production" });
                 for (version, tenants) in &status.versions {
                     println!("  version {version}: wraps {tenants} tenant key(s)");
+                }
+                if settings.key_provider == crate::config::KeyProviderKind::Pkcs11 {
+                    // The token's own answer: its attributes, not this program's intent.
+                    let sealed = crate::startup::pkcs11_provider(settings)
+                        .map_err(|e| e.to_string())
+                        .and_then(|p| p.keys_are_sealed().map_err(|e| e.to_string()));
+                    match sealed {
+                        Ok(true) => println!("  every version: sensitive, never extractable (token attributes)"),
+                        Ok(false) => println!("  WARNING: a master key in the token is extractable or not sensitive"),
+                        Err(e) => println!("  token attributes unavailable: {e}"),
+                    }
                 }
                 println!("data keys: {} live, {} destroyed", status.data_keys_live, status.data_keys_destroyed);
                 match crate::startup::ledger_signer(settings) {

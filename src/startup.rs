@@ -161,7 +161,7 @@ pub fn token_ledger_key(settings: &Settings, create: bool) -> Result<(crate::cry
 /// token key signs a test message at start, checked against its public key, so a token
 /// that signs anything but pure Ed25519 is refused before it signs a checkpoint.
 pub fn ledger_signer(settings: &Settings) -> Result<Arc<crate::ledger::checkpoint::Signer>, StartupError> {
-    use crate::ledger::checkpoint::{SigningKey, Signer};
+    use crate::ledger::checkpoint::{Signer, SigningKey};
     if settings.ledger_key_provider == KeyProviderKind::Pkcs11 {
         let (key, created) = token_ledger_key(settings, settings.env == Environment::Development)?;
         if created {

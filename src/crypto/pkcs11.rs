@@ -348,24 +348,31 @@ impl Token {
         }
     }
 
-    /// Runs `op` in a logged-in session of this token: a pooled one, or a new one.
-    fn with_session<T>(&self, op: impl FnOnce(&Ctx<'_>) -> Result<T, CkError>) -> Result<T, Fail> {
+    /// Runs `op` in a logged-in session of this token: a pooled one, or a new one. A call
+    /// that fails as if the token went away is tried once more in a new session first:
+    /// another process changing the token's objects can leave a handle stale for a moment.
+    /// Failing again, the token counts as gone.
+    fn with_session<T>(&self, op: impl Fn(&Ctx<'_>) -> Result<T, CkError>) -> Result<T, Fail> {
+        let result = match self.attempt(&op) {
+            Err(Fail::Gone(_)) => self.attempt(&op),
+            other => other,
+        };
+        if matches!(result, Err(Fail::Gone(_) | Fail::NoToken(_))) {
+            self.lost();
+        }
+        result
+    }
+
+    fn attempt<T>(&self, op: &impl Fn(&Ctx<'_>) -> Result<T, CkError>) -> Result<T, Fail> {
         self.module.reset_if_suspect();
         let loaded = self.module.loaded.read().map_err(|_| Fail::NoToken("the module lock is poisoned".into()))?;
-        let slot = self.find_slot(&loaded.pkcs11).inspect_err(|_| self.lost())?;
+        let slot = self.find_slot(&loaded.pkcs11)?;
         let pooled = loaded.idle.lock().ok().and_then(|mut idle| idle.iter().position(|(s, _)| *s == slot).map(|i| idle.swap_remove(i).1));
         let session = match pooled {
             Some(session) => session,
             None => {
-                let session = loaded.pkcs11.open_rw_session(slot).map_err(|e| {
-                    self.lost();
-                    Fail::Gone(e)
-                })?;
-                self.login(&session).inspect_err(|e| {
-                    if matches!(e, Fail::Gone(_)) {
-                        self.lost();
-                    }
-                })?;
+                let session = loaded.pkcs11.open_rw_session(slot).map_err(Fail::Gone)?;
+                self.login(&session)?;
                 session
             }
         };
@@ -378,7 +385,6 @@ impl Token {
             }
             Err(e) if gone(&e) => {
                 drop(session);
-                self.lost();
                 Err(Fail::Gone(e))
             }
             Err(e) => {
@@ -445,7 +451,13 @@ impl Pkcs11Provider {
         let want = format!("{}-v", self.prefix);
         let mut versions = Vec::new();
         for handle in ctx.session.find_objects(&[Attribute::Class(ObjectClass::SECRET_KEY), Attribute::KeyType(KeyType::AES)])? {
-            for attribute in ctx.session.get_attributes(handle, &[AttributeType::Label])? {
+            // An object removed since the search, or one still being made (by another
+            // thread or process) whose label cannot be read yet, is not a version to use.
+            let attributes = match ctx.session.get_attributes(handle, &[AttributeType::Label]) {
+                Err(e) if !gone(&e) || matches!(e, CkError::Pkcs11(RvError::ObjectHandleInvalid, _)) => continue,
+                other => other?,
+            };
+            for attribute in attributes {
                 if let Attribute::Label(label) = attribute
                     && let Some(version) = std::str::from_utf8(&label).ok().and_then(|l| l.strip_prefix(&want)).and_then(|v| v.parse().ok())
                 {
@@ -665,10 +677,7 @@ impl TokenSigningKey {
             return Ok((Self { token, label: label.to_owned(), public }, false));
         }
         if !create {
-            return Err(ProviderError::Other(format!(
-                "{} holds no Ed25519 key '{label}' (run `carevault keys init`)",
-                token.choice
-            )));
+            return Err(ProviderError::Other(format!("{} holds no Ed25519 key '{label}' (run `carevault keys init`)", token.choice)));
         }
         let id = label.as_bytes().to_vec();
         token
