@@ -547,6 +547,41 @@ mod tests {
     }
 
     #[test]
+    fn a_pkcs11_provider_needs_its_module_token_and_pin_file_and_bounds_the_tenant_key_cache() {
+        let file = Settings::from_map(&BTreeMap::new()).unwrap();
+        assert_eq!(
+            (file.key_provider, file.ledger_key_provider, file.tenant_key_cache),
+            (KeyProviderKind::File, KeyProviderKind::File, None)
+        );
+        assert!(file.pkcs11.is_none());
+        let token = [
+            ("key_provider", "pkcs11"),
+            ("pkcs11_module", "/usr/lib/softhsm/libsofthsm2.so"),
+            ("pkcs11_slot", "label:clinic-hsm"),
+            ("pkcs11_pin_file", "/etc/carevault/hsm.pin"),
+        ];
+        let s = Settings::from_map(&map(&token)).unwrap();
+        assert_eq!(s.tenant_key_cache, Some(Duration::from_secs(PKCS11_TENANT_KEY_CACHE_SECS)));
+        let p = s.pkcs11.as_ref().unwrap();
+        assert_eq!(p.token, crate::crypto::pkcs11::TokenChoice::Label("clinic-hsm".into()));
+        assert_eq!(p.key_label, "carevault-master");
+        for missing in ["pkcs11_module", "pkcs11_slot", "pkcs11_pin_file"] {
+            let without: Vec<(&str, &str)> = token.iter().copied().filter(|(k, _)| *k != missing).collect();
+            let err = Settings::from_map(&map(&without)).unwrap_err().to_string();
+            assert!(err.starts_with(missing) && err.contains(&format!("CAREVAULT_{}", missing.to_uppercase())), "{err}");
+        }
+        let ledger_only = [("ledger_key_provider", "pkcs11"), ("pkcs11_module", "/m.so")];
+        assert!(Settings::from_map(&map(&ledger_only)).unwrap_err().to_string().starts_with("pkcs11_slot"));
+        assert!(Settings::from_map(&map(&[("key_provider", "kms")])).is_err());
+        assert!(Settings::from_map(&map(&[("pkcs11_slot", "slot-one")])).is_err());
+        let cached = |v: &str| Settings::from_map(&map(&[("tenant_key_cache_secs", v)])).map(|s| s.tenant_key_cache);
+        assert_eq!(cached("0").unwrap(), Some(Duration::ZERO));
+        assert_eq!(cached("60").unwrap(), Some(Duration::from_secs(60)));
+        assert!(cached("86401").is_err() && cached("-1").is_err());
+        assert!(!format!("{s:?}").to_lowercase().contains("pin:"), "only the PIN file's path is shown");
+    }
+
+    #[test]
     fn toml_files_use_the_same_keys() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.toml");
