@@ -13,6 +13,11 @@
 //! `--clients` clients of tenant `bench-a` alone, then the same clients with as many of
 //! tenant `bench-b` creating at the same time, and prints A's creates/s and latency in both
 //! (and B's beside them): how much one tenant's writing costs another.
+//!
+//! `--pkcs11` keeps the master keys and the ledger key in a SoftHSM2 token that the tool
+//! initialises in the SoftHSM2 `SOFTHSM2_CONF` names (module: `CAREVAULT_BENCH_PKCS11_MODULE`,
+//! default Debian's); `--tenant-key-cache-secs N` sets `CAREVAULT_TENANT_KEY_CACHE_SECS`
+//! (0: every use of a tenant key asks the provider).
 
 mod support;
 
@@ -35,6 +40,10 @@ struct Options {
     tenants: usize,
     /// Tenant A's creates alone, then beside tenant B's, instead of the other scenarios.
     isolation: bool,
+    /// Keys in a SoftHSM2 token.
+    pkcs11: bool,
+    /// `tenant_key_cache_secs`, when given.
+    tenant_key_cache_secs: Option<u64>,
 }
 
 fn options() -> Options {
@@ -49,6 +58,8 @@ fn options() -> Options {
         no_encryption: args.iter().any(|a| a == "--no-encryption"),
         tenants: (get("--tenants", 1) as usize).max(1),
         isolation: args.iter().any(|a| a == "--isolation"),
+        pkcs11: args.iter().any(|a| a == "--pkcs11"),
+        tenant_key_cache_secs: args.iter().any(|a| a == "--tenant-key-cache-secs").then(|| get("--tenant-key-cache-secs", 0)),
     }
 }
 
@@ -192,7 +203,7 @@ async fn main() {
     } else {
         shipped.to_owned()
     };
-    let raw: BTreeMap<String, String> = [
+    let mut raw: BTreeMap<String, String> = [
         ("addr", "127.0.0.1:0".to_owned()),
         ("data_dir", dir.path().display().to_string()),
         ("database_url", database_url.clone()),
@@ -204,7 +215,14 @@ async fn main() {
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
     .collect();
-    let app = Application::build(&Settings::from_map(&raw).unwrap()).unwrap();
+    if opts.pkcs11 {
+        raw.extend(softhsm_token(dir.path()));
+    }
+    if let Some(secs) = opts.tenant_key_cache_secs {
+        raw.insert("tenant_key_cache_secs".into(), secs.to_string());
+    }
+    let settings = Settings::from_map(&raw).unwrap();
+    let app = Application::build(&settings).unwrap();
     let base = format!("http://{}", app.addr());
     tokio::spawn(app.run_until_stopped());
 
@@ -229,6 +247,11 @@ async fn main() {
     let tenant_tokens: Arc<Vec<String>> = Arc::new((0..opts.tenants).map(|k| mint(&format!("bench-{k}"))).collect());
     // `--isolation` runs twice `--clients` at once.
     let client = reqwest::Client::builder().pool_max_idle_per_host(2 * opts.clients).build().unwrap();
+    println!(
+        "keys: {}; tenant keys cached {}",
+        if opts.pkcs11 { "PKCS#11 token (SoftHSM2)" } else { "key file" },
+        settings.tenant_key_cache.map_or("for the life of the process".to_owned(), |d| format!("{} s", d.as_secs()))
+    );
     println!(
         "backend: {}; encryption: {}; server workers: {}; {} s per scenario",
         db.backend(),
@@ -306,4 +329,33 @@ async fn main() {
         opts.clients,
         shares.join(", ")
     );
+}
+
+/// Settings keeping the keys in a fresh token of the SoftHSM2 that `SOFTHSM2_CONF` names.
+fn softhsm_token(dir: &std::path::Path) -> Vec<(String, String)> {
+    let conf = std::env::var_os("SOFTHSM2_CONF").expect("--pkcs11 needs SOFTHSM2_CONF naming a softhsm2.conf");
+    let label = format!("bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let pin = "zz-bench-pin-4711";
+    let out = std::process::Command::new("softhsm2-util")
+        .env("SOFTHSM2_CONF", &conf)
+        .args(["--init-token", "--free", "--label", &label, "--so-pin", "zz-bench-so-pin", "--pin", pin])
+        .output()
+        .expect("softhsm2-util");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let pin_file = dir.join("user.pin");
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    std::io::Write::write_all(&mut options.open(&pin_file).unwrap(), pin.as_bytes()).unwrap();
+    let module = std::env::var("CAREVAULT_BENCH_PKCS11_MODULE").unwrap_or_else(|_| "/usr/lib/softhsm/libsofthsm2.so".into());
+    [
+        ("key_provider", "pkcs11".to_owned()),
+        ("ledger_key_provider", "pkcs11".to_owned()),
+        ("pkcs11_module", module),
+        ("pkcs11_slot", format!("label:{label}")),
+        ("pkcs11_pin_file", pin_file.display().to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect()
 }

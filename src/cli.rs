@@ -199,12 +199,16 @@ pub enum RetentionCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum KeysCommand {
-    /// Create production keys: the master-key file (CAREVAULT_MASTER_KEY_FILE) and the ledger
-    /// signing key (CAREVAULT_LEDGER_KEY_FILE). Never overwrites.
+    /// Create production keys: the master key (version 1 in the key file
+    /// CAREVAULT_MASTER_KEY_FILE, or in the PKCS#11 token when CAREVAULT_KEY_PROVIDER=pkcs11)
+    /// and the ledger signing key (CAREVAULT_LEDGER_KEY_FILE, or a key pair in the token when
+    /// CAREVAULT_LEDGER_KEY_PROVIDER=pkcs11). Never overwrites: a key file that exists is an
+    /// error, and keys a token already holds are kept.
     Init,
     /// Add a master-key version and rewrap every tenant key under it. Safe while servers run.
     Rotate,
-    /// Show master-key versions, the tenant keys each wraps, and data-key counts.
+    /// Show where the master keys live (the file, or the token by label and slot), their
+    /// versions, the tenant keys each wraps, data-key counts and the ledger signing key.
     Status,
 }
 
@@ -445,17 +449,47 @@ fn connect(settings: &Settings) -> Result<crate::store::PooledConn, ExitCode> {
     crate::store::Store::open(&settings.database_url, 1).and_then(|s| s.conn()).map_err(fail)
 }
 
+/// `keys init`. The key file and the ledger key file are never overwritten (an existing
+/// one is an error); in a token, what exists is kept and only what is missing is created.
+fn keys_init(settings: &Settings) -> Result<(), String> {
+    use crate::config::KeyProviderKind;
+    use crate::crypto::KeyProvider;
+    let token_keys = settings.key_provider == KeyProviderKind::Pkcs11;
+    if token_keys {
+        let token = crate::startup::pkcs11_token(settings).map_err(|e| e.to_string())?;
+        let label = settings.pkcs11.as_ref().map_or("carevault-master", |p| p.key_label.as_str());
+        let provider = crate::crypto::pkcs11::Pkcs11Provider::new(token, label);
+        match provider.init().map_err(|e| e.to_string())? {
+            Some(version) => println!("created master key version {version} in {}", provider.location()),
+            None => println!(
+                "{} already holds master key versions {:?}; none created",
+                provider.location(),
+                provider.versions().unwrap_or_default()
+            ),
+        }
+    } else {
+        crate::crypto::LocalKeyFile::create(&settings.master_key_file, false).map_err(|e| e.to_string())?;
+        println!("created master-key file {} (version 1)", settings.master_key_file.display());
+    }
+    if settings.ledger_key_provider == KeyProviderKind::Pkcs11 {
+        let (key, created) = crate::startup::token_ledger_key(settings, true).map_err(|e| e.to_string())?;
+        let public = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, key.public_key());
+        println!("{} ledger signing key in {} (public key {public})", if created { "created" } else { "kept the" }, key.location());
+    } else if token_keys && settings.ledger_key_file.exists() {
+        println!("kept the ledger signing key {}", settings.ledger_key_file.display());
+    } else {
+        crate::startup::create_ledger_key(&settings.ledger_key_file).map_err(|e| e.to_string())?;
+        println!("created ledger signing key {}", settings.ledger_key_file.display());
+    }
+    Ok(())
+}
+
 fn keys(settings: &Settings, command: KeysCommand) -> ExitCode {
     if let KeysCommand::Init = command {
-        if let Err(e) = crate::crypto::LocalKeyFile::create(&settings.master_key_file, false) {
-            return fail(e);
-        }
-        println!("created master-key file {} (version 1)", settings.master_key_file.display());
-        if let Err(e) = crate::startup::create_ledger_key(&settings.ledger_key_file) {
-            return fail(e);
-        }
-        println!("created ledger signing key {}", settings.ledger_key_file.display());
-        return ExitCode::SUCCESS;
+        return match keys_init(settings) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(e),
+        };
     }
     let codec = match crate::startup::codec(settings, 1) {
         Ok(c) => c,
@@ -486,7 +520,25 @@ fn keys(settings: &Settings, command: KeysCommand) -> ExitCode {
                 for (version, tenants) in &status.versions {
                     println!("  version {version}: wraps {tenants} tenant key(s)");
                 }
+                if settings.key_provider == crate::config::KeyProviderKind::Pkcs11 {
+                    // The token's own answer: its attributes, not this program's intent.
+                    let sealed = crate::startup::pkcs11_provider(settings)
+                        .map_err(|e| e.to_string())
+                        .and_then(|p| p.keys_are_sealed().map_err(|e| e.to_string()));
+                    match sealed {
+                        Ok(true) => println!("  every version: sensitive, never extractable (token attributes)"),
+                        Ok(false) => println!("  WARNING: a master key in the token is extractable or not sensitive"),
+                        Err(e) => println!("  token attributes unavailable: {e}"),
+                    }
+                }
                 println!("data keys: {} live, {} destroyed", status.data_keys_live, status.data_keys_destroyed);
+                match crate::startup::ledger_signer(settings) {
+                    Ok(_) if settings.ledger_key_provider == crate::config::KeyProviderKind::Pkcs11 => {
+                        println!("ledger signing key: '{}' in the PKCS#11 token", settings.ledger_key_label);
+                    }
+                    Ok(_) => println!("ledger signing key: file {}", settings.ledger_key_file.display()),
+                    Err(e) => println!("ledger signing key: unavailable ({e})"),
+                }
                 ExitCode::SUCCESS
             }
             Err(e) => fail(e),

@@ -12,6 +12,33 @@ use crate::auth::Hs256Secret;
 use crate::fhir::capability::SmartEndpoints;
 use crate::store::DatabaseUrl;
 
+/// Where keys live: the local files, or a PKCS#11 token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyProviderKind {
+    File,
+    Pkcs11,
+}
+
+/// The PKCS#11 token (`CAREVAULT_PKCS11_*`). `Debug` shows paths and labels only: the PIN
+/// is in its file, read when the token is opened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pkcs11Settings {
+    /// The module (shared library) of the HSM's vendor, e.g. SoftHSM2's
+    /// `/usr/lib/softhsm/libsofthsm2.so`.
+    pub module: PathBuf,
+    /// The token: a slot id, or `label:NAME`.
+    pub token: crate::crypto::pkcs11::TokenChoice,
+    /// A file (mode 0600) holding the user PIN.
+    pub pin_file: PathBuf,
+    /// Master-key versions are the token's AES keys labelled `{key_label}-v{N}`.
+    pub key_label: String,
+}
+
+/// How long an unwrapped tenant key stays in memory when `tenant_key_cache_secs` is not
+/// set and the master keys are in a token: every use after that asks the token again, so a
+/// token that goes away stops reads and writes within this bound.
+pub const PKCS11_TENANT_KEY_CACHE_SECS: u64 = 300;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Environment {
     Development,
@@ -87,6 +114,19 @@ pub struct Settings {
     pub ledger_key_file: PathBuf,
     /// The checkpoint origin line (default `carevault.local/ledger`).
     pub ledger_origin: String,
+    /// Where the master keys live (`key_provider`: `file`, the default, or `pkcs11`).
+    pub key_provider: KeyProviderKind,
+    /// Where the ledger's signing key lives (`ledger_key_provider`: `file`, the default,
+    /// or `pkcs11`: an Ed25519 key pair labelled `ledger_key_label` in the token).
+    pub ledger_key_provider: KeyProviderKind,
+    /// The ledger key pair's label in the token (default `carevault-ledger`).
+    pub ledger_key_label: String,
+    /// The token, when either provider is `pkcs11`.
+    pub pkcs11: Option<Pkcs11Settings>,
+    /// How long an unwrapped tenant key is kept in memory (`tenant_key_cache_secs`; 0:
+    /// never kept). `None`: for the life of the process, the default with the key file;
+    /// with a token the default is [`PKCS11_TENANT_KEY_CACHE_SECS`].
+    pub tenant_key_cache: Option<Duration>,
     /// WebSocket `/sync`: server ping interval.
     pub sync_heartbeat: Duration,
     /// WebSocket `/sync`: silence after which a connection is reaped.
@@ -201,8 +241,55 @@ impl Settings {
             crate::store::Backend::Sqlite => 1,
             crate::store::Backend::Postgres => 4,
         };
+        let provider = |key: &'static str| match get(key).unwrap_or("file") {
+            "file" => Ok(KeyProviderKind::File),
+            "pkcs11" => Ok(KeyProviderKind::Pkcs11),
+            _ => Err(ConfigError::Invalid(key, "must be 'file' or 'pkcs11'".into())),
+        };
+        let key_provider = provider("key_provider")?;
+        let ledger_key_provider = provider("ledger_key_provider")?;
+        let label = |key: &'static str, default: &'static str| match get(key).unwrap_or(default) {
+            l if l.len() > 64 || l.contains(|c: char| c.is_whitespace() || c.is_control()) => {
+                Err(ConfigError::Invalid(key, "must be one word of at most 64 characters".into()))
+            }
+            l => Ok(l.to_owned()),
+        };
+        let ledger_key_label = label("ledger_key_label", "carevault-ledger")?;
+        let pkcs11 = {
+            let module = get("pkcs11_module").map(PathBuf::from);
+            let token = get("pkcs11_slot")
+                .map(crate::crypto::pkcs11::TokenChoice::parse)
+                .transpose()
+                .map_err(|why| ConfigError::Invalid("pkcs11_slot", why.into()))?;
+            let pin_file = get("pkcs11_pin_file").map(PathBuf::from);
+            let key_label = label("pkcs11_key_label", "carevault-master")?;
+            let wanted = key_provider == KeyProviderKind::Pkcs11 || ledger_key_provider == KeyProviderKind::Pkcs11;
+            match (module, token, pin_file) {
+                (Some(module), Some(token), Some(pin_file)) => Some(Pkcs11Settings { module, token, pin_file, key_label }),
+                _ if !wanted => None,
+                (None, ..) => return Err(ConfigError::Invalid("pkcs11_module", "a PKCS#11 provider needs CAREVAULT_PKCS11_MODULE".into())),
+                (_, None, _) => return Err(ConfigError::Invalid("pkcs11_slot", "a PKCS#11 provider needs CAREVAULT_PKCS11_SLOT".into())),
+                (.., None) => {
+                    return Err(ConfigError::Invalid("pkcs11_pin_file", "a PKCS#11 provider needs CAREVAULT_PKCS11_PIN_FILE".into()));
+                }
+            }
+        };
+        let cache_secs = get("tenant_key_cache_secs")
+            .map(|v| v.parse::<u64>().ok().filter(|n| *n <= 86_400))
+            .map(|n| n.ok_or_else(|| ConfigError::Invalid("tenant_key_cache_secs", "must be a whole number up to 86400".into())))
+            .transpose()?;
+        let tenant_key_cache = match cache_secs {
+            Some(secs) => Some(Duration::from_secs(secs)),
+            None if key_provider == KeyProviderKind::Pkcs11 => Some(Duration::from_secs(PKCS11_TENANT_KEY_CACHE_SECS)),
+            None => None,
+        };
         let settings = Self {
             addr,
+            key_provider,
+            ledger_key_provider,
+            ledger_key_label,
+            pkcs11,
+            tenant_key_cache,
             public_url,
             master_key_file: get("master_key_file").map(PathBuf::from).unwrap_or_else(|| data_dir.join("keys").join("master-keys.json")),
             ledger_key_file: get("ledger_key_file").map(PathBuf::from).unwrap_or_else(|| data_dir.join("keys").join("ledger-ed25519.pk8")),
@@ -497,6 +584,41 @@ mod tests {
         sorted.sort_unstable();
         sorted.dedup();
         assert_eq!(sorted.len(), keys.len(), "a key is read twice");
+    }
+
+    #[test]
+    fn a_pkcs11_provider_needs_its_module_token_and_pin_file_and_bounds_the_tenant_key_cache() {
+        let file = Settings::from_map(&BTreeMap::new()).unwrap();
+        assert_eq!(
+            (file.key_provider, file.ledger_key_provider, file.tenant_key_cache),
+            (KeyProviderKind::File, KeyProviderKind::File, None)
+        );
+        assert!(file.pkcs11.is_none());
+        let token = [
+            ("key_provider", "pkcs11"),
+            ("pkcs11_module", "/usr/lib/softhsm/libsofthsm2.so"),
+            ("pkcs11_slot", "label:clinic-hsm"),
+            ("pkcs11_pin_file", "/etc/carevault/hsm.pin"),
+        ];
+        let s = Settings::from_map(&map(&token)).unwrap();
+        assert_eq!(s.tenant_key_cache, Some(Duration::from_secs(PKCS11_TENANT_KEY_CACHE_SECS)));
+        let p = s.pkcs11.as_ref().unwrap();
+        assert_eq!(p.token, crate::crypto::pkcs11::TokenChoice::Label("clinic-hsm".into()));
+        assert_eq!(p.key_label, "carevault-master");
+        for missing in ["pkcs11_module", "pkcs11_slot", "pkcs11_pin_file"] {
+            let without: Vec<(&str, &str)> = token.iter().copied().filter(|(k, _)| *k != missing).collect();
+            let err = Settings::from_map(&map(&without)).unwrap_err().to_string();
+            assert!(err.starts_with(missing) && err.contains(&format!("CAREVAULT_{}", missing.to_uppercase())), "{err}");
+        }
+        let ledger_only = [("ledger_key_provider", "pkcs11"), ("pkcs11_module", "/m.so")];
+        assert!(Settings::from_map(&map(&ledger_only)).unwrap_err().to_string().starts_with("pkcs11_slot"));
+        assert!(Settings::from_map(&map(&[("key_provider", "kms")])).is_err());
+        assert!(Settings::from_map(&map(&[("pkcs11_slot", "slot-one")])).is_err());
+        let cached = |v: &str| Settings::from_map(&map(&[("tenant_key_cache_secs", v)])).map(|s| s.tenant_key_cache);
+        assert_eq!(cached("0").unwrap(), Some(Duration::ZERO));
+        assert_eq!(cached("60").unwrap(), Some(Duration::from_secs(60)));
+        assert!(cached("86401").is_err() && cached("-1").is_err());
+        assert!(!format!("{s:?}").to_lowercase().contains("pin:"), "only the PIN file's path is shown");
     }
 
     #[test]

@@ -12,7 +12,7 @@ use actix_web::{App, HttpServer, web};
 use crate::api::{AppState, Metrics, RateLimits};
 use crate::auth::{Hs256Secret, TokenVerifier};
 use crate::authz::AccessPolicy;
-use crate::config::{Environment, Settings};
+use crate::config::{Environment, KeyProviderKind, Settings};
 use crate::fhir::FhirValidator;
 use crate::service::sync::change_signal::ChangeWatcher;
 use crate::service::{Services, WriterThread};
@@ -51,17 +51,55 @@ pub enum StartupError {
     RetentionPolicy(#[from] crate::service::retention::policy::RetentionPolicyError),
     #[error("master keys: {0}")]
     MasterKeys(String),
+    /// The PKCS#11 token could not be used; names the setting at fault.
+    #[error("{0}: {1}")]
+    Pkcs11(&'static str, String),
     #[error("cannot start the ledger writer: {0}")]
     LedgerWriter(std::io::Error),
     #[error("cannot start the change watcher: {0}")]
     ChangeWatcher(std::io::Error),
 }
 
-/// The master-key provider: the local key file, created with a development key on first
-/// start in development. Production needs an existing key file not marked as development
-/// (`carevault keys init`).
+/// The PKCS#11 token of the settings (`CAREVAULT_PKCS11_*`), opened and logged in; an
+/// error names the setting at fault.
+pub fn pkcs11_token(settings: &Settings) -> Result<crate::crypto::pkcs11::Token, StartupError> {
+    use crate::crypto::pkcs11::{OpenError, Token};
+    let Some(p) = &settings.pkcs11 else {
+        return Err(StartupError::Pkcs11("CAREVAULT_PKCS11_MODULE", "no PKCS#11 token is configured".into()));
+    };
+    Token::open(&p.module, p.token.clone(), &p.pin_file).map_err(|e| match e {
+        OpenError::Module(why) => StartupError::Pkcs11("CAREVAULT_PKCS11_MODULE", why),
+        OpenError::Token(why) => StartupError::Pkcs11("CAREVAULT_PKCS11_SLOT", why),
+        OpenError::Pin(why) => StartupError::Pkcs11("CAREVAULT_PKCS11_PIN_FILE", why),
+    })
+}
+
+/// The master keys in the configured token. In development version 1 is created when the
+/// token holds none; production needs `carevault keys init`. Token keys are never
+/// development keys: they cannot leave the token.
+pub fn pkcs11_provider(settings: &Settings) -> Result<crate::crypto::pkcs11::Pkcs11Provider, StartupError> {
+    use crate::crypto::KeyProvider;
+    let token = pkcs11_token(settings)?;
+    let label = settings.pkcs11.as_ref().map_or("carevault-master", |p| p.key_label.as_str());
+    let provider = crate::crypto::pkcs11::Pkcs11Provider::new(token, label);
+    if settings.env == Environment::Development
+        && let Some(version) = provider.init().map_err(|e| StartupError::MasterKeys(e.to_string()))?
+    {
+        tracing::warn!(version, location = %provider.location(), "master key created in the PKCS#11 token");
+    }
+    provider.check().map_err(|e| StartupError::MasterKeys(e.to_string()))?;
+    Ok(provider)
+}
+
+/// The master-key provider. `file`: the local key file, created with a development key on
+/// first start in development; production needs an existing key file not marked as
+/// development (`carevault keys init`). `pkcs11`: [`pkcs11_provider`]; there is no
+/// fallback from one to the other.
 pub fn key_provider(settings: &Settings) -> Result<Arc<dyn crate::crypto::KeyProvider>, StartupError> {
     use crate::crypto::{KeyProvider, LocalKeyFile};
+    if settings.key_provider == KeyProviderKind::Pkcs11 {
+        return Ok(Arc::new(pkcs11_provider(settings)?));
+    }
     let path = &settings.master_key_file;
     let production = settings.env == Environment::Production;
     let (provider, created) = LocalKeyFile::open(path, !production).map_err(|e| {
@@ -92,9 +130,52 @@ pub fn create_ledger_key(path: &Path) -> Result<(), StartupError> {
     std::io::Write::write_all(&mut options.open(path).map_err(failed)?, &pkcs8).map_err(failed)
 }
 
-/// The checkpoint signer: the ledger key file, created on first start in development.
-/// Production needs it to exist (`carevault keys init` makes it).
+/// The ledger's Ed25519 key pair in a token, as the ledger's [`SigningKey`]: composition
+/// keeps `ledger` and `crypto` apart.
+///
+/// [`SigningKey`]: crate::ledger::checkpoint::SigningKey
+#[derive(Debug)]
+struct TokenLedgerKey(crate::crypto::pkcs11::TokenSigningKey);
+
+impl crate::ledger::checkpoint::SigningKey for TokenLedgerKey {
+    fn public_key(&self) -> &[u8] {
+        self.0.public_key()
+    }
+
+    fn sign(&self, message: &[u8]) -> Result<[u8; 64], crate::ledger::checkpoint::NoteError> {
+        self.0.sign(message).map_err(|e| crate::ledger::checkpoint::NoteError::Signing(e.to_string()))
+    }
+}
+
+/// The ledger key pair in the configured token (`CAREVAULT_LEDGER_KEY_LABEL`), created when
+/// missing if `create` is set. Returns it and whether it was created.
+pub fn token_ledger_key(settings: &Settings, create: bool) -> Result<(crate::crypto::pkcs11::TokenSigningKey, bool), StartupError> {
+    let token = pkcs11_token(settings)?;
+    crate::crypto::pkcs11::TokenSigningKey::open(token, &settings.ledger_key_label, create)
+        .map_err(|e| StartupError::MasterKeys(format!("ledger signing key: {e}")))
+}
+
+/// The checkpoint signer. `file`: the ledger key file, created on first start in
+/// development; production needs it to exist (`carevault keys init` makes it).
+/// `pkcs11`: the Ed25519 key pair in the token, likewise created in development only. A
+/// token key signs a test message at start, checked against its public key, so a token
+/// that signs anything but pure Ed25519 is refused before it signs a checkpoint.
 pub fn ledger_signer(settings: &Settings) -> Result<Arc<crate::ledger::checkpoint::Signer>, StartupError> {
+    use crate::ledger::checkpoint::{Signer, SigningKey};
+    if settings.ledger_key_provider == KeyProviderKind::Pkcs11 {
+        let (key, created) = token_ledger_key(settings, settings.env == Environment::Development)?;
+        if created {
+            tracing::warn!(location = %key.location(), "ledger signing key created in the PKCS#11 token");
+        }
+        let key = TokenLedgerKey(key);
+        let probe = b"carevault ledger key check";
+        let signature = key.sign(probe).map_err(|e| StartupError::MasterKeys(format!("ledger signing key: {e}")))?;
+        ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, key.public_key())
+            .verify(probe, &signature)
+            .map_err(|_| StartupError::MasterKeys("ledger signing key: the token's signature does not verify as Ed25519".into()))?;
+        let signer = Signer::new(&settings.ledger_origin, Box::new(key)).map_err(|e| StartupError::MasterKeys(e.to_string()))?;
+        return Ok(Arc::new(signer));
+    }
     let path = &settings.ledger_key_file;
     if !path.exists() {
         if settings.env == Environment::Production {
@@ -108,7 +189,7 @@ pub fn ledger_signer(settings: &Settings) -> Result<Arc<crate::ledger::checkpoin
     }
     let pkcs8 =
         zeroize::Zeroizing::new(std::fs::read(path).map_err(|e| StartupError::MasterKeys(format!("ledger key {}: {e}", path.display())))?);
-    let signer = crate::ledger::checkpoint::Signer::from_pkcs8(&settings.ledger_origin, &pkcs8)
+    let signer = Signer::from_pkcs8(&settings.ledger_origin, &pkcs8)
         .map_err(|e| StartupError::MasterKeys(format!("ledger key {}: {e}", path.display())))?;
     Ok(Arc::new(signer))
 }
@@ -213,7 +294,7 @@ async fn sign_checkpoint(services: Services) {
 pub fn codec(settings: &Settings, pool_size: u32) -> Result<Arc<crate::service::codec::Codec>, StartupError> {
     let policy = crate::service::encryption_policy::EncryptionPolicy::load(&settings.policies_dir)?;
     let keystore = Store::open_keystore(&settings.keystore_url, pool_size)?;
-    let keys = crate::service::keyring::KeyRing::new(key_provider(settings)?, keystore);
+    let keys = crate::service::keyring::KeyRing::new(key_provider(settings)?, keystore).with_cache_for(settings.tenant_key_cache);
     Ok(Arc::new(crate::service::codec::Codec::new(keys, policy)))
 }
 

@@ -22,13 +22,15 @@ pub async fn healthz() -> HttpResponse {
         (status = 503, description = "Not ready (OperationOutcome)")))]
 pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let services = state.services.clone();
-    let db = blocking(move || Ok(services.ready())).await?;
-    match db {
-        Ok(()) => Ok(HttpResponse::Ok().json(json!({"status": "ready", "database": "ok", "keys": "ok"}))),
-        Err(e) => {
+    let (db, keys) = blocking(move || Ok((services.ready(), services.keys_ready()))).await?;
+    match (db, keys) {
+        (Ok(()), Ok(())) => Ok(HttpResponse::Ok().json(json!({"status": "ready", "database": "ok", "keys": "ok"}))),
+        (Err(e), _) => {
             tracing::warn!(error = %e, "readiness check failed");
             Err(ApiError::Unavailable("database unavailable"))
         }
+        // The key ring logged the provider's failure.
+        (Ok(()), Err(_)) => Err(ApiError::Unavailable("encryption keys unavailable")),
     }
 }
 

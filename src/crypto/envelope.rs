@@ -45,6 +45,11 @@ impl Aad {
         }
         Self(out)
     }
+
+    /// The encoded parts, for a provider that authenticates them itself (a token's AES-GCM).
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
 }
 
 /// The AES-256-GCM envelope, v1:

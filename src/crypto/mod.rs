@@ -1,11 +1,13 @@
 //! Cryptography with no knowledge of the rest of the crate: 256-bit keys in zeroizing
 //! memory, the AES-256-GCM element envelope, key wrapping, blind-index tokens, and the
-//! master-key provider (a local key file in development; a trait for a KMS).
+//! master-key providers: a local key file, and a PKCS#11 token whose keys never leave it
+//! (which can hold the ledger's Ed25519 signing key too).
 //! Uses nothing of the crate.
 
 mod blind;
 mod envelope;
 mod key;
+pub mod pkcs11;
 mod provider;
 
 pub use blind::{BlindIndexKey, DeriveError};

@@ -3,7 +3,9 @@
 //! Body: `ORIGIN\nSIZE\nBASE64(root)\n`. Note: the body, a blank line, then one signature
 //! line `— ORIGIN BASE64(key_id || signature)\n` (U+2014 and a space), where `key_id` is
 //! the first 4 bytes of `SHA-256(ORIGIN || "\n" || 0x01 || public_key)` (0x01 = Ed25519)
-//! and the signature is Ed25519 over the body bytes.
+//! and the signature is Ed25519 over the body bytes. The key signs through
+//! [`SigningKey`]: a PKCS#8 key in memory ([`Signer::from_pkcs8`]) or, composed at start,
+//! one that never leaves a token.
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -26,6 +28,37 @@ pub enum NoteError {
     NoSignature,
     #[error("the checkpoint signature does not verify")]
     BadSignature,
+    /// The key could not sign now (a token that went away); the next attempt may.
+    #[error("the checkpoint could not be signed: {0}")]
+    Signing(String),
+}
+
+/// An Ed25519 key that signs checkpoint bodies: pure Ed25519 (RFC 8032), so every
+/// signed-note verifier accepts what it signs.
+pub trait SigningKey: Send + Sync + std::fmt::Debug {
+    /// The raw 32-byte public key.
+    fn public_key(&self) -> &[u8];
+    /// The 64-byte signature of `message`.
+    fn sign(&self, message: &[u8]) -> Result<[u8; 64], NoteError>;
+}
+
+/// An Ed25519 key held in memory (ring), read from a PKCS#8 document.
+struct InMemoryKey(Ed25519KeyPair);
+
+impl std::fmt::Debug for InMemoryKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("InMemoryKey([redacted])")
+    }
+}
+
+impl SigningKey for InMemoryKey {
+    fn public_key(&self) -> &[u8] {
+        self.0.public_key().as_ref()
+    }
+
+    fn sign(&self, message: &[u8]) -> Result<[u8; 64], NoteError> {
+        self.0.sign(message).as_ref().try_into().map_err(|_| NoteError::Signing("not a 64-byte signature".into()))
+    }
 }
 
 /// `key_id` of an Ed25519 signer named `origin`.
@@ -49,23 +82,31 @@ pub fn body(origin: &str, size: u64, root: &Hash) -> String {
 /// Signs checkpoints under one Ed25519 key as `origin`.
 pub struct Signer {
     origin: String,
-    pair: Ed25519KeyPair,
+    key: Box<dyn SigningKey>,
 }
 
 impl std::fmt::Debug for Signer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Signer").field("origin", &self.origin).finish_non_exhaustive()
+        f.debug_struct("Signer").field("origin", &self.origin).field("key", &self.key).finish()
     }
 }
 
 impl Signer {
     /// `origin` must be one line without spaces (a schema-less URL such as `example.org/log`).
     pub fn from_pkcs8(origin: &str, pkcs8: &[u8]) -> Result<Self, NoteError> {
+        let pair = Ed25519KeyPair::from_pkcs8(pkcs8).map_err(|_| NoteError::Key)?;
+        Self::new(origin, Box::new(InMemoryKey(pair)))
+    }
+
+    /// Signs as `origin` with `key`, which must be Ed25519 (32-byte public key).
+    pub fn new(origin: &str, key: Box<dyn SigningKey>) -> Result<Self, NoteError> {
         if origin.is_empty() || origin.contains(char::is_whitespace) || origin.contains('+') {
             return Err(NoteError::Malformed);
         }
-        let pair = Ed25519KeyPair::from_pkcs8(pkcs8).map_err(|_| NoteError::Key)?;
-        Ok(Self { origin: origin.to_owned(), pair })
+        if key.public_key().len() != 32 {
+            return Err(NoteError::Key);
+        }
+        Ok(Self { origin: origin.to_owned(), key })
     }
 
     /// A new PKCS#8 document for a fresh signing key.
@@ -78,23 +119,23 @@ impl Signer {
     }
 
     pub fn public_key(&self) -> &[u8] {
-        self.pair.public_key().as_ref()
+        self.key.public_key()
     }
 
     /// The signed note for a tree of `size` leaves with head `root`, as this signer's origin.
-    pub fn sign(&self, size: u64, root: &Hash) -> String {
+    pub fn sign(&self, size: u64, root: &Hash) -> Result<String, NoteError> {
         self.sign_as(&self.origin, size, root)
     }
 
     /// The signed note for a tree of `size` leaves with head `root` under `origin` (one log
     /// of several signed with the same key: each log's origin names it, and the key id,
     /// which covers the origin, differs per log).
-    pub fn sign_as(&self, origin: &str, size: u64, root: &Hash) -> String {
+    pub fn sign_as(&self, origin: &str, size: u64, root: &Hash) -> Result<String, NoteError> {
         let body = body(origin, size, root);
-        let signature = self.pair.sign(body.as_bytes());
+        let signature = self.key.sign(body.as_bytes())?;
         let mut blob = key_id(origin, self.public_key()).to_vec();
-        blob.extend_from_slice(signature.as_ref());
-        format!("{body}\n{SIG_PREFIX}{origin} {}\n", STANDARD.encode(blob))
+        blob.extend_from_slice(&signature);
+        Ok(format!("{body}\n{SIG_PREFIX}{origin} {}\n", STANDARD.encode(blob)))
     }
 }
 
@@ -141,7 +182,7 @@ mod tests {
     fn notes_have_the_c2sp_shape_and_verify() {
         let s = signer();
         let root = [7u8; 32];
-        let note = s.sign(42, &root);
+        let note = s.sign(42, &root).unwrap();
         let lines: Vec<&str> = note.lines().collect();
         assert_eq!(lines[0], "carevault.test/ledger");
         assert_eq!(lines[1], "42");
@@ -155,7 +196,7 @@ mod tests {
     #[test]
     fn tampered_or_foreign_notes_fail() {
         let s = signer();
-        let note = s.sign(42, &[7u8; 32]);
+        let note = s.sign(42, &[7u8; 32]).unwrap();
         assert_eq!(verify(&note.replacen("\n42\n", "\n43\n", 1), "carevault.test/ledger", s.public_key()), Err(NoteError::BadSignature));
         assert_eq!(verify(&note, "other.test/log", s.public_key()), Err(NoteError::Origin));
         assert_eq!(verify(&note, "carevault.test/ledger", signer().public_key()), Err(NoteError::NoSignature));

@@ -20,6 +20,8 @@ pub enum LedgerError {
     Query(#[from] diesel::result::Error),
     #[error(transparent)]
     Tree(#[from] TreeError),
+    #[error(transparent)]
+    Note(#[from] crate::ledger::checkpoint::NoteError),
 }
 
 /// The log an entry belongs to: its tenant's, or the platform log when it has no
@@ -143,7 +145,7 @@ pub fn checkpoint(conn: &mut DbConnection, signer: &Signer, log: &str) -> Result
         size,
         root_hash: merkle::to_hex(&root),
         timestamp: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-        note: signer.sign_as(&origin(signer.origin(), log), u64::try_from(size).map_err(|_| TreeError::Range)?, &root),
+        note: signer.sign_as(&origin(signer.origin(), log), u64::try_from(size).map_err(|_| TreeError::Range)?, &root)?,
     };
     rows::insert_checkpoint(conn, &row)?;
     Ok(rows::latest_checkpoint(conn, log)?.unwrap_or(row))

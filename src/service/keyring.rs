@@ -1,5 +1,6 @@
 //! The key hierarchy: master key (versioned, held by the [`KeyProvider`]) → per-tenant key
-//! (wrapped under a master-key version, cached unwrapped in zeroizing memory) → per-owner
+//! (wrapped under a master-key version, cached unwrapped in zeroizing memory for the
+//! configured time, or for the life of the process) → per-owner
 //! data key (a Patient, shared by its records, or a Practitioner), wrapped under the
 //! tenant key. Wrapped tenant and data keys live in the key store, a database apart from
 //! the records: a backup of the records alone holds no key, and a key destroyed in the
@@ -9,6 +10,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -50,7 +52,12 @@ pub struct KeyRing {
     provider: Arc<dyn KeyProvider>,
     /// The key store's pool.
     store: Store,
-    tenants: RwLock<HashMap<String, Arc<TenantKeys>>>,
+    /// Unwrapped tenant keys and when each was unwrapped.
+    tenants: RwLock<HashMap<String, (Arc<TenantKeys>, Instant)>>,
+    /// How long an unwrapped tenant key may be used before the provider is asked again
+    /// (`None`: for the life of the process). With a token that goes away, reads and
+    /// writes fail closed once the keys in memory are this old.
+    cache_for: Option<Duration>,
 }
 
 impl std::fmt::Debug for KeyRing {
@@ -90,7 +97,7 @@ fn data_key_aad(tenant: &str, owner: &str, key_id: u64) -> Aad {
 
 impl KeyRing {
     pub fn new(provider: Arc<dyn KeyProvider>, store: Store) -> Self {
-        Self { provider, store, tenants: RwLock::new(HashMap::new()) }
+        Self { provider, store, tenants: RwLock::new(HashMap::new()), cache_for: None }
     }
 
     fn conn(&self) -> Result<PooledConn, ServiceError> {
@@ -113,6 +120,36 @@ impl KeyRing {
         Ok(tenants.len() + data.len())
     }
 
+    /// Keeps unwrapped tenant keys for at most `cache_for` (`None`: for the life of the
+    /// process; zero: never).
+    pub fn with_cache_for(mut self, cache_for: Option<Duration>) -> Self {
+        self.cache_for = cache_for;
+        self
+    }
+
+    fn fresh(&self, unwrapped: Instant) -> bool {
+        self.cache_for.is_none_or(|ttl| unwrapped.elapsed() < ttl)
+    }
+
+    /// A cached tenant key that is still fresh.
+    fn cached(&self, tenant: &str) -> Option<Arc<TenantKeys>> {
+        let cache = self.tenants.read().ok()?;
+        let (keys, unwrapped) = cache.get(tenant)?;
+        self.fresh(*unwrapped).then(|| keys.clone())
+    }
+
+    /// Keeps `keys` (unless nothing is cached) and drops every expired key, so none
+    /// outlives its time by more than the next use of the ring.
+    fn remember(&self, tenant: &str, keys: &Arc<TenantKeys>) {
+        if self.cache_for.is_some_and(|ttl| ttl.is_zero()) {
+            return;
+        }
+        if let Ok(mut cache) = self.tenants.write() {
+            cache.retain(|_, (_, unwrapped)| self.fresh(*unwrapped));
+            cache.insert(tenant.to_owned(), (keys.clone(), Instant::now()));
+        }
+    }
+
     fn unwrap_tenant(&self, row: &TenantKeyRow) -> Result<Arc<TenantKeys>, ServiceError> {
         let version = u32::try_from(row.kek_version).map_err(ServiceError::integrity_by("stored key material"))?;
         let wrapped = STANDARD.decode(&row.wrapped).map_err(ServiceError::integrity_by("stored key material"))?;
@@ -127,7 +164,7 @@ impl KeyRing {
     /// The tenant's keys, created (wrapped under the current master key) on first use.
     /// A concurrent creator's row wins cleanly.
     pub fn tenant(&self, tenant: &str) -> Result<Arc<TenantKeys>, ServiceError> {
-        if let Some(keys) = self.tenants.read().ok().and_then(|m| m.get(tenant).cloned()) {
+        if let Some(keys) = self.cached(tenant) {
             return Ok(keys);
         }
         let mut conn = self.conn()?;
@@ -154,9 +191,7 @@ impl KeyRing {
             }
         };
         let keys = self.unwrap_tenant(&row)?;
-        if let Ok(mut cache) = self.tenants.write() {
-            cache.insert(tenant.to_owned(), keys.clone());
-        }
+        self.remember(tenant, &keys);
         Ok(keys)
     }
 
@@ -219,8 +254,14 @@ impl KeyRing {
         }
     }
 
-    /// Whether the master-key provider can be used now (readiness).
+    /// Whether the master-key provider can be used now (readiness). Expired tenant keys
+    /// are dropped here too, so an idle server does not keep them.
     pub fn check(&self) -> Result<(), ServiceError> {
+        if self.cache_for.is_some()
+            && let Ok(mut cache) = self.tenants.write()
+        {
+            cache.retain(|_, (_, unwrapped)| self.fresh(*unwrapped));
+        }
         self.provider.check().map_err(provider_failure)
     }
 

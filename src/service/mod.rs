@@ -145,6 +145,11 @@ impl Services {
         self.store.ping()
     }
 
+    /// Readiness: the master-key provider answers (a token that went away does not).
+    pub fn keys_ready(&self) -> Result<(), ServiceError> {
+        self.codec.keys().check()
+    }
+
     /// `(open, idle, max)` connections of the pool.
     pub fn pool_state(&self) -> (u32, u32, u32) {
         let pool = self.store.state();

@@ -24,8 +24,8 @@ fn marked_patient(m: &str) -> Value {
 
 /// The bytes of the database as an attacker holding it would see them: the SQLite file
 /// and its WAL, or a pg_dump of the test schema.
-fn raw_database(app: &TestApp) -> Vec<u8> {
-    match &app.db {
+pub(crate) fn raw_database(db: &TestDb) -> Vec<u8> {
+    match db {
         TestDb::Sqlite(path) => {
             let mut bytes = std::fs::read(path).unwrap();
             let wal = path.with_extension("db-wal");
@@ -72,7 +72,7 @@ async fn nothing_identifying_is_stored_in_the_clear() {
         app.get(&desk, &format!("/fhir/Practitioner?identifier=urn:test:npi|npi-{}", m.to_lowercase())).await.json().await.unwrap();
     assert_eq!(entry_ids(&found), vec![doc_id]);
 
-    let raw = raw_database(&app);
+    let raw = raw_database(&app.db);
     assert!(contains(&raw, "$sealed"), "sealed elements are stored");
     for plaintext in [
         m.clone(),
@@ -285,6 +285,20 @@ async fn production_refuses_development_master_keys() {
     let app = spawn_app().await;
     let mut settings = app.settings.clone();
     settings.insert("env".into(), "production".into());
+    if keys_in_token() {
+        // Keys in a token cannot leave it, so they are never development keys: production
+        // starts on them, and refuses a token without them until `keys init`.
+        let server = carevault::startup::Application::build(&carevault::config::Settings::from_map(&settings).unwrap())
+            .expect("production starts on token keys");
+        let handle = server.handle();
+        tokio::spawn(server.run_until_stopped());
+        handle.stop(true).await;
+        settings.insert("pkcs11_key_label".into(), format!("zz-uninitialised-{}", marker()));
+        let missing =
+            carevault::startup::Application::build(&carevault::config::Settings::from_map(&settings).unwrap()).err().expect("must refuse");
+        assert!(missing.to_string().contains("keys init"), "{missing}");
+        return;
+    }
     let refused =
         carevault::startup::Application::build(&carevault::config::Settings::from_map(&settings).unwrap()).err().expect("must refuse");
     assert!(refused.to_string().contains("development master keys"), "{refused}");

@@ -110,6 +110,9 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut BTreeMap<String, String>
     if let Some(keystore) = db.keystore_url() {
         raw.insert("keystore_url".to_owned(), keystore);
     }
+    if let Some(token) = process_token() {
+        raw.extend(token.app_settings(dir.path()));
+    }
     configure(&mut raw);
     let settings = Settings::from_map(&raw).expect("test settings");
     let database_url = raw["database_url"].clone();
@@ -187,6 +190,11 @@ impl ServeProcess {
         Self { child, base: format!("http://{addr}"), started, reader }
     }
 
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("running")
+    }
+
     /// Stops the server gracefully (SIGTERM, so the log writers flush) and returns all of
     /// its standard output.
     pub async fn stop(self) -> Vec<String> {
@@ -249,6 +257,14 @@ impl TestApp {
         ];
         if let Some(keystore) = self.settings.get("keystore_url") {
             env.push(("CAREVAULT_KEYSTORE_URL".to_owned(), keystore.clone()));
+        }
+        // The key provider's settings, and the SoftHSM2 configuration when the keys are
+        // in a token.
+        env.extend(
+            KEY_SETTINGS.iter().filter_map(|k| self.settings.get(*k).map(|v| (format!("CAREVAULT_{}", k.to_uppercase()), v.clone()))),
+        );
+        if let Some(conf) = std::env::var_os("SOFTHSM2_CONF") {
+            env.push(("SOFTHSM2_CONF".to_owned(), conf.to_string_lossy().into_owned()));
         }
         env
     }
@@ -465,4 +481,163 @@ pub fn mint_with(secret: &Hs256Secret, sub: &str, role: &str, fhir_user: Option<
         aud: None,
     };
     mint_hs256(secret, &claims).expect("mint")
+}
+
+/// The settings that say where keys live, which `carevault` commands run by a test need
+/// as well as its server.
+const KEY_SETTINGS: &[&str] = &[
+    "key_provider",
+    "pkcs11_module",
+    "pkcs11_slot",
+    "pkcs11_pin_file",
+    "pkcs11_key_label",
+    "ledger_key_provider",
+    "ledger_key_label",
+    "tenant_key_cache_secs",
+    "master_key_file",
+    "ledger_key_file",
+];
+
+/// SoftHSM2's PKCS#11 module as Debian installs it (`CAREVAULT_TEST_PKCS11_MODULE` names
+/// another).
+pub fn softhsm_module() -> String {
+    std::env::var("CAREVAULT_TEST_PKCS11_MODULE").unwrap_or_else(|_| "/usr/lib/softhsm/libsofthsm2.so".to_owned())
+}
+
+/// The user PIN of every test token (synthetic).
+pub const TEST_PIN: &str = "zz-user-pin-4711";
+const TEST_SO_PIN: &str = "zz-so-pin-0815";
+
+/// Initialises a token labelled `label` in the free slot of the SoftHSM2 configured by `conf`.
+fn init_token(conf: &std::ffi::OsStr, label: &str) {
+    let out = std::process::Command::new("softhsm2-util")
+        .env("SOFTHSM2_CONF", conf)
+        .args(["--init-token", "--free", "--label", label, "--so-pin", TEST_SO_PIN, "--pin", TEST_PIN])
+        .output()
+        .expect("softhsm2-util runs (Debian package softhsm2)");
+    assert!(out.status.success(), "softhsm2-util --init-token: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Writes `TEST_PIN` to `path`, 0600.
+pub fn write_pin_file(path: &std::path::Path) {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    std::io::Write::write_all(&mut options.open(path).expect("pin file"), format!("{TEST_PIN}\n").as_bytes()).expect("write pin");
+}
+
+/// A SoftHSM2 of a test's own: its configuration, its token directory and one initialised
+/// token, all in a temporary directory. Processes find it through `SOFTHSM2_CONF`, which
+/// [`SoftHsm::env`] sets for them.
+pub struct SoftHsm {
+    pub conf: PathBuf,
+    pub tokens: PathBuf,
+    pub label: String,
+    pub pin_file: PathBuf,
+    unplugged: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl SoftHsm {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let tokens = dir.path().join("tokens");
+        std::fs::create_dir(&tokens).expect("token dir");
+        let conf = dir.path().join("softhsm2.conf");
+        std::fs::write(&conf, format!("directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n", tokens.display()))
+            .expect("softhsm2.conf");
+        let label = format!("cv-{}", &marker()[..8]);
+        init_token(conf.as_os_str(), &label);
+        let pin_file = dir.path().join("user.pin");
+        write_pin_file(&pin_file);
+        Self { conf, tokens, label, pin_file, unplugged: dir.path().join("unplugged"), _dir: dir }
+    }
+
+    /// The environment of a `carevault` process keeping its master keys and its ledger key
+    /// in this token.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("SOFTHSM2_CONF", self.conf.display().to_string()),
+            ("CAREVAULT_KEY_PROVIDER", "pkcs11".to_owned()),
+            ("CAREVAULT_LEDGER_KEY_PROVIDER", "pkcs11".to_owned()),
+            ("CAREVAULT_PKCS11_MODULE", softhsm_module()),
+            ("CAREVAULT_PKCS11_SLOT", format!("label:{}", self.label)),
+            ("CAREVAULT_PKCS11_PIN_FILE", self.pin_file.display().to_string()),
+        ]
+    }
+
+    /// Takes the token away as pulling it out would: its directory leaves the token
+    /// directory, so the module's calls on it fail.
+    pub fn unplug(&self) {
+        let token = std::fs::read_dir(&self.tokens).expect("token dir").next().expect("a token").expect("entry").path();
+        std::fs::rename(token, &self.unplugged).expect("unplug");
+    }
+
+    /// Puts the token back.
+    pub fn plug(&self) {
+        std::fs::rename(&self.unplugged, self.tokens.join("restored")).expect("plug");
+    }
+
+    /// `pkcs11-tool` (Debian package opensc) on this token, logged in: (succeeded, output).
+    pub fn tool(&self, args: &[&str]) -> (bool, String) {
+        let out = std::process::Command::new("pkcs11-tool")
+            .env("SOFTHSM2_CONF", &self.conf)
+            .args(["--module", &softhsm_module(), "--token-label", &self.label, "--login", "--pin", TEST_PIN])
+            .args(args)
+            .output()
+            .expect("pkcs11-tool runs (Debian package opensc)");
+        (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    }
+}
+
+/// With `CAREVAULT_TEST_KEY_PROVIDER=pkcs11`, the in-process servers keep their master
+/// keys and ledger keys in one SoftHSM2 token made for this test process, each server
+/// under labels of its own. A module reads its configuration once per process, so the
+/// `SOFTHSM2_CONF` of the whole test process names it (`hsm::the_encryption_suite_passes_with_softhsm2`
+/// runs the encryption suite so, with a configuration of its own).
+struct ProcessToken {
+    label: String,
+}
+
+impl ProcessToken {
+    fn app_settings(&self, dir: &std::path::Path) -> Vec<(String, String)> {
+        let pin_file = dir.join("user.pin");
+        write_pin_file(&pin_file);
+        let m = &marker()[..8];
+        [
+            ("key_provider", "pkcs11".to_owned()),
+            ("ledger_key_provider", "pkcs11".to_owned()),
+            ("pkcs11_module", softhsm_module()),
+            ("pkcs11_slot", format!("label:{}", self.label)),
+            ("pkcs11_pin_file", pin_file.display().to_string()),
+            ("pkcs11_key_label", format!("cv-master-{m}")),
+            ("ledger_key_label", format!("cv-ledger-{m}")),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect()
+    }
+}
+
+fn process_token() -> Option<&'static ProcessToken> {
+    static TOKEN: std::sync::OnceLock<Option<ProcessToken>> = std::sync::OnceLock::new();
+    TOKEN
+        .get_or_init(|| match std::env::var("CAREVAULT_TEST_KEY_PROVIDER").as_deref() {
+            Err(_) | Ok("" | "file") => None,
+            Ok("pkcs11") => {
+                let conf = std::env::var_os("SOFTHSM2_CONF").expect(
+                    "CAREVAULT_TEST_KEY_PROVIDER=pkcs11 needs SOFTHSM2_CONF naming a softhsm2.conf whose token directory the tests may use",
+                );
+                let label = format!("cv-{}", &marker()[..8]);
+                init_token(&conf, &label);
+                Some(ProcessToken { label })
+            }
+            Ok(other) => panic!("CAREVAULT_TEST_KEY_PROVIDER must be file or pkcs11, not {other}"),
+        })
+        .as_ref()
+}
+
+/// Whether the in-process servers of this test process keep their keys in a token.
+pub fn keys_in_token() -> bool {
+    process_token().is_some()
 }

@@ -16,6 +16,7 @@ mod encryption;
 mod files;
 mod healthcheck;
 mod helpers;
+mod hsm;
 mod input;
 mod interactions;
 mod keystore;

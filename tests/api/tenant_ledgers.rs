@@ -450,7 +450,7 @@ fn old_release_rows(signer: &carevault::ledger::checkpoint::Signer, n: u64, chec
                 "INSERT INTO ledger_checkpoints (size, root_hash, timestamp, note) VALUES ({}, '{}', '2026-11-20T10:01:00.000Z', '{}')",
                 seq + 1,
                 merkle::to_hex(&root),
-                signer.sign(seq + 1, &root)
+                signer.sign(seq + 1, &root).unwrap()
             ));
         }
     }

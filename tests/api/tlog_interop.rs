@@ -31,18 +31,18 @@ fn flipped(mut h: Hash) -> Hash {
 
 /// The C2SP note verifier key of an Ed25519 signer named `name`:
 /// `name+hex(key_id)+base64(0x01 || public key)`, key_id = SHA-256(name "\n" 0x01 key)[..4].
-fn vkey(name: &str, public_key: &[u8]) -> String {
+pub(crate) fn vkey(name: &str, public_key: &[u8]) -> String {
     let id = &sha(&[name.as_bytes(), b"\n", &[0x01], public_key])[..4];
     let id: String = id.iter().map(|b| format!("{b:02x}")).collect();
     format!("{name}+{id}+{}", STANDARD.encode([&[0x01][..], public_key].concat()))
 }
 
-fn verifiers(vkey: &str) -> VerifierList {
+pub(crate) fn verifiers(vkey: &str) -> VerifierList {
     VerifierList::new(vec![Box::new(StandardVerifier::new(vkey).expect("a well-formed verifier key"))])
 }
 
 /// The checkpoint as the crates read it: signature verified, then the body parsed.
-fn verified_checkpoint(note: &str, known: &VerifierList) -> Result<Checkpoint, String> {
+pub(crate) fn verified_checkpoint(note: &str, known: &VerifierList) -> Result<Checkpoint, String> {
     let note = Note::from_bytes(note.as_bytes()).map_err(|e| format!("note: {e}"))?;
     let (verified, _) = note.verify(known).map_err(|e| format!("signature: {e}"))?;
     assert_eq!(verified.len(), 1);
