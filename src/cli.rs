@@ -531,6 +531,9 @@ fn keys(settings: &Settings, command: KeysCommand) -> ExitCode {
                         Err(e) => println!("  token attributes unavailable: {e}"),
                     }
                 }
+                for (tenant, version) in &status.tenants {
+                    println!("  tenant {tenant}: key wrapped under master key version {version}");
+                }
                 println!("data keys: {} live, {} destroyed", status.data_keys_live, status.data_keys_destroyed);
                 match crate::startup::ledger_signer(settings) {
                     Ok(_) if settings.ledger_key_provider == crate::config::KeyProviderKind::Pkcs11 => {

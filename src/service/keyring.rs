@@ -44,6 +44,8 @@ pub struct KeyStatus {
     pub location: String,
     /// `(master key version, tenant keys it wraps)`, oldest first.
     pub versions: Vec<(u32, usize)>,
+    /// `(tenant, the master-key version its key is wrapped under)`, by tenant.
+    pub tenants: Vec<(String, i64)>,
     pub data_keys_live: i64,
     pub data_keys_destroyed: i64,
 }
@@ -310,6 +312,7 @@ impl KeyRing {
             development: self.provider.is_development(),
             location: self.provider.location(),
             versions: versions.into_iter().map(|v| (v, tenant_rows.iter().filter(|r| r.kek_version == i64::from(v)).count())).collect(),
+            tenants: tenant_rows.iter().map(|r| (r.tenant.clone(), r.kek_version)).collect(),
             data_keys_live: live,
             data_keys_destroyed: destroyed,
         })

@@ -184,6 +184,10 @@ async fn keys_rotate_while_serving_and_everything_reads_after_a_restart() {
     assert!(rotated.contains("version 2 is current; rewrapped 2 tenant key(s)"), "{rotated}");
     let status = carevault_cli(&app, &["keys", "status"]);
     assert!(status.contains("version 1: wraps 0 tenant key(s)") && status.contains("version 2: wraps 2 tenant key(s)"), "{status}");
+    for tenant in [TENANT, "clinic-b"] {
+        assert!(status.contains(&format!("tenant {tenant}: key wrapped under master key version 2")), "{status}");
+    }
+    assert!(status.contains("key store: sqlite://") || status.contains("key store: postgres://"), "{status}");
 
     // The running server keeps reading and writing.
     for (who, id) in &ids {
