@@ -64,7 +64,7 @@ dl.meta dd{margin:0}
 .checks td:first-child{width:34%}
 .checks td:nth-child(2){white-space:nowrap}
 table{border-collapse:collapse;width:100%;margin:6px 0 10px;font-size:12px}
-th,td{border:1px solid #b8b8b8;padding:3px 6px;text-align:left;vertical-align:top;overflow-wrap:anywhere}
+th,td{border:1px solid #b8b8b8;padding:3px 6px;text-align:left;vertical-align:top;overflow-wrap:break-word}
 th{background:#eceff4}
 tr{break-inside:avoid}
 .n{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
