@@ -238,6 +238,16 @@ pub fn holds_overlapping(conn: &mut DbConnection, tenant: &str, from: &str, to: 
         .load(conn)
 }
 
+/// How many of the tenant's legal holds were in force at some time in `[from, to)`.
+pub fn count_holds_overlapping(conn: &mut DbConnection, tenant: &str, from: &str, to: &str) -> QueryResult<i64> {
+    legal_holds::table
+        .filter(legal_holds::tenant.eq(tenant))
+        .filter(legal_holds::created_at.lt(to))
+        .filter(legal_holds::released_at.is_null().or(legal_holds::released_at.ge(from)))
+        .count()
+        .get_result(conn)
+}
+
 /// Ids of the runs started before `to` that had not finished before `from` (or never did):
 /// the runs whose work can fall in `[from, to)`.
 pub fn run_ids_overlapping(conn: &mut DbConnection, from: &str, to: &str) -> QueryResult<Vec<String>> {

@@ -200,9 +200,9 @@ impl Services {
         destructions.total =
             u64::try_from(crate::store::retention::count_destructions_between(&mut conn, &tenant, &from_text, &to_text)?).unwrap_or(0);
         let mut holds = Capped::new(MAX_ROWS);
-        for hold in crate::store::retention::holds_overlapping(&mut conn, &tenant, &from_text, &to_text, limit + 1)? {
-            holds.push(hold);
-        }
+        holds.rows = crate::store::retention::holds_overlapping(&mut conn, &tenant, &from_text, &to_text, limit)?;
+        holds.total =
+            u64::try_from(crate::store::retention::count_holds_overlapping(&mut conn, &tenant, &from_text, &to_text)?).unwrap_or(0);
         drop(conn);
         let disclosures = match &patient {
             None => None,
