@@ -100,6 +100,36 @@ pub enum AuditCommand {
     /// and inclusion proofs; ledgered as an export by the operator, in the exported log.
     /// The same command as `ledger export`.
     Export(ExportArgs),
+    /// Write the reviewer's report of a tenant for a period (as GET /audit/report): one
+    /// self-contained HTML page led by whether the tenant's log verified, with charts and
+    /// tables of accesses, denials, break-glass, top actors, disclosures, purges, shreds,
+    /// legal holds and refused logins. Ledgered as an export by the operator.
+    Report(ReportArgs),
+}
+
+/// What `audit report` covers, and where it goes.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ReportArgs {
+    /// Tenant whose log to report on.
+    #[arg(long)]
+    tenant: String,
+    /// RFC 3339 start (inclusive).
+    #[arg(long)]
+    from: String,
+    /// RFC 3339 end (exclusive); at most 366 days after --from.
+    #[arg(long)]
+    to: String,
+    /// Add who accessed this patient (Patient/ID), and its accounting of disclosures.
+    #[arg(long)]
+    patient: Option<String>,
+    /// The checkpoint of a previous report: its HTML file, a file holding the signed note
+    /// (or the JSON of GET /audit/checkpoint), or the note itself. The report says whether
+    /// the log is still consistent with it.
+    #[arg(long)]
+    since_checkpoint: Option<String>,
+    /// Write here instead of standard output.
+    #[arg(long)]
+    out: Option<std::path::PathBuf>,
 }
 
 /// What `audit export` and `ledger export` (one command under two names) export, and where.
@@ -238,6 +268,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Ledger { command } => ledger(&settings, command),
         Command::Retention { command: RetentionCommand::Run { dry_run, now } } => retention_run(&settings, dry_run, now.as_deref()),
         Command::Audit { command: AuditCommand::Export(args) } => export(&settings, args),
+        Command::Audit { command: AuditCommand::Report(args) } => report(&settings, args),
         Command::Seed { tenant, file } => seed::seed(&settings, &tenant, file.as_deref()),
         Command::Healthcheck { timeout } => match healthcheck::check(&settings, std::time::Duration::from_secs(timeout.max(1))) {
             Ok(line) => {
@@ -312,6 +343,51 @@ fn export(settings: &Settings, args: ExportArgs) -> ExitCode {
         Err(e) => return fail(e),
     };
     write_export(&services, &prepared, format, out.as_deref())
+}
+
+/// `audit report`: the reviewer's report of one tenant, written to `--out` or stdout. Exit
+/// status 0 whether or not the log verified (the report says which); a message on standard
+/// error when it did not.
+fn report(settings: &Settings, args: ReportArgs) -> ExitCode {
+    let ReportArgs { tenant, from, to, patient, since_checkpoint, out } = args;
+    let tenant = match crate::domain::TenantId::parse(&tenant) {
+        Ok(t) => t,
+        Err(e) => return fail(format!("--tenant: {e}")),
+    };
+    let since_checkpoint = match since_checkpoint {
+        None => None,
+        Some(arg) if std::path::Path::new(&arg).is_file() => match std::fs::read_to_string(&arg) {
+            Ok(text) => Some(crate::service::report::checkpoint_note_in(&text)),
+            Err(e) => return fail(format!("--since-checkpoint {arg}: {e}")),
+        },
+        Some(note) => Some(crate::service::report::checkpoint_note_in(&note)),
+    };
+    let services = match crate::startup::services(settings, 2) {
+        Ok(s) => s,
+        Err(e) => return fail(e),
+    };
+    let operator = std::env::var("USER").unwrap_or_else(|_| "operator".into());
+    let request = crate::service::ReportRequest { from, to, patient, since_checkpoint };
+    let report = match services.audit_report(&operator_caller(&operator, tenant), request) {
+        Ok(r) => r,
+        Err(crate::service::ServiceError::BadRequest(issues)) => {
+            return fail(issues.iter().map(|i| i.diagnostics.as_str()).collect::<Vec<_>>().join("; "));
+        }
+        Err(e) => return fail(e),
+    };
+    let written = match &out {
+        Some(path) => std::fs::write(path, report.html.as_bytes()),
+        None => std::io::Write::write_all(&mut std::io::stdout().lock(), report.html.as_bytes()),
+    };
+    if let Err(e) = written {
+        return fail(format!("the report could not be written: {e}"));
+    }
+    if report.verified {
+        eprintln!("report written; the tenant's log verified");
+    } else {
+        eprintln!("report written; the tenant's log did NOT verify (see the report's first section)");
+    }
+    ExitCode::SUCCESS
 }
 
 /// The operator of the command line as an auditor of `tenant`.

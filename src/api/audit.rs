@@ -212,3 +212,50 @@ fn disclosure_json(d: &crate::service::Disclosure) -> serde_json::Value {
         "seq": d.seq,
     })
 }
+
+#[derive(Deserialize)]
+pub struct ReportQuery {
+    from: String,
+    to: String,
+    patient: Option<String>,
+    since_checkpoint: Option<String>,
+}
+
+/// A checkpoint note as a query parameter: base64 of its bytes (standard or URL-safe
+/// alphabet, padding optional), since a query string may not carry the note's newlines.
+fn note_parameter(raw: &str) -> Result<String, ApiError> {
+    use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
+    let trimmed = raw.trim().trim_end_matches('=');
+    let bytes = STANDARD_NO_PAD.decode(trimmed).or_else(|_| URL_SAFE_NO_PAD.decode(trimmed));
+    bytes
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .ok_or_else(|| ApiError::bad_request(crate::fhir::IssueCode::Value, "since_checkpoint must be the base64 of a checkpoint note"))
+}
+
+/// `GET /audit/report`: the reviewer's report, one self-contained HTML page (inline style
+/// and SVG, no script, nothing fetched), with a Content-Security-Policy allowing only its
+/// own inline style.
+#[utoipa::path(get, path = "/audit/report", tag = "audit",
+    params(("from" = String, Query, format = DateTime, description = "RFC 3339, inclusive"),
+        ("to" = String, Query, format = DateTime, description = "RFC 3339, exclusive; after from, at most 366 days later"),
+        ("patient" = Option<String>, Query, pattern = r"^Patient/[A-Za-z0-9.\-]{1,64}$", description = "Patient/ID: adds who accessed that patient, and its accounting of disclosures"),
+        ("since_checkpoint" = Option<String>, Query, max_length = 5464, description = "base64 of the signed checkpoint note of a previous report (at most 4096 bytes): the report says whether the log is still consistent with it")),
+    responses((status = 200, description = "The report: one HTML page, led by whether the tenant's log verified (a log that does not verify is reported, not refused)",
+            content_type = "text/html"),
+        (status = 400, description = "from/to missing or not RFC 3339, to not after from or over 366 days later, patient not Patient/ID, or since_checkpoint not base64 of a note of at most 4096 bytes (OperationOutcome)"),
+        (status = 403, description = "Not an auditor (OperationOutcome)"),
+        (status = 503, description = "Database or ledger unavailable; retry (OperationOutcome)")))]
+pub async fn report(state: web::Data<AppState>, caller: Caller, q: web::Query<ReportQuery>) -> Result<HttpResponse, ApiError> {
+    let ReportQuery { from, to, patient, since_checkpoint } = q.into_inner();
+    let since_checkpoint = since_checkpoint.filter(|s| !s.trim().is_empty()).map(|s| note_parameter(&s)).transpose()?;
+    let services = state.services.clone();
+    let request = crate::service::ReportRequest { from, to, patient, since_checkpoint };
+    let report = blocking(move || Ok(services.audit_report(&caller, request)?)).await?;
+    Ok(HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .insert_header(("Content-Security-Policy", report.content_security_policy))
+        .insert_header(("Content-Disposition", format!("inline; filename=\"{}\"", report.file_name)))
+        .insert_header(("X-Ledger-Verified", if report.verified { "true" } else { "false" }))
+        .body(report.html))
+}

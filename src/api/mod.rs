@@ -77,7 +77,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .service(web::resource("/proof/inclusion").route(web::get().to(audit::inclusion)).default_service(not_allowed("GET")))
                 .service(web::resource("/proof/consistency").route(web::get().to(audit::consistency)).default_service(not_allowed("GET")))
                 .service(web::resource("/export").route(web::get().to(audit::export)).default_service(not_allowed("GET")))
-                .service(web::resource("/disclosures").route(web::get().to(audit::disclosures)).default_service(not_allowed("GET"))),
+                .service(web::resource("/disclosures").route(web::get().to(audit::disclosures)).default_service(not_allowed("GET")))
+                .service(web::resource("/report").route(web::get().to(audit::report)).default_service(not_allowed("GET"))),
         )
         .service(
             web::scope("/admin")

@@ -71,6 +71,7 @@ impl utoipa::Modify for EdgeResponses {
         audit::consistency,
         audit::export,
         audit::disclosures,
+        audit::report,
         sync::changes,
         sync::push,
         sync::conflicts,

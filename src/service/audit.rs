@@ -267,7 +267,7 @@ pub mod queries {
         /// Lets auditors through; any other caller's attempt is ledgered as denied
         /// (`action`: `read` for the log itself, `export` for exports and disclosures)
         /// before the 403.
-        fn auditor(&self, caller: &Caller, action: AuditAction) -> Result<(), ServiceError> {
+        pub(crate) fn auditor(&self, caller: &Caller, action: AuditAction) -> Result<(), ServiceError> {
             if self.policy.has_capability(&caller.principal, Capability::Audit) {
                 return Ok(());
             }
@@ -419,26 +419,41 @@ pub mod queries {
         /// recorded in the sealed legacy log before logs were per tenant, then the tenant's.
         pub fn disclosures(&self, caller: &Caller, patient: &str) -> Result<Vec<Disclosure>, ServiceError> {
             self.auditor(caller, AuditAction::Export)?;
-            let tenant = caller.principal.tenant.to_string();
+            let mut out = Vec::new();
+            self.each_disclosure(caller.principal.tenant.as_str(), patient, None, &mut |d| out.push(d))?;
+            Ok(out)
+        }
+
+        /// The accounting of disclosures of `patient` in `tenant`, one at a time, oldest
+        /// first, restricted to entry times `[from, to)` (RFC 3339) when `period` is given.
+        /// Read in batches: a long accounting never sits in memory. Callers check the
+        /// caller's right first.
+        pub(crate) fn each_disclosure(
+            &self,
+            tenant: &str,
+            patient: &str,
+            period: Option<(&str, &str)>,
+            visit: &mut dyn FnMut(Disclosure),
+        ) -> Result<(), ServiceError> {
             let filter = EntryFilter {
                 log: log::LEGACY_LOG.to_owned(),
-                tenant: Some(tenant.clone()),
+                tenant: Some(tenant.to_owned()),
                 patient: Some(patient_ref(patient)?),
                 outcome: Some(AuditOutcome::Success.as_str().to_owned()),
+                time_from: period.map(|(from, _)| rfc3339(from, "from")).transpose()?,
+                time_to: period.map(|(_, to)| rfc3339(to, "to")).transpose()?,
                 ..EntryFilter::default()
             };
             let mut conn = self.store.conn()?;
-            let mut out = Vec::new();
-            self.disclosures_in(&mut conn, &filter, &mut out)?;
-            self.disclosures_in(&mut conn, &EntryFilter { log: tenant, tenant: None, ..filter }, &mut out)?;
-            Ok(out)
+            self.disclosures_in(&mut conn, &filter, visit)?;
+            self.disclosures_in(&mut conn, &EntryFilter { log: tenant.to_owned(), tenant: None, ..filter }, visit)
         }
 
         fn disclosures_in(
             &self,
             conn: &mut crate::store::DbConnection,
             filter: &EntryFilter,
-            out: &mut Vec<Disclosure>,
+            visit: &mut dyn FnMut(Disclosure),
         ) -> Result<(), ServiceError> {
             let mut after = 0i64;
             loop {
@@ -448,7 +463,7 @@ pub mod queries {
                 for row in batch.iter().filter(|r| r.action != AuditAction::Export.as_str()) {
                     let entry: crate::ledger::entry::Entry =
                         serde_json::from_str(&row.leaf).map_err(ServiceError::corrupt_by("ledger entry leaf"))?;
-                    out.push(Disclosure {
+                    visit(Disclosure {
                         log: filter.log.clone(),
                         seq: entry.seq,
                         date: entry.time,

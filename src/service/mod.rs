@@ -15,6 +15,7 @@ mod error;
 pub mod export_format;
 mod group_commit;
 pub mod keyring;
+pub mod report;
 pub mod resources;
 pub mod retention;
 pub mod search_params;
@@ -26,6 +27,7 @@ pub use audit::queries::{Disclosure, ExportRequest, Exported, PreparedExport};
 pub use audit::{LedgerHealth, LogHealth};
 pub use error::ServiceError;
 pub use group_commit::WriterThread;
+pub use report::{Rendered as RenderedReport, ReportRequest};
 pub use search_params::{DEFAULT_COUNT, MAX_COUNT, MAX_OFFSET};
 
 use crate::authz::AccessPolicy;

@@ -176,6 +176,19 @@ pub fn all_checkpoints(conn: &mut DbConnection, log: &str) -> QueryResult<Vec<Ch
         .load(conn)
 }
 
+/// Up to `limit` checkpoints of `log` with `from <= size <= to`, by size (a reader walks
+/// them in step with the entries without holding them all).
+pub fn checkpoints_between(conn: &mut DbConnection, log: &str, from: i64, to: i64, limit: i64) -> QueryResult<Vec<CheckpointRow>> {
+    ledger_checkpoints::table
+        .filter(ledger_checkpoints::log.eq(log))
+        .filter(ledger_checkpoints::size.ge(from))
+        .filter(ledger_checkpoints::size.le(to))
+        .order(ledger_checkpoints::size.asc())
+        .limit(limit)
+        .select(CheckpointRow::as_select())
+        .load(conn)
+}
+
 /// Stores a checkpoint; another instance may have stored the same size first (then this
 /// one is not stored and `false` is returned). Runs in its own (sub)transaction.
 pub fn insert_checkpoint(conn: &mut DbConnection, row: &CheckpointRow) -> QueryResult<bool> {

@@ -202,6 +202,62 @@ pub fn destructions_of_patients(conn: &mut DbConnection, tenant: &str, patients:
         .load(conn)
 }
 
+/// Up to `limit` of the tenant's destruction records made in `[from, to)` (RFC 3339 UTC
+/// text, compared as text), oldest first.
+pub fn destructions_between(conn: &mut DbConnection, tenant: &str, from: &str, to: &str, limit: i64) -> QueryResult<Vec<DestructionRow>> {
+    retention_destructions::table
+        .filter(retention_destructions::tenant.eq(tenant))
+        .filter(retention_destructions::destroyed_at.ge(from))
+        .filter(retention_destructions::destroyed_at.lt(to))
+        .order((retention_destructions::destroyed_at.asc(), retention_destructions::patient_id.asc()))
+        .limit(limit)
+        .select(DestructionRow::as_select())
+        .load(conn)
+}
+
+/// How many of the tenant's destruction records were made in `[from, to)`.
+pub fn count_destructions_between(conn: &mut DbConnection, tenant: &str, from: &str, to: &str) -> QueryResult<i64> {
+    retention_destructions::table
+        .filter(retention_destructions::tenant.eq(tenant))
+        .filter(retention_destructions::destroyed_at.ge(from))
+        .filter(retention_destructions::destroyed_at.lt(to))
+        .count()
+        .get_result(conn)
+}
+
+/// Up to `limit` of the tenant's legal holds in force at some time in `[from, to)`: placed
+/// before `to` and not released before `from`; oldest first.
+pub fn holds_overlapping(conn: &mut DbConnection, tenant: &str, from: &str, to: &str, limit: i64) -> QueryResult<Vec<HoldRow>> {
+    legal_holds::table
+        .filter(legal_holds::tenant.eq(tenant))
+        .filter(legal_holds::created_at.lt(to))
+        .filter(legal_holds::released_at.is_null().or(legal_holds::released_at.ge(from)))
+        .order((legal_holds::created_at.asc(), legal_holds::id.asc()))
+        .limit(limit)
+        .select(HoldRow::as_select())
+        .load(conn)
+}
+
+/// How many of the tenant's legal holds were in force at some time in `[from, to)`.
+pub fn count_holds_overlapping(conn: &mut DbConnection, tenant: &str, from: &str, to: &str) -> QueryResult<i64> {
+    legal_holds::table
+        .filter(legal_holds::tenant.eq(tenant))
+        .filter(legal_holds::created_at.lt(to))
+        .filter(legal_holds::released_at.is_null().or(legal_holds::released_at.ge(from)))
+        .count()
+        .get_result(conn)
+}
+
+/// Ids of the runs started before `to` that had not finished before `from` (or never did):
+/// the runs whose work can fall in `[from, to)`.
+pub fn run_ids_overlapping(conn: &mut DbConnection, from: &str, to: &str) -> QueryResult<Vec<String>> {
+    retention_runs::table
+        .filter(retention_runs::started_at.lt(to))
+        .filter(retention_runs::finished_at.is_null().or(retention_runs::finished_at.ge(from)))
+        .select(retention_runs::id)
+        .load(conn)
+}
+
 /// Tenants that hold Patient records.
 pub fn tenants(conn: &mut DbConnection) -> QueryResult<Vec<String>> {
     resources::table

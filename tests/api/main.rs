@@ -23,6 +23,7 @@ mod keystore;
 mod ledger;
 mod logs;
 mod ops;
+mod report;
 mod retention;
 mod schema;
 mod search;
