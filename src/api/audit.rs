@@ -241,7 +241,7 @@ fn note_parameter(raw: &str) -> Result<String, ApiError> {
         ("to" = String, Query, format = DateTime, description = "RFC 3339, exclusive; after from, at most 366 days later"),
         ("patient" = Option<String>, Query, pattern = r"^Patient/[A-Za-z0-9.\-]{1,64}$", description = "Patient/ID: adds who accessed that patient, and its accounting of disclosures"),
         ("since_checkpoint" = Option<String>, Query, max_length = 5464, description = "base64 of the signed checkpoint note of a previous report (at most 4096 bytes): the report says whether the log is still consistent with it")),
-    responses((status = 200, description = "The report: one HTML page, led by whether the tenant's log verified (a log that does not verify is reported, not refused)",
+    responses((status = 200, description = "The report: one HTML page, led by whether the tenant's log verified (a log that does not verify is reported, not refused; header X-Ledger-Verified: true or false)",
             content_type = "text/html"),
         (status = 400, description = "from/to missing or not RFC 3339, to not after from or over 366 days later, patient not Patient/ID, or since_checkpoint not base64 of a note of at most 4096 bytes (OperationOutcome)"),
         (status = 403, description = "Not an auditor (OperationOutcome)"),

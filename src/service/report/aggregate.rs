@@ -250,7 +250,7 @@ pub struct Aggregates {
     pub log_entries: u64,
     /// Entries of the period.
     pub in_period: u64,
-    /// Entries of the period whose time does not parse (counted nowhere else).
+    /// Entries whose time does not parse (counted nowhere else).
     pub bad_times: u64,
     /// `per_day[d][s]`: entries of series [`ACCESS_SERIES`]`[s]` on day `d`.
     pub per_day: Vec<Vec<u64>>,

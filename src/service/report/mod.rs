@@ -235,3 +235,19 @@ impl Services {
         Ok(Rendered { html, content_security_policy, verified, file_name })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOTE: &str = "carevault.local/ledger/t\n3\nq83vEjsxE1c=\n\n\u{2014} carevault.local/ledger/t AAAA\n";
+
+    #[test]
+    fn a_previous_checkpoint_is_found_in_a_report_in_checkpoint_json_or_as_itself() {
+        let page = format!("<html><body><pre id=\"checkpoint-note\">{}</pre></body></html>", html::escape(NOTE));
+        assert_eq!(checkpoint_note_in(&page), NOTE);
+        let json = serde_json::json!({"origin": "o", "size": 3, "note": NOTE}).to_string();
+        assert_eq!(checkpoint_note_in(&json), NOTE);
+        assert_eq!(checkpoint_note_in(NOTE), NOTE);
+    }
+}
