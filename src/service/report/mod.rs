@@ -6,11 +6,12 @@
 //! the root the checkpoint must sign ([`crate::ledger::replay`]), every entry handed to
 //! [`aggregate`] on the way, so memory does not grow with the log. The retention tables
 //! add the destruction records and legal holds, the accounting of disclosures its list for
-//! one patient; [`html`] and [`svg`] render it all. Patients appear by id, actors by
+//! one patient; [`html`] renders the page (the banner; `sections` the rest) and [`svg`] its charts. Patients appear by id, actors by
 //! subject: the ledger holds no PHI values, and nothing else is read.
 
 pub mod aggregate;
 pub mod html;
+mod sections;
 pub mod svg;
 
 use std::collections::HashSet;
