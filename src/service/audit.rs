@@ -268,12 +268,7 @@ pub mod queries {
         /// (`action`: `read` for the log itself, `export` for exports and disclosures)
         /// before the 403.
         pub(crate) fn auditor(&self, caller: &Caller, action: AuditAction) -> Result<(), ServiceError> {
-            if self.policy.has_capability(&caller.principal, Capability::Audit) {
-                return Ok(());
-            }
-            tracing::info!(action = action.as_str(), "audit access denied");
-            self.record(vec![caller.entry(action, None, None, AuditOutcome::Denied)])?;
-            Err(ServiceError::Forbidden)
+            self.require_capability(caller, &[Capability::Audit], action, None, None)
         }
 
         /// The origin of `log`'s checkpoints.

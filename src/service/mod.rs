@@ -109,18 +109,14 @@ impl Services {
     pub fn shred(&self, caller: &Caller, owner: &crate::domain::Reference) -> Result<bool, ServiceError> {
         use crate::domain::{AuditAction, AuditOutcome, ResourceType};
         let patient = (owner.resource_type == ResourceType::Patient).then(|| owner.to_string());
-        if !self.policy.has_capability(&caller.principal, crate::authz::Capability::Keys) {
-            tracing::info!("crypto-shredding refused: the caller lacks the keys capability");
-            self.record(vec![caller.entry(AuditAction::Purge, Some(owner.to_string()), patient, AuditOutcome::Denied)])?;
-            return Err(ServiceError::Forbidden);
-        }
+        self.require_capability(caller, &[crate::authz::Capability::Keys], AuditAction::Purge, Some(owner.to_string()), patient.clone())?;
         let mut conn = self.store.conn()?;
         let entry = caller.entry(AuditAction::Purge, Some(owner.to_string()), patient, AuditOutcome::Success);
         let tenant = caller.principal.tenant.as_str();
         let destroyed = crate::store::write_transaction(&mut conn, |tx| {
             if owner.resource_type == ResourceType::Patient {
                 crate::store::retention::lock_patient(tx, tenant, owner.id.as_str())?;
-                if crate::store::retention::active_holds(tx, tenant)?.contains_key(owner.id.as_str()) {
+                if !crate::store::retention::active_holds_of(tx, tenant, owner.id.as_str())?.is_empty() {
                     return Err(ServiceError::Conflict("the patient is under a legal hold"));
                 }
             }
@@ -130,6 +126,24 @@ impl Services {
         })?;
         tracing::warn!(owner = %owner, destroyed, "data key destroyed (crypto-shredding)");
         Ok(destroyed)
+    }
+
+    /// Lets through a caller with any of `capabilities`; any other caller's attempt is
+    /// ledgered as denied (`action` on `resource`, naming `patient`) before the 403.
+    pub(crate) fn require_capability(
+        &self,
+        caller: &Caller,
+        capabilities: &[crate::authz::Capability],
+        action: crate::domain::AuditAction,
+        resource: Option<String>,
+        patient: Option<String>,
+    ) -> Result<(), ServiceError> {
+        if capabilities.iter().any(|c| self.policy.has_capability(&caller.principal, *c)) {
+            return Ok(());
+        }
+        tracing::info!(action = action.as_str(), "refused: the caller lacks the capability");
+        self.record(vec![caller.entry(action, resource, patient, crate::domain::AuditOutcome::Denied)])?;
+        Err(ServiceError::Forbidden)
     }
 
     /// Whether any of the caller's roles may break the glass.

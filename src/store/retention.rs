@@ -129,6 +129,17 @@ pub fn active_holds(conn: &mut DbConnection, tenant: &str) -> QueryResult<HashMa
     Ok(by_patient)
 }
 
+/// The active holds of one patient of the tenant, oldest first.
+pub fn active_holds_of(conn: &mut DbConnection, tenant: &str, patient: &str) -> QueryResult<Vec<HoldRow>> {
+    legal_holds::table
+        .filter(legal_holds::tenant.eq(tenant))
+        .filter(legal_holds::patient_id.eq(patient))
+        .filter(legal_holds::released_at.is_null())
+        .order((legal_holds::created_at.asc(), legal_holds::id.asc()))
+        .select(HoldRow::as_select())
+        .load(conn)
+}
+
 pub fn find_hold(conn: &mut DbConnection, tenant: &str, id: &str) -> QueryResult<Option<HoldRow>> {
     legal_holds::table
         .filter(legal_holds::tenant.eq(tenant))

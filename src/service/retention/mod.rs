@@ -112,11 +112,7 @@ impl<'s> RetentionService<'s> {
         action: AuditAction,
         resource: Option<String>,
     ) -> Result<(), ServiceError> {
-        if capabilities.iter().any(|c| self.services.policy.has_capability(&caller.principal, *c)) {
-            return Ok(());
-        }
-        self.services.record(vec![caller.entry(action, resource, None, AuditOutcome::Denied)])?;
-        Err(ServiceError::Forbidden)
+        self.services.require_capability(caller, capabilities, action, resource, None)
     }
 
     /// Places a legal hold on a patient of the caller's tenant (the `legal_holds`
@@ -209,29 +205,25 @@ impl<'s> RetentionService<'s> {
         let mut conn = self.services.store.conn()?;
         let runs = rows::runs(&mut conn, MAX_RUNS)?;
         let ids: Vec<String> = runs.iter().map(|r| r.id.clone()).collect();
-        let mut destructions = rows::destructions_of(&mut conn, caller.principal.tenant.as_str(), &ids)?;
+        let mut by_run: std::collections::HashMap<String, Vec<Destruction>> = std::collections::HashMap::new();
+        for d in rows::destructions_of(&mut conn, caller.principal.tenant.as_str(), &ids)? {
+            by_run.entry(d.run_id).or_default().push(Destruction {
+                patient: format!("Patient/{}", d.patient_id),
+                rule: d.rule,
+                category: d.category,
+                resources: serde_json::from_str(&d.resources).unwrap_or(serde_json::Value::Null),
+                destroyed_at: d.destroyed_at,
+            });
+        }
         Ok(runs
             .into_iter()
-            .map(|run| {
-                let (mine, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut destructions).into_iter().partition(|d| d.run_id == run.id);
-                destructions = rest;
-                Run {
-                    destructions: mine
-                        .into_iter()
-                        .map(|d| Destruction {
-                            patient: format!("Patient/{}", d.patient_id),
-                            rule: d.rule,
-                            category: d.category,
-                            resources: serde_json::from_str(&d.resources).unwrap_or(serde_json::Value::Null),
-                            destroyed_at: d.destroyed_at,
-                        })
-                        .collect(),
-                    id: run.id,
-                    trigger: run.trigger_kind,
-                    evaluated_at: run.evaluated_at,
-                    started_at: run.started_at,
-                    finished_at: run.finished_at,
-                }
+            .map(|run| Run {
+                destructions: by_run.remove(&run.id).unwrap_or_default(),
+                id: run.id,
+                trigger: run.trigger_kind,
+                evaluated_at: run.evaluated_at,
+                started_at: run.started_at,
+                finished_at: run.finished_at,
             })
             .collect())
     }

@@ -58,7 +58,8 @@ impl RetentionService<'_> {
         let patient_ref = format!("Patient/{}", order.patient);
         let (purged, cursor) = write_transaction(conn, |tx| {
             rows::lock_patient(tx, tenant, order.patient)?;
-            if let Some(holds) = rows::active_holds(tx, tenant)?.remove(order.patient) {
+            let holds = rows::active_holds_of(tx, tenant, order.patient)?;
+            if !holds.is_empty() {
                 return Ok((Purged::Held(holds.into_iter().map(|h| h.id).collect()), None));
             }
             let records = rows::compartment_records(tx, tenant, order.patient)?;
