@@ -187,6 +187,45 @@ pub fn from_hex(text: &str) -> Option<Hash> {
     Some(out)
 }
 
+/// The right frontier of a tree being built leaf by leaf: the roots of its complete
+/// subtrees, largest first (O(log n) hashes), enough for the root at every size.
+#[derive(Debug, Default, Clone)]
+pub struct Frontier {
+    nodes: Vec<(u32, Hash)>,
+    size: u64,
+}
+
+impl Frontier {
+    /// Appends a leaf hash, merging equal-sized subtrees; `completed` sees every subtree
+    /// the leaf completes as `(level, index, hash)`, the leaf itself first.
+    pub fn push(&mut self, leaf: Hash, mut completed: impl FnMut(u32, u64, Hash)) {
+        let (mut level, mut h, mut index) = (0u32, leaf, self.size);
+        completed(level, index, h);
+        while let Some((l, left)) = self.nodes.last().copied()
+            && l == level
+        {
+            self.nodes.pop();
+            h = node_hash(&left, &h);
+            level += 1;
+            index /= 2;
+            completed(level, index, h);
+        }
+        self.nodes.push((level, h));
+        self.size += 1;
+    }
+
+    /// The root of the leaves pushed so far.
+    pub fn root(&self) -> Hash {
+        let mut iter = self.nodes.iter().rev();
+        let Some((_, last)) = iter.next() else { return empty_root() };
+        iter.fold(*last, |right, (_, left)| node_hash(left, &right))
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+}
+
 /// Complete-subtree hashes held in memory, built by appending leaves.
 #[derive(Debug, Default, Clone)]
 pub struct MemoryTree {
@@ -218,6 +257,22 @@ impl NodeSource for MemoryTree {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_frontier_gives_the_rfc6962_root_and_the_subtrees_it_completes() {
+        let mut tree = MemoryTree::default();
+        let mut frontier = Frontier::default();
+        assert_eq!(frontier.root(), empty_root());
+        for i in 0..37u64 {
+            let leaf = format!("leaf {i}");
+            tree.push(leaf.as_bytes());
+            frontier.push(leaf_hash(leaf.as_bytes()), |level, index, hash| {
+                assert_eq!(tree.node(level, index).unwrap(), hash, "subtree ({level}, {index}) after leaf {i}");
+            });
+            assert_eq!(frontier.root(), root(&mut tree, i + 1).unwrap());
+            assert_eq!(frontier.size(), i + 1);
+        }
+    }
 
     /// RFC 6962 MTH straight from the definition, over all leaves: the reference.
     fn mth(leaves: &[Vec<u8>]) -> Hash {

@@ -9,9 +9,8 @@
 
 use crate::ledger::checkpoint;
 use crate::ledger::entry::Entry;
-use crate::ledger::log::{LEGACY_LOG, log_of};
 use crate::ledger::merkle::{self, Hash, to_hex};
-use crate::ledger::verify::Mismatch;
+use crate::ledger::verify::{Mismatch, read, row_matches_leaf};
 use crate::store::DbConnection;
 use crate::store::ledger as rows;
 
@@ -42,30 +41,11 @@ pub struct Replayed {
     pub first_mismatch: Option<Mismatch>,
 }
 
-/// The root of the leaves folded so far, from the frontier (largest subtree first).
-fn frontier_root(frontier: &[(u32, Hash)]) -> Hash {
-    let mut iter = frontier.iter().rev();
-    let Some((_, last)) = iter.next() else { return merkle::empty_root() };
-    iter.fold(*last, |right, (_, left)| merkle::node_hash(left, &right))
-}
-
-fn push_leaf(frontier: &mut Vec<(u32, Hash)>, hash: Hash) {
-    let (mut level, mut h) = (0u32, hash);
-    while let Some((l, left)) = frontier.last().copied()
-        && l == level
-    {
-        frontier.pop();
-        h = merkle::node_hash(&left, &h);
-        level += 1;
-    }
-    frontier.push((level, h));
-}
-
 struct State<'a> {
     log: &'a str,
     origin: &'a str,
     public_key: &'a [u8],
-    frontier: Vec<(u32, Hash)>,
+    frontier: merkle::Frontier,
     /// Leaves hashed, in order; stops growing at the first missing entry.
     hashed: u64,
     intact: bool,
@@ -114,7 +94,7 @@ impl State<'_> {
         let anchor_due = self.anchor.filter(|a| a.size == size);
         let mut root = None;
         if let Some(anchor) = anchor_due {
-            let r = *root.get_or_insert_with(|| frontier_root(&self.frontier));
+            let r = *root.get_or_insert_with(|| self.frontier.root());
             let matched = anchor.root == r;
             self.anchor_matched = Some(matched);
             if !matched {
@@ -128,7 +108,7 @@ impl State<'_> {
             }
             self.next_checkpoint += 1;
             self.checked += 1;
-            let r = *root.get_or_insert_with(|| frontier_root(&self.frontier));
+            let r = *root.get_or_insert_with(|| self.frontier.root());
             if c.root_hash != to_hex(&r) {
                 // Tell a genuine checkpoint over other entries from a row the key never signed.
                 let what = match checkpoint::verify(&c.note, self.origin, self.public_key) {
@@ -141,10 +121,6 @@ impl State<'_> {
         }
         Ok(())
     }
-}
-
-fn read(e: diesel::result::Error) -> Mismatch {
-    Mismatch::Read(e.to_string())
 }
 
 /// Replays the first `size` entries of `log` (signed as `origin`), calling `visit` with
@@ -163,7 +139,7 @@ pub fn replay(
         log,
         origin,
         public_key,
-        frontier: Vec::new(),
+        frontier: merkle::Frontier::default(),
         hashed: 0,
         intact: true,
         checkpoints: Vec::new(),
@@ -202,15 +178,7 @@ pub fn replay(
                 st.intact = false;
                 continue;
             };
-            let in_its_log = log == LEGACY_LOG || log_of(&entry) == log;
-            let columns_match = entry.seq == seq
-                && entry.time == row.time
-                && entry.tenant == row.tenant
-                && entry.actor.sub == row.actor_sub
-                && entry.action.as_str() == row.action
-                && entry.patient == row.patient
-                && entry.outcome.as_str() == row.outcome;
-            if !in_its_log || !columns_match {
+            if !row_matches_leaf(log, seq, row, &entry) {
                 st.note(Mismatch::Entry { seq, what: "stored columns differ from the leaf".into() });
             }
             let hash = merkle::leaf_hash(row.leaf.as_bytes());
@@ -218,7 +186,7 @@ pub fn replay(
                 st.note(Mismatch::Entry { seq, what: "leaf hash does not match the leaf bytes".into() });
             }
             if st.intact {
-                push_leaf(&mut st.frontier, hash);
+                st.frontier.push(hash, |_, _, _| {});
                 st.hashed += 1;
                 st.compare_at_size(conn, size)?;
             }
@@ -230,24 +198,6 @@ pub fn replay(
         st.note(Mismatch::Entry { seq: next, what: format!("missing: the log ends at {next} of {size} entries (truncated)") });
         st.intact = false;
     }
-    let root = (st.intact && st.hashed == size).then(|| frontier_root(&st.frontier));
+    let root = (st.intact && st.hashed == size).then(|| st.frontier.root());
     Ok(Replayed { entries, root, checkpoints: st.checked, anchor_matched: st.anchor_matched, first_mismatch: st.first })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_frontier_gives_the_rfc6962_root() {
-        let mut tree = merkle::MemoryTree::default();
-        let mut frontier = Vec::new();
-        for i in 0..37u32 {
-            let leaf = format!("leaf {i}");
-            tree.push(leaf.as_bytes());
-            push_leaf(&mut frontier, merkle::leaf_hash(leaf.as_bytes()));
-            assert_eq!(frontier_root(&frontier), merkle::root(&mut tree, u64::from(i) + 1).unwrap());
-        }
-        assert_eq!(frontier_root(&[]), merkle::empty_root());
-    }
 }

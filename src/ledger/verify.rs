@@ -37,19 +37,26 @@ pub struct Report {
     pub root: Hash,
 }
 
-fn read(e: diesel::result::Error) -> Mismatch {
+pub(super) fn read(e: diesel::result::Error) -> Mismatch {
     Mismatch::Read(e.to_string())
+}
+
+/// Whether a stored entry row says what its leaf says, in the log it belongs to: a
+/// tenant's entry in its tenant's log (the legacy log holds every kind), with its
+/// columns as the leaf has them.
+pub(super) fn row_matches_leaf(log: &str, seq: u64, row: &rows::EntryRow, entry: &Entry) -> bool {
+    (log == LEGACY_LOG || log_of(entry) == log)
+        && entry.seq == seq
+        && entry.time == row.time
+        && entry.tenant == row.tenant
+        && entry.actor.sub == row.actor_sub
+        && entry.action.as_str() == row.action
+        && entry.patient == row.patient
+        && entry.outcome.as_str() == row.outcome
 }
 
 fn entry_error(seq: u64, what: impl Into<String>) -> Mismatch {
     Mismatch::Entry { seq, what: what.into() }
-}
-
-/// The root of the leaves folded so far, from the frontier (largest subtree first).
-fn frontier_root(frontier: &[(u32, Hash)]) -> Hash {
-    let mut iter = frontier.iter().rev();
-    let Some((_, last)) = iter.next() else { return merkle::empty_root() };
-    iter.fold(*last, |right, (_, left)| merkle::node_hash(left, &right))
 }
 
 /// Verifies every log the database holds, in name order; stops at the first log that
@@ -90,7 +97,7 @@ pub fn verify(conn: &mut DbConnection, log: &str, origin: &str, public_key: &[u8
         check(0, &merkle::empty_root(), at)?;
     }
 
-    let mut frontier: Vec<(u32, Hash)> = Vec::new();
+    let mut frontier = merkle::Frontier::default();
     let mut size: u64 = 0;
     loop {
         let from = i64::try_from(size).map_err(|_| Mismatch::Read("size overflow".into()))?;
@@ -112,33 +119,13 @@ pub fn verify(conn: &mut DbConnection, log: &str, origin: &str, public_key: &[u8
                 return Err(entry_error(seq, "leaf hash does not match the leaf bytes"));
             }
             let entry: Entry = serde_json::from_str(&row.leaf).map_err(|_| entry_error(seq, "leaf is not a ledger entry"))?;
-            // A tenant's entry belongs in its tenant's log; the legacy log holds every kind.
-            let in_its_log = log == LEGACY_LOG || log_of(&entry) == log;
-            let columns_match = in_its_log
-                && entry.seq == seq
-                && entry.time == row.time
-                && entry.tenant == row.tenant
-                && entry.actor.sub == row.actor_sub
-                && entry.action.as_str() == row.action
-                && entry.patient == row.patient
-                && entry.outcome.as_str() == row.outcome;
-            if !columns_match {
+            if !row_matches_leaf(log, seq, row, &entry) {
                 return Err(entry_error(seq, "stored columns differ from the leaf"));
             }
-            // Append to the frontier, merging equal-sized subtrees.
-            let (mut level, mut h, mut index) = (0u32, hash, seq);
-            completed.push((0, index, h));
-            while frontier.last().is_some_and(|(l, _)| *l == level) {
-                let (_, left) = frontier.pop().unwrap_or((0, h));
-                h = merkle::node_hash(&left, &h);
-                level += 1;
-                index /= 2;
-                completed.push((level, index, h));
-            }
-            frontier.push((level, h));
+            frontier.push(hash, |level, index, h| completed.push((level, index, h)));
             size += 1;
             if pending.contains_key(&size) {
-                due.push((size, frontier_root(&frontier)));
+                due.push((size, frontier.root()));
             }
         }
         // The stored subtree hashes completed by this batch.
@@ -165,5 +152,5 @@ pub fn verify(conn: &mut DbConnection, log: &str, origin: &str, public_key: &[u8
     if let Some(beyond) = checkpoints.iter().map(|c| u64::try_from(c.size).unwrap_or(u64::MAX)).find(|s| *s > size) {
         return Err(Mismatch::Checkpoint { size: beyond, what: format!("signed for more entries than the {size} present (truncated)") });
     }
-    Ok(Report { entries: size, checkpoints: checkpoints.len(), root: frontier_root(&frontier) })
+    Ok(Report { entries: size, checkpoints: checkpoints.len(), root: frontier.root() })
 }
