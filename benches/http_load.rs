@@ -21,7 +21,6 @@
 
 mod support;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -73,6 +72,18 @@ fn patient(i: usize) -> Value {
         "birthDate": "1970-01-01",
         "generalPractitioner": [{"reference": "Practitioner/dr1"}]
     })
+}
+
+/// Creates patient `i` as `token`; whether it was created.
+async fn create(client: reqwest::Client, base: String, token: String, i: usize) -> bool {
+    client
+        .post(format!("{base}/fhir/Patient"))
+        .bearer_auth(token)
+        .header("content-type", "application/fhir+json")
+        .body(patient(i).to_string())
+        .send()
+        .await
+        .is_ok_and(|r| r.status() == 201)
 }
 
 /// Client `c` calls `request(i)` with `i` from `c * CLIENT_STRIDE` up.
@@ -145,16 +156,7 @@ async fn isolation(opts: &Options, client: &reqwest::Client, base: &str, token_a
         move |i: usize| {
             let (c, b) = (c.clone(), b.clone());
             let tk = tokens[i / CLIENT_STRIDE].clone();
-            let body = patient(2_000_000 + i).to_string();
-            async move {
-                c.post(format!("{b}/fhir/Patient"))
-                    .bearer_auth(tk)
-                    .header("content-type", "application/fhir+json")
-                    .body(body)
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status() == 201)
-            }
+            create(c, b, tk, 2_000_000 + i)
         }
     };
     let alone = vec![token_a.to_owned(); n];
@@ -203,18 +205,8 @@ async fn main() {
     } else {
         shipped.to_owned()
     };
-    let mut raw: BTreeMap<String, String> = [
-        ("addr", "127.0.0.1:0".to_owned()),
-        ("data_dir", dir.path().display().to_string()),
-        ("database_url", database_url.clone()),
-        ("jwt_hs256_secret", secret.clone()),
-        ("policies_dir", policies_dir),
-        ("rate_limit", "0".to_owned()),
-        ("db_pool_size", "16".to_owned()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect();
+    let mut raw = support::server_settings(dir.path(), &database_url, &secret);
+    raw.insert("policies_dir".into(), policies_dir);
     if opts.pkcs11 {
         raw.extend(softhsm_token(dir.path()));
     }
@@ -304,16 +296,7 @@ async fn main() {
     let (per_client, elapsed) = scenario(&name, &opts, opts.clients, move |i| {
         let (c, b) = (c.clone(), b.clone());
         let tk = tks[(i / CLIENT_STRIDE) % tks.len()].clone();
-        let body = patient(1_000_000 + i).to_string();
-        async move {
-            c.post(format!("{b}/fhir/Patient"))
-                .bearer_auth(tk)
-                .header("content-type", "application/fhir+json")
-                .body(body)
-                .send()
-                .await
-                .is_ok_and(|r| r.status() == 201)
-        }
+        create(c, b, tk, 1_000_000 + i)
     })
     .await;
     let mut per_tenant = vec![0usize; opts.tenants];

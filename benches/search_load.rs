@@ -27,7 +27,6 @@
 
 mod support;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -293,18 +292,7 @@ async fn main() {
     let dir = tempfile::tempdir().unwrap();
     let db = support::BenchDb::new(dir.path(), "search.db");
     let secret = format!("zz-bench-secret-{}", uuid::Uuid::new_v4().simple());
-    let raw: BTreeMap<String, String> = [
-        ("addr", "127.0.0.1:0".to_owned()),
-        ("data_dir", dir.path().display().to_string()),
-        ("database_url", db.url.clone()),
-        ("jwt_hs256_secret", secret.clone()),
-        ("policies_dir", concat!(env!("CARGO_MANIFEST_DIR"), "/policies").to_owned()),
-        ("rate_limit", "0".to_owned()),
-        ("db_pool_size", "16".to_owned()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect();
+    let raw = support::server_settings(dir.path(), &db.url, &secret);
     let app = Application::build(&Settings::from_map(&raw).unwrap()).unwrap();
     let base = format!("http://{}", app.addr());
     tokio::spawn(app.run_until_stopped());

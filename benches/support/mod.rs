@@ -45,3 +45,22 @@ pub fn percentile(sorted: &[std::time::Duration], p: f64) -> f64 {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i].as_secs_f64() * 1000.0
 }
+
+/// The settings a bench's in-process server starts with: port 0, `dir` for its data (and
+/// key store), the bench's database, an HS256 secret, the shipped policies, no rate limit,
+/// 16 connections. A bench changes or adds what it measures.
+#[allow(dead_code)] // not every bench runs an in-process server
+pub fn server_settings(dir: &std::path::Path, database_url: &str, secret: &str) -> std::collections::BTreeMap<String, String> {
+    [
+        ("addr", "127.0.0.1:0".to_owned()),
+        ("data_dir", dir.display().to_string()),
+        ("database_url", database_url.to_owned()),
+        ("jwt_hs256_secret", secret.to_owned()),
+        ("policies_dir", concat!(env!("CARGO_MANIFEST_DIR"), "/policies").to_owned()),
+        ("rate_limit", "0".to_owned()),
+        ("db_pool_size", "16".to_owned()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect()
+}
