@@ -40,7 +40,7 @@ fn benches(c: &mut Criterion) {
     let policy = EncryptionPolicy::load(std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/policies"))).unwrap();
     let keystore_url = carevault::store::DatabaseUrl::parse(&format!("sqlite://{}", dir.path().join("keystore.db").display())).unwrap();
     let keystore = carevault::store::Store::open_keystore(&keystore_url, 1).unwrap();
-    let codec = Codec::new(KeyRing::new(std::sync::Arc::new(provider), keystore), policy);
+    let codec = Codec::new(KeyRing::new(std::sync::Arc::new(provider), keystore).unwrap(), policy);
     let tenant = TenantId::parse("tenant-1").unwrap();
     let id = ResourceId::generate();
     let dek = DataKey { key_id: 42, key: Key::generate().unwrap() };

@@ -18,6 +18,14 @@
 //! initialises in the SoftHSM2 `SOFTHSM2_CONF` names (module: `CAREVAULT_BENCH_PKCS11_MODULE`,
 //! default Debian's); `--tenant-key-cache-secs N` sets `CAREVAULT_TENANT_KEY_CACHE_SECS`
 //! (0: every use of a tenant key asks the provider).
+//!
+//! `--targets` measures what issue 17's table names, with `wrk` (Debian package `wrk`) as
+//! the load generator: `wrk -t1 -c16 -d{--seconds, default 20}s --latency` against the
+//! in-process server, for audited sealed creates of a 763-byte Patient, reads of the 500
+//! seeded patients in the clinician's care set, and `family=` searches among them; then
+//! prints each figure next to its target for the backend (SQLite, or PostgreSQL with
+//! CAREVAULT_BENCH_POSTGRES_URL; there the key store is a second fresh schema, as in
+//! production). The feed's targets are `cargo bench --bench sync_load -- --targets`.
 
 mod support;
 
@@ -43,6 +51,8 @@ struct Options {
     pkcs11: bool,
     /// `tenant_key_cache_secs`, when given.
     tenant_key_cache_secs: Option<u64>,
+    /// wrk against issue 17's targets instead of the scenarios.
+    targets: bool,
 }
 
 fn options() -> Options {
@@ -51,7 +61,7 @@ fn options() -> Options {
         args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default)
     };
     Options {
-        seconds: get("--seconds", 10),
+        seconds: get("--seconds", if args.iter().any(|a| a == "--targets") { 20 } else { 10 }),
         clients: get("--clients", 16) as usize,
         seed: get("--seed", 500) as usize,
         no_encryption: args.iter().any(|a| a == "--no-encryption"),
@@ -59,6 +69,7 @@ fn options() -> Options {
         isolation: args.iter().any(|a| a == "--isolation"),
         pkcs11: args.iter().any(|a| a == "--pkcs11"),
         tenant_key_cache_secs: args.iter().any(|a| a == "--tenant-key-cache-secs").then(|| get("--tenant-key-cache-secs", 0)),
+        targets: args.iter().any(|a| a == "--targets"),
     }
 }
 
@@ -193,6 +204,7 @@ async fn main() {
     let opts = options();
     let dir = tempfile::tempdir().unwrap();
     let db = support::BenchDb::new(dir.path(), "bench.db");
+    let keystore = support::BenchDb::new(dir.path(), "keystore.db");
     let database_url = db.url.clone();
     let secret = format!("zz-bench-secret-{}", uuid::Uuid::new_v4().simple());
     let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/policies");
@@ -207,6 +219,7 @@ async fn main() {
     };
     let mut raw = support::server_settings(dir.path(), &database_url, &secret);
     raw.insert("policies_dir".into(), policies_dir);
+    raw.insert("keystore_url".into(), keystore.url.clone());
     if opts.pkcs11 {
         raw.extend(softhsm_token(dir.path()));
     }
@@ -269,6 +282,10 @@ async fn main() {
         assert_eq!(r.status(), 201);
         ids.push(r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned());
     }
+    if opts.targets {
+        targets::run(&opts, dir.path(), &base, &token, &ids, &db);
+        return;
+    }
     let ids = Arc::new(ids);
 
     let (c, b, t) = (client.clone(), base.clone(), token.clone());
@@ -312,6 +329,172 @@ async fn main() {
         opts.clients,
         shares.join(", ")
     );
+}
+
+/// Issue 17's HTTP targets, measured with wrk.
+mod targets {
+    use super::{Options, support};
+
+    /// What is measured, its wrk script, and its targets on SQLite and PostgreSQL:
+    /// (req/s at least, p99 in ms under; `None` where the issue names no latency).
+    struct Target {
+        what: &'static str,
+        script: String,
+        sqlite: (f64, Option<f64>),
+        postgres: (f64, Option<f64>),
+    }
+
+    /// A Patient of 763 bytes as JSON text, like the one the issue's figures were measured
+    /// with: identifiers, two names, telecom, an address, in dr1's care.
+    pub fn patient_763() -> String {
+        let mut p = serde_json::json!({
+            "resourceType": "Patient",
+            "identifier": [
+                {"use": "usual", "system": "urn:oid:2.16.840.1.113883.4.1", "value": "000-00-0000"},
+                {"use": "official", "system": "http://hospital.example.org/mrn", "value": "ZZ-MRN-0000001"}
+            ],
+            "active": true,
+            "name": [
+                {"use": "official", "family": "Zz-Target", "given": ["Bench", "Load"], "prefix": ["Ms."]},
+                {"use": "nickname", "given": ["Benchy"]}
+            ],
+            "telecom": [
+                {"system": "phone", "value": "555-0100-000", "use": "home"},
+                {"system": "email", "value": "zz.bench@example.org", "use": "work"}
+            ],
+            "gender": "female",
+            "birthDate": "1974-12-25",
+            "address": [{"use": "home", "line": ["534 Erewhon St"], "city": "PleasantVille", "state": "Vic", "postalCode": "3999", "country": "AU"}],
+            "maritalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-MaritalStatus", "code": "M"}]},
+            "generalPractitioner": [{"reference": "Practitioner/dr1"}]
+        });
+        // Pad the free-text of the marital status to exactly 763 bytes.
+        let base = p.to_string().len() + r#","text":"""#.len();
+        p["maritalStatus"]["text"] = "M".repeat(763usize.saturating_sub(base)).into();
+        let text = p.to_string();
+        assert_eq!(text.len(), 763, "the target Patient is 763 bytes");
+        text
+    }
+
+    fn lua_string(s: &str) -> String {
+        format!("{s:?}")
+    }
+
+    fn headers(token: &str) -> String {
+        format!(
+            "wrk.headers[\"Authorization\"] = {}\nwrk.headers[\"Accept\"] = \"application/fhir+json\"\n",
+            lua_string(&format!("Bearer {token}"))
+        )
+    }
+
+    /// Round-robin over `paths`, one list per wrk thread.
+    fn rotating(token: &str, paths: &[String]) -> String {
+        let list: Vec<String> = paths.iter().map(|p| lua_string(p)).collect();
+        format!(
+            "{}paths = {{{}}}\ni = 0\nrequest = function()\n  i = i + 1\n  return wrk.format(\"GET\", paths[(i % #paths) + 1])\nend\n",
+            headers(token),
+            list.join(",")
+        )
+    }
+
+    /// What wrk reported: requests/s, p50 and p99 in ms, and requests that failed
+    /// (non-2xx answers and socket errors).
+    struct Measured {
+        rate: f64,
+        p50: f64,
+        p99: f64,
+        failed: u64,
+    }
+
+    fn millis(text: &str) -> Option<f64> {
+        let (number, unit) = text.trim().split_at(text.trim().find(|c: char| c.is_ascii_alphabetic())?);
+        let n: f64 = number.parse().ok()?;
+        Some(match unit {
+            "us" => n / 1000.0,
+            "ms" => n,
+            "s" => n * 1000.0,
+            "m" => n * 60_000.0,
+            _ => return None,
+        })
+    }
+
+    fn parse(out: &str) -> Measured {
+        let field = |prefix: &str| out.lines().find_map(|l| l.trim().strip_prefix(prefix).map(|r| r.trim().to_owned()));
+        let rate = field("Requests/sec:").and_then(|r| r.parse().ok()).unwrap_or(0.0);
+        let pct = |p: &str| field(p).and_then(|v| millis(&v)).unwrap_or(f64::NAN);
+        let mut failed = field("Non-2xx or 3xx responses:").and_then(|r| r.parse().ok()).unwrap_or(0);
+        if let Some(errors) = field("Socket errors:") {
+            failed += errors.split(',').filter_map(|part| part.split_whitespace().last()?.parse::<u64>().ok()).sum::<u64>();
+        }
+        Measured { rate, p50: pct("50%"), p99: pct("99%"), failed }
+    }
+
+    fn wrk(base: &str, path: &str, script: &std::path::Path, seconds: u64) -> Measured {
+        let out = std::process::Command::new("wrk")
+            .args(["-t1", "-c16", &format!("-d{seconds}s"), "--latency", "-s"])
+            .arg(script)
+            .arg(format!("{base}{path}"))
+            .output()
+            .expect("wrk (Debian package wrk) runs");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "wrk failed: {text}{}", String::from_utf8_lossy(&out.stderr));
+        parse(&text)
+    }
+
+    pub fn run(opts: &Options, dir: &std::path::Path, base: &str, token: &str, ids: &[String], db: &support::BenchDb) {
+        let postgres = db.backend() == "PostgreSQL";
+        if postgres {
+            // This machine's PostgreSQL runs without autovacuum: give the planner the
+            // statistics a production database has after its first autoanalyze.
+            db.analyze();
+        }
+        let create = format!(
+            "wrk.method = \"POST\"\n{}wrk.headers[\"Content-Type\"] = \"application/fhir+json\"\nwrk.body = {}\n",
+            headers(token),
+            lua_string(&patient_763())
+        );
+        let reads: Vec<String> = ids.iter().map(|id| format!("/fhir/Patient/{id}")).collect();
+        let searches: Vec<String> = (0..ids.len()).map(|i| format!("/fhir/Patient?family=zz-load-{i}")).collect();
+        let targets = [
+            Target {
+                what: "audited, sealed read",
+                script: rotating(token, &reads),
+                sqlite: (10_000.0, Some(10.0)),
+                postgres: (5_000.0, Some(20.0)),
+            },
+            Target {
+                what: "search family= in care set (500 patients)",
+                script: rotating(token, &searches),
+                sqlite: (3_000.0, None),
+                postgres: (1_500.0, None),
+            },
+            Target { what: "audited, sealed create", script: create, sqlite: (5_000.0, Some(20.0)), postgres: (2_500.0, Some(30.0)) },
+        ];
+        let mut rows = Vec::new();
+        for (n, t) in targets.iter().enumerate() {
+            let script = dir.join(format!("target-{n}.lua"));
+            std::fs::write(&script, &t.script).unwrap();
+            let path = if t.what.contains("create") { "/fhir/Patient" } else { "/" };
+            let m = wrk(base, path, &script, opts.seconds);
+            let (rate_target, p99_target) = if postgres { t.postgres } else { t.sqlite };
+            let met = m.rate >= rate_target && p99_target.is_none_or(|p| m.p99 < p) && m.failed == 0;
+            println!("{:<42} {:>8.0} req/s  p50 {:>7.2} ms  p99 {:>7.2} ms  {} failed", t.what, m.rate, m.p50, m.p99, m.failed);
+            rows.push(format!(
+                "| {} | {:.0} req/s, p99 {:.1} ms | ≥ {:.0} req/s{} | {} |",
+                t.what,
+                m.rate,
+                m.p99,
+                rate_target,
+                p99_target.map_or(String::new(), |p| format!(", p99 < {p:.0} ms")),
+                if met { "met" } else { "not met" }
+            ));
+        }
+        println!("\n{} (wrk -t1 -c16 -d{}s, 763-byte Patient, rate limit off):", db.backend(), opts.seconds);
+        println!("| what | measured | target | |\n|---|---|---|---|");
+        for row in rows {
+            println!("{row}");
+        }
+    }
 }
 
 /// Settings keeping the keys in a fresh token of the SoftHSM2 that `SOFTHSM2_CONF` names.

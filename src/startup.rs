@@ -294,7 +294,9 @@ async fn sign_checkpoint(services: Services) {
 pub fn codec(settings: &Settings, pool_size: u32) -> Result<Arc<crate::service::codec::Codec>, StartupError> {
     let policy = crate::service::encryption_policy::EncryptionPolicy::load(&settings.policies_dir)?;
     let keystore = Store::open_keystore(&settings.keystore_url, pool_size)?;
-    let keys = crate::service::keyring::KeyRing::new(key_provider(settings)?, keystore).with_cache_for(settings.tenant_key_cache);
+    let keys = crate::service::keyring::KeyRing::new(key_provider(settings)?, keystore)
+        .map_err(|e| StartupError::MasterKeys(format!("key store: {e}")))?
+        .with_cache_for(settings.tenant_key_cache);
     Ok(Arc::new(crate::service::codec::Codec::new(keys, policy)))
 }
 

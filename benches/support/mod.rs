@@ -23,6 +23,15 @@ impl BenchDb {
         }
     }
 
+    /// Gathers planner statistics (PostgreSQL; nothing on SQLite).
+    #[allow(dead_code)] // not every bench loads enough to need them
+    pub fn analyze(&self) {
+        if let Some((url, schema)) = &self.schema {
+            let mut conn = diesel::PgConnection::establish(url).unwrap();
+            conn.batch_execute(&format!("SET search_path TO {schema}; ANALYZE")).unwrap();
+        }
+    }
+
     pub fn backend(&self) -> &'static str {
         if self.schema.is_some() { "PostgreSQL" } else { "SQLite" }
     }

@@ -1,8 +1,16 @@
 //! Group commit for audit entries that are not part of a write's own transaction (reads,
-//! searches, denials, refused tokens). Requests hand their entries to a writer thread and
-//! wait; the writer appends everything waiting in one transaction, commits, and then
-//! answers each request. An entry is durable before its request goes on (fail closed),
-//! yet concurrent requests share one commit instead of paying for one each.
+//! searches, denials, refused tokens) and for single-version writes (create, update,
+//! patch, delete). Requests hand their entries, or their sealed version, to a writer
+//! thread and wait; the writer stores everything waiting in one transaction, commits, and
+//! then answers each request. An entry or a version is durable before its request goes on
+//! (fail closed), yet concurrent requests share one commit (one lock acquisition, one
+//! sync to disk) instead of paying for one each.
+//!
+//! Each write in a shared transaction runs in a savepoint of its own: a write that fails
+//! (a constraint, a stale version) is rolled back alone and its request gets its own
+//! error, while the others commit. A write's audit entry is appended only if its rows
+//! were stored, in the same transaction; should the append or the commit fail, every
+//! request of the batch fails and nothing of it is stored.
 //!
 //! Writers are kept apart, so that a log held up holds up only the logs sharing its
 //! writer: the platform log (refused tokens with no trusted tenant, which anyone can send
@@ -22,6 +30,7 @@ use crate::ledger::entry::Entry;
 use crate::ledger::log::{PLATFORM_LOG, log_of};
 use crate::service::ServiceError;
 use crate::service::audit::append_in;
+use crate::service::resources::Staged;
 use crate::store::{Store, write_transaction};
 
 /// Most entries one shared commit takes.
@@ -37,8 +46,16 @@ struct Job {
     span: tracing::Span,
 }
 
+/// A version to store: the answer is its change cursor, `None` when it was stale.
+struct WriteJob {
+    write: Staged,
+    done: SyncSender<Result<Option<i64>, ServiceError>>,
+    span: tracing::Span,
+}
+
 enum Message {
     Append(Job),
+    Write(Box<WriteJob>),
     /// Commit what is queued, then end.
     Stop,
 }
@@ -138,6 +155,26 @@ impl LedgerWriter {
     }
 }
 
+impl LedgerWriter {
+    /// Stores a sealed version with its audit entry and change-log row in the next shared
+    /// commit of its tenant's writer, and returns once that committed: the change cursor,
+    /// or `None` when the version it replaces was no longer current (nothing was written).
+    /// Fails with the write's own error if its rows could not be stored (the other writes
+    /// of the batch commit), or with a ledger error if the shared commit failed.
+    pub(in crate::service) fn write(&self, write: Staged) -> Result<Option<i64>, ServiceError> {
+        let lane = self.lane_of(log_of(&write.entry));
+        let (done, answer) = sync_channel(1);
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        let sent = self.lanes[lane].send(Message::Write(Box::new(WriteJob { write, done, span: tracing::Span::current() }))).is_ok();
+        let answered = if sent { answer.recv().ok() } else { None };
+        self.waiting.fetch_sub(1, Ordering::Relaxed);
+        answered.unwrap_or_else(|| {
+            crate::service::audit::count_write_failure();
+            Err(ServiceError::ledger("group-commit writer stopped"))
+        })
+    }
+}
+
 impl WriterThread {
     /// Commits every entry queued before this call, then ends the writers and waits for
     /// them. Later [`LedgerWriter::record`] calls fail.
@@ -163,41 +200,78 @@ fn run(store: &Store, queue: &Receiver<Message>) {
         // the queue is empty (dropping the receiver refuses later senders).
         let next = if stopping { queue.try_recv().ok() } else { queue.recv().ok() };
         let Some(first) = next else { return };
-        let mut jobs = Vec::new();
-        let mut count = 0;
+        let mut batch = Batch::default();
         let mut message = Some(first);
         while let Some(m) = message.take() {
             match m {
                 Message::Append(job) => {
-                    count += job.entries.len();
-                    jobs.push(job);
+                    batch.count += job.entries.len();
+                    batch.jobs.push(job);
+                }
+                Message::Write(job) => {
+                    batch.count += 1;
+                    batch.writes.push(*job);
                 }
                 Message::Stop => stopping = true,
             }
-            if count < MAX_BATCH {
+            if batch.count < MAX_BATCH {
                 message = queue.try_recv().ok();
             }
         }
-        if !jobs.is_empty() {
-            commit(store, jobs, count);
+        if batch.count > 0 {
+            commit(store, batch);
         }
     }
 }
 
-/// Appends the jobs' entries in one transaction and answers every job. A failure is
-/// logged (its cause, never entry content) in the span of each request it fails.
-fn commit(store: &Store, mut jobs: Vec<Job>, count: usize) {
+/// What one shared commit stores: entries of requests, and versions with their entries.
+#[derive(Default)]
+struct Batch {
+    jobs: Vec<Job>,
+    writes: Vec<WriteJob>,
+    /// Entries in all, a version counting as its one entry.
+    count: usize,
+}
+
+/// Stores the batch in one transaction and answers every request: each version in a
+/// savepoint of its own (one that fails is rolled back alone and answered with its own
+/// error), then one append of every entry: those of the versions stored and those of
+/// the entry jobs. A failure is logged (its cause, never content) in the span of each
+/// request it fails.
+fn commit(store: &Store, batch: Batch) {
+    let Batch { mut jobs, writes, count } = batch;
     let mut entries = Vec::with_capacity(count);
     let mut sizes = Vec::with_capacity(jobs.len());
     for job in &mut jobs {
         sizes.push(job.entries.len());
         entries.append(&mut job.entries);
     }
+    let mut stored: Vec<Result<Option<i64>, ServiceError>> = Vec::with_capacity(writes.len());
     let result = match store.conn() {
-        Ok(mut conn) => write_transaction(&mut conn, |tx| append_in(tx, entries)).map_err(|e| e.to_string()),
+        Ok(mut conn) => write_transaction(&mut conn, |tx| {
+            // The logs' append locks first, as every write transaction takes them, then
+            // each version's rows and its change-log row (under the change-log lock).
+            let mut logs: Vec<&str> = writes.iter().map(|w| log_of(&w.write.entry)).collect();
+            logs.sort_unstable();
+            logs.dedup();
+            for log in logs {
+                crate::store::ledger::lock_for_append(tx, log)?;
+            }
+            let mut appended = Vec::with_capacity(count);
+            for w in &writes {
+                let outcome = crate::store::savepoint(tx, |sp| w.write.store_in(sp));
+                if let Ok(Some(_)) = outcome {
+                    appended.push(w.write.entry.clone());
+                }
+                stored.push(outcome);
+            }
+            appended.append(&mut entries);
+            append_in(tx, appended)
+        })
+        .map_err(|e| e.to_string()),
         Err(e) => Err(format!("no connection: {e}")),
     };
-    let requests = jobs.len();
+    let requests = jobs.len() + writes.len();
     if result.is_err() {
         crate::service::audit::count_write_failure();
     }
@@ -208,6 +282,26 @@ fn commit(store: &Store, mut jobs: Vec<Job>, count: usize) {
             });
         }
         let _ = job.done.send(result.is_ok());
+    }
+    let mut stored = stored.into_iter();
+    for job in writes {
+        let outcome = match (&result, stored.next()) {
+            // Its own failure, whatever became of the batch: it was rolled back alone.
+            (_, Some(Err(e))) => {
+                job.span.in_scope(|| tracing::warn!(error = %e, batch_requests = requests, "write refused in a group commit"));
+                Err(e)
+            }
+            (Ok(()), Some(Ok(cursor))) => Ok(cursor),
+            (Err(cause), _) => {
+                job.span.in_scope(|| {
+                    tracing::error!(error = %cause, batch_entries = count, batch_requests = requests, "write group commit failed");
+                });
+                Err(ServiceError::ledger("group commit"))
+            }
+            // Every version got an outcome unless the transaction failed first.
+            (Ok(()), None) => Err(ServiceError::ledger("group commit")),
+        };
+        let _ = job.done.send(outcome);
     }
 }
 
@@ -323,6 +417,80 @@ mod tests {
         }
         drop(conn);
         thread.stop();
+    }
+
+    /// A create of `id` (a Practitioner of `zz-tenant`) staged for the writer.
+    fn staged_create(id: &str, request: usize) -> Staged {
+        let at = chrono::Utc::now().naive_utc();
+        Staged {
+            row: crate::store::resources::CurrentRow {
+                tenant: "zz-tenant".into(),
+                resource_type: "Practitioner".into(),
+                id: id.into(),
+                version_id: 1,
+                deleted: 0,
+                last_updated: at,
+                patient_id: None,
+                content: "zz-sealed".into(),
+            },
+            expected: None,
+            tokens: vec![("name", format!("zz-token-{id}"))],
+            op: crate::domain::ChangeOp::Create,
+            entry: entry(request),
+        }
+    }
+
+    #[test]
+    fn a_write_that_fails_in_a_shared_commit_fails_alone_and_the_others_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let (url, _schema) = database(dir.path());
+        let store = Store::open(&crate::store::DatabaseUrl::parse(&url).unwrap(), 2).unwrap();
+        let mut conn = store.conn().unwrap();
+        let mut batch = Batch::default();
+        let mut write_answers = Vec::new();
+        for (request, id) in ["zz-first", "zz-failing", "zz-last"].into_iter().enumerate() {
+            let mut write = staged_create(id, request + 1);
+            if id == "zz-failing" {
+                // Its rows and first token go in, then the second token violates the
+                // tokens' primary key: the savepoint must take back everything before it.
+                write.tokens = vec![("name", "zz-token-zz-failing".into()), ("name", "zz-token-zz-failing".into())];
+            }
+            let (done, answer) = sync_channel(1);
+            batch.writes.push(WriteJob { write, done, span: tracing::Span::none() });
+            batch.count += 1;
+            write_answers.push(answer);
+        }
+        let (done, read_answer) = sync_channel(1);
+        batch.jobs.push(Job { entries: vec![entry(9)], done, span: tracing::Span::none() });
+        batch.count += 1;
+        commit(&store, batch);
+
+        let answers: Vec<Result<Option<i64>, ServiceError>> = write_answers.iter().map(|a| a.recv().unwrap()).collect();
+        assert!(matches!(answers[1], Err(ServiceError::Store(_))), "the failing write gets its own error: {:?}", answers[1]);
+        let (Ok(Some(first)), Ok(Some(last))) = (&answers[0], &answers[2]) else { panic!("the others commit: {answers:?}") };
+        assert_eq!(*last, first + 1, "their change cursors follow each other, nothing allocated to the failed one");
+        assert_eq!(read_answer.recv(), Ok(true), "the entries of the batch commit too");
+        for id in ["zz-first", "zz-last"] {
+            assert!(crate::store::resources::find_current(&mut conn, "zz-tenant", "Practitioner", id).unwrap().is_some(), "{id} stored");
+        }
+        assert!(crate::store::resources::find_current(&mut conn, "zz-tenant", "Practitioner", "zz-failing").unwrap().is_none());
+        assert!(crate::store::resources::find_version(&mut conn, "zz-tenant", "Practitioner", "zz-failing", 1).unwrap().is_none());
+        let ids: Vec<String> =
+            crate::store::changes::since(&mut conn, "zz-tenant", 0, 10).unwrap().into_iter().map(|c| c.resource_id).collect();
+        assert_eq!(ids, ["zz-first", "zz-last"], "one change-log row per stored write, in commit order");
+        // The ledger holds the entries of the stored writes and of the read, not the failed one's.
+        let requests: Vec<serde_json::Value> = crate::store::ledger::entries(&mut conn, "zz-tenant", 0, 10)
+            .unwrap()
+            .iter()
+            .map(|r| serde_json::from_str::<serde_json::Value>(&r.leaf).unwrap()["requestId"].clone())
+            .collect();
+        assert_eq!(requests, ["zz-request-1", "zz-request-3", "zz-request-9"]);
+        let failed_tokens: i64 = {
+            use crate::store::schema::search_tokens;
+            use diesel::prelude::*;
+            search_tokens::table.filter(search_tokens::token.eq("zz-token-zz-failing")).count().get_result(&mut conn).unwrap()
+        };
+        assert_eq!(failed_tokens, 0, "nothing of the failed write is left");
     }
 
     #[test]

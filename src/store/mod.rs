@@ -353,6 +353,16 @@ where
     }
 }
 
+/// Runs `work` in a savepoint of the write transaction open on `conn`: on `Err` only what
+/// `work` wrote is rolled back and the transaction goes on (on PostgreSQL too, where a
+/// failed statement would otherwise abort the whole transaction).
+pub fn savepoint<T, E>(conn: &mut DbConnection, work: impl FnOnce(&mut DbConnection) -> Result<T, E>) -> Result<T, E>
+where
+    E: From<diesel::result::Error>,
+{
+    conn.transaction(work)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -156,6 +156,16 @@ pub fn replace_tokens(conn: &mut DbConnection, tenant: &str, rtype: &str, id: &s
             .filter(search_tokens::tenant.eq(tenant).and(search_tokens::resource_type.eq(rtype)).and(search_tokens::resource_id.eq(id))),
     )
     .execute(conn)?;
+    insert_tokens(conn, tenant, rtype, id, tokens)
+}
+
+/// Rows of search tokens one PostgreSQL statement inserts (5 bind parameters each).
+const TOKEN_ROWS_PER_STATEMENT: usize = 200;
+
+/// Inserts the search tokens of a resource that has none yet (its first version). On
+/// PostgreSQL a few rows per statement save round trips; on SQLite, in process, one
+/// cached prepared statement per row is as fast and stays within any bind limit.
+pub fn insert_tokens(conn: &mut DbConnection, tenant: &str, rtype: &str, id: &str, tokens: &[(&str, String)]) -> QueryResult<()> {
     let rows: Vec<_> = tokens
         .iter()
         .map(|(param, token)| {
@@ -168,9 +178,17 @@ pub fn replace_tokens(conn: &mut DbConnection, tenant: &str, rtype: &str, id: &s
             )
         })
         .collect();
-    // One statement per row keeps within SQLite's bind-parameter limit for any resource.
-    for row in rows {
-        diesel::insert_into(search_tokens::table).values(row).execute(conn)?;
+    match conn {
+        DbConnection::Postgres(c) => {
+            for chunk in rows.chunks(TOKEN_ROWS_PER_STATEMENT) {
+                diesel::insert_into(search_tokens::table).values(chunk.to_vec()).execute(c)?;
+            }
+        }
+        DbConnection::Sqlite(c) => {
+            for row in rows {
+                diesel::insert_into(search_tokens::table).values(row).execute(c)?;
+            }
+        }
     }
     Ok(())
 }

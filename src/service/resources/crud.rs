@@ -20,7 +20,7 @@ impl ResourceService<'_> {
         let id = ResourceId::generate();
         let mut conn = self.conn()?;
         let write = self.first_version(&mut conn, caller, rtype, &id, resource)?;
-        self.commit(&mut conn, caller, &write)?;
+        self.commit(caller, &write)?;
         tracing::info!(resource_id = %id, "resource created");
         Ok(write.into_versioned(rtype, &id))
     }
@@ -90,7 +90,7 @@ impl ResourceService<'_> {
                 return Err(ServiceError::VersionConflict { current: Some(current.version_id) });
             }
             let write = self.next_version(caller, rtype, id, &current, Some(resource.clone()))?;
-            if self.commit(&mut conn, caller, &write)? {
+            if self.commit(caller, &write)? {
                 let version = write.row.version_id;
                 tracing::info!(version_id = version, "resource updated");
                 return Ok(Versioned {
@@ -135,7 +135,7 @@ impl ResourceService<'_> {
             let resource = apply_patch(resource, patch.clone())?;
             let resource = self.parse_body(rtype, resource, Some(id))?;
             let write = self.next_version(caller, rtype, id, &current, Some(resource))?;
-            if self.commit(&mut conn, caller, &write)? {
+            if self.commit(caller, &write)? {
                 tracing::info!(version_id = write.row.version_id, "resource patched");
                 return Ok(write.into_versioned(rtype, id));
             }
@@ -158,7 +158,7 @@ impl ResourceService<'_> {
                 return Ok(());
             }
             let write = self.next_version(caller, rtype, id, &current, None)?;
-            if self.commit(&mut conn, caller, &write)? {
+            if self.commit(caller, &write)? {
                 tracing::info!(version_id = write.row.version_id, "resource deleted");
                 return Ok(());
             }

@@ -33,7 +33,7 @@ mod write;
 
 pub use bundle::{BundleKind, BundleResult, EntryResult, MAX_ENTRIES};
 pub use conditional::Conditional;
-pub(in crate::service) use write::{Current, instant, now};
+pub(in crate::service) use write::{Current, Staged, instant, now};
 
 /// One version of a resource as returned to a client.
 #[derive(Debug, Clone)]

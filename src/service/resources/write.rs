@@ -238,16 +238,23 @@ impl ResourceService<'_> {
         Ok(Write { row, resource, expected: Some(current.version_id), tokens, op, entry })
     }
 
-    /// Writes one version in one transaction: the resource rows and their search tokens.
-    /// The audit-ledger entry and the change-log row of the write belong here too, so that
-    /// they commit or roll back with it. Returns `false` if `expected` was stale.
-    pub(in crate::service) fn commit(&self, conn: &mut DbConnection, caller: &Caller, write: &Write) -> Result<bool, ServiceError> {
-        self.commit_with(conn, caller, write, |_| Ok(()))
+    /// Writes one version through the shared commit of its tenant's ledger writer: sealed
+    /// here, on the request's thread, then stored with its audit entry and change-log row
+    /// in a transaction that concurrent writes and audited reads share (one lock, one
+    /// sync to disk), answered once that transaction committed. Returns `false`, writing
+    /// nothing, if `expected` was stale. Wakes the change-feed subscribers once committed.
+    pub(in crate::service) fn commit(&self, caller: &Caller, write: &Write) -> Result<bool, ServiceError> {
+        let staged = self.stage(caller, write)?;
+        let cursor = self.services.ledger_writer.write(staged)?;
+        if let Some(cursor) = cursor {
+            self.services.changes.advance(caller.principal.tenant.as_str(), cursor);
+        }
+        Ok(cursor.is_some())
     }
 
-    /// [`Self::commit`] with `also`: more rows that must commit with the version or not
-    /// at all (an offline mutation's id, a conflict record, a resolution). Wakes the
-    /// change-feed subscribers once committed.
+    /// Writes one version in a transaction of its own on `conn`, with `also`: more rows
+    /// that must commit with the version or not at all (an offline mutation's id, a
+    /// conflict record, a resolution). Wakes the change-feed subscribers once committed.
     pub(in crate::service) fn commit_with(
         &self,
         conn: &mut DbConnection,
@@ -269,12 +276,25 @@ impl ResourceService<'_> {
     }
 
     /// Writes one version inside the caller's transaction `tx`: seals it under its owner's
-    /// data key (created here for a new owner), writes the rows and search tokens, appends
-    /// the audit entry and, under the ledger's append lock, the change-log row. Returns the
+    /// data key (created for a new owner), writes the rows and search tokens, appends the
+    /// audit entry and, under the ledger's append lock, the change-log row. Returns the
     /// change cursor, or `None`, writing nothing, when `expected` was stale. Every write
-    /// (CRUD, offline pushes, conflict resolutions, transactions) comes through here; the
-    /// caller wakes subscribers once its transaction committed.
+    /// that holds its own transaction (offline pushes, conflict resolutions, transactions,
+    /// conditional writes) comes through here; the caller wakes subscribers once its
+    /// transaction committed.
     pub(in crate::service) fn apply_in(&self, tx: &mut DbConnection, caller: &Caller, write: &Write) -> Result<Option<i64>, ServiceError> {
+        let staged = self.stage(caller, write)?;
+        // The ledger append takes the tenant log's append lock before the change row's
+        // cursor is allocated under the change-log lock (the order every writer keeps).
+        crate::store::ledger::lock_for_append(tx, crate::ledger::log::log_of(&staged.entry))?;
+        let Some(cursor) = staged.store_in(tx)? else { return Ok(None) };
+        audit::append_in(tx, vec![staged.entry])?;
+        Ok(Some(cursor))
+    }
+
+    /// Seals a version under its owner's data key (created here for a new owner; the key
+    /// store commits it before the version is written), ready to store.
+    pub(in crate::service) fn stage(&self, caller: &Caller, write: &Write) -> Result<Staged, ServiceError> {
         let tenant = &caller.principal.tenant;
         let rtype = ResourceType::from_name(&write.row.resource_type).ok_or(ServiceError::corrupt("resource row"))?;
         let id = ResourceId::parse(&write.row.id).map_err(ServiceError::corrupt_by("resource row"))?;
@@ -284,8 +304,28 @@ impl ResourceService<'_> {
             let key = self.services.codec.keys().data_key_for_write(tenant.as_str(), &owner)?;
             row.content = self.services.codec.seal(tenant, rtype, &id, &key, resource)?;
         }
-        let row = &row;
-        match write.expected {
+        Ok(Staged { row, expected: write.expected, tokens: write.tokens.clone(), op: write.op, entry: write.entry.clone() })
+    }
+}
+
+/// A version sealed and ready to store, with the audit entry that commits with it.
+pub(in crate::service) struct Staged {
+    pub(in crate::service) row: CurrentRow,
+    /// The version this write replaces; `None` for a create.
+    pub(in crate::service) expected: Option<i64>,
+    pub(in crate::service) tokens: Vec<(&'static str, String)>,
+    pub(in crate::service) op: ChangeOp,
+    pub(in crate::service) entry: Entry,
+}
+
+impl Staged {
+    /// Stores the version's rows, its search tokens and its change-log row inside `tx`,
+    /// whose transaction already holds the append lock of the entry's log; appending the
+    /// entry is the committer's part. Returns the change cursor, or `None`, writing
+    /// nothing, when `expected` was stale.
+    pub(in crate::service) fn store_in(&self, tx: &mut DbConnection) -> Result<Option<i64>, ServiceError> {
+        let row = &self.row;
+        match self.expected {
             None => rows::insert_first(tx, row)?,
             Some(expected) => {
                 if !rows::advance(tx, row, expected)? {
@@ -293,10 +333,13 @@ impl ResourceService<'_> {
                 }
             }
         }
-        rows::replace_tokens(tx, &row.tenant, &row.resource_type, &row.id, &write.tokens)?;
-        // The ledger append takes the tenant log's append lock; the change row's cursor is
-        // allocated under the tenant's change-log lock, so cursor order is commit order.
-        audit::append_in(tx, vec![write.entry.clone()])?;
+        if self.expected.is_none() {
+            rows::insert_tokens(tx, &row.tenant, &row.resource_type, &row.id, &self.tokens)?;
+        } else {
+            rows::replace_tokens(tx, &row.tenant, &row.resource_type, &row.id, &self.tokens)?;
+        }
+        // The change row's cursor is allocated under the tenant's change-log lock, so
+        // cursor order is commit order.
         let cursor = crate::store::changes::append(
             tx,
             crate::store::changes::ChangeRow {
@@ -305,9 +348,9 @@ impl ResourceService<'_> {
                 resource_type: row.resource_type.clone(),
                 resource_id: row.id.clone(),
                 version_id: row.version_id,
-                op: write.op.as_str().to_owned(),
+                op: self.op.as_str().to_owned(),
                 patient_id: row.patient_id.clone(),
-                committed_at: write.entry.time.clone(),
+                committed_at: self.entry.time.clone(),
             },
         )?;
         Ok(Some(cursor))

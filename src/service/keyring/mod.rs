@@ -21,6 +21,8 @@ use crate::service::ServiceError;
 use crate::store::keys::{self as rows, DataKeyRow, TenantKeyRow};
 use crate::store::{DbConnection, PooledConn, Store};
 
+mod new_keys;
+
 /// The envelope key id of a data key wrapped under its tenant key.
 const TENANT_KEY_ID: u64 = 0;
 
@@ -56,6 +58,8 @@ pub struct KeyRing {
     store: Store,
     /// Unwrapped tenant keys and when each was unwrapped.
     tenants: RwLock<HashMap<String, (Arc<TenantKeys>, Instant)>>,
+    /// Commits new data keys for concurrent writes together.
+    new_keys: new_keys::NewKeys,
     /// How long an unwrapped tenant key may be used before the provider is asked again
     /// (`None`: for the life of the process). With a token that goes away, reads and
     /// writes fail closed once the keys in memory are this old.
@@ -98,8 +102,11 @@ fn data_key_aad(tenant: &str, owner: &str, key_id: u64) -> Aad {
 }
 
 impl KeyRing {
-    pub fn new(provider: Arc<dyn KeyProvider>, store: Store) -> Self {
-        Self { provider, store, tenants: RwLock::new(HashMap::new()), cache_for: None }
+    /// The key ring over `provider` and the key store `store`, with the thread that
+    /// commits new data keys (it ends when the key ring is dropped).
+    pub fn new(provider: Arc<dyn KeyProvider>, store: Store) -> Result<Self, ServiceError> {
+        let new_keys = new_keys::NewKeys::start(&store)?;
+        Ok(Self { provider, store, new_keys, tenants: RwLock::new(HashMap::new()), cache_for: None })
     }
 
     fn conn(&self) -> Result<PooledConn, ServiceError> {
@@ -214,9 +221,10 @@ impl KeyRing {
         Ok(found.into_iter().map(|row| (row.owner.clone(), self.unwrap_data_key(&tenant_keys, &row))).collect())
     }
 
-    /// The owner's data key, created if it has none. A new key commits in the key store at
-    /// once, before the write that asked for it: a write that then fails leaves an unused
-    /// key behind, which the owner's next write takes.
+    /// The owner's data key, created if it has none. A new key commits in the key store
+    /// (in a commit shared with other writes' new keys) before the write that asked for it:
+    /// a write that then fails leaves an unused key behind, which the owner's next write
+    /// takes.
     pub fn data_key_for_write(&self, tenant: &str, owner: &str) -> Result<DataKey, ServiceError> {
         if let Some(existing) = self.data_keys(tenant, &[owner.to_owned()])?.remove(owner) {
             return existing;
@@ -234,25 +242,21 @@ impl KeyRing {
         };
         let wrapped = Envelope::wrap(&tenant_keys.key, TENANT_KEY_ID, &data_key_aad(tenant, owner, key_id), &key)
             .map_err(crypto_failure("data key"))?;
-        let inserted = rows::insert_data_key(
-            &mut *self.conn()?,
-            &DataKeyRow {
-                key_id: i64::try_from(key_id).map_err(ServiceError::keys_by("key material"))?,
-                tenant: tenant.to_owned(),
-                owner: owner.to_owned(),
-                wrapped: Some(STANDARD.encode(wrapped)),
-                created_at: Utc::now().naive_utc(),
-                destroyed_at: None,
-                destroyed_reason: None,
-            },
-        );
+        let inserted = self.new_keys.insert(DataKeyRow {
+            key_id: i64::try_from(key_id).map_err(ServiceError::keys_by("key material"))?,
+            tenant: tenant.to_owned(),
+            owner: owner.to_owned(),
+            wrapped: Some(STANDARD.encode(wrapped)),
+            created_at: Utc::now().naive_utc(),
+            destroyed_at: None,
+            destroyed_reason: None,
+        })?;
         match inserted {
-            Ok(()) => Ok(DataKey { key_id, key }),
+            new_keys::Inserted::Yes => Ok(DataKey { key_id, key }),
             // Another writer created the owner's key first: that one is the key.
-            Err(e) if crate::store::is_unique_violation(&e) => {
+            new_keys::Inserted::Exists => {
                 self.data_keys(tenant, &[owner.to_owned()])?.remove(owner).unwrap_or(Err(ServiceError::keys("key material")))
             }
-            Err(e) => Err(e.into()),
         }
     }
 

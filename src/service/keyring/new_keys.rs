@@ -1,0 +1,99 @@
+//! Group commit for new data keys. Every new owner (each created Patient) needs a data key
+//! committed in the key store before the version sealed under it is written. Inserting
+//! each in a transaction of its own makes concurrent creates queue for the key store's
+//! write lock and pay one sync to disk each; here requests hand their wrapped key to one
+//! writer thread, which inserts everything waiting in one transaction (each row in a
+//! savepoint of its own, so one key that cannot be inserted fails alone), commits, and
+//! answers each request once the key is durable.
+
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+
+use crate::service::ServiceError;
+use crate::store::keys::{self as rows, DataKeyRow};
+use crate::store::{Store, write_transaction};
+
+/// Most keys one shared commit takes.
+const MAX_BATCH: usize = 256;
+/// Requests that may wait for the writer before their senders block.
+const QUEUE: usize = 1024;
+
+/// How inserting a key ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Inserted {
+    /// The key is durable in the key store.
+    Yes,
+    /// The owner already had a key (another writer created it first); nothing was written.
+    Exists,
+}
+
+type Answer = Result<Inserted, ServiceError>;
+
+struct Job {
+    row: DataKeyRow,
+    done: SyncSender<Answer>,
+}
+
+/// Hands new data keys to the key store's writer thread, which ends once this is dropped.
+pub(super) struct NewKeys {
+    jobs: SyncSender<Job>,
+}
+
+impl NewKeys {
+    /// Starts the writer on a connection of its own to the key store.
+    pub(super) fn start(store: &Store) -> Result<Self, ServiceError> {
+        let store = store.dedicated()?;
+        let (jobs, queue) = sync_channel::<Job>(QUEUE);
+        std::thread::Builder::new()
+            .name("keystore-writer".into())
+            .spawn(move || run(&store, &queue))
+            .map_err(|_| ServiceError::keys("key store writer"))?;
+        Ok(Self { jobs })
+    }
+
+    /// Inserts `row` in the next shared commit and returns once it committed.
+    pub(super) fn insert(&self, row: DataKeyRow) -> Answer {
+        let (done, answer) = sync_channel(1);
+        self.jobs.send(Job { row, done }).map_err(|_| ServiceError::keys("key store writer stopped"))?;
+        answer.recv().unwrap_or(Err(ServiceError::keys("key store writer stopped")))
+    }
+}
+
+fn run(store: &Store, queue: &Receiver<Job>) {
+    while let Ok(first) = queue.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        commit(store, batch);
+    }
+}
+
+fn commit(store: &Store, batch: Vec<Job>) {
+    let mut outcomes: Vec<Answer> = Vec::with_capacity(batch.len());
+    let result = store.conn().map_err(ServiceError::from).and_then(|mut conn| {
+        write_transaction(&mut conn, |tx| {
+            for job in &batch {
+                outcomes.push(match crate::store::savepoint(tx, |sp| rows::insert_data_key(sp, &job.row)) {
+                    Ok(()) => Ok(Inserted::Yes),
+                    Err(e) if crate::store::is_unique_violation(&e) => Ok(Inserted::Exists),
+                    Err(e) => Err(ServiceError::from(e)),
+                });
+            }
+            Ok::<_, ServiceError>(())
+        })
+    });
+    if let Err(e) = &result {
+        tracing::error!(error = %e, keys = batch.len(), "key store group commit failed");
+    }
+    let mut outcomes = outcomes.into_iter();
+    for job in batch {
+        let answer = match (&result, outcomes.next()) {
+            (Ok(()), Some(outcome)) => outcome,
+            _ => Err(ServiceError::keys("key store")),
+        };
+        let _ = job.done.send(answer);
+    }
+}
