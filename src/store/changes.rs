@@ -41,7 +41,7 @@ pub fn lock(conn: &mut DbConnection, tenant: &str) -> QueryResult<()> {
 pub fn append(conn: &mut DbConnection, mut row: ChangeRow) -> QueryResult<i64> {
     lock(conn, &row.tenant)?;
     let max: Option<i64> =
-        change_log::table.filter(change_log::tenant.eq(&row.tenant)).select(diesel::dsl::max(change_log::cursor)).first(conn)?;
+        change_log::table.filter(change_log::tenant.eq(&row.tenant)).select(diesel::dsl::max(change_log::cursor)).get_result(conn)?;
     row.cursor = max.map_or(1, |m| m + 1);
     diesel::insert_into(change_log::table).values(&row).execute(conn)?;
     if let DbConnection::Postgres(c) = conn {
@@ -64,7 +64,7 @@ pub const CHANNEL: &str = "carevault_changes";
 /// The newest cursor of `tenant` (0 when it has no changes).
 pub fn head(conn: &mut DbConnection, tenant: &str) -> QueryResult<i64> {
     let max: Option<i64> =
-        change_log::table.filter(change_log::tenant.eq(tenant)).select(diesel::dsl::max(change_log::cursor)).first(conn)?;
+        change_log::table.filter(change_log::tenant.eq(tenant)).select(diesel::dsl::max(change_log::cursor)).get_result(conn)?;
     Ok(max.unwrap_or(0))
 }
 

@@ -35,7 +35,7 @@ pub struct DataKeyRow {
 
 /// True when `e` is a unique-key violation (another writer inserted the same key first).
 pub fn find_tenant_key(conn: &mut DbConnection, tenant: &str) -> QueryResult<Option<TenantKeyRow>> {
-    tenant_keys::table.find(tenant).select(TenantKeyRow::as_select()).first(conn).optional()
+    tenant_keys::table.find(tenant).select(TenantKeyRow::as_select()).get_result(conn).optional()
 }
 
 /// Inserts a tenant key. A concurrent creator makes this fail with a unique violation

@@ -62,7 +62,7 @@ pub fn lock_for_append(conn: &mut DbConnection, log: &str) -> QueryResult<()> {
 /// Number of entries of `log` (its next `seq`).
 pub fn size(conn: &mut DbConnection, log: &str) -> QueryResult<i64> {
     let max: Option<i64> =
-        ledger_entries::table.filter(ledger_entries::log.eq(log)).select(diesel::dsl::max(ledger_entries::seq)).first(conn)?;
+        ledger_entries::table.filter(ledger_entries::log.eq(log)).select(diesel::dsl::max(ledger_entries::seq)).get_result(conn)?;
     Ok(max.map_or(0, |m| m + 1))
 }
 
@@ -145,7 +145,7 @@ pub fn insert_nodes(conn: &mut DbConnection, rows: &[NodeRow]) -> QueryResult<()
 }
 
 pub fn node(conn: &mut DbConnection, log: &str, level: i64, idx: i64) -> QueryResult<Option<String>> {
-    ledger_nodes::table.find((log, level, idx)).select(ledger_nodes::hash).first(conn).optional()
+    ledger_nodes::table.find((log, level, idx)).select(ledger_nodes::hash).get_result(conn).optional()
 }
 
 /// Entries of `log` with `from <= seq < to`.

@@ -56,7 +56,7 @@ impl From<&CurrentRow> for VersionRow {
 }
 
 pub fn find_current(conn: &mut DbConnection, tenant: &str, rtype: &str, id: &str) -> QueryResult<Option<CurrentRow>> {
-    resources::table.find((tenant, rtype, id)).select(CurrentRow::as_select()).first(conn).optional()
+    resources::table.find((tenant, rtype, id)).select(CurrentRow::as_select()).get_result(conn).optional()
 }
 
 /// The current rows of `ids` of `types` (a superset of the pairs asked for when several
@@ -74,7 +74,7 @@ pub fn currents_of(conn: &mut DbConnection, tenant: &str, types: &[&str], ids: &
 }
 
 pub fn find_version(conn: &mut DbConnection, tenant: &str, rtype: &str, id: &str, version: i64) -> QueryResult<Option<VersionRow>> {
-    resource_versions::table.find((tenant, rtype, id, version)).select(VersionRow::as_select()).first(conn).optional()
+    resource_versions::table.find((tenant, rtype, id, version)).select(VersionRow::as_select()).get_result(conn).optional()
 }
 
 /// The versions of `ids` of `types` whose version id is in `versions`: a superset of the
@@ -110,7 +110,7 @@ pub fn history(
 ) -> QueryResult<(Vec<VersionRow>, i64)> {
     let of_resource =
         resource_versions::tenant.eq(tenant).and(resource_versions::resource_type.eq(rtype)).and(resource_versions::id.eq(id));
-    let total = resource_versions::table.filter(of_resource).select(count_star()).first(conn)?;
+    let total = resource_versions::table.filter(of_resource).select(count_star()).get_result(conn)?;
     let rows = resource_versions::table
         .filter(of_resource)
         .order(resource_versions::version_id.desc())
@@ -331,14 +331,14 @@ fn ordered(q: &SearchQuery) -> resources::BoxedQuery<'static, Db> {
 
 /// One page of matches in `q.order`, and the total number of matches.
 pub fn search(conn: &mut DbConnection, q: &SearchQuery) -> QueryResult<(Vec<CurrentRow>, i64)> {
-    let total = filtered(q).select(count_star()).first(conn)?;
+    let total = filtered(q).select(count_star()).get_result(conn)?;
     let rows = ordered(q).limit(q.limit).offset(q.offset).select(CurrentRow::as_select()).load(conn)?;
     Ok((rows, total))
 }
 
 /// The number of matches only (`_summary=count`): no row is read.
 pub fn count(conn: &mut DbConnection, q: &SearchQuery) -> QueryResult<i64> {
-    filtered(q).select(count_star()).first(conn)
+    filtered(q).select(count_star()).get_result(conn)
 }
 
 /// One page of matches in `q.order`, without counting them (`_total=none`).
@@ -376,7 +376,7 @@ pub fn compartment(
         }
         q
     };
-    let total = query().select(count_star()).first(conn)?;
+    let total = query().select(count_star()).get_result(conn)?;
     let rows = query()
         .order((resources::resource_type.asc(), resources::id.asc()))
         .limit(limit)

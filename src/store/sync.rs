@@ -41,7 +41,7 @@ pub struct ConflictRow {
 }
 
 pub fn find_mutation(conn: &mut DbConnection, tenant: &str, mutation_id: &str) -> QueryResult<Option<MutationRow>> {
-    sync_mutations::table.find((tenant, mutation_id)).select(MutationRow::as_select()).first(conn).optional()
+    sync_mutations::table.find((tenant, mutation_id)).select(MutationRow::as_select()).get_result(conn).optional()
 }
 
 /// Records a mutation id. A concurrent replay of the same id fails with a unique
