@@ -257,13 +257,20 @@ fn commit(store: &Store, batch: Batch) {
             for log in logs {
                 crate::store::ledger::lock_for_append(tx, log)?;
             }
+            // On PostgreSQL, where each statement is a round trip, the versions go in
+            // together first; should that fail, it is taken back and each is stored in a
+            // savepoint of its own, so that only the failing one fails.
+            let together = matches!(tx, crate::store::DbConnection::Postgres(_)) && writes.len() > 1;
+            let all: Vec<&Staged> = writes.iter().map(|w| &w.write).collect();
+            match together.then(|| crate::store::savepoint(tx, |sp| Staged::store_many(sp, &all))) {
+                Some(Ok(cursors)) => stored.extend(cursors.into_iter().map(Ok)),
+                _ => stored.extend(all.iter().map(|w| crate::store::savepoint(tx, |sp| w.store_in(sp)))),
+            }
             let mut appended = Vec::with_capacity(count);
-            for w in &writes {
-                let outcome = crate::store::savepoint(tx, |sp| w.write.store_in(sp));
+            for (w, outcome) in writes.iter().zip(&stored) {
                 if let Ok(Some(_)) = outcome {
                     appended.push(w.write.entry.clone());
                 }
-                stored.push(outcome);
             }
             appended.append(&mut entries);
             append_in(tx, appended)
@@ -491,6 +498,32 @@ mod tests {
             search_tokens::table.filter(search_tokens::token.eq("zz-token-zz-failing")).count().get_result(&mut conn).unwrap()
         };
         assert_eq!(failed_tokens, 0, "nothing of the failed write is left");
+
+        // A batch where nothing fails (on PostgreSQL stored together in one go), with a
+        // stale update among the creates: that one writes nothing and gets `None`.
+        let mut batch = Batch::default();
+        let mut answers = Vec::new();
+        let mut stale = staged_create("zz-first", 20);
+        stale.row.version_id = 6;
+        stale.expected = Some(5);
+        stale.op = crate::domain::ChangeOp::Update;
+        for write in [staged_create("zz-second", 21), stale, staged_create("zz-third", 22)] {
+            let (done, answer) = sync_channel(1);
+            batch.writes.push(WriteJob { write, done, span: tracing::Span::none() });
+            batch.count += 1;
+            answers.push(answer);
+        }
+        commit(&store, batch);
+        let answers: Vec<Result<Option<i64>, ServiceError>> = answers.iter().map(|a| a.recv().unwrap()).collect();
+        let (Ok(Some(second)), Ok(None), Ok(Some(third))) = (&answers[0], &answers[1], &answers[2]) else { panic!("{answers:?}") };
+        assert_eq!((*second, *third), (last + 1, last + 2), "cursors continue in batch order");
+        let ids: Vec<String> =
+            crate::store::changes::since(&mut conn, "zz-tenant", 0, 10).unwrap().into_iter().map(|c| c.resource_id).collect();
+        assert_eq!(ids, ["zz-first", "zz-last", "zz-second", "zz-third"]);
+        let current = crate::store::resources::find_current(&mut conn, "zz-tenant", "Practitioner", "zz-first").unwrap().unwrap();
+        assert_eq!(current.version_id, 1, "the stale update wrote nothing");
+        let size = crate::store::ledger::size(&mut conn, "zz-tenant").unwrap();
+        assert_eq!(size, 5, "entries of the two creates joined the ledger, not the stale update's");
     }
 
     #[test]

@@ -57,6 +57,47 @@ pub fn append(conn: &mut DbConnection, mut row: ChangeRow) -> QueryResult<i64> {
     Ok(row.cursor)
 }
 
+/// Appends several changes, as [`append`] each in the order given: each tenant's lock is
+/// taken once (tenants in sorted order), its next cursors allocated from one `max`, the
+/// rows inserted a few per statement on PostgreSQL, and one notification sent per tenant
+/// naming its last cursor. Returns the cursors in the order of `rows`.
+pub fn append_many(conn: &mut DbConnection, mut rows: Vec<ChangeRow>) -> QueryResult<Vec<i64>> {
+    let mut tenants: Vec<String> = rows.iter().map(|r| r.tenant.clone()).collect();
+    tenants.sort();
+    tenants.dedup();
+    let mut next = std::collections::HashMap::new();
+    for tenant in &tenants {
+        lock(conn, tenant)?;
+        next.insert(tenant.clone(), head(conn, tenant)? + 1);
+    }
+    for row in &mut rows {
+        let cursor = next.get_mut(&row.tenant).ok_or(diesel::result::Error::NotFound)?;
+        row.cursor = *cursor;
+        *cursor += 1;
+    }
+    let cursors = rows.iter().map(|r| r.cursor).collect();
+    match conn {
+        DbConnection::Postgres(c) => {
+            for chunk in rows.chunks(100) {
+                diesel::insert_into(change_log::table).values(chunk).execute(c)?;
+            }
+            for tenant in &tenants {
+                let last = next.get(tenant).map_or(0, |n| n - 1);
+                diesel::sql_query("SELECT pg_notify($1, $2 || ' ' || current_schema())")
+                    .bind::<diesel::sql_types::Text, _>(CHANNEL)
+                    .bind::<diesel::sql_types::Text, _>(format!("{last} {tenant}"))
+                    .execute(c)?;
+            }
+        }
+        DbConnection::Sqlite(c) => {
+            for row in &rows {
+                diesel::insert_into(change_log::table).values(row).execute(c)?;
+            }
+        }
+    }
+    Ok(cursors)
+}
+
 /// The PostgreSQL notification channel that wakes change-feed subscribers, in this and
 /// every other server process on the same database.
 pub const CHANNEL: &str = "carevault_changes";

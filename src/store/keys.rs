@@ -57,8 +57,16 @@ pub fn rewrap_tenant_key(conn: &mut DbConnection, tenant: &str, from_version: i6
     Ok(n == 1)
 }
 
+/// The data keys of `owners`. One owner (every read and write of one record) is looked up
+/// with a statement prepared once per connection; a list needs its SQL built and prepared
+/// for its length on every call.
 pub fn find_data_keys(conn: &mut DbConnection, tenant: &str, owners: &[String]) -> QueryResult<Vec<DataKeyRow>> {
-    data_keys::table.filter(data_keys::tenant.eq(tenant)).filter(data_keys::owner.eq_any(owners)).select(DataKeyRow::as_select()).load(conn)
+    let of_tenant = data_keys::table.filter(data_keys::tenant.eq(tenant));
+    match owners {
+        [] => Ok(Vec::new()),
+        [owner] => of_tenant.filter(data_keys::owner.eq(owner)).select(DataKeyRow::as_select()).load(conn),
+        _ => of_tenant.filter(data_keys::owner.eq_any(owners)).select(DataKeyRow::as_select()).load(conn),
+    }
 }
 
 pub fn insert_data_key(conn: &mut DbConnection, row: &DataKeyRow) -> QueryResult<()> {

@@ -128,6 +128,26 @@ pub fn insert_first(conn: &mut DbConnection, row: &CurrentRow) -> QueryResult<()
     Ok(())
 }
 
+/// Rows one PostgreSQL statement inserts when several resources are written together.
+const ROWS_PER_STATEMENT: usize = 100;
+
+/// The first versions of several resources, as [`insert_first`] each: on PostgreSQL a
+/// statement per table for many rows (fewer round trips), on SQLite one cached statement
+/// per row.
+pub fn insert_firsts(conn: &mut DbConnection, rows: &[CurrentRow]) -> QueryResult<()> {
+    match conn {
+        DbConnection::Postgres(c) => {
+            for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+                diesel::insert_into(resources::table).values(chunk).execute(c)?;
+                let versions: Vec<VersionRow> = chunk.iter().map(VersionRow::from).collect();
+                diesel::insert_into(resource_versions::table).values(&versions).execute(c)?;
+            }
+            Ok(())
+        }
+        DbConnection::Sqlite(_) => rows.iter().try_for_each(|row| insert_first(conn, row)),
+    }
+}
+
 /// Moves a resource from version `expected` to `row.version_id` and records the new
 /// version. Returns `false`, writing nothing, when the current version is not `expected`:
 /// of two writers holding the same version, exactly one advances it.
@@ -175,6 +195,36 @@ pub fn insert_tokens(conn: &mut DbConnection, tenant: &str, rtype: &str, id: &st
                 search_tokens::resource_id.eq(id),
                 search_tokens::param.eq(*param),
                 search_tokens::token.eq(token.as_str()),
+            )
+        })
+        .collect();
+    match conn {
+        DbConnection::Postgres(c) => {
+            for chunk in rows.chunks(TOKEN_ROWS_PER_STATEMENT) {
+                diesel::insert_into(search_tokens::table).values(chunk.to_vec()).execute(c)?;
+            }
+        }
+        DbConnection::Sqlite(c) => {
+            for row in rows {
+                diesel::insert_into(search_tokens::table).values(row).execute(c)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Search tokens of several resources that have none yet: `(tenant, type, id, param,
+/// token)` rows, as [`insert_tokens`] per resource.
+pub fn insert_tokens_of_many(conn: &mut DbConnection, tokens: &[(&str, &str, &str, &str, &str)]) -> QueryResult<()> {
+    let rows: Vec<_> = tokens
+        .iter()
+        .map(|(tenant, rtype, id, param, token)| {
+            (
+                search_tokens::tenant.eq(*tenant),
+                search_tokens::resource_type.eq(*rtype),
+                search_tokens::resource_id.eq(*id),
+                search_tokens::param.eq(*param),
+                search_tokens::token.eq(*token),
             )
         })
         .collect();

@@ -319,6 +319,55 @@ pub(in crate::service) struct Staged {
 }
 
 impl Staged {
+    /// Stores several versions as [`Self::store_in`] each, in fewer statements: the first
+    /// versions' rows and all their search tokens a few per statement, the change-log rows
+    /// from one allocation of cursors (in the order given). Returns each one's cursor, or
+    /// `None` for one whose `expected` was stale (nothing of it written). On `Err` the
+    /// caller rolls back everything this wrote (a savepoint) and can store them one by one.
+    pub(in crate::service) fn store_many(tx: &mut DbConnection, writes: &[&Staged]) -> Result<Vec<Option<i64>>, ServiceError> {
+        let firsts: Vec<CurrentRow> = writes.iter().filter(|w| w.expected.is_none()).map(|w| w.row.clone()).collect();
+        rows::insert_firsts(tx, &firsts)?;
+        let mut stored = Vec::with_capacity(writes.len());
+        for w in writes {
+            let row = &w.row;
+            let written = match w.expected {
+                None => true,
+                Some(expected) => {
+                    let advanced = rows::advance(tx, row, expected)?;
+                    if advanced {
+                        rows::replace_tokens(tx, &row.tenant, &row.resource_type, &row.id, &w.tokens)?;
+                    }
+                    advanced
+                }
+            };
+            stored.push(written);
+        }
+        let tokens: Vec<(&str, &str, &str, &str, &str)> = writes
+            .iter()
+            .filter(|w| w.expected.is_none())
+            .flat_map(|w| w.tokens.iter().map(|(param, token)| (&*w.row.tenant, &*w.row.resource_type, &*w.row.id, *param, token.as_str())))
+            .collect();
+        rows::insert_tokens_of_many(tx, &tokens)?;
+        let changes = writes.iter().zip(&stored).filter(|(_, s)| **s).map(|(w, _)| w.change_row()).collect();
+        let mut cursors = crate::store::changes::append_many(tx, changes)?.into_iter();
+        Ok(stored.into_iter().map(|s| if s { cursors.next() } else { None }).collect())
+    }
+
+    /// The change-log row of this version (its cursor is allocated when appended).
+    fn change_row(&self) -> crate::store::changes::ChangeRow {
+        let row = &self.row;
+        crate::store::changes::ChangeRow {
+            cursor: 0,
+            tenant: row.tenant.clone(),
+            resource_type: row.resource_type.clone(),
+            resource_id: row.id.clone(),
+            version_id: row.version_id,
+            op: self.op.as_str().to_owned(),
+            patient_id: row.patient_id.clone(),
+            committed_at: self.entry.time.clone(),
+        }
+    }
+
     /// Stores the version's rows, its search tokens and its change-log row inside `tx`,
     /// whose transaction already holds the append lock of the entry's log; appending the
     /// entry is the committer's part. Returns the change cursor, or `None`, writing
@@ -340,19 +389,7 @@ impl Staged {
         }
         // The change row's cursor is allocated under the tenant's change-log lock, so
         // cursor order is commit order.
-        let cursor = crate::store::changes::append(
-            tx,
-            crate::store::changes::ChangeRow {
-                cursor: 0,
-                tenant: row.tenant.clone(),
-                resource_type: row.resource_type.clone(),
-                resource_id: row.id.clone(),
-                version_id: row.version_id,
-                op: self.op.as_str().to_owned(),
-                patient_id: row.patient_id.clone(),
-                committed_at: self.entry.time.clone(),
-            },
-        )?;
+        let cursor = crate::store::changes::append(tx, self.change_row())?;
         Ok(Some(cursor))
     }
 }
