@@ -13,6 +13,11 @@
 //!
 //! cargo bench --bench sync_load -- [--phase all|latency|resume|idle] [--subscribers 1000]
 //!     [--changes 100] [--interval-ms 200] [--resume 100000] [--idle 10000]
+//!
+//! `--targets` runs what issue 17's table names against one server: latency with 1
+//! subscriber (200 changes, one every 50 ms), latency with 1,000 subscribers (100 changes,
+//! one every 200 ms), resume 100,000 behind; then prints each figure next to its target for
+//! the backend.
 
 mod support;
 
@@ -34,6 +39,7 @@ struct Options {
     interval_ms: u64,
     resume: usize,
     idle: usize,
+    targets: bool,
 }
 
 fn options() -> Options {
@@ -47,6 +53,7 @@ fn options() -> Options {
         interval_ms: number("--interval-ms", 200),
         resume: number("--resume", 100_000) as usize,
         idle: number("--idle", 10_000) as usize,
+        targets: args.iter().any(|a| a == "--targets"),
     }
 }
 
@@ -180,7 +187,8 @@ async fn subscribe(server: &Server) -> tokio_tungstenite::WebSocketStream<tokio_
     panic!("no caught_up");
 }
 
-async fn latency(server: &Server, client: &reqwest::Client, opts: &Options) {
+/// Returns the change-to-delivery p99 in ms.
+async fn latency(server: &Server, client: &reqwest::Client, opts: &Options) -> f64 {
     let started = Instant::now();
     let mut streams = Vec::new();
     let connects = futures::stream::iter(0..opts.subscribers).map(|_| subscribe(server)).buffer_unordered(100);
@@ -246,9 +254,11 @@ async fn latency(server: &Server, client: &reqwest::Client, opts: &Options) {
         ms.last().copied().unwrap_or(f64::NAN),
         percentile(&write_ms, 0.5),
     );
+    if complete < opts.subscribers { f64::INFINITY } else { percentile(&ms, 0.99) }
 }
 
-async fn resume(server: &Server, client: &reqwest::Client, opts: &Options) {
+/// Returns the replay rate in changes/s.
+async fn resume(server: &Server, client: &reqwest::Client, opts: &Options) -> f64 {
     let started = Instant::now();
     let batch = 500;
     let mut written = 0;
@@ -287,6 +297,27 @@ async fn resume(server: &Server, client: &reqwest::Client, opts: &Options) {
     }
     let secs = started.elapsed().as_secs_f64();
     println!("resume: {changes} changes replayed to caught_up in {secs:.1} s = {:.0} changes/s", changes as f64 / secs);
+    if changes < opts.resume { 0.0 } else { changes as f64 / secs }
+}
+
+/// Issue 17's feed targets, each measured and printed next to its target.
+async fn targets(server: &Server, client: &reqwest::Client, postgres: bool, backend: &str) {
+    let one = Options { phase: "latency".into(), subscribers: 1, changes: 200, interval_ms: 50, resume: 0, idle: 0, targets: true };
+    let p99_one = latency(server, client, &one).await;
+    let many = Options { subscribers: 1000, changes: 100, interval_ms: 200, ..one };
+    let p99_many = latency(server, client, &many).await;
+    let behind = Options { phase: "resume".into(), resume: 100_000, ..many };
+    let rate = resume(server, client, &behind).await;
+    let (one_target, many_target, rate_target) = if postgres { (10.0, 100.0, 25_000.0) } else { (5.0, 50.0, 50_000.0) };
+    let met = |ok: bool| if ok { "met" } else { "not met" };
+    println!("\n{backend} (release binary in its own process, WebSocket clients in the bench):");
+    println!("| what | measured | target | |\n|---|---|---|---|");
+    println!(
+        "| feed, 1 subscriber, create sent to change received | p99 {p99_one:.1} ms | p99 < {one_target:.0} ms | {} |",
+        met(p99_one < one_target)
+    );
+    println!("| feed, 1,000 subscribers | p99 {p99_many:.1} ms | p99 < {many_target:.0} ms | {} |", met(p99_many < many_target));
+    println!("| resume, 100,000 behind | {rate:.0} changes/s | ≥ {rate_target:.0} changes/s | {} |", met(rate >= rate_target));
 }
 
 async fn idle(server: &Server, opts: &Options) {
@@ -329,6 +360,10 @@ async fn main() {
         db.backend(),
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
+    if opts.targets {
+        targets(&server, &client, db.backend() == "PostgreSQL", db.backend()).await;
+        return;
+    }
     let all = opts.phase == "all";
     if all || opts.phase == "idle" {
         idle(&server, &opts).await;
