@@ -5,8 +5,9 @@
 //! queue here and waits; one blocking task takes everything queued and serves it as one
 //! round ([`SyncService::pages`]): the log rows after each distinct cursor, current rows,
 //! data keys, care teams and versions are read once, each version is opened once, each
-//! subscriber is judged on its own, and the round's `sync` entries go to the ledger in one
-//! batch before any page is answered. Reads queued while a round runs make the next one.
+//! subscriber is judged on its own, and the round's `sync` entries go to the ledger in a
+//! few large batches, each page answered once its batch has committed. Reads queued while
+//! a round runs make the next one.
 //!
 //! A subscriber still asks for its next page only once it has sent the last, so a slow
 //! client only falls behind on its cursor. Versions are kept between rounds in a bounded
@@ -50,7 +51,8 @@ struct Waiter {
     since: i64,
     limit: i64,
     filter: FeedFilter,
-    reply: oneshot::Sender<Result<ChangePage, ServiceError>>,
+    /// Taken when the round answers.
+    reply: Option<oneshot::Sender<Result<ChangePage, ServiceError>>>,
 }
 
 impl FeedHub {
@@ -71,7 +73,7 @@ impl Services {
         let (reply, answer) = oneshot::channel();
         let start = {
             let mut q = queue.lock().unwrap_or_else(PoisonError::into_inner);
-            q.waiting.push(Waiter { caller, since, limit, filter, reply });
+            q.waiting.push(Waiter { caller, since, limit, filter, reply: Some(reply) });
             !std::mem::replace(&mut q.running, true)
         };
         if start {
@@ -101,24 +103,22 @@ impl Services {
         }
     }
 
-    fn round(&self, taken: Vec<Waiter>) {
+    fn round(&self, mut taken: Vec<Waiter>) {
         let per_ask = i64::try_from((ROUND_CHANGES / taken.len().max(1)).max(1)).unwrap_or(i64::MAX);
+        let mut replies: Vec<Option<oneshot::Sender<Result<ChangePage, ServiceError>>>> =
+            taken.iter_mut().map(|w| w.reply.take()).collect();
         let asks: Vec<Ask<'_>> =
             taken.iter().map(|w| Ask { caller: &w.caller, since: w.since, limit: w.limit.min(per_ask), filter: &w.filter }).collect();
-        let answers = self.sync().pages(&asks);
-        drop(asks);
-        match answers {
-            Ok(pages) => {
-                for (waiter, page) in taken.into_iter().zip(pages) {
-                    // A subscriber that went away meanwhile has nobody to answer.
-                    let _ = waiter.reply.send(page);
-                }
+        let served = self.sync().pages(&asks, |i, page| {
+            // A subscriber that went away meanwhile has nobody to answer.
+            if let Some(reply) = replies.get_mut(i).and_then(Option::take) {
+                let _ = reply.send(page);
             }
-            Err(e) => {
-                tracing::error!(error = %e, cause = ?std::error::Error::source(&e).map(ToString::to_string), subscribers = taken.len(), "a feed round failed");
-                for waiter in taken {
-                    let _ = waiter.reply.send(Err(copy_of(&e)));
-                }
+        });
+        if let Err(e) = served {
+            tracing::error!(error = %e, cause = ?std::error::Error::source(&e).map(ToString::to_string), subscribers = asks.len(), "a feed round failed");
+            for reply in replies.into_iter().flatten() {
+                let _ = reply.send(Err(copy_of(&e)));
             }
         }
     }

@@ -140,6 +140,34 @@ impl Logged {
     }
 }
 
+/// About how many `sync` entries one ledger commit of a round takes. A round of a thousand
+/// subscribers commits a few batches and answers each as it commits, so the first pages
+/// are sent while the later entries are written.
+const LEDGER_BATCH: usize = 256;
+
+/// Answers one ledger batch's pages: as judged if its entries committed; if not, those
+/// that were to carry content with the ledger's error (fail closed), the others as judged.
+fn answer_batch(
+    batch: Vec<(usize, Result<ChangePage, ServiceError>, bool)>,
+    recorded: Result<(), ServiceError>,
+    answer: &mut impl FnMut(usize, Result<ChangePage, ServiceError>),
+) {
+    let mut failed = recorded.err();
+    let ledgered = batch.iter().filter(|(_, _, l)| *l).count();
+    if ledgered > 1
+        && let Some(e) = &failed
+    {
+        tracing::error!(error = %e, cause = ?std::error::Error::source(e).map(ToString::to_string), subscribers = ledgered, "feed deliveries were not ledgered");
+    }
+    for (i, page, ledgered_here) in batch {
+        match &mut failed {
+            Some(_) if ledgered_here && ledgered == 1 => answer(i, Err(failed.take().unwrap_or(ServiceError::ledger("sync deliveries")))),
+            Some(_) if ledgered_here => answer(i, Err(ServiceError::ledger("sync deliveries"))),
+            _ => answer(i, page),
+        }
+    }
+}
+
 /// `(type, id, version)` of a stored version.
 type VersionKey = (String, String, i64);
 
@@ -199,19 +227,28 @@ impl SyncService<'_> {
     #[tracing::instrument(skip_all)]
     pub fn changes(&self, caller: &Caller, since: i64, limit: i64, filter: &FeedFilter) -> Result<ChangePage, ServiceError> {
         let ask = Ask { caller, since, limit, filter };
-        self.pages(std::slice::from_ref(&ask))?.pop().unwrap_or(Err(ServiceError::corrupt("feed round answered no page")))
+        let mut page = None;
+        self.pages(std::slice::from_ref(&ask), |_, p| page = Some(p))?;
+        page.unwrap_or(Err(ServiceError::corrupt("feed round answered no page")))
     }
 
     /// The pages of several subscribers of one tenant, read together ([`Self::changes`]
-    /// for each): the change-log rows after each distinct cursor, the records' current
-    /// rows, their owners' data keys, the care teams and the versions are read once for
-    /// all of them, and each version is opened once; the access decision, revokes and
-    /// filters are each subscriber's own. The `sync` entries of every delivery go to the
-    /// ledger in one batch before any page returns: if it fails, every page that carried
-    /// content fails with it (fail closed). An error reading what all share is the
-    /// round's error; one of a single subscriber's judgement is that page's.
-    pub(crate) fn pages(&self, asks: &[Ask<'_>]) -> Result<Vec<Result<ChangePage, ServiceError>>, ServiceError> {
-        let Some(first) = asks.first() else { return Ok(Vec::new()) };
+    /// for each), each handed to `answer` with its index in `asks`: the change-log rows
+    /// after each distinct cursor, the records' current rows, their owners' data keys, the
+    /// care teams and the versions are read once for all of them, and each version is
+    /// opened once; the access decision, revokes and filters are each subscriber's own.
+    /// The `sync` entries of the deliveries go to the ledger in batches of subscribers
+    /// (about [`LEDGER_BATCH`] entries; one batch for one subscriber's page), and a page is
+    /// answered only once its batch has committed: if that fails, every page of the batch
+    /// that carried content fails with it (fail closed). An error reading what all share
+    /// is the round's (returned before any page is answered); one of a single
+    /// subscriber's judgement is that page's.
+    pub(crate) fn pages(
+        &self,
+        asks: &[Ask<'_>],
+        mut answer: impl FnMut(usize, Result<ChangePage, ServiceError>),
+    ) -> Result<(), ServiceError> {
+        let Some(first) = asks.first() else { return Ok(()) };
         let tenant = first.caller.principal.tenant.as_str();
         if asks.iter().any(|a| a.caller.principal.tenant.as_str() != tenant) {
             return Err(ServiceError::corrupt("a feed round mixed tenants"));
@@ -233,36 +270,43 @@ impl SyncService<'_> {
             })
             .collect();
         let union: BTreeMap<i64, &Logged> = admitted.iter().flatten().map(|(l, _)| (l.row.cursor, *l)).collect();
-        let mut shared = self.shared(&mut conn, first.caller, &union)?;
+        // Only a round that reached the head of the log keeps what it read: those are the
+        // versions the next live rounds may need again; a replay far behind would only
+        // churn the cache.
+        let live = asks.iter().any(|a| logs.get(&(a.since, a.limit)).is_some_and(|l| i64::try_from(l.len()).unwrap_or(i64::MAX) < a.limit));
+        let mut shared = self.shared(&mut conn, first.caller, &union, live)?;
         drop(conn);
 
-        let mut pages = Vec::with_capacity(asks.len());
-        let mut entries = Vec::new();
+        let mut judged = Vec::with_capacity(asks.len());
         for (ask, admitted) in asks.iter().zip(admitted) {
             let log = logs.get(&(ask.since, ask.limit)).map_or(&[][..], Vec::as_slice);
-            match self.judge(ask.caller, admitted, &mut shared) {
-                Ok((changes, mut delivered)) => {
+            judged.push(self.judge(ask.caller, admitted, &mut shared).map(|(changes, entries)| {
+                let cursor = log.last().map_or(ask.since, |l| l.row.cursor);
+                let at_head = i64::try_from(log.len()).unwrap_or(i64::MAX) < ask.limit;
+                (ChangePage { changes, cursor, scanned: log.len(), at_head }, entries)
+            }));
+        }
+        drop(shared);
+        // The entries go to the ledger in batches of about LEDGER_BATCH, each answered as
+        // soon as it commits: the next batch is written while the first pages are sent.
+        let mut batch: Vec<(usize, Result<ChangePage, ServiceError>, bool)> = Vec::new();
+        let mut entries = Vec::new();
+        let last = judged.len().saturating_sub(1);
+        for (i, page) in judged.into_iter().enumerate() {
+            match page {
+                Ok((page, mut delivered)) => {
                     let ledgered = !delivered.is_empty();
                     entries.append(&mut delivered);
-                    let cursor = log.last().map_or(ask.since, |l| l.row.cursor);
-                    let at_head = i64::try_from(log.len()).unwrap_or(i64::MAX) < ask.limit;
-                    pages.push((ledgered, Ok(ChangePage { changes, cursor, scanned: log.len(), at_head })));
+                    batch.push((i, Ok(page), ledgered));
                 }
-                Err(e) => pages.push((false, Err(e))),
+                Err(e) => batch.push((i, Err(e), false)),
+            }
+            if entries.len() >= LEDGER_BATCH || i == last {
+                let recorded = if entries.is_empty() { Ok(()) } else { self.services.record(std::mem::take(&mut entries)) };
+                answer_batch(std::mem::take(&mut batch), recorded, &mut answer);
             }
         }
-        let recorded = if entries.is_empty() { Ok(()) } else { self.services.record(entries) };
-        Ok(match recorded {
-            Ok(()) => pages.into_iter().map(|(_, page)| page).collect(),
-            Err(e) if asks.len() == 1 => vec![Err(e)],
-            Err(e) => {
-                tracing::error!(error = %e, cause = ?std::error::Error::source(&e).map(ToString::to_string), "a feed round's deliveries were not ledgered");
-                pages
-                    .into_iter()
-                    .map(|(ledgered, page)| if ledgered { Err(ServiceError::ledger("sync deliveries")) } else { page })
-                    .collect()
-            }
-        })
+        Ok(())
     }
 
     /// Reads what every subscriber of a round is judged against (see [`Shared`]), for
@@ -274,6 +318,7 @@ impl SyncService<'_> {
         conn: &mut crate::store::DbConnection,
         caller: &'a Caller,
         union: &BTreeMap<i64, &Logged>,
+        keep: bool,
     ) -> Result<Shared<'a>, ServiceError> {
         let tenant = caller.principal.tenant.as_str();
         let mut ids: Vec<String> = union.values().map(|l| l.row.resource_id.clone()).collect();
@@ -310,7 +355,9 @@ impl SyncService<'_> {
         for r in currents.values().filter(|r| r.deleted == 0) {
             let sealed: Arc<str> = Arc::from(r.content.as_str());
             let key = (r.resource_type.clone(), r.id.clone(), r.version_id);
-            fresh.push((key.clone(), sealed.clone()));
+            if keep {
+                fresh.push((key.clone(), sealed.clone()));
+            }
             stored.insert(key, Some(sealed));
         }
         let mut wanted: Vec<VersionKey> = union
@@ -339,13 +386,15 @@ impl SyncService<'_> {
             for v in rows::versions_of(conn, tenant, &types, &ids, &versions)? {
                 let content: Option<Arc<str>> = v.content.map(Arc::from);
                 let key = (v.resource_type, v.id, v.version_id);
-                if let Some(c) = &content {
+                if let Some(c) = content.as_ref().filter(|_| keep) {
                     fresh.push((key.clone(), c.clone()));
                 }
                 stored.entry(key).or_insert(content);
             }
         }
-        sealed.put_all(tenant, fresh);
+        if keep {
+            sealed.put_all(tenant, fresh);
+        }
         let purged_teams = self.purged_teams(conn, tenant, union)?;
         Ok(Shared { currents, teams, purged_teams, opener: Opener { service: self, caller, keys, stored, opened: HashMap::new() } })
     }
