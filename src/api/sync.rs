@@ -2,7 +2,7 @@
 //! WebSocket `/sync` delivers), offline pushes and their conflicts.
 
 use actix_web::{HttpRequest, HttpResponse, web};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::api::{ApiError, AppState, blocking};
@@ -173,6 +173,33 @@ pub async fn resolve(
 }
 
 /// A `change` message (SPEC section 6), the same over REST and the WebSocket.
+/// A `change` message as the text sent on the WebSocket: [`change_json`] serialized
+/// straight from the change, without copying its content into a new value first.
+pub fn change_text(c: &Change) -> String {
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Message<'a> {
+        r#type: &'static str,
+        cursor: String,
+        op: &'static str,
+        resource_type: &'static str,
+        id: &'a str,
+        version_id: String,
+        resource: Option<&'a Value>,
+    }
+    let message = Message {
+        r#type: "change",
+        cursor: c.cursor.to_string(),
+        op: c.op.as_str(),
+        resource_type: c.resource_type.name(),
+        id: c.id.as_str(),
+        version_id: c.version_id.to_string(),
+        resource: c.resource.as_deref(),
+    };
+    // Strings and a `Value` always serialize; the fallback only keeps this total.
+    serde_json::to_string(&message).unwrap_or_else(|_| change_json(c).to_string())
+}
+
 pub fn change_json(c: &Change) -> Value {
     json!({
         "type": "change",
@@ -181,7 +208,7 @@ pub fn change_json(c: &Change) -> Value {
         "resourceType": c.resource_type.name(),
         "id": c.id.as_str(),
         "versionId": c.version_id.to_string(),
-        "resource": c.resource,
+        "resource": c.resource.as_deref(),
     })
 }
 

@@ -2,7 +2,9 @@
 //! from its own cursor, one bounded batch at a time, and only when the previous batch has
 //! been handed to the socket: a slow client simply falls behind on its cursor, so server
 //! memory per connection stays bounded whatever the write rate. Commits wake the readers
-//! ([`crate::service::sync::change_signal::ChangeSignal`]); silent and stalled connections are closed.
+//! ([`crate::service::sync::change_signal::ChangeSignal`]); the readers of a tenant woken
+//! together are served together, in rounds ([`crate::service::Services::next_changes`]).
+//! Silent and stalled connections are closed.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -237,9 +239,13 @@ impl Connection {
     }
 
     async fn send(&mut self, message: &Value) -> Result<(), Ended> {
+        self.send_text(message.to_string()).await
+    }
+
+    async fn send_text(&mut self, message: String) -> Result<(), Ended> {
         // A client that leaves a message untaken this long is stalled; it is disconnected
         // and resumes from its cursor when it reconnects.
-        match tokio::time::timeout(self.state.sync.send_timeout, self.session.text(message.to_string())).await {
+        match tokio::time::timeout(self.state.sync.send_timeout, self.session.text(message)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err("client went away"),
             Err(_) => Err("stalled"),
@@ -298,25 +304,24 @@ impl Connection {
     }
 
     /// Sends the next batch after the subscription's cursor, and `caught_up` the first
-    /// time the backlog is exhausted.
+    /// time the backlog is exhausted. The batch is read in a round with the tenant's other
+    /// subscribers reading at the same time ([`crate::service::sync`]'s fan-out).
     async fn deliver(&mut self) -> Result<(), Ended> {
         let Some(s) = self.subscription.as_ref() else { return Ok(()) };
         let (since, filter) = (s.cursor, s.filter.clone());
-        let services = self.state.services.clone();
-        let caller = self.caller.clone();
-        let page = match blocking(move || Ok(services.sync().changes(&caller, since, BATCH, &filter)?)).await {
+        let page = match self.state.services.next_changes(self.caller.clone(), since, BATCH, filter).await {
             Ok(page) => page,
             Err(e) => {
-                self.send(&failure(&e, "reconnect and resume from your cursor")).await?;
+                self.send(&failure(&ApiError::from(e), "reconnect and resume from your cursor")).await?;
                 return Err("feed unavailable");
             }
         };
         for change in &page.changes {
-            self.send(&crate::api::sync::change_json(change)).await?;
+            self.send_text(crate::api::sync::change_text(change)).await?;
         }
         let Some(s) = self.subscription.as_mut() else { return Ok(()) };
         s.cursor = page.cursor;
-        if page.scanned < usize::try_from(BATCH).unwrap_or(usize::MAX) {
+        if page.at_head {
             s.behind = false;
             if !s.caught_up {
                 s.caught_up = true;

@@ -60,6 +60,8 @@ pub struct Services {
     ledger_writer: group_commit::LedgerWriter,
     /// Wakes change-feed subscribers when changes commit.
     changes: sync::change_signal::ChangeSignal,
+    /// Serves the subscribers of a tenant that read the feed at once in one round.
+    feed: Arc<sync::fanout::FeedHub>,
     /// How offline edits that collide are resolved (`policies/conflicts.toml`).
     conflicts: Arc<sync::merge::ConflictPolicy>,
     /// Which rules end a patient's records (`policies/retention.toml`).
@@ -92,7 +94,8 @@ impl Services {
         let (ledger_writer, writer_thread) = group_commit::LedgerWriter::start(&store, ledger_writers)?;
         let changes = sync::change_signal::ChangeSignal::default();
         let Policies { access: policy, conflicts, retention } = policies;
-        Ok((Self { store, validator, policy, codec, ledger_signer, ledger_writer, changes, conflicts, retention }, writer_thread))
+        let feed = Arc::default();
+        Ok((Self { store, validator, policy, codec, ledger_signer, ledger_writer, changes, feed, conflicts, retention }, writer_thread))
     }
 
     /// Records audit entries through the group-commit writers; returns once all are durable.

@@ -33,6 +33,7 @@ mod shutdown;
 mod store;
 mod sync;
 mod sync_clinical;
+mod sync_fanout;
 mod sync_push;
 mod sync_socket;
 mod tenant_ledgers;

@@ -1,7 +1,8 @@
 //! The sync wing: the change feed devices follow (`feed`), offline edits they push
 //! (`push`, merged per element by `merge` under `policies/conflicts.toml`), the conflicts
-//! those leave for a clinician (`conflicts`), and the wake-ups that tell connections
-//! something committed (`change_signal`). Its use cases are resource use cases of another
+//! those leave for a clinician (`conflicts`), the wake-ups that tell connections
+//! something committed (`change_signal`), and the rounds that serve a tenant's woken
+//! subscribers together (`fanout`). Its use cases are resource use cases of another
 //! kind: they write through the same path as CRUD (`resources::write`), which is why
 //! [`SyncService`] derefs to the [`ResourceService`] it is built on.
 
@@ -14,11 +15,13 @@ use crate::service::resources::ResourceService;
 
 pub mod change_signal;
 mod conflicts;
+pub(in crate::service) mod fanout;
 mod feed;
 pub mod merge;
 mod push;
 
 pub use conflicts::{Conflict, MAX_CONFLICTS, Resolution, Resolved};
+pub(crate) use feed::Ask;
 pub use feed::{Change, ChangePage, FeedFilter};
 pub use merge::{Collision, Strategy};
 pub use push::{Mutation, PushResult};
