@@ -182,39 +182,16 @@ pub fn replace_tokens(conn: &mut DbConnection, tenant: &str, rtype: &str, id: &s
 /// Rows of search tokens one PostgreSQL statement inserts (5 bind parameters each).
 const TOKEN_ROWS_PER_STATEMENT: usize = 200;
 
-/// Inserts the search tokens of a resource that has none yet (its first version). On
-/// PostgreSQL a few rows per statement save round trips; on SQLite, in process, one
-/// cached prepared statement per row is as fast and stays within any bind limit.
+/// Inserts the search tokens of a resource that has none yet (its first version).
 pub fn insert_tokens(conn: &mut DbConnection, tenant: &str, rtype: &str, id: &str, tokens: &[(&str, String)]) -> QueryResult<()> {
-    let rows: Vec<_> = tokens
-        .iter()
-        .map(|(param, token)| {
-            (
-                search_tokens::tenant.eq(tenant),
-                search_tokens::resource_type.eq(rtype),
-                search_tokens::resource_id.eq(id),
-                search_tokens::param.eq(*param),
-                search_tokens::token.eq(token.as_str()),
-            )
-        })
-        .collect();
-    match conn {
-        DbConnection::Postgres(c) => {
-            for chunk in rows.chunks(TOKEN_ROWS_PER_STATEMENT) {
-                diesel::insert_into(search_tokens::table).values(chunk.to_vec()).execute(c)?;
-            }
-        }
-        DbConnection::Sqlite(c) => {
-            for row in rows {
-                diesel::insert_into(search_tokens::table).values(row).execute(c)?;
-            }
-        }
-    }
-    Ok(())
+    let rows: Vec<(&str, &str, &str, &str, &str)> =
+        tokens.iter().map(|(param, token)| (tenant, rtype, id, *param, token.as_str())).collect();
+    insert_tokens_of_many(conn, &rows)
 }
 
-/// Search tokens of several resources that have none yet: `(tenant, type, id, param,
-/// token)` rows, as [`insert_tokens`] per resource.
+/// Search tokens of resources that have none yet: `(tenant, type, id, param, token)` rows.
+/// On PostgreSQL a few rows per statement save round trips; on SQLite, in process, one
+/// cached prepared statement per row is as fast and stays within any bind limit.
 pub fn insert_tokens_of_many(conn: &mut DbConnection, tokens: &[(&str, &str, &str, &str, &str)]) -> QueryResult<()> {
     let rows: Vec<_> = tokens
         .iter()

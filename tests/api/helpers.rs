@@ -641,3 +641,15 @@ fn process_token() -> Option<&'static ProcessToken> {
 pub fn keys_in_token() -> bool {
     process_token().is_some()
 }
+
+/// Makes every insert into the ledger fail (a trigger), so that nothing can be ledgered.
+pub fn block_ledger_writes(app: &TestApp) {
+    use diesel::RunQueryDsl;
+    let block = match app.db {
+        TestDb::Sqlite(_) => "CREATE TRIGGER zz_block BEFORE INSERT ON ledger_entries BEGIN SELECT RAISE(ABORT, 'blocked'); END;",
+        TestDb::Postgres { .. } => {
+            "CREATE TRIGGER zz_block BEFORE INSERT ON ledger_entries FOR EACH ROW EXECUTE FUNCTION ledger_refuse_change();"
+        }
+    };
+    diesel::sql_query(block).execute(&mut *app.db()).unwrap();
+}

@@ -314,13 +314,7 @@ async fn reads_and_writes_fail_closed_when_the_ledger_cannot_be_written() {
     let desk = app.front_desk();
     let id = app.create(&desk, &patient(&marker(), "dr1")).await;
     let mut conn = app.db();
-    let block = match app.db {
-        TestDb::Sqlite(_) => "CREATE TRIGGER zz_block BEFORE INSERT ON ledger_entries BEGIN SELECT RAISE(ABORT, 'blocked'); END;",
-        TestDb::Postgres { .. } => {
-            "CREATE TRIGGER zz_block BEFORE INSERT ON ledger_entries FOR EACH ROW EXECUTE FUNCTION ledger_refuse_change();"
-        }
-    };
-    diesel::sql_query(block).execute(&mut *conn).unwrap();
+    block_ledger_writes(&app);
     let read = app.get(&desk, &format!("/fhir/Patient/{id}")).await;
     let outcome = expect_outcome(read, StatusCode::SERVICE_UNAVAILABLE).await;
     assert!(!outcome.to_string().contains("Zz-Family"), "data left without its audit entry");

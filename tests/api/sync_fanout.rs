@@ -99,13 +99,7 @@ async fn when_the_ledger_cannot_be_written_no_subscriber_of_the_round_gets_conte
     let desk = app.front_desk();
     let id = app.create(&desk, &patient(&marker(), "dr1")).await;
     let mut conn = app.db();
-    let block = match app.db {
-        TestDb::Sqlite(_) => "CREATE TRIGGER zz_block BEFORE INSERT ON ledger_entries BEGIN SELECT RAISE(ABORT, 'blocked'); END;",
-        TestDb::Postgres { .. } => {
-            "CREATE TRIGGER zz_block BEFORE INSERT ON ledger_entries FOR EACH ROW EXECUTE FUNCTION ledger_refuse_change();"
-        }
-    };
-    diesel::sql_query(block).execute(&mut *conn).unwrap();
+    block_ledger_writes(&app);
     let mut feeds = Vec::new();
     for i in 0..5 {
         feeds.push(Feed::subscribe(&app.address, &app.who_as(&format!("zz-tablet-{i}"), &["front_desk"], 600), None).await);
