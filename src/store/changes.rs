@@ -38,29 +38,19 @@ pub fn lock(conn: &mut DbConnection, tenant: &str) -> QueryResult<()> {
 /// under the tenant's change-log lock ([`lock`]), held until commit: within a tenant,
 /// cursor order is commit order and there are no gaps, so a reader resuming after a
 /// cursor never skips a change that commits later.
-pub fn append(conn: &mut DbConnection, mut row: ChangeRow) -> QueryResult<i64> {
-    lock(conn, &row.tenant)?;
-    let max: Option<i64> =
-        change_log::table.filter(change_log::tenant.eq(&row.tenant)).select(diesel::dsl::max(change_log::cursor)).get_result(conn)?;
-    row.cursor = max.map_or(1, |m| m + 1);
-    diesel::insert_into(change_log::table).values(&row).execute(conn)?;
-    if let DbConnection::Postgres(c) = conn {
-        // Delivered to listeners at commit, never for a rolled-back change. The payload is
-        // the cursor, its tenant (an id of letters, digits, '.', '_', '-') and the schema
-        // (CareVault databases in other schemas of the same PostgreSQL database share the
-        // channel, and must not take each other's cursors for their own), never content.
-        diesel::sql_query("SELECT pg_notify($1, $2 || ' ' || current_schema())")
-            .bind::<diesel::sql_types::Text, _>(CHANNEL)
-            .bind::<diesel::sql_types::Text, _>(format!("{} {}", row.cursor, row.tenant))
-            .execute(c)?;
-    }
-    Ok(row.cursor)
+pub fn append(conn: &mut DbConnection, row: ChangeRow) -> QueryResult<i64> {
+    append_many(conn, vec![row])?.pop().ok_or(diesel::result::Error::NotFound)
 }
 
 /// Appends several changes, as [`append`] each in the order given: each tenant's lock is
 /// taken once (tenants in sorted order), its next cursors allocated from one `max`, the
 /// rows inserted a few per statement on PostgreSQL, and one notification sent per tenant
 /// naming its last cursor. Returns the cursors in the order of `rows`.
+///
+/// The notification is delivered to listeners at commit, never for a rolled-back change.
+/// Its payload is the cursor, its tenant (an id of letters, digits, '.', '_', '-') and the
+/// schema (CareVault databases in other schemas of the same PostgreSQL database share the
+/// channel, and must not take each other's cursors for their own), never content.
 pub fn append_many(conn: &mut DbConnection, mut rows: Vec<ChangeRow>) -> QueryResult<Vec<i64>> {
     let mut tenants: Vec<String> = rows.iter().map(|r| r.tenant.clone()).collect();
     tenants.sort();

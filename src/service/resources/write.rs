@@ -319,9 +319,11 @@ pub(in crate::service) struct Staged {
 }
 
 impl Staged {
-    /// Stores several versions as [`Self::store_in`] each, in fewer statements: the first
-    /// versions' rows and all their search tokens a few per statement, the change-log rows
-    /// from one allocation of cursors (in the order given). Returns each one's cursor, or
+    /// Stores versions inside `tx`, whose transaction already holds the append locks of
+    /// their entries' logs (appending the entries is the committer's part): their rows and
+    /// search tokens, the first versions' several per statement on PostgreSQL, and their
+    /// change-log rows from one allocation of cursors under the tenant's change-log lock,
+    /// in the order given (cursor order is commit order). Returns each one's cursor, or
     /// `None` for one whose `expected` was stale (nothing of it written). On `Err` the
     /// caller rolls back everything this wrote (a savepoint) and can store them one by one.
     pub(in crate::service) fn store_many(tx: &mut DbConnection, writes: &[&Staged]) -> Result<Vec<Option<i64>>, ServiceError> {
@@ -368,28 +370,9 @@ impl Staged {
         }
     }
 
-    /// Stores the version's rows, its search tokens and its change-log row inside `tx`,
-    /// whose transaction already holds the append lock of the entry's log; appending the
-    /// entry is the committer's part. Returns the change cursor, or `None`, writing
+    /// [`Self::store_many`] of this version alone: its change cursor, or `None`, writing
     /// nothing, when `expected` was stale.
     pub(in crate::service) fn store_in(&self, tx: &mut DbConnection) -> Result<Option<i64>, ServiceError> {
-        let row = &self.row;
-        match self.expected {
-            None => rows::insert_first(tx, row)?,
-            Some(expected) => {
-                if !rows::advance(tx, row, expected)? {
-                    return Ok(None);
-                }
-            }
-        }
-        if self.expected.is_none() {
-            rows::insert_tokens(tx, &row.tenant, &row.resource_type, &row.id, &self.tokens)?;
-        } else {
-            rows::replace_tokens(tx, &row.tenant, &row.resource_type, &row.id, &self.tokens)?;
-        }
-        // The change row's cursor is allocated under the tenant's change-log lock, so
-        // cursor order is commit order.
-        let cursor = crate::store::changes::append(tx, self.change_row())?;
-        Ok(Some(cursor))
+        Ok(Self::store_many(tx, &[self])?.pop().flatten())
     }
 }
