@@ -339,38 +339,7 @@ mod tests {
         }
     }
 
-    /// A fresh schema on the PostgreSQL named by CAREVAULT_TEST_POSTGRES_URL, dropped on drop.
-    struct PgSchema {
-        admin_url: String,
-        name: String,
-    }
-
-    impl Drop for PgSchema {
-        fn drop(&mut self) {
-            use diesel::Connection;
-            use diesel::connection::SimpleConnection;
-            if let Ok(mut conn) = diesel::PgConnection::establish(&self.admin_url) {
-                let _ = conn.batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.name));
-            }
-        }
-    }
-
-    /// The backend under test: PostgreSQL when CAREVAULT_TEST_POSTGRES_URL is set, else a
-    /// SQLite file in `dir`.
-    fn database(dir: &std::path::Path) -> (String, Option<PgSchema>) {
-        use diesel::Connection;
-        use diesel::connection::SimpleConnection;
-        match std::env::var("CAREVAULT_TEST_POSTGRES_URL") {
-            Ok(admin_url) if !admin_url.is_empty() => {
-                let name = format!("t_{}", uuid::Uuid::new_v4().simple());
-                diesel::PgConnection::establish(&admin_url).unwrap().batch_execute(&format!("CREATE SCHEMA {name}")).unwrap();
-                let sep = if admin_url.contains('?') { '&' } else { '?' };
-                let url = format!("{admin_url}{sep}options=-c%20search_path%3D{name}");
-                (url, Some(PgSchema { admin_url, name }))
-            }
-            _ => (format!("sqlite://{}", dir.join("cv.db").display()), None),
-        }
-    }
+    use crate::store::test_db::database;
 
     #[test]
     fn stop_commits_everything_queued_then_refuses() {

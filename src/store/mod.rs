@@ -18,6 +18,8 @@ pub mod resources;
 pub mod retention;
 pub mod schema;
 pub mod sync;
+#[cfg(test)]
+pub(crate) mod test_db;
 mod wal;
 
 use std::fmt;

@@ -33,7 +33,43 @@ async fn sqlite_connections_use_wal_foreign_keys_and_a_busy_timeout() {
     assert_eq!(fk.value, 1);
     let busy: IntRow = diesel::sql_query("SELECT timeout AS value FROM pragma_busy_timeout").get_result(c).unwrap();
     assert!(busy.value >= 5000);
+    // Checkpoints run on the store's own thread, never inside a commit.
+    #[derive(QueryableByName)]
+    struct AutoCheckpoint {
+        #[diesel(sql_type = BigInt)]
+        wal_autocheckpoint: i64,
+    }
+    let auto: AutoCheckpoint = diesel::sql_query("PRAGMA wal_autocheckpoint").get_result(c).unwrap();
+    assert_eq!(auto.wal_autocheckpoint, 0);
     assert!(dir.path().join("nested/dir/cv.db-wal").exists());
+}
+
+/// With no checkpoint inside commits, the store's own thread moves committed pages from
+/// the write-ahead log into the database file while connections stay open.
+#[tokio::test]
+async fn sqlite_checkpoints_the_log_while_connections_stay_open() {
+    use diesel::connection::SimpleConnection;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("cv.db");
+    let store = Store::open(&DatabaseUrl::parse(&format!("sqlite://{}", file.display())).unwrap(), 2).unwrap();
+    let before = std::fs::metadata(&file).unwrap().len();
+    let mut conn = store.conn().unwrap();
+    // About 2 MB, under SQLite's own automatic threshold (1,000 pages, ~4 MB) in any case.
+    conn.batch_execute(
+        "CREATE TABLE zz_fill (v TEXT NOT NULL); \
+         INSERT INTO zz_fill SELECT hex(randomblob(500)) FROM \
+         (WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < 2000) SELECT x FROM n);",
+    )
+    .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut size = std::fs::metadata(&file).unwrap().len();
+    while size < before + 1_500_000 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        size = std::fs::metadata(&file).unwrap().len();
+    }
+    assert!(size >= before + 1_500_000, "database file {before} -> {size} bytes: the log was not checkpointed");
+    let rows: IntRow = diesel::sql_query("SELECT COUNT(*) AS value FROM zz_fill").get_result(&mut *conn).unwrap();
+    assert_eq!(rows.value, 2000);
 }
 
 #[tokio::test]

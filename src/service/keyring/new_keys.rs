@@ -97,3 +97,50 @@ fn commit(store: &Store, batch: Vec<Job>) {
         let _ = job.done.send(answer);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key_row(owner: &str, key_id: i64) -> DataKeyRow {
+        DataKeyRow {
+            key_id,
+            tenant: "zz-tenant".into(),
+            owner: owner.into(),
+            wrapped: Some("zz-wrapped".into()),
+            created_at: chrono::Utc::now().naive_utc(),
+            destroyed_at: None,
+            destroyed_reason: None,
+        }
+    }
+
+    #[test]
+    fn keys_of_one_commit_are_inserted_each_in_its_own_savepoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let (url, _schema) = crate::store::test_db::database(dir.path());
+        let store = Store::open_keystore(&crate::store::DatabaseUrl::parse(&url).unwrap(), 2).unwrap();
+        let mut batch = Vec::new();
+        let mut answers = Vec::new();
+        // The second key of Patient/a comes too late: the owner has its key, and the
+        // batch goes on past the refused row.
+        for (owner, key_id) in [("Patient/a", 11), ("Patient/a", 12), ("Patient/b", 13)] {
+            let (done, answer) = sync_channel(1);
+            batch.push(Job { row: key_row(owner, key_id), done });
+            answers.push(answer);
+        }
+        commit(&store, batch);
+        let got: Vec<Inserted> = answers.iter().map(|a| a.recv().unwrap().unwrap()).collect();
+        assert_eq!(got, [Inserted::Yes, Inserted::Exists, Inserted::Yes]);
+        let mut conn = store.conn().unwrap();
+        let rows = rows::find_data_keys(&mut conn, "zz-tenant", &["Patient/a".into(), "Patient/b".into()]).unwrap();
+        let mut ids: Vec<(String, i64)> = rows.into_iter().map(|r| (r.owner, r.key_id)).collect();
+        ids.sort();
+        assert_eq!(ids, [("Patient/a".to_owned(), 11), ("Patient/b".to_owned(), 13)], "the first key of each owner, durable");
+
+        // Through the writer thread: the answer comes once the key is committed.
+        let writer = NewKeys::start(&store).unwrap();
+        assert_eq!(writer.insert(key_row("Patient/c", 14)).unwrap(), Inserted::Yes);
+        assert_eq!(writer.insert(key_row("Patient/c", 15)).unwrap(), Inserted::Exists);
+        assert_eq!(rows::find_data_keys(&mut conn, "zz-tenant", &["Patient/c".into()]).unwrap()[0].key_id, 14);
+    }
+}
