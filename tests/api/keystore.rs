@@ -166,3 +166,54 @@ async fn keys_an_older_release_kept_beside_the_records_move_to_the_key_store_at_
     assert!(count(&mut app.keystore_db(), "SELECT COUNT(*) AS n FROM data_keys") >= 2, "into the key store");
     drop(handle.stop(false));
 }
+
+/// A Patient `POST` takes its id from its tenant's reserve of new owners whose data keys
+/// are already durable: the create that finds the reserve empty commits a whole batch of
+/// keys, the rest of the batch's creates write nothing to the key store, a create refused
+/// after taking an id gives it back, and every record opens under its reserved key.
+#[tokio::test]
+async fn new_patients_take_ids_whose_data_keys_are_already_in_the_key_store() {
+    let app = spawn_app().await;
+    let desk = app.front_desk();
+    let batch = carevault::service::keyring::RESERVE_BATCH;
+    let patient_keys = |app: &TestApp| {
+        #[derive(diesel::QueryableByName)]
+        struct Owner {
+            #[diesel(sql_type = diesel::sql_types::Text)]
+            owner: String,
+        }
+        let rows: Vec<Owner> =
+            diesel::sql_query("SELECT owner FROM data_keys WHERE owner LIKE 'Patient/%'").load(&mut *app.keystore_db()).unwrap();
+        rows.into_iter().map(|r| r.owner).collect::<std::collections::BTreeSet<_>>()
+    };
+    let dr = app.create(&app.admin(), &practitioner(&marker())).await;
+    let clinician = app.clinician(&dr);
+
+    let mut created = std::collections::BTreeSet::new();
+    created.insert(format!("Patient/{}", app.create(&desk, &patient(&marker(), &dr)).await));
+    let reserve = patient_keys(&app);
+    assert_eq!(reserve.len(), batch, "the first create committed a batch of keys");
+    assert!(created.is_subset(&reserve));
+
+    // Outside the clinician's care: refused after an id was taken, which goes back.
+    let refused = app.post(&clinician, "/fhir/Patient", &patient(&marker(), "zz-someone-else")).await;
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    for _ in 1..batch {
+        let who = if created.len() % 2 == 0 { &desk } else { &clinician };
+        created.insert(format!("Patient/{}", app.create(who, &patient(&marker(), &dr)).await));
+        assert_eq!(patient_keys(&app), reserve, "no key-store write while the reserve lasts");
+    }
+    assert_eq!(created, reserve, "every reserved key went to a created Patient, the refused one's included");
+
+    let next = app.create(&desk, &patient(&marker(), &dr)).await;
+    let refilled = patient_keys(&app);
+    assert_eq!(refilled.len(), 2 * batch, "the next create refilled the reserve");
+    assert!(refilled.contains(&format!("Patient/{next}")));
+
+    let m = marker();
+    let id = app.create(&desk, &patient(&m, &dr)).await;
+    let body: Value = app.get(&clinician, &format!("/fhir/Patient/{id}")).await.json().await.unwrap();
+    assert_eq!(body["name"][0]["family"], format!("Zz-Family-{m}"));
+    let found: Value = app.get(&desk, &format!("/fhir/Patient?family=Zz-Family-{m}")).await.json().await.unwrap();
+    assert_eq!(found["total"], 1);
+}

@@ -7,9 +7,17 @@
 //! key store is gone from every restore that uses it. Data keys are read from the key
 //! store on every use, never cached, so a destroyed key stops working in every process at
 //! once. The blind-index key of a tenant is derived from its tenant key.
+//!
+//! New owners created without an id of their own (a Patient or Practitioner `POST`) take
+//! an id from a reserve whose data keys are already durable in the key store, so such a
+//! create waits for one commit (the records'), not two. One create in
+//! [`RESERVE_BATCH`] refills its tenant's reserve for that type, committing that many
+//! keys at once. A reserved key has sealed nothing until its create commits; the keys a
+//! stopped process had in reserve stay in the key store, owned by ids no record has
+//! (at most [`RESERVE_BATCH`] per tenant and type per process).
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -38,6 +46,26 @@ pub struct DataKey {
     pub key: Key,
 }
 
+/// How many new owners' keys one refill of a tenant's reserve commits.
+pub const RESERVE_BATCH: usize = 64;
+
+/// A new owner's id with its data key, already durable in the key store.
+pub struct Reserved {
+    /// The new record's id.
+    pub id: crate::domain::ResourceId,
+    /// `Type/id`, the key's owner.
+    pub owner: String,
+    pub key: DataKey,
+}
+
+/// One tenant's reserve of new owners for one type.
+#[derive(Default)]
+struct Reserve {
+    ready: Vec<Reserved>,
+    /// A create is refilling it (others meanwhile create their keys one by one).
+    refilling: bool,
+}
+
 /// What `carevault keys status` shows.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyStatus {
@@ -60,6 +88,8 @@ pub struct KeyRing {
     tenants: RwLock<HashMap<String, (Arc<TenantKeys>, Instant)>>,
     /// Commits new data keys for concurrent writes together.
     new_keys: new_keys::NewKeys,
+    /// New owners' ids with durable keys, by tenant and owner type.
+    reserves: Mutex<HashMap<(String, String), Reserve>>,
     /// How long an unwrapped tenant key may be used before the provider is asked again
     /// (`None`: for the life of the process). With a token that goes away, reads and
     /// writes fail closed once the keys in memory are this old.
@@ -106,7 +136,7 @@ impl KeyRing {
     /// commits new data keys (it ends when the key ring is dropped).
     pub fn new(provider: Arc<dyn KeyProvider>, store: Store) -> Result<Self, ServiceError> {
         let new_keys = new_keys::NewKeys::start(&store)?;
-        Ok(Self { provider, store, new_keys, tenants: RwLock::new(HashMap::new()), cache_for: None })
+        Ok(Self { provider, store, new_keys, tenants: RwLock::new(HashMap::new()), reserves: Mutex::new(HashMap::new()), cache_for: None })
     }
 
     fn conn(&self) -> Result<PooledConn, ServiceError> {
@@ -230,6 +260,18 @@ impl KeyRing {
             return existing;
         }
         let tenant_keys = self.tenant(tenant)?;
+        let (key, row) = self.new_data_key(&tenant_keys, tenant, owner)?;
+        match self.new_keys.insert(row)? {
+            new_keys::Inserted::Yes => Ok(key),
+            // Another writer created the owner's key first: that one is the key.
+            new_keys::Inserted::Exists => {
+                self.data_keys(tenant, &[owner.to_owned()])?.remove(owner).unwrap_or(Err(ServiceError::keys("key material")))
+            }
+        }
+    }
+
+    /// A fresh data key for `owner`, and its key-store row (wrapped under the tenant key).
+    fn new_data_key(&self, tenant_keys: &TenantKeys, tenant: &str, owner: &str) -> Result<(DataKey, DataKeyRow), ServiceError> {
         let key = Key::generate().map_err(crypto_failure("random"))?;
         // Random positive 63-bit ids: unique without a backend-specific sequence.
         let rng = ring::rand::SystemRandom::new();
@@ -242,7 +284,7 @@ impl KeyRing {
         };
         let wrapped = Envelope::wrap(&tenant_keys.key, TENANT_KEY_ID, &data_key_aad(tenant, owner, key_id), &key)
             .map_err(crypto_failure("data key"))?;
-        let inserted = self.new_keys.insert(DataKeyRow {
+        let row = DataKeyRow {
             key_id: i64::try_from(key_id).map_err(ServiceError::keys_by("key material"))?,
             tenant: tenant.to_owned(),
             owner: owner.to_owned(),
@@ -250,14 +292,67 @@ impl KeyRing {
             created_at: Utc::now().naive_utc(),
             destroyed_at: None,
             destroyed_reason: None,
-        })?;
-        match inserted {
-            new_keys::Inserted::Yes => Ok(DataKey { key_id, key }),
-            // Another writer created the owner's key first: that one is the key.
-            new_keys::Inserted::Exists => {
-                self.data_keys(tenant, &[owner.to_owned()])?.remove(owner).unwrap_or(Err(ServiceError::keys("key material")))
+        };
+        Ok((DataKey { key_id, key }, row))
+    }
+
+    /// A new `owner_type` owner's id (`Patient`, `Practitioner`) whose data key is
+    /// already durable, from the tenant's reserve; the create that finds the reserve empty
+    /// refills it (one commit of [`RESERVE_BATCH`] keys) and takes one of the new keys.
+    /// `None` while another create refills it: the caller then creates its owner's key
+    /// with the write ([`Self::data_key_for_write`]).
+    pub fn reserve(&self, tenant: &str, owner_type: &str) -> Result<Option<Reserved>, ServiceError> {
+        let slot = (tenant.to_owned(), owner_type.to_owned());
+        {
+            let mut reserves = self.reserves.lock().map_err(|_| ServiceError::keys("key reserve"))?;
+            let reserve = reserves.entry(slot.clone()).or_default();
+            if let Some(reserved) = reserve.ready.pop() {
+                return Ok(Some(reserved));
+            }
+            if reserve.refilling {
+                return Ok(None);
+            }
+            reserve.refilling = true;
+        }
+        let refilled = self.refill(tenant, owner_type);
+        let mut reserves = self.reserves.lock().map_err(|_| ServiceError::keys("key reserve"))?;
+        let reserve = reserves.entry(slot).or_default();
+        reserve.refilling = false;
+        let mut fresh = refilled?;
+        let taken = fresh.pop();
+        reserve.ready.append(&mut fresh);
+        Ok(taken)
+    }
+
+    /// Returns an unused reserved owner (its create failed before anything was sealed
+    /// under the key), for the next create to take.
+    pub fn put_back(&self, tenant: &str, owner_type: &str, reserved: Reserved) {
+        if let Ok(mut reserves) = self.reserves.lock() {
+            reserves.entry((tenant.to_owned(), owner_type.to_owned())).or_default().ready.push(reserved);
+        }
+    }
+
+    /// [`RESERVE_BATCH`] new owners with their keys, committed in the key store.
+    fn refill(&self, tenant: &str, owner_type: &str) -> Result<Vec<Reserved>, ServiceError> {
+        let tenant_keys = self.tenant(tenant)?;
+        let mut made = Vec::with_capacity(RESERVE_BATCH);
+        let mut key_rows = Vec::with_capacity(RESERVE_BATCH);
+        for _ in 0..RESERVE_BATCH {
+            let id = crate::domain::ResourceId::generate();
+            let owner = format!("{owner_type}/{}", id.as_str());
+            let (key, row) = self.new_data_key(&tenant_keys, tenant, &owner)?;
+            made.push(Reserved { id, owner, key });
+            key_rows.push(row);
+        }
+        let answers = self.new_keys.insert_all(key_rows);
+        let mut durable = Vec::with_capacity(made.len());
+        for (reserved, answer) in made.into_iter().zip(answers) {
+            // `Exists` would mean a random id taken twice: that owner's key is not this one.
+            if matches!(answer?, new_keys::Inserted::Yes) {
+                durable.push(reserved);
             }
         }
+        Ok(durable)
     }
 
     /// Whether the master-key provider can be used now (readiness). Expired tenant keys

@@ -4,7 +4,8 @@
 //! write lock and pay one sync to disk each; here requests hand their wrapped key to one
 //! writer thread, which inserts everything waiting in one transaction (each row in a
 //! savepoint of its own, so one key that cannot be inserted fails alone), commits, and
-//! answers each request once the key is durable.
+//! answers each request once the key is durable. A job may carry several keys: a refill
+//! of the new owners' reserve (`super::KeyRing::reserve`) commits them all at once.
 
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
@@ -12,7 +13,7 @@ use crate::service::ServiceError;
 use crate::store::keys::{self as rows, DataKeyRow};
 use crate::store::{Store, write_transaction};
 
-/// Most keys one shared commit takes.
+/// Most keys one shared commit takes (a job is never split).
 const MAX_BATCH: usize = 256;
 /// Requests that may wait for the writer before their senders block.
 const QUEUE: usize = 1024;
@@ -29,8 +30,8 @@ pub(super) enum Inserted {
 type Answer = Result<Inserted, ServiceError>;
 
 struct Job {
-    row: DataKeyRow,
-    done: SyncSender<Answer>,
+    rows: Vec<DataKeyRow>,
+    done: SyncSender<Vec<Answer>>,
 }
 
 /// Hands new data keys to the key store's writer thread, which ends once this is dropped.
@@ -52,18 +53,32 @@ impl NewKeys {
 
     /// Inserts `row` in the next shared commit and returns once it committed.
     pub(super) fn insert(&self, row: DataKeyRow) -> Answer {
+        self.insert_all(vec![row]).pop().unwrap_or(Err(ServiceError::keys("key store writer stopped")))
+    }
+
+    /// Inserts `rows` in the next shared commit, each in a savepoint of its own, and
+    /// returns once they committed: one answer per row, in order.
+    pub(super) fn insert_all(&self, rows: Vec<DataKeyRow>) -> Vec<Answer> {
+        let count = rows.len();
+        let stopped = || (0..count).map(|_| Err(ServiceError::keys("key store writer stopped"))).collect();
         let (done, answer) = sync_channel(1);
-        self.jobs.send(Job { row, done }).map_err(|_| ServiceError::keys("key store writer stopped"))?;
-        answer.recv().unwrap_or(Err(ServiceError::keys("key store writer stopped")))
+        if self.jobs.send(Job { rows, done }).is_err() {
+            return stopped();
+        }
+        answer.recv().unwrap_or_else(|_| stopped())
     }
 }
 
 fn run(store: &Store, queue: &Receiver<Job>) {
     while let Ok(first) = queue.recv() {
+        let mut keys = first.rows.len();
         let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
+        while keys < MAX_BATCH {
             match queue.try_recv() {
-                Ok(job) => batch.push(job),
+                Ok(job) => {
+                    keys += job.rows.len();
+                    batch.push(job);
+                }
                 Err(_) => break,
             }
         }
@@ -72,11 +87,11 @@ fn run(store: &Store, queue: &Receiver<Job>) {
 }
 
 fn commit(store: &Store, batch: Vec<Job>) {
-    let mut outcomes: Vec<Answer> = Vec::with_capacity(batch.len());
+    let mut outcomes: Vec<Answer> = Vec::new();
     let result = store.conn().map_err(ServiceError::from).and_then(|mut conn| {
         write_transaction(&mut conn, |tx| {
-            for job in &batch {
-                outcomes.push(match crate::store::savepoint(tx, |sp| rows::insert_data_key(sp, &job.row)) {
+            for row in batch.iter().flat_map(|job| &job.rows) {
+                outcomes.push(match crate::store::savepoint(tx, |sp| rows::insert_data_key(sp, row)) {
                     Ok(()) => Ok(Inserted::Yes),
                     Err(e) if crate::store::is_unique_violation(&e) => Ok(Inserted::Exists),
                     Err(e) => Err(ServiceError::from(e)),
@@ -86,15 +101,19 @@ fn commit(store: &Store, batch: Vec<Job>) {
         })
     });
     if let Err(e) = &result {
-        tracing::error!(error = %e, keys = batch.len(), "key store group commit failed");
+        tracing::error!(error = %e, jobs = batch.len(), "key store group commit failed");
     }
     let mut outcomes = outcomes.into_iter();
     for job in batch {
-        let answer = match (&result, outcomes.next()) {
-            (Ok(()), Some(outcome)) => outcome,
-            _ => Err(ServiceError::keys("key store")),
-        };
-        let _ = job.done.send(answer);
+        let answers = job
+            .rows
+            .iter()
+            .map(|_| match (&result, outcomes.next()) {
+                (Ok(()), Some(outcome)) => outcome,
+                _ => Err(ServiceError::keys("key store")),
+            })
+            .collect();
+        let _ = job.done.send(answers);
     }
 }
 
@@ -123,14 +142,15 @@ mod tests {
         let mut answers = Vec::new();
         // The second key of Patient/a comes too late: the owner has its key, and the
         // batch goes on past the refused row.
-        for (owner, key_id) in [("Patient/a", 11), ("Patient/a", 12), ("Patient/b", 13)] {
+        // One job of two rows and one of one: answers per row, per job.
+        for job_rows in [vec![key_row("Patient/a", 11), key_row("Patient/a", 12)], vec![key_row("Patient/b", 13)]] {
             let (done, answer) = sync_channel(1);
-            batch.push(Job { row: key_row(owner, key_id), done });
+            batch.push(Job { rows: job_rows, done });
             answers.push(answer);
         }
         commit(&store, batch);
-        let got: Vec<Inserted> = answers.iter().map(|a| a.recv().unwrap().unwrap()).collect();
-        assert_eq!(got, [Inserted::Yes, Inserted::Exists, Inserted::Yes]);
+        let got: Vec<Vec<Inserted>> = answers.iter().map(|a| a.recv().unwrap().into_iter().map(Result::unwrap).collect()).collect();
+        assert_eq!(got, [vec![Inserted::Yes, Inserted::Exists], vec![Inserted::Yes]]);
         let mut conn = store.conn().unwrap();
         let rows = rows::find_data_keys(&mut conn, "zz-tenant", &["Patient/a".into(), "Patient/b".into()]).unwrap();
         let mut ids: Vec<(String, i64)> = rows.into_iter().map(|r| (r.owner, r.key_id)).collect();

@@ -4,7 +4,7 @@ use serde_json::Value;
 
 use super::{Current, Page, ResourceService, Versioned, patient_of, resource_ref, success_entry, version_ref};
 use crate::authz::Op;
-use crate::domain::{AuditAction, ResourceId, ResourceType};
+use crate::domain::{AuditAction, Category, ResourceId, ResourceType};
 use crate::fhir::{Issue, IssueCode};
 use crate::service::search_params;
 use crate::service::{Caller, ServiceError};
@@ -17,10 +17,29 @@ impl ResourceService<'_> {
     #[tracing::instrument(skip_all, fields(resource_type = rtype.name()))]
     pub fn create(&self, caller: &Caller, rtype: ResourceType, body: Value) -> Result<Versioned, ServiceError> {
         let resource = self.parse_body(rtype, body, None)?;
-        let id = ResourceId::generate();
         let mut conn = self.conn()?;
-        let write = self.first_version(&mut conn, caller, rtype, &id, resource)?;
-        self.commit(caller, &write)?;
+        // A Patient or Practitioner is a new key owner: its id comes from the tenant's
+        // reserve, whose data keys are already durable in the key store.
+        let (keys, tenant) = (self.services.codec.keys(), caller.principal.tenant.as_str());
+        let reserved = match rtype.category() {
+            Category::Clinical => None,
+            Category::Patient | Category::Practitioner => keys.reserve(tenant, rtype.name())?,
+        };
+        let id = reserved.as_ref().map_or_else(ResourceId::generate, |r| r.id.clone());
+        let write = match self.first_version(&mut conn, caller, rtype, &id, resource) {
+            Ok(write) => write,
+            Err(e) => {
+                // Refused before anything was sealed under the key: the next create takes it.
+                if let Some(reserved) = reserved {
+                    keys.put_back(tenant, rtype.name(), reserved);
+                }
+                return Err(e);
+            }
+        };
+        match &reserved {
+            Some(reserved) => self.commit_reserved(caller, &write, reserved)?,
+            None => self.commit(caller, &write)?,
+        };
         tracing::info!(resource_id = %id, "resource created");
         Ok(write.into_versioned(rtype, &id))
     }

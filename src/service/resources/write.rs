@@ -14,7 +14,7 @@ use crate::authz::Op;
 use crate::domain::{AuditAction, AuditOutcome, Category, ChangeOp, Reference, ResourceId, ResourceType};
 use crate::fhir::{Issue, IssueCode};
 use crate::ledger::entry::Entry;
-use crate::service::keyring::DataKey;
+use crate::service::keyring::{DataKey, Reserved};
 use crate::service::{Caller, ServiceError, audit, codec};
 use crate::store::resources::{self as rows, CurrentRow};
 use crate::store::{DbConnection, write_transaction};
@@ -244,7 +244,16 @@ impl ResourceService<'_> {
     /// sync to disk), answered once that transaction committed. Returns `false`, writing
     /// nothing, if `expected` was stale. Wakes the change-feed subscribers once committed.
     pub(in crate::service) fn commit(&self, caller: &Caller, write: &Write) -> Result<bool, ServiceError> {
-        let staged = self.stage(caller, write)?;
+        self.commit_staged(caller, self.stage(caller, write, None)?)
+    }
+
+    /// [`Self::commit`] of a first version sealed under the data key reserved with its
+    /// id (no key-store lookup or commit on the way).
+    pub(in crate::service) fn commit_reserved(&self, caller: &Caller, write: &Write, reserved: &Reserved) -> Result<bool, ServiceError> {
+        self.commit_staged(caller, self.stage(caller, write, Some(reserved))?)
+    }
+
+    fn commit_staged(&self, caller: &Caller, staged: Staged) -> Result<bool, ServiceError> {
         let cursor = self.services.ledger_writer.write(staged)?;
         if let Some(cursor) = cursor {
             self.services.changes.advance(caller.principal.tenant.as_str(), cursor);
@@ -283,7 +292,7 @@ impl ResourceService<'_> {
     /// conditional writes) comes through here; the caller wakes subscribers once its
     /// transaction committed.
     pub(in crate::service) fn apply_in(&self, tx: &mut DbConnection, caller: &Caller, write: &Write) -> Result<Option<i64>, ServiceError> {
-        let staged = self.stage(caller, write)?;
+        let staged = self.stage(caller, write, None)?;
         // The ledger append takes the tenant log's append lock before the change row's
         // cursor is allocated under the change-log lock (the order every writer keeps).
         crate::store::ledger::lock_for_append(tx, crate::ledger::log::log_of(&staged.entry))?;
@@ -292,17 +301,26 @@ impl ResourceService<'_> {
         Ok(Some(cursor))
     }
 
-    /// Seals a version under its owner's data key (created here for a new owner; the key
-    /// store commits it before the version is written), ready to store.
-    pub(in crate::service) fn stage(&self, caller: &Caller, write: &Write) -> Result<Staged, ServiceError> {
+    /// Seals a version under its owner's data key, ready to store: the key `reserved`
+    /// with the record's id, or else the owner's key from the key store (created there for
+    /// a new owner; the key store commits it before the version is written).
+    fn stage(&self, caller: &Caller, write: &Write, reserved: Option<&Reserved>) -> Result<Staged, ServiceError> {
         let tenant = &caller.principal.tenant;
         let rtype = ResourceType::from_name(&write.row.resource_type).ok_or(ServiceError::corrupt("resource row"))?;
         let id = ResourceId::parse(&write.row.id).map_err(ServiceError::corrupt_by("resource row"))?;
         let mut row = write.row.clone();
         if let Some(resource) = &write.resource {
             let owner = codec::owner(rtype, id.as_str(), row.patient_id.as_deref()).ok_or(ServiceError::corrupt("resource row"))?;
-            let key = self.services.codec.keys().data_key_for_write(tenant.as_str(), &owner)?;
-            row.content = self.services.codec.seal(tenant, rtype, &id, &key, resource)?;
+            let fetched;
+            let key = match reserved {
+                Some(reserved) if reserved.owner == owner => &reserved.key,
+                Some(_) => return Err(ServiceError::corrupt("reserved data key")),
+                None => {
+                    fetched = self.services.codec.keys().data_key_for_write(tenant.as_str(), &owner)?;
+                    &fetched
+                }
+            };
+            row.content = self.services.codec.seal(tenant, rtype, &id, key, resource)?;
         }
         Ok(Staged { row, expected: write.expected, tokens: write.tokens.clone(), op: write.op, entry: write.entry.clone() })
     }
