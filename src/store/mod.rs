@@ -154,11 +154,14 @@ impl Manager {
             DatabaseUrl::Sqlite(path) => {
                 let mut conn = diesel::SqliteConnection::establish(&path.to_string_lossy())?;
                 // WAL for concurrent readers; FULL sync so a committed audit entry survives
-                // power loss; checkpoints by a thread of the store's, not inside commits (`wal`).
+                // power loss; checkpoints by a thread of the store's, not inside commits (`wal`);
+                // savepoints' journals in memory, not in a temp file per transaction (a file
+                // created, written page by page and unlinked on every write commit, holding
+                // copies of the database's pages outside its directory).
                 conn.batch_execute(
                     "PRAGMA busy_timeout = 10000; PRAGMA journal_mode = WAL; \
                      PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA secure_delete = ON; \
-                     PRAGMA wal_autocheckpoint = 0;",
+                     PRAGMA wal_autocheckpoint = 0; PRAGMA temp_store = MEMORY;",
                 )?;
                 Ok(DbConnection::Sqlite(conn))
             }
@@ -194,6 +197,15 @@ impl r2d2::ManageConnection for Manager {
 }
 
 pub type PooledConn = r2d2::PooledConnection<Manager>;
+
+/// Whether the pool runs `SELECT 1` on a connection before handing it out. On PostgreSQL
+/// it does: a connection the server closed while it sat idle is replaced rather than
+/// failing its request (diesel only reports a connection broken by a failed transaction).
+/// A SQLite connection is a file opened in this process and cannot go away, so the check
+/// would only cost every checkout a statement.
+fn validate_on_check_out(url: &DatabaseUrl) -> bool {
+    matches!(url, DatabaseUrl::Postgres(_))
+}
 
 /// The connection pool and the backend behind it.
 #[derive(Clone)]
@@ -250,6 +262,7 @@ impl Store {
             .max_size(pool_size.max(1))
             .min_idle(Some(1))
             .connection_timeout(Duration::from_secs(10))
+            .test_on_check_out(validate_on_check_out(url))
             .build(manager)?;
         Ok(Self { pool, backend: url.backend(), url: url.clone(), checkpointer })
     }
@@ -261,6 +274,7 @@ impl Store {
             .max_size(1)
             .min_idle(Some(1))
             .connection_timeout(Duration::from_secs(10))
+            .test_on_check_out(validate_on_check_out(&self.url))
             .build(Manager { url: self.url.clone() })?;
         Ok(Self { pool, backend: self.backend, url: self.url.clone(), checkpointer: self.checkpointer.clone() })
     }

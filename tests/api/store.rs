@@ -42,6 +42,9 @@ async fn sqlite_connections_use_wal_foreign_keys_and_a_busy_timeout() {
     let auto: AutoCheckpoint = diesel::sql_query("PRAGMA wal_autocheckpoint").get_result(c).unwrap();
     assert_eq!(auto.wal_autocheckpoint, 0);
     assert!(dir.path().join("nested/dir/cv.db-wal").exists());
+    // Savepoints' journals stay in memory (2): no temp file outside the data directory.
+    let temp: IntRow = diesel::sql_query("SELECT temp_store AS value FROM pragma_temp_store").get_result(c).unwrap();
+    assert_eq!(temp.value, 2);
 }
 
 /// With no checkpoint inside commits, the store's own thread moves committed pages from
