@@ -25,6 +25,7 @@ use base64::engine::general_purpose::STANDARD;
 use chrono::Utc;
 
 use crate::crypto::{Aad, BlindIndexKey, Envelope, Key, KeyProvider};
+use crate::domain::{Category, ResourceId, ResourceType};
 use crate::service::ServiceError;
 use crate::store::keys::{self as rows, DataKeyRow, TenantKeyRow};
 use crate::store::{DbConnection, PooledConn, Store};
@@ -51,9 +52,10 @@ pub const RESERVE_BATCH: usize = 64;
 
 /// A new owner's id with its data key, already durable in the key store.
 pub struct Reserved {
-    /// The new record's id.
-    pub id: crate::domain::ResourceId,
-    /// `Type/id`, the key's owner.
+    /// The new record's type (a Patient or a Practitioner) and id.
+    pub rtype: ResourceType,
+    pub id: ResourceId,
+    /// The key's owner: [`crate::service::codec::owner`] of the record.
     pub owner: String,
     pub key: DataKey,
 }
@@ -88,8 +90,8 @@ pub struct KeyRing {
     tenants: RwLock<HashMap<String, (Arc<TenantKeys>, Instant)>>,
     /// Commits new data keys for concurrent writes together.
     new_keys: new_keys::NewKeys,
-    /// New owners' ids with durable keys, by tenant and owner type.
-    reserves: Mutex<HashMap<(String, String), Reserve>>,
+    /// New owners' ids with durable keys, by tenant and type.
+    reserves: Mutex<HashMap<(String, ResourceType), Reserve>>,
     /// How long an unwrapped tenant key may be used before the provider is asked again
     /// (`None`: for the life of the process). With a token that goes away, reads and
     /// writes fail closed once the keys in memory are this old.
@@ -296,13 +298,17 @@ impl KeyRing {
         Ok((DataKey { key_id, key }, row))
     }
 
-    /// A new `owner_type` owner's id (`Patient`, `Practitioner`) whose data key is
-    /// already durable, from the tenant's reserve; the create that finds the reserve empty
-    /// refills it (one commit of [`RESERVE_BATCH`] keys) and takes one of the new keys.
-    /// `None` while another create refills it: the caller then creates its owner's key
-    /// with the write ([`Self::data_key_for_write`]).
-    pub fn reserve(&self, tenant: &str, owner_type: &str) -> Result<Option<Reserved>, ServiceError> {
-        let slot = (tenant.to_owned(), owner_type.to_owned());
+    /// An id for a new `rtype` record that owns its data key (a Patient, a Practitioner),
+    /// the key already durable, from the tenant's reserve; the create that finds the
+    /// reserve empty refills it (one commit of [`RESERVE_BATCH`] keys) and takes one of
+    /// the new keys. `None` for a type whose records do not own a key (clinical records use
+    /// their patient's), and while another create refills the reserve: the caller then
+    /// gets its owner's key with the write ([`Self::data_key_for_write`]).
+    pub fn reserve(&self, tenant: &str, rtype: ResourceType) -> Result<Option<Reserved>, ServiceError> {
+        if rtype.category() == Category::Clinical {
+            return Ok(None);
+        }
+        let slot = (tenant.to_owned(), rtype);
         {
             let mut reserves = self.reserves.lock().map_err(|_| ServiceError::keys("key reserve"))?;
             let reserve = reserves.entry(slot.clone()).or_default();
@@ -314,7 +320,7 @@ impl KeyRing {
             }
             reserve.refilling = true;
         }
-        let refilled = self.refill(tenant, owner_type);
+        let refilled = self.refill(tenant, rtype);
         let mut reserves = self.reserves.lock().map_err(|_| ServiceError::keys("key reserve"))?;
         let reserve = reserves.entry(slot).or_default();
         reserve.refilling = false;
@@ -326,22 +332,22 @@ impl KeyRing {
 
     /// Returns an unused reserved owner (its create failed before anything was sealed
     /// under the key), for the next create to take.
-    pub fn put_back(&self, tenant: &str, owner_type: &str, reserved: Reserved) {
+    pub fn put_back(&self, tenant: &str, reserved: Reserved) {
         if let Ok(mut reserves) = self.reserves.lock() {
-            reserves.entry((tenant.to_owned(), owner_type.to_owned())).or_default().ready.push(reserved);
+            reserves.entry((tenant.to_owned(), reserved.rtype)).or_default().ready.push(reserved);
         }
     }
 
     /// [`RESERVE_BATCH`] new owners with their keys, committed in the key store.
-    fn refill(&self, tenant: &str, owner_type: &str) -> Result<Vec<Reserved>, ServiceError> {
+    fn refill(&self, tenant: &str, rtype: ResourceType) -> Result<Vec<Reserved>, ServiceError> {
         let tenant_keys = self.tenant(tenant)?;
         let mut made = Vec::with_capacity(RESERVE_BATCH);
         let mut key_rows = Vec::with_capacity(RESERVE_BATCH);
         for _ in 0..RESERVE_BATCH {
-            let id = crate::domain::ResourceId::generate();
-            let owner = format!("{owner_type}/{}", id.as_str());
+            let id = ResourceId::generate();
+            let owner = crate::service::codec::owner(rtype, id.as_str(), None).ok_or(ServiceError::corrupt("reserved data key"))?;
             let (key, row) = self.new_data_key(&tenant_keys, tenant, &owner)?;
-            made.push(Reserved { id, owner, key });
+            made.push(Reserved { rtype, id, owner, key });
             key_rows.push(row);
         }
         let answers = self.new_keys.insert_all(key_rows);

@@ -4,7 +4,7 @@ use serde_json::Value;
 
 use super::{Current, Page, ResourceService, Versioned, patient_of, resource_ref, success_entry, version_ref};
 use crate::authz::Op;
-use crate::domain::{AuditAction, Category, ResourceId, ResourceType};
+use crate::domain::{AuditAction, ResourceId, ResourceType};
 use crate::fhir::{Issue, IssueCode};
 use crate::service::search_params;
 use crate::service::{Caller, ServiceError};
@@ -21,17 +21,14 @@ impl ResourceService<'_> {
         // A Patient or Practitioner is a new key owner: its id comes from the tenant's
         // reserve, whose data keys are already durable in the key store.
         let (keys, tenant) = (self.services.codec.keys(), caller.principal.tenant.as_str());
-        let reserved = match rtype.category() {
-            Category::Clinical => None,
-            Category::Patient | Category::Practitioner => keys.reserve(tenant, rtype.name())?,
-        };
+        let reserved = keys.reserve(tenant, rtype)?;
         let id = reserved.as_ref().map_or_else(ResourceId::generate, |r| r.id.clone());
         let write = match self.first_version(&mut conn, caller, rtype, &id, resource) {
             Ok(write) => write,
             Err(e) => {
                 // Refused before anything was sealed under the key: the next create takes it.
                 if let Some(reserved) = reserved {
-                    keys.put_back(tenant, rtype.name(), reserved);
+                    keys.put_back(tenant, reserved);
                 }
                 return Err(e);
             }

@@ -168,6 +168,12 @@ fn answer_batch(
     }
 }
 
+/// Whether a read of at most `limit` log rows that returned `log` reached the log's head
+/// (it returned fewer rows than it could).
+fn reached_head(log: &[Logged], limit: i64) -> bool {
+    i64::try_from(log.len()).unwrap_or(i64::MAX) < limit
+}
+
 /// `(type, id, version)` of a stored version.
 type VersionKey = (String, String, i64);
 
@@ -273,7 +279,7 @@ impl SyncService<'_> {
         // Only a round that reached the head of the log keeps what it read: those are the
         // versions the next live rounds may need again; a replay far behind would only
         // churn the cache.
-        let live = asks.iter().any(|a| logs.get(&(a.since, a.limit)).is_some_and(|l| i64::try_from(l.len()).unwrap_or(i64::MAX) < a.limit));
+        let live = asks.iter().any(|a| logs.get(&(a.since, a.limit)).is_some_and(|l| reached_head(l, a.limit)));
         let mut shared = self.shared(&mut conn, first.caller, &union, live)?;
         drop(conn);
 
@@ -282,7 +288,7 @@ impl SyncService<'_> {
             let log = logs.get(&(ask.since, ask.limit)).map_or(&[][..], Vec::as_slice);
             judged.push(self.judge(ask.caller, admitted, &mut shared).map(|(changes, entries)| {
                 let cursor = log.last().map_or(ask.since, |l| l.row.cursor);
-                let at_head = i64::try_from(log.len()).unwrap_or(i64::MAX) < ask.limit;
+                let at_head = reached_head(log, ask.limit);
                 (ChangePage { changes, cursor, scanned: log.len(), at_head }, entries)
             }));
         }
