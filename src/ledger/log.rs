@@ -36,7 +36,9 @@ pub fn origin(base: &str, log: &str) -> String {
     if log == LEGACY_LOG { base.to_owned() } else { format!("{base}/{log}") }
 }
 
-/// Stored complete-subtree hashes of one log, read through one connection.
+/// Stored complete-subtree hashes of one log, read through one connection. Level 0 (a
+/// leaf's own hash) is its entry's `leaf_hash`; `ledger_nodes` holds levels 1 and up
+/// (logs appended before that also hold level 0 there, where nothing reads it since).
 pub struct DbNodes<'c> {
     conn: &'c mut DbConnection,
     log: String,
@@ -55,9 +57,9 @@ impl NodeSource for DbNodes<'_> {
             return Ok(*h);
         }
         let idx = i64::try_from(index).map_err(|_| TreeError::Range)?;
-        let hex = rows::node(self.conn, &self.log, i64::from(level), idx)
-            .map_err(|e| TreeError::Storage(e.to_string()))?
-            .ok_or(TreeError::Missing(level, index))?;
+        let stored =
+            if level == 0 { rows::leaf_hash(self.conn, &self.log, idx) } else { rows::node(self.conn, &self.log, i64::from(level), idx) };
+        let hex = stored.map_err(|e| TreeError::Storage(e.to_string()))?.ok_or(TreeError::Missing(level, index))?;
         let hash = merkle::from_hex(&hex).ok_or_else(|| TreeError::Storage("stored hash is not hex".into()))?;
         self.cache.insert((level, index), hash);
         Ok(hash)
@@ -116,13 +118,16 @@ fn append_to(conn: &mut DbConnection, log: &str, entries: &mut [Entry], position
             leaf_hash: merkle::to_hex(&hash),
         });
         for (level, index, h) in completed {
+            fresh.insert((level, index), h);
+            if level == 0 {
+                continue; // the entry row's `leaf_hash`
+            }
             node_rows.push(NodeRow {
                 log: log.to_owned(),
                 level: i64::from(level),
                 idx: i64::try_from(index).map_err(|_| TreeError::Range)?,
                 hash: merkle::to_hex(&h),
             });
-            fresh.insert((level, index), h);
         }
     }
     // Nodes of this batch are read from `fresh` above, so rows go in together at the end.

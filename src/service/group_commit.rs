@@ -6,9 +6,10 @@
 //! (fail closed), yet concurrent requests share one commit (one lock acquisition, one
 //! sync to disk) instead of paying for one each.
 //!
-//! Each write in a shared transaction runs in a savepoint of its own: a write that fails
-//! (a constraint, a stale version) is rolled back alone and its request gets its own
-//! error, while the others commit. A write's audit entry is appended only if its rows
+//! The writes of a shared transaction are stored together; should one fail (a
+//! constraint), the transaction is rolled back and stored again with each write in a
+//! savepoint of its own, so that the failing write is rolled back alone and its request
+//! gets its own error, while the others commit. A write's audit entry is appended only if its rows
 //! were stored, in the same transaction; should the append or the commit fail, every
 //! request of the batch fails and nothing of it is stored.
 //!
@@ -233,11 +234,14 @@ struct Batch {
     count: usize,
 }
 
-/// Stores the batch in one transaction and answers every request: each version in a
-/// savepoint of its own (one that fails is rolled back alone and answered with its own
-/// error), then one append of every entry: those of the versions stored and those of
-/// the entry jobs. A failure is logged (its cause, never content) in the span of each
-/// request it fails.
+/// Stores the batch in one transaction and answers every request: its versions, then one
+/// append of every entry: those of the versions stored and those of the entry jobs. The
+/// versions go in together first, with no savepoint of their own (on SQLite a savepoint
+/// copies every page before its first change in it; on PostgreSQL it costs round trips);
+/// should that fail, the transaction is rolled back and the batch is stored again, each
+/// version in a savepoint of its own, so that only the one that fails is rolled back and
+/// answered with its own error. A failure is logged (its cause, never content) in the span
+/// of each request it fails.
 fn commit(store: &Store, batch: Batch) {
     let Batch { mut jobs, writes, count } = batch;
     let mut entries = Vec::with_capacity(count);
@@ -246,36 +250,17 @@ fn commit(store: &Store, batch: Batch) {
         sizes.push(job.entries.len());
         entries.append(&mut job.entries);
     }
+    let all: Vec<&Staged> = writes.iter().map(|w| &w.write).collect();
     let mut stored: Vec<Result<Option<i64>, ServiceError>> = Vec::with_capacity(writes.len());
     let result = match store.conn() {
-        Ok(mut conn) => write_transaction(&mut conn, |tx| {
-            // The logs' append locks first, as every write transaction takes them, then
-            // each version's rows and its change-log row (under the change-log lock).
-            let mut logs: Vec<&str> = writes.iter().map(|w| log_of(&w.write.entry)).collect();
-            logs.sort_unstable();
-            logs.dedup();
-            for log in logs {
-                crate::store::ledger::lock_for_append(tx, log)?;
-            }
-            // On PostgreSQL, where each statement is a round trip, the versions go in
-            // together first; should that fail, it is taken back and each is stored in a
-            // savepoint of its own, so that only the failing one fails.
-            let together = matches!(tx, crate::store::DbConnection::Postgres(_)) && writes.len() > 1;
-            let all: Vec<&Staged> = writes.iter().map(|w| &w.write).collect();
-            match together.then(|| crate::store::savepoint(tx, |sp| Staged::store_many(sp, &all))) {
-                Some(Ok(cursors)) => stored.extend(cursors.into_iter().map(Ok)),
-                _ => stored.extend(all.iter().map(|w| crate::store::savepoint(tx, |sp| w.store_in(sp)))),
-            }
-            let mut appended = Vec::with_capacity(count);
-            for (w, outcome) in writes.iter().zip(&stored) {
-                if let Ok(Some(_)) = outcome {
-                    appended.push(w.write.entry.clone());
-                }
-            }
-            appended.append(&mut entries);
-            append_in(tx, appended)
-        })
-        .map_err(|e| e.to_string()),
+        Ok(mut conn) => match attempt(&mut conn, &all, &mut entries, Versions::Together, &mut stored) {
+            Err(Failed::Together) => attempt(&mut conn, &all, &mut entries, Versions::EachAlone, &mut stored),
+            first => first,
+        }
+        .map_err(|failed| match failed {
+            Failed::Batch(cause) => cause,
+            Failed::Together => "the versions stored together failed".to_owned(),
+        }),
         Err(e) => Err(format!("no connection: {e}")),
     };
     let requests = jobs.len() + writes.len();
@@ -310,6 +295,68 @@ fn commit(store: &Store, batch: Batch) {
         };
         let _ = job.done.send(outcome);
     }
+}
+
+/// How one attempt stores a batch's versions.
+#[derive(Clone, Copy)]
+enum Versions {
+    /// All in the transaction itself; any failure fails the attempt.
+    Together,
+    /// Each in a savepoint of its own; a failure is that version's outcome.
+    EachAlone,
+}
+
+/// Why an attempt was rolled back.
+enum Failed {
+    /// Storing the versions together failed: store them again, each alone.
+    Together,
+    /// The batch itself failed (locks, the ledger append, the commit): every request fails.
+    Batch(String),
+}
+
+impl From<diesel::result::Error> for Failed {
+    fn from(e: diesel::result::Error) -> Self {
+        Failed::Batch(e.to_string())
+    }
+}
+
+/// One transaction storing `writes` as `how` says, then appending the entries of the
+/// versions stored and `entries` (taken only once the versions are stored, so that they
+/// are still there for a second attempt). `stored` receives each version's outcome.
+fn attempt(
+    conn: &mut crate::store::DbConnection,
+    writes: &[&Staged],
+    entries: &mut Vec<Entry>,
+    how: Versions,
+    stored: &mut Vec<Result<Option<i64>, ServiceError>>,
+) -> Result<(), Failed> {
+    stored.clear();
+    write_transaction(conn, |tx| {
+        // The logs' append locks first, as every write transaction takes them, then each
+        // version's rows and its change-log row (under the change-log lock).
+        let mut logs: Vec<&str> = writes.iter().map(|w| log_of(&w.entry)).collect();
+        logs.sort_unstable();
+        logs.dedup();
+        for log in logs {
+            crate::store::ledger::lock_for_append(tx, log)?;
+        }
+        match how {
+            Versions::Together if !writes.is_empty() => match Staged::store_many(tx, writes) {
+                Ok(cursors) => stored.extend(cursors.into_iter().map(Ok)),
+                Err(_) => return Err(Failed::Together),
+            },
+            Versions::Together => {}
+            Versions::EachAlone => stored.extend(writes.iter().map(|w| crate::store::savepoint(tx, |sp| w.store_in(sp)))),
+        }
+        let mut appended = Vec::with_capacity(stored.len() + entries.len());
+        for (w, outcome) in writes.iter().zip(stored.iter()) {
+            if let Ok(Some(_)) = outcome {
+                appended.push(w.entry.clone());
+            }
+        }
+        appended.append(entries);
+        append_in(tx, appended).map_err(|e| Failed::Batch(e.to_string()))
+    })
 }
 
 #[cfg(test)]

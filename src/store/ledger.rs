@@ -117,7 +117,7 @@ pub fn insert_entries(conn: &mut DbConnection, rows: &[EntryRow]) -> QueryResult
     Ok(())
 }
 
-/// A stored complete subtree hash.
+/// A stored complete subtree hash, of level 1 or above (level 0 is the entry's `leaf_hash`).
 #[derive(Debug, Clone, Insertable)]
 #[diesel(table_name = ledger_nodes)]
 pub struct NodeRow {
@@ -146,6 +146,11 @@ pub fn insert_nodes(conn: &mut DbConnection, rows: &[NodeRow]) -> QueryResult<()
 
 pub fn node(conn: &mut DbConnection, log: &str, level: i64, idx: i64) -> QueryResult<Option<String>> {
     ledger_nodes::table.find((log, level, idx)).select(ledger_nodes::hash).get_result(conn).optional()
+}
+
+/// The leaf hash of entry `seq` of `log`: level 0 of its tree.
+pub fn leaf_hash(conn: &mut DbConnection, log: &str, seq: i64) -> QueryResult<Option<String>> {
+    ledger_entries::table.find((log, seq)).select(ledger_entries::leaf_hash).get_result(conn).optional()
 }
 
 /// Entries of `log` with `from <= seq < to`.

@@ -227,6 +227,9 @@ async fn rejected_tokens_and_denied_searches_are_ledgered() {
 #[tokio::test]
 async fn ledger_tables_refuse_update_delete_and_truncate() {
     let app = spawn_app().await;
+    // Two entries, so that a subtree hash above the leaves is stored (level 0 is each
+    // entry's own `leaf_hash`).
+    app.create(&app.front_desk(), &patient(&marker(), "dr1")).await;
     app.create(&app.front_desk(), &patient(&marker(), "dr1")).await;
     checkpoint(&app).await;
     let mut conn = app.db();
@@ -247,8 +250,8 @@ async fn ledger_tables_refuse_update_delete_and_truncate() {
         assert!(refused.unwrap_err().to_string().contains("append-only"), "{sql}");
     }
     let after = carevault::store::ledger::entries(&mut conn, TENANT, 0, 10).unwrap();
-    assert_eq!(after.len(), 1);
-    assert_eq!(after[0].action, "create");
+    assert_eq!(after.len(), 2);
+    assert!(after.iter().all(|e| e.action == "create"));
 }
 
 #[tokio::test]
@@ -358,6 +361,9 @@ async fn ledger_verify_names_the_first_entry_that_was_edited_deleted_or_truncate
     for sql in drops {
         diesel::sql_query(*sql).execute(&mut *conn).unwrap();
     }
+    // Level 0 of the tree is each entry's own `leaf_hash`; only levels 1 and up are stored.
+    let level0: i64 = ln::table.filter(ln::level.eq(0)).count().get_result(&mut *conn).unwrap();
+    assert_eq!(level0, 0);
     let original: String = le::table.filter(le::seq.eq(2)).select(le::leaf).first(&mut *conn).unwrap();
     let original_hash: String = le::table.filter(le::seq.eq(2)).select(le::leaf_hash).first(&mut *conn).unwrap();
     let forged = original.replace("\"outcome\":\"success\"", "\"outcome\":\"denied\"");
@@ -375,14 +381,23 @@ async fn ledger_verify_names_the_first_entry_that_was_edited_deleted_or_truncate
         .execute(&mut *conn)
         .unwrap();
     let (ok, out) = ledger_cli(&app, &["ledger", "verify"]);
-    assert!(!ok && out.contains("level 0 index 2 (entries from 2)"), "{out}");
-    // ... and also rewriting the stored subtree hashes: the signed checkpoint gives it away.
-    diesel::update(ln::table.filter(ln::level.eq(0)).filter(ln::idx.eq(2))).set(ln::hash.eq(&forged_hash)).execute(&mut *conn).unwrap();
+    assert!(!ok && out.contains("level 1 index 1 (entries from 2)"), "{out}");
+    // ... and also rewriting the stored subtree hash above it: the signed checkpoint gives it away.
+    let hash_of = |seq: i64, conn: &mut carevault::store::DbConnection| -> [u8; 32] {
+        let hex: String = le::table.filter(le::seq.eq(seq)).select(le::leaf_hash).first(conn).unwrap();
+        hex::decode(hex).unwrap().try_into().unwrap()
+    };
+    let level1 = |conn: &mut carevault::store::DbConnection| -> String {
+        ln::table.filter(ln::level.eq(1)).filter(ln::idx.eq(1)).select(ln::hash).first(conn).unwrap()
+    };
+    let original_level1 = level1(&mut conn);
+    let forged_level1: String = node(&hash_of(2, &mut conn), &hash_of(3, &mut conn)).iter().map(|b| format!("{b:02x}")).collect();
+    diesel::update(ln::table.filter(ln::level.eq(1)).filter(ln::idx.eq(1))).set(ln::hash.eq(&forged_level1)).execute(&mut *conn).unwrap();
     let (ok, out) = ledger_cli(&app, &["ledger", "verify"]);
-    assert!(!ok && (out.contains("level 1 index 1") || out.contains("checkpoint at size 6")), "{out}");
+    assert!(!ok && (out.contains("level 2 index 0") || out.contains("checkpoint at size 6")), "{out}");
 
     // Restored, it verifies again.
-    diesel::update(ln::table.filter(ln::level.eq(0)).filter(ln::idx.eq(2))).set(ln::hash.eq(&original_hash)).execute(&mut *conn).unwrap();
+    diesel::update(ln::table.filter(ln::level.eq(1)).filter(ln::idx.eq(1))).set(ln::hash.eq(&original_level1)).execute(&mut *conn).unwrap();
     diesel::update(le::table.filter(le::seq.eq(2)))
         .set((le::leaf.eq(&original), le::leaf_hash.eq(&original_hash), le::outcome.eq("success")))
         .execute(&mut *conn)

@@ -45,6 +45,10 @@ async fn sqlite_connections_use_wal_foreign_keys_and_a_busy_timeout() {
     // Savepoints' journals stay in memory (2): no temp file outside the data directory.
     let temp: IntRow = diesel::sql_query("SELECT temp_store AS value FROM pragma_temp_store").get_result(c).unwrap();
     assert_eq!(temp.value, 2);
+    // The ledger's subtree hashes are one B-tree keyed by (log, level, idx), with no rowid.
+    let without_rowid: IntRow =
+        diesel::sql_query("SELECT wr AS value FROM pragma_table_list WHERE name = 'ledger_nodes'").get_result(c).unwrap();
+    assert_eq!(without_rowid.value, 1);
 }
 
 /// With no checkpoint inside commits, the store's own thread moves committed pages from

@@ -343,7 +343,7 @@ impl Staged {
     /// change-log rows from one allocation of cursors under the tenant's change-log lock,
     /// in the order given (cursor order is commit order). Returns each one's cursor, or
     /// `None` for one whose `expected` was stale (nothing of it written). On `Err` the
-    /// caller rolls back everything this wrote (a savepoint) and can store them one by one.
+    /// caller rolls back everything this wrote (its transaction) and can store them one by one.
     pub(in crate::service) fn store_many(tx: &mut DbConnection, writes: &[&Staged]) -> Result<Vec<Option<i64>>, ServiceError> {
         let firsts: Vec<CurrentRow> = writes.iter().filter(|w| w.expected.is_none()).map(|w| w.row.clone()).collect();
         rows::insert_firsts(tx, &firsts)?;

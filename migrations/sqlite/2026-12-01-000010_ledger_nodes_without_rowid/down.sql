@@ -1,0 +1,17 @@
+CREATE TABLE ledger_nodes_v2 (
+    log   TEXT   NOT NULL,
+    level BIGINT NOT NULL,
+    idx   BIGINT NOT NULL,
+    hash  TEXT   NOT NULL,
+    PRIMARY KEY (log, level, idx)
+);
+INSERT INTO ledger_nodes_v2 (log, level, idx, hash) SELECT log, level, idx, hash FROM ledger_nodes;
+DROP TABLE ledger_nodes;
+ALTER TABLE ledger_nodes_v2 RENAME TO ledger_nodes;
+
+CREATE TRIGGER ledger_nodes_append_only_update BEFORE UPDATE ON ledger_nodes
+BEGIN SELECT RAISE(ABORT, 'ledger_nodes is append-only'); END;
+CREATE TRIGGER ledger_nodes_append_only_delete BEFORE DELETE ON ledger_nodes
+BEGIN SELECT RAISE(ABORT, 'ledger_nodes is append-only'); END;
+CREATE TRIGGER ledger_nodes_legacy_sealed BEFORE INSERT ON ledger_nodes WHEN NEW.log = '_legacy'
+BEGIN SELECT RAISE(ABORT, 'the _legacy ledger log is sealed'); END;
