@@ -64,7 +64,7 @@ pub fn find_data_keys(conn: &mut DbConnection, tenant: &str, owners: &[String]) 
     let of_tenant = data_keys::table.filter(data_keys::tenant.eq(tenant));
     match owners {
         [] => Ok(Vec::new()),
-        [owner] => of_tenant.filter(data_keys::owner.eq(owner)).select(DataKeyRow::as_select()).load(conn),
+        [owner] => on_backend!(conn, |c| of_tenant.filter(data_keys::owner.eq(owner)).select(DataKeyRow::as_select()).load(c)),
         _ => of_tenant.filter(data_keys::owner.eq_any(owners)).select(DataKeyRow::as_select()).load(conn),
     }
 }

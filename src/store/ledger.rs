@@ -61,8 +61,10 @@ pub fn lock_for_append(conn: &mut DbConnection, log: &str) -> QueryResult<()> {
 
 /// Number of entries of `log` (its next `seq`).
 pub fn size(conn: &mut DbConnection, log: &str) -> QueryResult<i64> {
-    let max: Option<i64> =
-        ledger_entries::table.filter(ledger_entries::log.eq(log)).select(diesel::dsl::max(ledger_entries::seq)).get_result(conn)?;
+    let max: Option<i64> = on_backend!(conn, |c| ledger_entries::table
+        .filter(ledger_entries::log.eq(log))
+        .select(diesel::dsl::max(ledger_entries::seq))
+        .get_result(c))?;
     Ok(max.map_or(0, |m| m + 1))
 }
 
@@ -145,12 +147,12 @@ pub fn insert_nodes(conn: &mut DbConnection, rows: &[NodeRow]) -> QueryResult<()
 }
 
 pub fn node(conn: &mut DbConnection, log: &str, level: i64, idx: i64) -> QueryResult<Option<String>> {
-    ledger_nodes::table.find((log, level, idx)).select(ledger_nodes::hash).get_result(conn).optional()
+    on_backend!(conn, |c| ledger_nodes::table.find((log, level, idx)).select(ledger_nodes::hash).get_result(c).optional())
 }
 
 /// The leaf hash of entry `seq` of `log`: level 0 of its tree.
 pub fn leaf_hash(conn: &mut DbConnection, log: &str, seq: i64) -> QueryResult<Option<String>> {
-    ledger_entries::table.find((log, seq)).select(ledger_entries::leaf_hash).get_result(conn).optional()
+    on_backend!(conn, |c| ledger_entries::table.find((log, seq)).select(ledger_entries::leaf_hash).get_result(c).optional())
 }
 
 /// Entries of `log` with `from <= seq < to`.

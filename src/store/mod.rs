@@ -10,6 +10,20 @@
 //! parameter was bound again on every execution (it plans with the bound value), which
 //! cost a read about half its time in the statement cache's recompiles.
 
+/// Runs `$body` with `$c` bound to the connection's own backend connection. diesel's derived
+/// `MultiConnection` wraps every query in a serialized form that has no statement cached by
+/// type, so the query's SQL text is built again on every call; on the backend's own
+/// connection a query of a fixed shape is looked up by its type. For the hottest reads
+/// (a record's current row, its owner's data key, the ledger's size and sibling hashes).
+macro_rules! on_backend {
+    ($conn:expr, |$c:ident| $body:expr) => {
+        match $conn {
+            $crate::store::DbConnection::Sqlite($c) => $body,
+            $crate::store::DbConnection::Postgres($c) => $body,
+        }
+    };
+}
+
 pub mod changes;
 pub mod files;
 pub mod keys;

@@ -56,7 +56,7 @@ impl From<&CurrentRow> for VersionRow {
 }
 
 pub fn find_current(conn: &mut DbConnection, tenant: &str, rtype: &str, id: &str) -> QueryResult<Option<CurrentRow>> {
-    resources::table.find((tenant, rtype, id)).select(CurrentRow::as_select()).get_result(conn).optional()
+    on_backend!(conn, |c| resources::table.find((tenant, rtype, id)).select(CurrentRow::as_select()).get_result(c).optional())
 }
 
 /// The current rows of `ids` of `types` (a superset of the pairs asked for when several
@@ -74,7 +74,11 @@ pub fn currents_of(conn: &mut DbConnection, tenant: &str, types: &[&str], ids: &
 }
 
 pub fn find_version(conn: &mut DbConnection, tenant: &str, rtype: &str, id: &str, version: i64) -> QueryResult<Option<VersionRow>> {
-    resource_versions::table.find((tenant, rtype, id, version)).select(VersionRow::as_select()).get_result(conn).optional()
+    on_backend!(conn, |c| resource_versions::table
+        .find((tenant, rtype, id, version))
+        .select(VersionRow::as_select())
+        .get_result(c)
+        .optional())
 }
 
 /// The versions of `ids` of `types` whose version id is in `versions`: a superset of the
