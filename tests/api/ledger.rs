@@ -375,7 +375,7 @@ async fn ledger_verify_names_the_first_entry_that_was_edited_deleted_or_truncate
     assert!(!ok && out.contains(&format!("in log {TENANT}: entry 2: leaf hash")), "{out}");
 
     // 2. The leaf, its hash and its columns edited consistently: the tree gives it away.
-    let forged_hash: String = leaf(forged.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
+    let forged_hash = hex::encode(leaf(forged.as_bytes()));
     diesel::update(le::table.filter(le::seq.eq(2)))
         .set((le::leaf_hash.eq(&forged_hash), le::outcome.eq("denied")))
         .execute(&mut *conn)
@@ -391,7 +391,7 @@ async fn ledger_verify_names_the_first_entry_that_was_edited_deleted_or_truncate
         ln::table.filter(ln::level.eq(1)).filter(ln::idx.eq(1)).select(ln::hash).first(conn).unwrap()
     };
     let original_level1 = level1(&mut conn);
-    let forged_level1: String = node(&hash_of(2, &mut conn), &hash_of(3, &mut conn)).iter().map(|b| format!("{b:02x}")).collect();
+    let forged_level1 = hex::encode(node(&hash_of(2, &mut conn), &hash_of(3, &mut conn)));
     diesel::update(ln::table.filter(ln::level.eq(1)).filter(ln::idx.eq(1))).set(ln::hash.eq(&forged_level1)).execute(&mut *conn).unwrap();
     let (ok, out) = ledger_cli(&app, &["ledger", "verify"]);
     assert!(!ok && (out.contains("level 2 index 0") || out.contains("checkpoint at size 6")), "{out}");
