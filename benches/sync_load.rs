@@ -143,7 +143,10 @@ impl Server {
         let mut request = format!("{}/sync", self.base.replacen("http://", "ws://", 1)).into_client_request().unwrap();
         request.headers_mut().insert("Authorization", format!("Bearer {}", self.token).parse().unwrap());
         for attempt in 0.. {
-            match tokio_tungstenite::connect_async(request.clone()).await {
+            // tungstenite zero-fills its whole read buffer (128 KiB by default) before each
+            // read: a thousand sockets would spend a core on memset, on the server's cores.
+            let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default().read_buffer_size(8 * 1024);
+            match tokio_tungstenite::connect_async_with_config(request.clone(), Some(config), false).await {
                 Ok((ws, _)) => return ws,
                 Err(e) if attempt < 20 => {
                     let _ = e;
