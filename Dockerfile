@@ -7,7 +7,9 @@ WORKDIR /src
 # stand-in crate with the same manifest compiles every dependency (OpenSSL, libpq and
 # SQLite from source among them; perl and make are in the base image). Cargo wants a file
 # for each target the manifest names, so each bench gets an empty stand-in too.
+# `.cargo/config.toml` carries the bundled SQLite's compile-time options.
 COPY Cargo.toml Cargo.lock ./
+COPY .cargo .cargo
 RUN mkdir -p src benches \
     && echo 'fn main() {}' > src/main.rs \
     && touch src/lib.rs \
