@@ -325,15 +325,22 @@ fn filtered(q: &SearchQuery) -> resources::BoxedQuery<'static, Db> {
     if let Some(patients) = &q.patients {
         query = query.filter(resources::patient_id.assume_not_null().eq_any(patients.clone()));
     }
+    // No SQL literal in what follows: diesel prepares a statement holding one afresh for
+    // every call, where the same text with only bound values is prepared once and cached.
     for range in &q.last_updated {
-        let mut within: Condition = Box::new(diesel::dsl::sql::<Bool>("1 = 1"));
-        if let Some(from) = range.from {
-            within = Box::new(within.and(resources::last_updated.ge(from)));
-        }
-        if let Some(until) = range.until {
-            within = Box::new(within.and(resources::last_updated.lt(until)));
-        }
-        query = if range.negate { query.filter(diesel::dsl::not(within)) } else { query.filter(within) };
+        let within: Option<Condition> = match (range.from, range.until) {
+            (Some(from), Some(until)) => Some(Box::new(resources::last_updated.ge(from).and(resources::last_updated.lt(until)))),
+            (Some(from), None) => Some(Box::new(resources::last_updated.ge(from))),
+            (None, Some(until)) => Some(Box::new(resources::last_updated.lt(until))),
+            (None, None) => None,
+        };
+        query = match (within, range.negate) {
+            (Some(within), false) => query.filter(within),
+            (Some(within), true) => query.filter(diesel::dsl::not(within)),
+            // An unbounded range holds for every row; its negation for none.
+            (None, false) => query,
+            (None, true) => query.filter(false.into_sql::<Bool>()),
+        };
     }
     for (param, tokens) in &q.criteria {
         let (tenant, rtype, param) = (q.tenant.clone(), q.resource_type.clone(), param.clone());
@@ -343,11 +350,9 @@ fn filtered(q: &SearchQuery) -> resources::BoxedQuery<'static, Db> {
         };
     }
     if let Some(restrictions) = &q.restrictions {
-        let mut any: Condition = Box::new(diesel::dsl::sql::<Bool>("1 = 0"));
-        for r in restrictions {
-            any = Box::new(any.or(restriction(&q.tenant, r)));
-        }
-        query = query.filter(any);
+        // No restriction at all allows no row.
+        let any = restrictions.iter().map(|r| restriction(&q.tenant, r)).reduce(|any, r| Box::new(any.or(r)));
+        query = query.filter(any.unwrap_or_else(|| Box::new(false.into_sql::<Bool>())));
     }
     query
 }
