@@ -328,12 +328,11 @@ fn filtered(q: &SearchQuery) -> resources::BoxedQuery<'static, Db> {
     // No SQL literal in what follows: diesel prepares a statement holding one afresh for
     // every call, where the same text with only bound values is prepared once and cached.
     for range in &q.last_updated {
-        let within: Option<Condition> = match (range.from, range.until) {
-            (Some(from), Some(until)) => Some(Box::new(resources::last_updated.ge(from).and(resources::last_updated.lt(until)))),
-            (Some(from), None) => Some(Box::new(resources::last_updated.ge(from))),
-            (None, Some(until)) => Some(Box::new(resources::last_updated.lt(until))),
-            (None, None) => None,
-        };
+        let bounds: [Option<Condition>; 2] = [
+            range.from.map(|from| -> Condition { Box::new(resources::last_updated.ge(from)) }),
+            range.until.map(|until| -> Condition { Box::new(resources::last_updated.lt(until)) }),
+        ];
+        let within = bounds.into_iter().flatten().reduce(|all, bound| Box::new(all.and(bound)));
         query = match (within, range.negate) {
             (Some(within), false) => query.filter(within),
             (Some(within), true) => query.filter(diesel::dsl::not(within)),
@@ -434,5 +433,50 @@ pub fn lock_for_condition(conn: &mut DbConnection, key: &str) -> QueryResult<()>
             .bind::<diesel::sql_types::Text, _>(key)
             .execute(c)
             .map(|_| ()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use diesel::query_builder::QueryFragment;
+
+    use super::*;
+
+    /// Both statements of a search (count and page) hold only bound values, so diesel
+    /// prepares each shape once per connection instead of on every call: with a term of
+    /// every kind, a negated unbounded range and an empty OR of restrictions included.
+    #[test]
+    fn search_statements_are_cached_by_the_connection() {
+        let day = chrono::NaiveDate::from_ymd_opt(2026, 12, 1).and_then(|d| d.and_hms_opt(0, 0, 0)).unwrap();
+        let full = SearchQuery {
+            tenant: "t".into(),
+            resource_type: "Patient".into(),
+            ids: None,
+            patients: None,
+            last_updated: vec![
+                InstantRange { from: Some(day), until: Some(day), negate: false },
+                InstantRange { from: None, until: Some(day), negate: true },
+                InstantRange { from: None, until: None, negate: true },
+            ],
+            order: Order::LastUpdated { descending: true },
+            criteria: vec![("family".into(), vec!["a".into()])],
+            restrictions: Some(vec![
+                Restriction::IdIs("p".into()),
+                Restriction::PatientInCareOf("Practitioner/1".into()),
+                Restriction::CompartmentOf("p".into()),
+                Restriction::CompartmentInCareOf("Practitioner/1".into()),
+            ]),
+            limit: 10,
+            offset: 0,
+        };
+        let nobody = SearchQuery { restrictions: Some(Vec::new()), ..full.clone() };
+        for backend in [Db::Sqlite(diesel::sqlite::Sqlite), Db::Postgres(diesel::pg::Pg)] {
+            for q in [&full, &nobody] {
+                let count = filtered(q).select(count_star());
+                let page = ordered(q).limit(q.limit).offset(q.offset).select(CurrentRow::as_select());
+                assert!(QueryFragment::<Db>::is_safe_to_cache_prepared(&count, &backend).unwrap(), "count of {q:?}");
+                assert!(QueryFragment::<Db>::is_safe_to_cache_prepared(&page, &backend).unwrap(), "page of {q:?}");
+            }
+        }
     }
 }

@@ -49,6 +49,13 @@ async fn sqlite_connections_use_wal_foreign_keys_and_a_busy_timeout() {
     let without_rowid: IntRow =
         diesel::sql_query("SELECT wr AS value FROM pragma_table_list WHERE name = 'ledger_nodes'").get_result(c).unwrap();
     assert_eq!(without_rowid.value, 1);
+    // The bundled SQLite's compile-time options (.cargo/config.toml): no global memory
+    // statistics (one mutex per allocation), and plans that never read bound values (a
+    // cached statement with `LIMIT ?` would be compiled again on every run).
+    for option in ["DEFAULT_MEMSTATUS=0", "ENABLE_QPSG"] {
+        let used: IntRow = diesel::sql_query("SELECT sqlite_compileoption_used(?) AS value").bind::<Text, _>(option).get_result(c).unwrap();
+        assert_eq!(used.value, 1, "SQLite built without {option}");
+    }
 }
 
 /// With no checkpoint inside commits, the store's own thread moves committed pages from
