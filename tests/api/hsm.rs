@@ -17,12 +17,15 @@ use crate::helpers::*;
 /// The encryption tests, run by the test binary itself in a child process whose servers keep
 /// their keys in a SoftHSM2 token (a module reads its configuration once per process, so
 /// the child gets `SOFTHSM2_CONF` from the start). The child runs on the same database
-/// backend as this process.
+/// backend as this process, one test at a time: its servers share one token, and SoftHSM2
+/// 2.6.1 (Debian 12) can fail one thread's `C_GenerateKey` or `C_FindObjects` while
+/// another thread of the process creates a token object (`TemplateInconsistent`, a key
+/// just made not found; SoftHSMv2 issue 573, fixed after 2.6.1).
 #[tokio::test]
 async fn the_encryption_suite_passes_with_softhsm2() {
     let hsm = SoftHsm::new();
     let out = tokio::process::Command::new(std::env::current_exe().unwrap())
-        .args(["encryption::", "--test-threads", "2"])
+        .args(["encryption::", "--test-threads", "1"])
         .env("CAREVAULT_TEST_KEY_PROVIDER", "pkcs11")
         .env("SOFTHSM2_CONF", &hsm.conf)
         .output()
